@@ -1,0 +1,195 @@
+"""The `hftune` command line.
+
+User mistakes (`UserError`) print one readable message and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import Callable
+
+from hftune import __version__
+from hftune.errors import UserError
+
+logger = logging.getLogger("hftune")
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="[hftune] %(levelname)s %(message)s" if debug else "[hftune] %(message)s",
+        stream=sys.stderr,
+    )
+    # Our own loggers at INFO; the libraries keep their warnings but not their chatter.
+    for name in ("hftune",):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _stage_help(schema_fn: Callable, command: str) -> str:
+    """The epilog of a stage's --help: hftune's own options and the defaults hftune changes."""
+    from hftune.config import describe_fields
+
+    schema = schema_fn()
+    lines = ["hftune options (config keys or --flags):"]
+    for name, kind, help_text in describe_fields(schema.classes["hftune"]):
+        lines.append(f"  --{name}  ({kind})")
+        lines.extend("      " + w for w in textwrap.wrap(help_text, 88))
+    lines.append("")
+    lines.append("defaults hftune sets differently from TRL:")
+    for key, value in schema.defaults.items():
+        lines.append(f"  {key}: {value!r}")
+    trl_names = ", ".join(cls.__name__ for sec, cls in schema.classes.items() if sec != "hftune")
+    lines.append("")
+    lines.append(
+        f"Every field of TRL's {trl_names} is also a config key / flag (TRL's docs apply); "
+        f"`hftune {command} --help-all` lists them all."
+    )
+    return "\n".join(lines)
+
+
+def _print_all_fields(schema_fn: Callable) -> None:
+    from hftune.config import describe_fields
+
+    for section, cls in schema_fn().classes.items():
+        print(f"\n== {cls.__name__} ({section}) ==")
+        for name, kind, help_text in describe_fields(cls):
+            print(f"  --{name}  ({kind})")
+            for w in textwrap.wrap(help_text, 88):
+                print("      " + w)
+
+
+def _cmd_sft(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune import sft
+
+    if ns.help_all:
+        _print_all_fields(sft.schema)
+        return 0
+    cfg = sft.parse(ns.config, rest)
+    result = sft.run(cfg, resume=ns.resume)
+    m = result.metrics
+    if "eval_loss_before" in m:
+        print(f"held-out loss: {m['eval_loss_before']:.4f} -> {m['eval_loss']:.4f}")
+    print(f"train loss {m.get('train_loss', float('nan')):.4f} over {m.get('global_step')} steps "
+          f"({m.get('train_steps_per_second', float('nan')):.2f} steps/s)")
+    print(f"saved: {result.output_dir}")
+    return 0
+
+
+def _cmd_data(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune import data
+
+    if rest:
+        raise UserError(f"unexpected arguments: {' '.join(rest)}")
+    if ns.data_command == "list":
+        for name in data.list_recipes():
+            recipe = data.load_recipe(name)
+            print(f"{name:24s} {getattr(recipe, 'description', '') or ''}")
+        return 0
+    from hftune import modeling
+    from hftune.preview import preview
+
+    tokenizer = modeling.load_tokenizer(ns.model, chat_template=ns.chat_template)
+    recipe = data.load_recipe(ns.recipe)
+    print(preview(recipe, tokenizer, n=ns.n, max_length=ns.max_length, data_files=ns.data_files))
+    return 0
+
+
+def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune.tiny import build_tiny_model
+
+    if rest:
+        raise UserError(f"unexpected arguments: {' '.join(rest)}")
+    path = build_tiny_model(
+        ns.output_dir, arch=ns.arch, vocab_size=ns.vocab_size, hidden_size=ns.hidden_size,
+        num_layers=ns.num_layers, seed=ns.seed,
+    )
+    print(f"saved tiny {ns.arch} model: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hftune import sft
+
+    parser = argparse.ArgumentParser(
+        prog="hftune",
+        description="Align open language models from config files: SFT → reward model → RLHF → eval, "
+        "on TRL, PEFT and transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"hftune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
+
+    p = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
+        description="Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and "
+        "ModelConfig fields plus the hftune options below; `--key value` flags override the file.",
+        epilog=_stage_help(sft.schema, "sft"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--res` must not silently mean `--resume`; unknown flags go to the config
+    )
+    p.add_argument("--config", metavar="FILE", help="stage config YAML")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
+    p.add_argument("--help-all", action="store_true", help="list every accepted config key with its help")
+    common(p)
+    p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser("data", help="inspect data recipes")
+    common(p)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    pl = dsub.add_parser("list", help="list built-in recipes")
+    common(pl)
+    pp = dsub.add_parser(
+        "preview",
+        help="render examples through the chat template, marking trained tokens, with length statistics",
+    )
+    pp.add_argument("recipe", help="built-in recipe name or recipe YAML path")
+    pp.add_argument("--model", required=True, help="model/tokenizer: Hub id, folder, or tiny:ARCH")
+    pp.add_argument("--n", type=int, default=3, help="examples to render (default 3)")
+    pp.add_argument("--max_length", type=int, default=None, help="flag rows longer than this many tokens")
+    pp.add_argument("--data_files", default=None, help="local file in the recipe's schema, instead of its source")
+    pp.add_argument("--chat_template", default=None, help="chatml, a .jinja file, or a Jinja string")
+    common(pp)
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("tiny", help="build a tiny local model + tokenizer (for tests and offline runs)")
+    p.add_argument("output_dir")
+    p.add_argument("--arch", default="llama", help="llama, qwen2, mistral or gpt2 (default llama)")
+    p.add_argument("--vocab_size", type=int, default=1024)
+    p.add_argument("--hidden_size", type=int, default=64)
+    p.add_argument("--num_layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=_cmd_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _setup_logging(debug)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        parser = build_parser()
+        ns, rest = parser.parse_known_args(argv)
+        if not getattr(ns, "func", None):
+            parser.print_help()
+            return 2
+        return ns.func(ns, rest)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"hftune: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("hftune: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,151 @@
+"""`hftune data preview`: what the trainer will actually see for a recipe, before any model loads.
+
+Renders the first few prepared rows through the tokenizer's chat template with the tokens that carry
+loss highlighted, using the same assistant mask TRL's SFTTrainer uses with `assistant_only_loss=True`,
+then token-length statistics over all rows (including those `max_length` would drop) and the drop summary:
+
+    hftune data preview tiny_alpaca --model runs/tiny --max_length 256
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from typing import Any
+
+from hftune.data import Recipe, load_recipe, prepare_dataset
+
+GREEN = "\x1b[42m\x1b[30m"
+RESET = "\x1b[0m"
+OPEN, CLOSE = "⟦", "⟧"
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+NO_MASK_NOTE = (
+    "NOTE: this chat template has no {% generation %} ... {% endgeneration %} markers, so it yields no "
+    "assistant-token mask: TRL's assistant_only_loss=True would fail, and without it every token of these "
+    "conversations would be trained. Wrap the assistant content in the template with those markers, or use a "
+    "built-in template."
+)
+
+
+def _template(tokenizer) -> str:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the default one is what apply_chat_template uses
+        template = template.get("default")
+    return template or ""
+
+
+def _render(row: dict[str, Any], tokenizer, has_markers: bool) -> tuple[list[int], list[int] | None]:
+    """Token ids and the trained-token mask (None when the template cannot say), mirroring TRL's SFT."""
+    if "text" in row:
+        ids = tokenizer(row["text"])["input_ids"]
+        return ids, [1] * len(ids)
+    conversation = row["messages"] if "messages" in row else row["prompt"] + row["completion"]
+    encoded = tokenizer.apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=has_markers
+    )
+    ids = list(encoded["input_ids"])
+    mask = list(encoded["assistant_masks"]) if has_markers else None
+    if "prompt" in row:
+        # Prompt-completion rows train on the completion only (TRL's completion_only_loss default).
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True
+        )
+        completion = [0] * len(prompt["input_ids"]) + [1] * (len(ids) - len(prompt["input_ids"]))
+        mask = completion if mask is None else [a & b for a, b in zip(mask, completion, strict=True)]
+    return ids, mask
+
+
+def _highlight(tokenizer, ids: list[int], mask: list[int], color: bool) -> str:
+    spans: list[tuple[int, list[int]]] = []
+    for token, bit in zip(ids, mask, strict=True):
+        if spans and spans[-1][0] == bit:
+            spans[-1][1].append(token)
+        else:
+            spans.append((bit, [token]))
+    parts = []
+    for bit, tokens in spans:
+        piece = tokenizer.decode(tokens, skip_special_tokens=False)
+        if not bit:
+            parts.append(piece)
+        elif color:
+            # Per line, so the background does not bleed across the terminal's line ends.
+            parts.append("\n".join(f"{GREEN}{line}{RESET}" if line else line for line in piece.split("\n")))
+        else:
+            parts.append(f"{OPEN}{piece}{CLOSE}")
+    return "".join(parts)
+
+
+def _percentile(sorted_values: list[int], p: float) -> int:
+    # Nearest rank: always an actual row length, so "p95 412" means a real row has 412 tokens.
+    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+def length_stats(lengths: list[int], max_length: int | None) -> str:
+    """count, mean, p50, p95, max and how many exceed max_length, as a few readable lines."""
+    if not lengths:
+        return "token lengths: no rows"
+    values = sorted(lengths)
+    mean = sum(values) / len(values)
+    lines = [
+        f"token lengths over {len(values)} rows: mean {mean:.1f}, p50 {_percentile(values, 50)}, "
+        f"p95 {_percentile(values, 95)}, max {values[-1]}"
+    ]
+    if max_length is None:
+        lines.append("max_length not set: no row is dropped for length")
+    else:
+        over = sum(n > max_length for n in values)
+        lines.append(
+            f"{over} rows exceed max_length {max_length}" + (" (dropped as too_long)" if over else "")
+        )
+    return "\n".join(lines)
+
+
+def preview(
+    recipe: Recipe | str,
+    tokenizer,
+    *,
+    n: int = 3,
+    max_length: int | None = None,
+    data_files: str | None = None,
+    color: bool | None = None,
+) -> str:
+    """The preview text: `n` rendered examples with trained tokens marked, length stats, drop summary.
+
+    `color` None means ANSI colour when stdout is a terminal; otherwise trained spans are ⟦bracketed⟧.
+    """
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe)
+    if color is None:
+        color = sys.stdout.isatty()
+    data = prepare_dataset(recipe, tokenizer=tokenizer, max_length=max_length, data_files=data_files)
+    has_markers = bool(_GENERATION_TAG.search(_template(tokenizer)))
+    out = [
+        f"recipe {recipe.name}: {data.source} -> {recipe.format} rows via the {recipe.converter} converter"
+    ]
+    if recipe.format == "conversational" and not has_markers:
+        out.append(NO_MASK_NOTE)
+    else:
+        legend = f"{GREEN}highlighted{RESET}" if color else f"{OPEN}bracketed{CLOSE}"
+        out.append(f"tokens that carry loss are {legend}")
+
+    for k in range(min(n, len(data.train))):
+        ids, mask = _render(data.train[k], tokenizer, has_markers)
+        trained = f"{sum(mask)} trained" if mask is not None else "trained tokens unknown"
+        out += [
+            "",
+            f"--- example {k + 1} (source row {data.train_indices[k]}): {len(ids)} tokens, {trained} ---",
+        ]
+        if mask is None:
+            out.append(tokenizer.decode(ids, skip_special_tokens=False).rstrip("\n"))
+            continue
+        if not any(mask):
+            out.append(
+                "NOTE: no token of this example is trained; TRL refuses such rows with assistant_only_loss."
+            )
+        # The template's final newline is untrained filler; dropping it keeps examples one blank line apart.
+        out.append(_highlight(tokenizer, ids, mask, color).rstrip("\n"))
+
+    out += ["", length_stats(data.token_lengths or [], max_length), data.summary()]
+    return "\n".join(out)

@@ -1,0 +1,394 @@
+"""Deterministic synthetic instruction data in real dataset schemas.
+
+Every answer here is verifiable (arithmetic, string reversal, letter counting, capitals from a fixed
+table, comparing numbers, sorting), so a tiny model trained on it for a few hundred steps shows a
+measurable change, and an evaluator can check outputs exactly. The same generators render three public
+schemas, so the recipes for the real hub datasets can be exercised offline:
+
+- alpaca (tatsu-lab/alpaca): instruction, input, output, text
+- dolly (databricks/databricks-dolly-15k): instruction, context, response, category
+- ultrachat (HuggingFaceH4/ultrachat_200k): prompt, prompt_id, messages (multi-turn, some with a system turn)
+
+Regenerate the committed fixtures (a test checks that they match byte for byte):
+
+    python -m hftune.synthetic data_recipes/fixtures
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+# A small fixed table: answers must be checkable without any external knowledge source.
+CAPITALS = (
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"),
+    ("Japan", "Tokyo"),
+    ("Canada", "Ottawa"),
+    ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Poland", "Warsaw"),
+    ("Greece", "Athens"),
+    ("Ireland", "Dublin"),
+    ("Austria", "Vienna"),
+    ("Hungary", "Budapest"),
+    ("India", "New Delhi"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("Cuba", "Havana"),
+    ("Argentina", "Buenos Aires"),
+)
+
+WORDS = (
+    "apple", "banana", "planet", "river", "garden", "window", "candle", "pepper", "marble", "silver",
+    "rocket", "button", "pencil", "tomato", "jungle", "bottle", "letter", "summer", "kitten", "puzzle",
+    "mirror", "castle", "forest", "harbor", "meadow", "orange", "parrot", "rabbit", "saddle", "turtle",
+    "violin", "wallet", "yellow", "zipper", "anchor", "banner", "cotton", "dinner", "engine", "falcon",
+)  # fmt: skip
+
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a concise assistant. Answer in one sentence.",
+    "You are a careful tutor who double-checks every answer.",
+)
+
+# A task is (question, answer, follow_up); follow_up(rng) -> (question, answer) continues the same topic,
+# so multi-turn conversations have turns that depend on earlier ones.
+Task = tuple[str, str, Callable[[random.Random], tuple[str, str]]]
+
+
+def _arithmetic(rng: random.Random) -> Task:
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    op = rng.choice("+-*")
+    if op == "*":
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+
+    def follow_up(rng: random.Random) -> tuple[str, str]:
+        c = rng.randint(2, 20)
+        return f"Now add {c} to that.", f"{result} + {c} = {result + c}."
+
+    return f"What is {a} {op} {b}?", f"{a} {op} {b} = {result}.", follow_up
+
+
+def _reverse(rng: random.Random) -> Task:
+    word = rng.choice(WORDS)
+
+    def follow_up(rng: random.Random) -> tuple[str, str]:
+        other = rng.choice(WORDS)
+        return f"And the word '{other}'?", f"The reverse of '{other}' is '{other[::-1]}'."
+
+    return f"Reverse the word '{word}'.", f"The reverse of '{word}' is '{word[::-1]}'.", follow_up
+
+
+def _count_letter(rng: random.Random) -> Task:
+    word = rng.choice(WORDS)
+    letter = rng.choice(word)
+
+    def answer(ch: str) -> str:
+        n = word.count(ch)
+        return f"The letter '{ch}' appears {n} time{'s' if n != 1 else ''} in '{word}'."
+
+    def follow_up(rng: random.Random) -> tuple[str, str]:
+        other = rng.choice("aeiourst")
+        return f"What about the letter '{other}'?", answer(other)
+
+    return f"How many times does the letter '{letter}' appear in '{word}'?", answer(letter), follow_up
+
+
+def _capital(rng: random.Random) -> Task:
+    country, city = rng.choice(CAPITALS)
+
+    def follow_up(rng: random.Random) -> tuple[str, str]:
+        other, other_city = rng.choice(CAPITALS)
+        return f"And what is the capital of {other}?", f"The capital of {other} is {other_city}."
+
+    return f"What is the capital of {country}?", f"The capital of {country} is {city}.", follow_up
+
+
+def _compare(rng: random.Random) -> Task:
+    a, b = rng.sample(range(1, 200), 2)
+    big, small = max(a, b), min(a, b)
+
+    def follow_up(rng: random.Random) -> tuple[str, str]:
+        return "And which one is smaller?", f"{small} is smaller than {big}."
+
+    return f"Which is larger, {a} or {b}?", f"{big} is larger than {small}.", follow_up
+
+
+def _sort(rng: random.Random) -> Task:
+    nums = rng.sample(range(1, 100), rng.randint(3, 5))
+    listed = ", ".join(map(str, nums))
+
+    def follow_up(rng: random.Random) -> tuple[str, str]:
+        return "Now sort them in descending order.", ", ".join(map(str, sorted(nums, reverse=True))) + "."
+
+    return (
+        f"Sort these numbers in ascending order: {listed}.",
+        ", ".join(map(str, sorted(nums))) + ".",
+        follow_up,
+    )
+
+
+TASKS = (_arithmetic, _reverse, _count_letter, _capital, _compare, _sort)
+
+
+def _task(rng: random.Random) -> Task:
+    return rng.choice(TASKS)(rng)
+
+
+# Alpaca puts the operand in `input` about a third of the time; these rephrase a task that way.
+def _split_instruction(question: str) -> tuple[str, str] | None:
+    if question.startswith("What is ") and question[8:9].isdigit():
+        return "Compute the result of this expression.", question[8:-1]
+    if question.startswith("Reverse the word '"):
+        return "Reverse the following word.", question[18:-2]
+    if question.startswith("Sort these numbers in ascending order: "):
+        return "Sort the numbers in ascending order.", question[39:-1]
+    return None
+
+
+_ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task{}. "
+    "Write a response that appropriately completes the request."
+)
+
+
+def _alpaca_text(instruction: str, input_: str, output: str) -> str:
+    # The real dataset carries this pre-rendered prompt in a `text` column; converters must ignore it.
+    if input_:
+        head = _ALPACA_PREAMBLE.format(", paired with an input that provides further context")
+        return f"{head}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input_}\n\n### Response:\n{output}"
+    head = _ALPACA_PREAMBLE.format("")
+    return f"{head}\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"
+
+
+def alpaca_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the tatsu-lab/alpaca schema: instruction, input, output, text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, _follow = _task(rng)
+        split = _split_instruction(question) if rng.random() < 0.35 else None
+        instruction, input_ = split if split else (question, "")
+        rows.append(
+            {
+                "instruction": instruction,
+                "input": input_,
+                "output": answer,
+                "text": _alpaca_text(instruction, input_, answer),
+            }
+        )
+    return rows
+
+
+def _dolly_row(rng: random.Random) -> dict:
+    question, answer, _follow = _task(rng)
+    if question.startswith("What is the capital"):
+        return {"instruction": question, "context": "", "response": answer, "category": "open_qa"}
+    if question.startswith("Which is larger"):
+        return {"instruction": question, "context": "", "response": answer, "category": "classification"}
+    if question.startswith("What is ") and rng.random() < 0.5:
+        # closed_qa: the numbers live in the context, as Dolly's reference passages do.
+        expr = question[8:-1]
+        context = f"A student wrote the expression {expr} on the board."
+        return {
+            "instruction": "What is the value of the expression on the board?",
+            "context": context,
+            "response": answer,
+            "category": "closed_qa",
+        }
+    return {"instruction": question, "context": "", "response": answer, "category": "general_qa"}
+
+
+def dolly_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the databricks/databricks-dolly-15k schema: instruction, context, response, category."""
+    rng = random.Random(seed)
+    return [_dolly_row(rng) for _ in range(n)]
+
+
+def _conversation(rng: random.Random) -> list[dict]:
+    messages = []
+    if rng.random() < 0.3:
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    question, answer, follow_up = _task(rng)
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    for _ in range(rng.randint(1, 2)):
+        # Mostly follow-ups on the same topic, sometimes a fresh question, as real chats drift; a
+        # follow-up that repeats an earlier question (some have only one phrasing) becomes a fresh one.
+        if rng.random() < 0.7:
+            question, answer = follow_up(rng)
+        if question in (m["content"] for m in messages):
+            question, answer, follow_up = _task(rng)
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+def ultrachat_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the HuggingFaceH4/ultrachat_200k schema: prompt, prompt_id, messages (2-3 exchanges)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        messages = _conversation(rng)
+        prompt = next(m["content"] for m in messages if m["role"] == "user")
+        prompt_id = hashlib.sha256(prompt.encode()).hexdigest()
+        rows.append({"prompt": prompt, "prompt_id": prompt_id, "messages": messages})
+    return rows
+
+
+def corpus_lines(n: int, seed: int = 0) -> list[str]:
+    """`n` lines of plain text in the same domain (questions, answers, chat-style turns), for tokenizers."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    while len(lines) < n:
+        question, answer, follow_up = _task(rng)
+        style = rng.randrange(4)
+        if style == 0:
+            lines += [f"Q: {question}", f"A: {answer}"]
+        elif style == 1:
+            lines += [f"user: {question}", f"assistant: {answer}"]
+            if rng.random() < 0.5:
+                q2, a2 = follow_up(rng)
+                lines += [f"user: {q2}", f"assistant: {a2}"]
+        elif style == 2:
+            lines.append(f"system: {rng.choice(SYSTEM_PROMPTS)}")
+            lines += [f"user: {question}", f"assistant: {answer}"]
+        else:
+            lines.append(f"{question} {answer}")
+    return lines[:n]
+
+
+# bad_rows.jsonl: the exact count per drop reason is part of the contract the tests check.
+BAD_ROWS_EXPECTED = {"missing_field": 3, "empty_turn": 3, "too_long": 2}
+BAD_ROWS_GOOD = 40
+
+
+def bad_rows(seed: int = 0) -> list[dict]:
+    """Alpaca-schema rows: BAD_ROWS_GOOD good ones with known bad ones at fixed positions.
+
+    Without a tokenizer only missing_field and empty_turn rows are dropped; with a tokenizer and
+    max_length=256 the two long rows are dropped as too_long as well.
+    """
+    good = [{k: v for k, v in row.items() if k != "text"} for row in alpaca_rows(BAD_ROWS_GOOD, seed)]
+    long_output = " ".join(f"{w} {w[::-1]}" for w in WORDS * 6)
+    bad = [
+        {"instruction": "What is 2 + 2?", "input": ""},  # output key absent
+        {"instruction": "What is 3 + 3?", "input": "", "output": None},
+        {"instruction": None, "input": "", "output": "Nothing to answer."},
+        {"instruction": "What is 4 + 4?", "input": "", "output": ""},
+        {"instruction": "   ", "input": "", "output": "An answer to a blank question."},
+        {"instruction": "What is 5 + 5?", "input": "", "output": " \n\t"},
+        {"instruction": "Reverse and list many words.", "input": "", "output": long_output},
+        {"instruction": "List many words.", "input": " ".join(WORDS * 10), "output": "Done."},
+    ]
+    rows = list(good)
+    # Spread the bad rows through the file so position-dependent bugs show up.
+    for i, row in enumerate(bad):
+        rows.insert(3 + i * 5, row)
+    return rows
+
+
+# bad_chats.jsonl (sharegpt schema, `conversations` with from/value): exact counts again.
+BAD_CHATS_EXPECTED = {
+    "missing_field": 2,
+    "empty_turn": 1,
+    "unknown_role": 1,
+    "no_assistant_turn": 1,
+    "not_alternating": 1,
+}
+BAD_CHATS_GOOD = 20
+
+
+def bad_chats(seed: int = 0) -> list[dict]:
+    """ShareGPT-schema rows (human/gpt/system): BAD_CHATS_GOOD good conversations plus known bad ones."""
+    role_names = {"system": "system", "user": "human", "assistant": "gpt"}
+    rows = [
+        {
+            "id": f"chat-{i}",
+            "conversations": [{"from": role_names[m["role"]], "value": m["content"]} for m in conv],
+        }
+        for i, conv in enumerate(_conversation(random.Random(seed * 1000 + i)) for i in range(BAD_CHATS_GOOD))
+    ]
+    bad = [
+        {"id": "bad-null", "conversations": None},
+        {"id": "bad-no-value", "conversations": [{"from": "human"}, {"from": "gpt", "value": "Hello."}]},
+        {
+            "id": "bad-empty",
+            "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": ""}],
+        },
+        {
+            "id": "bad-role",
+            "conversations": [{"from": "human", "value": "Hi?"}, {"from": "bing", "value": "Hi."}],
+        },
+        {"id": "bad-no-gpt", "conversations": [{"from": "human", "value": "Is anyone there?"}]},
+        {
+            "id": "bad-order",
+            "conversations": [
+                {"from": "human", "value": "What is 1 + 1?"},
+                {"from": "human", "value": "Please answer."},
+                {"from": "gpt", "value": "1 + 1 = 2."},
+            ],
+        },
+    ]
+    for i, row in enumerate(bad):
+        rows.insert(2 + i * 3, row)
+    return rows
+
+
+FIXTURE_SIZES = {"alpaca": 400, "dolly": 400, "ultrachat": 400, "corpus": 3000}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
+    """(Re)write every fixture file into `out_dir`; returns {file name: path}. Output is byte-stable."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Distinct seeds per file so the schemas do not carry the very same questions in the same order.
+    files = {
+        "alpaca.jsonl": alpaca_rows(FIXTURE_SIZES["alpaca"], seed=1),
+        "dolly.jsonl": dolly_rows(FIXTURE_SIZES["dolly"], seed=2),
+        "ultrachat.jsonl": ultrachat_rows(FIXTURE_SIZES["ultrachat"], seed=3),
+        "bad_rows.jsonl": bad_rows(seed=4),
+        "bad_chats.jsonl": bad_chats(seed=5),
+    }
+    written = {}
+    for name, rows in files.items():
+        _write_jsonl(out / name, rows)
+        written[name] = out / name
+    corpus = out / "corpus.txt"
+    corpus.write_text(
+        "\n".join(corpus_lines(FIXTURE_SIZES["corpus"], seed=6)) + "\n", encoding="utf-8", newline="\n"
+    )
+    written["corpus.txt"] = corpus
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m hftune.synthetic OUT_DIR", file=sys.stderr)
+        return 2
+    for path in write_fixtures(args[0]).values():
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

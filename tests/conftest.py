@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny local models (built once per session) and an isolated hftune cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Nothing may be fetched from the Hub in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hftune_cache(tmp_path_factory):
+    """`tiny:ARCH` models are cached here; CI sets HFTUNE_CACHE so they are built once per run."""
+    if "HFTUNE_CACHE" not in os.environ:
+        os.environ["HFTUNE_CACHE"] = str(tmp_path_factory.mktemp("hftune-cache"))
+    return Path(os.environ["HFTUNE_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(hftune_cache) -> str:
+    from hftune.tiny import resolve_tiny
+
+    return resolve_tiny("tiny:llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """One untrained tiny model per supported architecture (loading and LoRA targeting tests)."""
+    from hftune.tiny import ARCHITECTURES, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-archs")
+    return {arch: str(build_tiny_model(root / arch, arch=arch)) for arch in ARCHITECTURES}

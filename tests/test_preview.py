@@ -1,0 +1,125 @@
+"""`hftune data preview`: trained tokens marked exactly where TRL's assistant mask puts them, length stats."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hftune import synthetic
+from hftune.data import load_recipe, prepare_dataset
+from hftune.preview import GREEN, NO_MASK_NOTE, RESET, preview
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "data_recipes" / "fixtures"
+
+CHATML_WITH_GENERATION = (
+    "{%- for message in messages -%}{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+    "{% endgeneration %}{{ '\n' }}{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+CHATML_WITHOUT_GENERATION = CHATML_WITH_GENERATION.replace("{% generation %}", "").replace(
+    "{% endgeneration %}", ""
+)
+
+
+def build_chat_tokenizer(chat_template: str):
+    """A small byte-level BPE trained on the synthetic corpus, with a ChatML template (no Hub access)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(synthetic.corpus_lines(2000, seed=0), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        chat_template=chat_template,
+    )
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    return build_chat_tokenizer(CHATML_WITH_GENERATION)
+
+
+def bracketed(text: str) -> list[str]:
+    """The marked spans of the examples (the legend line shows the marker too, so skip the header)."""
+    body = text.split("\n--- example ", 1)[1]
+    return re.findall(r"⟦(.*?)⟧", body, flags=re.S)
+
+
+def test_assistant_tokens_are_marked_and_user_tokens_are_not(chat_tokenizer):
+    out = preview("tiny_ultrachat", chat_tokenizer, n=2, color=False)
+    spans = bracketed(out)
+    for row in synthetic.ultrachat_rows(2, seed=3):
+        for message in row["messages"]:
+            if message["role"] == "assistant":
+                # The end-of-turn token is trained too: the model must learn to stop.
+                assert f"{message['content']}<|im_end|>" in spans
+            else:
+                assert message["content"] in out
+                assert not any(message["content"] in span for span in spans)
+    assert "<|im_start|>assistant\n⟦" in out  # the role header is prompt, not target
+    assert out.count("--- example ") == 2
+
+
+def test_color_marks_the_same_spans_with_ansi(chat_tokenizer):
+    out = preview("tiny_alpaca", chat_tokenizer, n=1, color=True)
+    first = synthetic.alpaca_rows(1, seed=1)[0]
+    assert f"{GREEN}{first['output']}<|im_end|>{RESET}" in out
+    assert f"{GREEN}{first['instruction']}" not in out and "⟦" not in out
+
+
+def test_length_stats_count_rows_that_max_length_drops(chat_tokenizer):
+    out = preview(
+        "tiny_alpaca",
+        chat_tokenizer,
+        n=1,
+        max_length=256,
+        color=False,
+        data_files=str(FIXTURES / "bad_rows.jsonl"),
+    )
+    lengths = prepare_dataset(
+        load_recipe("tiny_alpaca"), tokenizer=chat_tokenizer, data_files=str(FIXTURES / "bad_rows.jsonl")
+    ).token_lengths
+    assert len(lengths) == synthetic.BAD_ROWS_GOOD + 2
+    values = sorted(lengths)
+    p95 = values[int(0.95 * len(values) + 0.999) - 1]
+    assert f"token lengths over {len(values)} rows:" in out
+    assert f"p95 {p95}, max {values[-1]}" in out and values[-1] > 256
+    assert "2 rows exceed max_length 256 (dropped as too_long)" in out
+    assert "kept 40 of 48 rows; dropped 8: empty_turn 3, missing_field 3, too_long 2" in out
+
+
+def test_prompt_completion_marks_only_the_final_answer(chat_tokenizer, tmp_path):
+    recipe = tmp_path / "pc.yaml"
+    recipe.write_text(
+        f"source: {{path: {FIXTURES / 'ultrachat.jsonl'}}}\nconverter: messages\nformat: prompt_completion\n"
+    )
+    out = preview(str(recipe), chat_tokenizer, n=1, color=False)
+    messages = synthetic.ultrachat_rows(1, seed=3)[0]["messages"]
+    assert bracketed(out) == [f"{messages[-1]['content']}<|im_end|>"]
+    assert "max_length not set" in out
+
+
+def test_template_without_generation_markers_is_explained_not_a_crash():
+    tokenizer = build_chat_tokenizer(CHATML_WITHOUT_GENERATION)
+    out = preview("tiny_alpaca", tokenizer, n=1, color=False)
+    assert NO_MASK_NOTE in out and "{% generation %}" in out
+    assert "trained tokens unknown" in out and "⟦" not in out
+    assert synthetic.alpaca_rows(1, seed=1)[0]["output"] in out
+    assert "kept 400 of 400 rows" in out
