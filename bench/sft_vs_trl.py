@@ -23,11 +23,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-COMMON = dict(max_length=256, per_device_train_batch_size=8, learning_rate=5e-3, warmup_steps=0,
-              logging_steps=10, seed=42, report_to="none", save_strategy="no", bf16=False)
+COMMON = dict(
+    max_length=256,
+    per_device_train_batch_size=8,
+    learning_rate=5e-3,
+    warmup_steps=0,
+    logging_steps=10,
+    seed=42,
+    report_to="none",
+    save_strategy="no",
+    bf16=False,
+)
 
 
-def raw_trl(model_path: str, rows: list[dict], steps: int, out: str) -> float:
+def raw_trl(model_path: str, rows: list[dict], steps: int, out: str) -> tuple[float, int]:
     """What a user writes by hand with TRL + PEFT."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -39,28 +48,64 @@ def raw_trl(model_path: str, rows: list[dict], steps: int, out: str) -> float:
     messages = []
     for r in rows:
         user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        messages.append({"messages": [{"role": "user", "content": user},
-                                      {"role": "assistant", "content": r["output"]}]})
+        messages.append(
+            {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]}
+        )
     args = SFTConfig(output_dir=out, max_steps=steps, assistant_only_loss=True, **COMMON)
-    peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(messages),
-                         processing_class=tokenizer, peft_config=peft)
-    return trainer.train().metrics["train_steps_per_second"]
+    peft = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(messages),
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+    steps_per_s = trainer.train().metrics["train_steps_per_second"]
+    return steps_per_s, _tokens_seen(trainer.state.log_history)
 
 
-def hftune_sft(model_path: str, data_file: str, steps: int, out: str) -> float:
+def hftune_sft(model_path: str, data_file: str, steps: int, out: str) -> tuple[float, int]:
     from hftune import sft
 
-    argv = ["--model_name_or_path", model_path, "--data_recipe", "tiny_alpaca", "--data_files", data_file,
-            "--eval_fraction", "0", "--max_steps", str(steps), "--output_dir", out, "--save_strategy", "no",
-            "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0"]
+    argv = [
+        "--model_name_or_path",
+        model_path,
+        "--data_recipe",
+        "tiny_alpaca",
+        "--data_files",
+        data_file,
+        "--eval_fraction",
+        "0",
+        "--max_steps",
+        str(steps),
+        "--output_dir",
+        out,
+        "--save_strategy",
+        "no",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--lora_dropout",
+        "0",
+    ]
     for key, value in COMMON.items():
         argv += [f"--{key}", str(value)]
-    return sft.run(sft.parse(None, argv)).metrics["train_steps_per_second"]
+    result = sft.run(sft.parse(None, argv))
+    return result.metrics["train_steps_per_second"], _tokens_seen(result.trainer.state.log_history)
+
+
+def _tokens_seen(log_history: list[dict]) -> int:
+    """Tokens trained on, from TRL's logs: equal on both sides means both did the same work."""
+    return max(int(entry.get("num_tokens", 0)) for entry in log_history)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
     ns = parser.parse_args()
@@ -74,15 +119,23 @@ def main() -> None:
     torch.manual_seed(0)
     model_path = resolve_tiny("tiny:llama")
     data_file = str(REPO / "data_recipes/fixtures/alpaca.jsonl")
-    rows = [json.loads(line) for line in open(data_file)]
+    rows = [json.loads(line) for line in Path(data_file).read_text().splitlines()]
     results: dict[str, list[float]] = {"trl": [], "hftune": []}
+    tokens: dict[str, set[int]] = {"trl": set(), "hftune": set()}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(ns.repeats):
-            results["trl"].append(raw_trl(model_path, rows, ns.steps, f"{tmp}/trl{i}"))
-            results["hftune"].append(hftune_sft(model_path, data_file, ns.steps, f"{tmp}/hftune{i}"))
+            for name, fn, source in (("trl", raw_trl, rows), ("hftune", hftune_sft, data_file)):
+                steps_per_s, n_tokens = fn(model_path, source, ns.steps, f"{tmp}/{name}{i}")
+                results[name].append(round(steps_per_s, 3))
+                tokens[name].add(n_tokens)
     best = {k: max(v) for k, v in results.items()}
-    print(f"steps/s  raw TRL: {best['trl']:.3f}  hftune: {best['hftune']:.3f}  (runs: {results})")
-    print(f"hftune / raw TRL steps-per-second ratio: {best['hftune'] / best['trl']:.3f}")
+    median = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
+    print(f"tokens trained per run  raw TRL: {sorted(tokens['trl'])}  hftune: {sorted(tokens['hftune'])}")
+    print(f"steps/s runs  raw TRL: {results['trl']}  hftune: {results['hftune']}")
+    print(
+        f"hftune / raw TRL steps-per-second ratio: best {best['hftune'] / best['trl']:.3f}, "
+        f"median {median['hftune'] / median['trl']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ def _cmd_sft(ns: argparse.Namespace, rest: list[str]) -> int:
     m = result.metrics
     if "eval_loss_before" in m:
         print(f"held-out loss: {m['eval_loss_before']:.4f} -> {m['eval_loss']:.4f}")
-    print(f"train loss {m.get('train_loss', float('nan')):.4f} over {m.get('global_step')} steps "
-          f"({m.get('train_steps_per_second', float('nan')):.2f} steps/s)")
+    print(
+        f"train loss {m.get('train_loss', float('nan')):.4f} over {m.get('global_step')} steps "
+        f"({m.get('train_steps_per_second', float('nan')):.2f} steps/s)"
+    )
     print(f"saved: {result.output_dir}")
     return 0
 
@@ -107,8 +109,13 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
     path = build_tiny_model(
-        ns.output_dir, arch=ns.arch, vocab_size=ns.vocab_size, hidden_size=ns.hidden_size,
-        num_layers=ns.num_layers, seed=ns.seed,
+        ns.output_dir,
+        arch=ns.arch,
+        vocab_size=ns.vocab_size,
+        hidden_size=ns.hidden_size,
+        num_layers=ns.num_layers,
+        pretrain_steps=ns.pretrain_steps,
+        seed=ns.seed,
     )
     print(f"saved tiny {ns.arch} model: {path}")
     return 0
@@ -116,6 +123,7 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from hftune import sft
+    from hftune.tiny import TINY_PRETRAIN_STEPS
 
     parser = argparse.ArgumentParser(
         prog="hftune",
@@ -138,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # `--res` must not silently mean `--resume`; unknown flags go to the config
     )
     p.add_argument("--config", metavar="FILE", help="stage config YAML")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint of an interrupted run"
+    )
     p.add_argument("--help-all", action="store_true", help="list every accepted config key with its help")
     common(p)
     p.set_defaults(func=_cmd_sft)
@@ -156,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--model", required=True, help="model/tokenizer: Hub id, folder, or tiny:ARCH")
     pp.add_argument("--n", type=int, default=3, help="examples to render (default 3)")
     pp.add_argument("--max_length", type=int, default=None, help="flag rows longer than this many tokens")
-    pp.add_argument("--data_files", default=None, help="local file in the recipe's schema, instead of its source")
+    pp.add_argument(
+        "--data_files", default=None, help="local file in the recipe's schema, instead of its source"
+    )
     pp.add_argument("--chat_template", default=None, help="chatml, a .jinja file, or a Jinja string")
     common(pp)
     p.set_defaults(func=_cmd_data)
@@ -167,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab_size", type=int, default=1024)
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--num_layers", type=int, default=2)
+    p.add_argument(
+        "--pretrain_steps",
+        type=int,
+        default=TINY_PRETRAIN_STEPS,
+        help="language-model steps on the built-in corpus, as for `tiny:ARCH` "
+        f"(default {TINY_PRETRAIN_STEPS}; 0 leaves the weights random)",
+    )
     p.add_argument("--seed", type=int, default=0)
     common(p)
     p.set_defaults(func=_cmd_tiny)

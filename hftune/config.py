@@ -258,12 +258,30 @@ def strip_secrets(data: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with only `true`/`false` as booleans (as in YAML 1.2): PyYAML's YAML 1.1 also reads `no`, `off`
+    and `yes` as booleans, which turns `save_strategy: no` into `False`."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -295,7 +313,7 @@ def parse_overrides(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
             else:
                 raw = "true"
         try:
-            values[key] = yaml.safe_load(raw) if raw != "" else ""
+            values[key] = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             values[key] = raw
         i += 1

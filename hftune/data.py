@@ -37,6 +37,7 @@ from typing import Any
 import datasets
 import yaml
 
+from hftune.config import load_yaml
 from hftune.errors import UserError, did_you_mean
 
 logger = logging.getLogger("hftune.data")
@@ -401,7 +402,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     """
     path = _find_recipe(str(name_or_path))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):

@@ -95,8 +95,8 @@ def load_tokenizer(
         if end_of_turn:
             if end_of_turn not in tok.get_vocab():
                 raise UserError(
-                    f"chat_template {chat_template!r} needs the token {end_of_turn!r}, which the tokenizer of "
-                    f"{name_or_path} does not have; pick a template that uses its own special tokens "
+                    f"chat_template {chat_template!r} needs the token {end_of_turn!r}, which the tokenizer "
+                    f"of {name_or_path} does not have; pick a template that uses its own special tokens "
                     "(a Jinja string or .jinja file) or a model that has them"
                 )
             # The token that ends an assistant turn is where generation must stop.
@@ -122,7 +122,8 @@ def set_pad_token(tok) -> None:
         tok.pad_token = tok.eos_token
     logger.warning(
         "tokenizer has no pad token distinct from eos (%r); padding with eos. Labels still keep each eos "
-        "that ends a turn, but check generations stop.", tok.eos_token
+        "that ends a turn, but check generations stop.",
+        tok.eos_token,
     )
 
 
@@ -169,6 +170,7 @@ def load_model(
         _disable_bnb_cpu_inference_packing(model)
     if source.adapter:
         model = PeftModel.from_pretrained(model, source.adapter, is_trainable=False)
+        _keep_saved_adapter_dtype(model, Path(source.adapter))
         if for_training:
             if quant is not None:
                 raise UserError(
@@ -189,6 +191,30 @@ def _disable_bnb_cpu_inference_packing(model) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def _keep_saved_adapter_dtype(model, folder: Path) -> None:
+    """Run the adapter in the dtype it was trained and saved in.
+
+    TRL trains QLoRA adapters in bf16, while PEFT upcasts adapters to fp32 when it loads them; the
+    reloaded model would then compute something slightly different from the trained one."""
+    from safetensors import safe_open
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    with safe_open(str(weights), framework="pt") as f:
+        saved = {f.get_slice(key).get_dtype() for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if len(saved) != 1 or next(iter(saved)) not in _SAFETENSORS_DTYPES:
+        return
+    dtype = _SAFETENSORS_DTYPES[saved.pop()]
+    marker = f".{model.active_adapter}."
+    for name, param in model.named_parameters():
+        if marker in name and param.is_floating_point():
+            param.data = param.data.to(dtype)
 
 
 def kbit_device_map() -> dict[str, int | str]:

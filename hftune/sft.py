@@ -39,7 +39,8 @@ class SFTExtras:
     eval_fraction: float = hftune_field(0.05, "Fraction of rows held out for evaluation (0 disables eval).")
     max_samples: int | None = hftune_field(None, "Use only the first N source rows (quick experiments).")
     data_strict: bool | None = hftune_field(
-        None, "Fail on the first bad row instead of dropping and counting it (default: the recipe's `strict`)."
+        None,
+        "Fail on the first bad row instead of dropping and counting it (default: the recipe's `strict`).",
     )
     chat_template: str | None = hftune_field(
         None,
@@ -92,6 +93,7 @@ def schema() -> StageSchema:
             "dtype": "auto",
             "bf16": modeling.bf16_available(),
             "report_to": "none",
+            "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
             "logging_steps": 10,
             "save_strategy": "steps",
             "save_steps": 100,
@@ -150,6 +152,24 @@ def check_loss_masks(dataset, name: str) -> None:
         raise UserError(
             f"{len(empty)} {name} example(s) have no trained tokens (rows {empty[:5]}): the chat template "
             "marks no assistant tokens or truncation removed them. Check `hftune data preview`."
+        )
+
+
+def _count_rows_trl_dropped(trainer, data, args) -> None:
+    """SFTTrainer silently filters rows left with no trained token after its own truncation. hftune already
+    drops over-long rows, so this should find nothing; if it does, the rows are counted, never lost unseen."""
+    if args.packing:
+        return  # packed rows no longer map one to one onto examples
+    lost = len(data.train) - len(trainer.train_dataset)
+    if lost > 0:
+        data.dropped["no_trained_tokens_after_truncation"] = (
+            data.dropped.get("no_trained_tokens_after_truncation", 0) + lost
+        )
+        logger.warning("TRL dropped %d training row(s) left with no trained tokens after truncation", lost)
+    if len(trainer.train_dataset) == 0:
+        raise UserError(
+            "no training rows left: every row lost all trained tokens to truncation "
+            "(raise `max_length`, check `hftune data preview`)"
         )
 
 
@@ -245,6 +265,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         raise UserError(f"{cfg.source}: TRL refused this combination of settings: {err}") from None
     finally:
         args.output_dir = str(final_dir)  # the resolved config names where the artifact lives
+    _count_rows_trl_dropped(trainer, data, args)
     check_loss_masks(trainer.train_dataset, "training")
     if trainer.eval_dataset is not None:
         check_loss_masks(trainer.eval_dataset, "evaluation")
@@ -292,7 +313,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> SFTResult:
                 "source": data_files_or_source(p.recipe, cfg.hftune.data_files),
                 "fingerprint": data.fingerprint,
                 "n_source_rows": data.n_source_rows,
-                "n_train": len(data.train),
+                "n_train": len(trainer.train_dataset) if not cfg.training.packing else len(data.train),
                 "n_eval": len(data.eval) if data.eval is not None else 0,
                 "dropped": data.dropped,
             },

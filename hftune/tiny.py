@@ -126,8 +126,17 @@ def build_tiny_model(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "hftune_tiny.json").write_text(
-            json.dumps({"arch": arch, "vocab_size": len(tokenizer), "hidden_size": hidden_size,
-                        "num_layers": num_layers, "pretrain_steps": pretrain_steps, "seed": seed}, indent=2)
+            json.dumps(
+                {
+                    "arch": arch,
+                    "vocab_size": len(tokenizer),
+                    "hidden_size": hidden_size,
+                    "num_layers": num_layers,
+                    "pretrain_steps": pretrain_steps,
+                    "seed": seed,
+                },
+                indent=2,
+            )
         )
     logger.info("built tiny %s model (%d parameters) in %s", arch, model.num_parameters(), out)
     return out
@@ -139,7 +148,9 @@ def _pretrain(model, tokenizer, lines: list[str], steps: int, seed: int, block: 
 
     stream: list[int] = []
     for line in lines:
-        stream += tokenizer(line, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids(EOT)]
+        stream += tokenizer(line, add_special_tokens=False)["input_ids"] + [
+            tokenizer.convert_tokens_to_ids(EOT)
+        ]
     n_blocks = len(stream) // block
     data = torch.tensor(stream[: n_blocks * block]).view(n_blocks, block)
     gen = torch.Generator().manual_seed(seed)
@@ -166,7 +177,7 @@ def cache_root() -> Path:
 
 def resolve_tiny(spec: str) -> str:
     """`tiny:llama` -> path of a cached tiny model of that architecture, built on first use."""
-    arch = spec[len(TINY_PREFIX):] or "llama"
+    arch = spec[len(TINY_PREFIX) :] or "llama"
     key = hashlib.sha256(f"{arch}-v2-{TINY_PRETRAIN_STEPS}".encode()).hexdigest()[:12]
     path = cache_root() / "tiny" / f"{arch}-{key}"
     if not (path / "config.json").is_file():

@@ -29,7 +29,10 @@ def test_misspelt_key_names_it_and_suggests(tmp_path):
 
 
 def test_three_faults_reported_together(tmp_path):
-    path = write(tmp_path, BASE + "learnig_rate: 1.0e-4\nnum_train_epochs: many\nload_in_4bit: true\nload_in_8bit: true\n")
+    path = write(
+        tmp_path,
+        BASE + "learnig_rate: 1.0e-4\nnum_train_epochs: many\nload_in_4bit: true\nload_in_8bit: true\n",
+    )
     with pytest.raises(ConfigError) as err:
         sft.parse(str(path))
     problems = err.value.problems
@@ -51,6 +54,14 @@ def test_yaml_exponent_string_is_a_float(tmp_path):
     # PyYAML reads `1e-4` (no dot) as a string; a float field must still accept it.
     cfg = sft.parse(str(write(tmp_path, BASE + "learning_rate: 1e-4\n")))
     assert cfg.training.learning_rate == pytest.approx(1e-4)
+
+
+def test_no_and_off_stay_strings(tmp_path):
+    # YAML 1.1 would read `no` as False, making `save_strategy: no` a type error.
+    cfg = sft.parse(str(write(tmp_path, BASE + "save_strategy: no\n")), ["--report_to", "none"])
+    assert cfg.training.save_strategy == "no"
+    cfg = sft.parse(str(write(tmp_path, BASE + "packing: false\n")), ["--save_strategy", "no"])
+    assert cfg.training.packing is False
 
 
 def test_unknown_flag_is_reported_with_its_source(tmp_path):

@@ -28,8 +28,9 @@ def test_tiny_models_of_each_architecture_load_and_take_all_linear_lora(tiny_mod
         assert tok.pad_token != tok.eos_token
         model = modeling.load_model(path, model_args())
         assert model.dtype == torch.float32  # CPU: fp32 by default
-        peft_model = get_peft_model(model, modeling.lora_config(model_args(use_peft=True,
-                                                                           lora_target_modules=["all-linear"])))
+        peft_model = get_peft_model(
+            model, modeling.lora_config(model_args(use_peft=True, lora_target_modules=["all-linear"]))
+        )
         n_lora = sum(1 for name, _ in peft_model.named_modules() if name.endswith("lora_A"))
         assert n_lora >= 4, f"{arch}: all-linear found only {n_lora} layers"
         # lm_head is never a LoRA target: it would break tied embeddings and the score head later.
@@ -89,7 +90,7 @@ def test_bad_model_paths_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="folder not found"):
         modeling.resolve_source(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="config.json"):
+    with pytest.raises(UserError, match=r"config\.json"):
         modeling.resolve_source(str(tmp_path / "empty"))
     (tmp_path / "ad").mkdir()
     (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))

@@ -64,8 +64,15 @@ def test_lora_reload_reproduces_logits(lora_run):
 def test_output_folder_is_complete_and_safe(lora_run):
     out = lora_run.output_dir
     names = {p.name for p in out.iterdir()}
-    for required in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
-                     "tokenizer_config.json", "config.hftune.yaml", "metrics.json", "manifest.json"):
+    for required in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.hftune.yaml",
+        "metrics.json",
+        "manifest.json",
+    ):
         assert required in names, f"{required} missing from {sorted(names)}"
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names), names
     assert not (out.parent / "out.work").exists(), "work dir must be removed after success"
@@ -89,8 +96,18 @@ def multi_turn_config(tmp_path, rows: list[dict]) -> sft.StageConfig:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return sft.parse(
         str(REPO / "configs/tiny/sft.yaml"),
-        ["--data_recipe", "tiny_ultrachat", "--data_files", str(data), "--eval_fraction", "0",
-         "--output_dir", str(tmp_path / "out"), "--max_samples", "100"],
+        [
+            "--data_recipe",
+            "tiny_ultrachat",
+            "--data_files",
+            str(data),
+            "--eval_fraction",
+            "0",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_samples",
+            "100",
+        ],
     )
 
 
@@ -147,21 +164,36 @@ def test_bad_rows_are_dropped_counted_and_recorded(tmp_path, tiny_llama):
     bad = REPO / "data_recipes/fixtures/bad_rows.jsonl"
     cfg = sft.parse(
         str(REPO / "configs/tiny/sft.yaml"),
-        ["--data_files", str(bad), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
-         "--eval_fraction", "0", "--max_samples", "null"],
+        [
+            "--data_files",
+            str(bad),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--eval_fraction",
+            "0",
+            "--max_samples",
+            "null",
+        ],
     )
     result = sft.run(cfg)
     data = result.manifest["data"]
-    expected = prepare_dataset(load_recipe("tiny_alpaca"), tokenizer=result.trainer.processing_class,
-                               max_length=cfg.training.max_length, data_files=str(bad))
+    expected = prepare_dataset(
+        load_recipe("tiny_alpaca"),
+        tokenizer=result.trainer.processing_class,
+        max_length=cfg.training.max_length,
+        data_files=str(bad),
+    )
     assert data["dropped"] == expected.dropped and sum(data["dropped"].values()) >= 3
     assert len(data["dropped"]) >= 3, "bad_rows.jsonl exercises several drop reasons"
     assert data["n_train"] == data["n_source_rows"] - sum(data["dropped"].values())
 
 
 def test_packing_refused_when_attention_would_cross_examples(tmp_path, tiny_llama):
-    cfg = sft.parse(str(REPO / "configs/tiny/sft.yaml"),
-                    ["--packing", "true", "--output_dir", str(tmp_path / "out")])
+    cfg = sft.parse(
+        str(REPO / "configs/tiny/sft.yaml"), ["--packing", "true", "--output_dir", str(tmp_path / "out")]
+    )
     with pytest.raises(UserError, match="attend to each other"):
         sft.prepare(cfg)
 
@@ -204,3 +236,14 @@ def test_qlora_4bit_on_cpu(tmp_path, tiny_llama):
     m = result.metrics
     assert m["eval_loss"] < 0.7 * m["eval_loss_before"], m
     assert_reload_matches(result, ModelConfig(dtype="auto", load_in_4bit=True, use_peft=True))
+
+
+def test_rows_trl_drops_after_truncation_are_counted():
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(train=list(range(10)), dropped={"too_long": 2})
+    trainer = SimpleNamespace(train_dataset=list(range(7)))
+    sft._count_rows_trl_dropped(trainer, data, SimpleNamespace(packing=False))
+    assert data.dropped == {"too_long": 2, "no_trained_tokens_after_truncation": 3}
+    with pytest.raises(UserError, match="no training rows left"):
+        sft._count_rows_trl_dropped(SimpleNamespace(train_dataset=[]), data, SimpleNamespace(packing=False))

@@ -1,0 +1,116 @@
+"""The command line: user errors exit 2 with one readable message, `--help` documents every option, and
+the sub-commands work from any directory (recipes ship with the installed package)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hftune import cli, sft
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hftune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the real command line in a fresh interpreter, away from the checkout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hftune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_bad_config_exits_2_naming_every_fault_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "model_name_or_path: tiny:llama\ndata_recipe: tiny_alpaca\n"
+        "learnig_rate: 1e-3\nnum_train_epochs: many\nhub_token: abc\n"
+    )
+    proc = hftune("sft", "--config", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr
+    assert str(bad) in err
+    assert "learnig_rate" in err and "learning_rate" in err
+    assert "num_train_epochs" in err and "many" in err
+    assert "hub_token" in err and "HF_TOKEN" in err
+
+    debug = hftune("sft", "--config", str(bad), "--debug", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_sft_end_to_end_from_the_command_line(tmp_path, tiny_llama):
+    out = tmp_path / "run"
+    proc = hftune(
+        "sft",
+        "--config",
+        str(REPO / "configs/tiny/sft.yaml"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--max_samples",
+        "60",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out loss:" in proc.stdout and f"saved: {out}" in proc.stdout
+    assert (out / "adapter_model.safetensors").is_file() and (out / "manifest.json").is_file()
+
+
+def test_data_list_works_outside_the_checkout(tmp_path):
+    proc = hftune("data", "list", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert {"alpaca", "dolly", "ultrachat", "tiny_alpaca", "tiny_dolly", "tiny_ultrachat"} <= names
+
+
+def test_sft_help_documents_every_hftune_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sft", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for field in dataclasses.fields(sft.SFTExtras):
+        assert f"--{field.name}" in text, f"--{field.name} missing from `hftune sft --help`"
+    assert "--resume" in text and "--help-all" in text
+    for key in sft.schema().defaults:
+        assert f"  {key}:" in text, f"hftune default for {key} not shown"
+
+
+def test_help_all_lists_trl_fields(capsys):
+    assert cli.main(["sft", "--help-all"]) == 0
+    text = capsys.readouterr().out
+    for name in ("--learning_rate", "--assistant_only_loss", "--lora_r", "--load_in_4bit", "--data_recipe"):
+        assert name in text
+
+
+def test_user_errors_in_process_exit_2(capsys, tmp_path):
+    assert cli.main(["sft", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hftune: error:") and "missing.yaml" in err
+    assert cli.main(["data", "preview", "no_such_recipe", "--model", "tiny:llama"]) == 2
+    assert "no_such_recipe" in capsys.readouterr().err
+    assert cli.main([]) == 2
+
+
+def test_data_preview_marks_trained_tokens(capsys, tiny_llama):
+    assert (
+        cli.main(
+            ["data", "preview", "tiny_ultrachat", "--model", "tiny:llama", "--n", "1", "--max_length", "64"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "p95" in out and "max_length" in out
+
+
+def test_tiny_command_builds_a_loadable_model(tmp_path, capsys):
+    out = tmp_path / "tiny-gpt2"
+    assert cli.main(["tiny", str(out), "--arch", "gpt2", "--pretrain_steps", "0"]) == 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert cli.main(["tiny", str(tmp_path / "x"), "--arch", "bert"]) == 2
+    assert "bert" in capsys.readouterr().err
