@@ -61,6 +61,21 @@ def test_lora_reload_reproduces_logits(lora_run):
     assert_reload_matches(lora_run, ModelConfig(dtype="auto"))
 
 
+def test_lora_trains_the_adapter_and_leaves_base_weights_alone(lora_run, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    trained = lora_run.trainer.model
+    changed_lora = 0
+    for name, param in trained.named_parameters():
+        if "lora_" in name:
+            changed_lora += int(param.abs().sum() > 0 and "lora_B" in name)
+            continue
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(param.detach().cpu(), base[key]), f"base weight {key} changed"
+    assert changed_lora > 0, "LoRA B matrices start at zero and must have been trained"
+
+
 def test_output_folder_is_complete_and_safe(lora_run):
     out = lora_run.output_dir
     names = {p.name for p in out.iterdir()}
