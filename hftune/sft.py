@@ -300,6 +300,9 @@ def run(cfg: StageConfig, *, resume: bool = False) -> SFTResult:
             trainer.model.generation_config.save_pretrained(str(out))
         for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
             unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle
+        # PEFT's placeholder card ("[More Information Needed]") says nothing true; hftune's cards are
+        # generated from the manifests when a model is pushed.
+        (out / "README.md").unlink(missing_ok=True)
         (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
         artifacts.write_json(out / "metrics.json", metrics)
         artifacts.write_json(out / "log_history.json", trainer.state.log_history)

@@ -32,6 +32,14 @@ def tiny_llama(hftune_cache) -> str:
 
 
 @pytest.fixture(scope="session")
+def chat_tokenizer():
+    """The tiny models' tokenizer (byte-level BPE, ChatML template with generation markers), no model."""
+    from hftune.tiny import default_corpus, train_tokenizer
+
+    return train_tokenizer(default_corpus(), 1024)
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """One untrained tiny model per supported architecture (loading and LoRA targeting tests)."""
     from hftune.tiny import ARCHITECTURES, build_tiny_model

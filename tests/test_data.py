@@ -17,44 +17,6 @@ from hftune.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "data_recipes" / "fixtures"
 
-CHATML_WITH_GENERATION = (
-    "{%- for message in messages -%}{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
-    "{% endgeneration %}{{ '\n' }}{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
-)
-
-
-def build_chat_tokenizer(chat_template: str = CHATML_WITH_GENERATION):
-    """A small byte-level BPE trained on the synthetic corpus, with a ChatML template (no Hub access)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(synthetic.corpus_lines(2000, seed=0), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template=chat_template,
-    )
-
-
-@pytest.fixture(scope="session")
-def chat_tokenizer():
-    return build_chat_tokenizer()
-
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -5,55 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from hftune import synthetic
 from hftune.data import load_recipe, prepare_dataset
 from hftune.preview import GREEN, NO_MASK_NOTE, RESET, preview
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "data_recipes" / "fixtures"
-
-CHATML_WITH_GENERATION = (
-    "{%- for message in messages -%}{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
-    "{% endgeneration %}{{ '\n' }}{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
-)
-CHATML_WITHOUT_GENERATION = CHATML_WITH_GENERATION.replace("{% generation %}", "").replace(
-    "{% endgeneration %}", ""
-)
-
-
-def build_chat_tokenizer(chat_template: str):
-    """A small byte-level BPE trained on the synthetic corpus, with a ChatML template (no Hub access)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(synthetic.corpus_lines(2000, seed=0), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template=chat_template,
-    )
-
-
-@pytest.fixture(scope="session")
-def chat_tokenizer():
-    return build_chat_tokenizer(CHATML_WITH_GENERATION)
 
 
 def bracketed(text: str) -> list[str]:
@@ -117,7 +74,11 @@ def test_prompt_completion_marks_only_the_final_answer(chat_tokenizer, tmp_path)
 
 
 def test_template_without_generation_markers_is_explained_not_a_crash():
-    tokenizer = build_chat_tokenizer(CHATML_WITHOUT_GENERATION)
+    from hftune.tiny import default_corpus, train_tokenizer
+
+    tokenizer = train_tokenizer(default_corpus(), 1024)
+    for marker in ("{% generation %}", "{% endgeneration %}"):
+        tokenizer.chat_template = tokenizer.chat_template.replace(marker, "")
     out = preview("tiny_alpaca", tokenizer, n=1, color=False)
     assert NO_MASK_NOTE in out and "{% generation %}" in out
     assert "trained tokens unknown" in out and "⟦" not in out

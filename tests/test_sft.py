@@ -90,6 +90,7 @@ def test_output_folder_is_complete_and_safe(lora_run):
     ):
         assert required in names, f"{required} missing from {sorted(names)}"
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names), names
+    assert "README.md" not in names, "no placeholder model card"
     assert not (out.parent / "out.work").exists(), "work dir must be removed after success"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "sft" and manifest["data"]["fingerprint"]
