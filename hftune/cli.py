@@ -6,6 +6,7 @@ User mistakes (`UserError`) print one readable message and exit 2; `--debug` sho
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -65,22 +66,36 @@ def _print_all_fields(schema_fn: Callable) -> None:
                 print("      " + w)
 
 
-def _cmd_sft(ns: argparse.Namespace, rest: list[str]) -> int:
-    from hftune import sft
+# Training stages: `hftune <stage> --config FILE [--key value ...]`; each module offers the same
+# parse / run / summary / schema functions.
+STAGES = {
+    "sft": (
+        "supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
+        "Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and ModelConfig "
+        "fields plus the hftune options below; `--key value` flags override the file.",
+    ),
+    "reward": (
+        "reward modelling on preference pairs with TRL's RewardTrainer",
+        "Reward modelling with TRL's RewardTrainer on top of an SFT output. Config keys are TRL's "
+        "RewardConfig and ModelConfig fields plus the hftune options below; `--key value` flags override the "
+        "file. Prints and saves a held-out report (pairwise accuracy with a 95% CI, margins, score "
+        "statistics, score/length correlation).",
+    ),
+}
 
+
+def _stage_module(name: str):
+    return importlib.import_module(f"hftune.{name}")
+
+
+def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:
+    module = _stage_module(ns.command)
     if ns.help_all:
-        _print_all_fields(sft.schema)
+        _print_all_fields(module.schema)
         return 0
-    cfg = sft.parse(ns.config, rest)
-    result = sft.run(cfg, resume=ns.resume)
-    m = result.metrics
-    if "eval_loss_before" in m:
-        print(f"held-out loss: {m['eval_loss_before']:.4f} -> {m['eval_loss']:.4f}")
-    print(
-        f"train loss {m.get('train_loss', float('nan')):.4f} over {m.get('global_step')} steps "
-        f"({m.get('train_steps_per_second', float('nan')):.2f} steps/s)"
-    )
-    print(f"saved: {result.output_dir}")
+    cfg = module.parse(ns.config, rest)
+    result = module.run(cfg, resume=ns.resume)
+    print(module.summary(result))
     return 0
 
 
@@ -122,7 +137,6 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hftune import sft
     from hftune.tiny import TINY_PRETRAIN_STEPS
 
     parser = argparse.ArgumentParser(
@@ -136,22 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
 
-    p = sub.add_parser(
-        "sft",
-        help="supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
-        description="Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and "
-        "ModelConfig fields plus the hftune options below; `--key value` flags override the file.",
-        epilog=_stage_help(sft.schema, "sft"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # `--res` must not silently mean `--resume`; unknown flags go to the config
-    )
-    p.add_argument("--config", metavar="FILE", help="stage config YAML")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint of an interrupted run"
-    )
-    p.add_argument("--help-all", action="store_true", help="list every accepted config key with its help")
-    common(p)
-    p.set_defaults(func=_cmd_sft)
+    for name, (short, description) in STAGES.items():
+        p = sub.add_parser(
+            name,
+            help=short,
+            description=description,
+            epilog=_stage_help(_stage_module(name).schema, name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # `--res` must not silently mean `--resume`; unknown flags go to the config
+        )
+        p.add_argument("--config", metavar="FILE", help="stage config YAML")
+        p.add_argument(
+            "--resume", action="store_true", help="continue from the last checkpoint of an interrupted run"
+        )
+        p.add_argument("--help-all", action="store_true", help="list every accepted config key with its help")
+        common(p)
+        p.set_defaults(func=_cmd_stage)
 
     p = sub.add_parser("data", help="inspect data recipes")
     common(p)

@@ -5,6 +5,7 @@ One path for all of them, so tests on tiny local models exercise the code users 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,20 +25,44 @@ _PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|
 
 @dataclass
 class ModelSource:
-    """What a `model_name_or_path` points at: a base model, plus an adapter folder if it is one."""
+    """What a `model_name_or_path` points at: a base model plus the chain of adapter folders on top of it
+    (innermost first), e.g. base -> SFT adapter -> reward-model adapter."""
 
     base: str
-    adapter: str | None = None
+    adapters: tuple[str, ...] = ()
+
+    @property
+    def adapter(self) -> str | None:
+        return self.adapters[-1] if self.adapters else None
 
     @property
     def tokenizer_path(self) -> str:
         # An adapter folder written by hftune carries the tokenizer and chat template it was trained with.
-        if self.adapter and (Path(self.adapter) / "tokenizer_config.json").is_file():
-            return self.adapter
+        for folder in reversed(self.adapters):
+            if (Path(folder) / "tokenizer_config.json").is_file():
+                return folder
         return self.base
 
+    @property
+    def is_reward_model(self) -> bool:
+        """A sequence-classification model (a reward model), as an adapter or a full model."""
+        if self.adapters:
+            return _adapter_config(Path(self.adapters[-1])).get("task_type") == "SEQ_CLS"
+        config = Path(self.base) / "config.json"
+        if config.is_file():
+            architectures = json.loads(config.read_text()).get("architectures") or []
+            return any(a.endswith("ForSequenceClassification") for a in architectures)
+        return False
 
-def resolve_source(name_or_path: str) -> ModelSource:
+
+_MAX_ADAPTER_CHAIN = 8
+
+
+def _adapter_config(folder: Path) -> dict:
+    return json.loads((folder / "adapter_config.json").read_text())
+
+
+def resolve_source(name_or_path: str, _depth: int = 0) -> ModelSource:
     if name_or_path.startswith(TINY_PREFIX):
         return ModelSource(resolve_tiny(name_or_path))
     path = Path(name_or_path)
@@ -46,10 +71,16 @@ def resolve_source(name_or_path: str) -> ModelSource:
     if path.is_dir():
         adapter_cfg = path / "adapter_config.json"
         if adapter_cfg.is_file():
-            base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+            base = _adapter_config(path).get("base_model_name_or_path")
             if not base:
                 raise UserError(f"{adapter_cfg}: adapter names no `base_model_name_or_path`")
-            return ModelSource(resolve_source(base).base, str(path))
+            if _depth >= _MAX_ADAPTER_CHAIN:
+                raise UserError(
+                    f"{adapter_cfg}: adapters name each other as base more than "
+                    f"{_MAX_ADAPTER_CHAIN} deep (a cycle?)"
+                )
+            inner = resolve_source(base, _depth + 1)
+            return ModelSource(inner.base, (*inner.adapters, str(path)))
         if not (path / "config.json").is_file():
             raise UserError(f"model_name_or_path: {path} has neither config.json nor adapter_config.json")
         return ModelSource(str(path))
@@ -144,11 +175,65 @@ def load_model(
 ):
     """Load a causal LM (optionally 4/8-bit through bitsandbytes); an adapter folder loads its base and
     attaches the adapter, merged when more LoRA will be trained on top."""
-    from peft import PeftModel, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
-    from trl import get_quantization_config
 
     source = resolve_source(name_or_path)
+    if source.is_reward_model:
+        raise UserError(
+            f"{name_or_path} is a reward model (sequence classification), not a language model; "
+            "use it as `reward_model_path`, or point `model_name_or_path` at the SFT output"
+        )
+    return _load(
+        AutoModelForCausalLM,
+        source,
+        model_args,
+        trust_remote_code=trust_remote_code,
+        for_training=for_training,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+def load_reward_model(
+    name_or_path: str,
+    model_args,
+    *,
+    trust_remote_code: bool = False,
+    for_training: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """A reward model: a sequence classifier with one output. From a saved reward model (full, or a
+    LoRA adapter with its score head) it reproduces the saved scores; from a language model (base, SFT
+    adapter folder, merged SFT model) the SFT weights are merged in and a fresh score head is added."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = resolve_source(name_or_path)
+    model = _load(
+        AutoModelForSequenceClassification,
+        source,
+        model_args,
+        trust_remote_code=trust_remote_code,
+        for_training=for_training,
+        gradient_checkpointing=gradient_checkpointing,
+        num_labels=1,
+    )
+    if model.config.num_labels != 1:
+        raise UserError(f"{name_or_path} has {model.config.num_labels} outputs; a reward model has one")
+    return model
+
+
+def _load(
+    auto_cls,
+    source: ModelSource,
+    model_args,
+    *,
+    trust_remote_code: bool,
+    for_training: bool,
+    gradient_checkpointing: bool,
+    **extra,
+):
+    from peft import PeftModel, prepare_model_for_kbit_training
+    from trl import get_quantization_config
+
     dtype = auto_dtype(model_args.dtype)
     model_args.dtype = dtype  # TRL reads it for the 4-bit compute dtype
     quant = get_quantization_config(model_args)
@@ -157,30 +242,67 @@ def load_model(
         revision=model_args.model_revision,
         trust_remote_code=trust_remote_code,
         attn_implementation=model_args.attn_implementation,
+        **extra,
     )
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = kbit_device_map()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.base, **kwargs)
+        with _quiet_new_score_head():
+            model = auto_cls.from_pretrained(source.base, **kwargs)
     except OSError as err:
         raise UserError(f"could not load model {source.base!r}: {err}") from None
 
     if quant is not None:
         _disable_bnb_cpu_inference_packing(model)
-    if source.adapter:
-        model = PeftModel.from_pretrained(model, source.adapter, is_trainable=False)
-        _keep_saved_adapter_dtype(model, Path(source.adapter))
-        if for_training:
-            if quant is not None:
-                raise UserError(
-                    f"{source.adapter} is a LoRA adapter; merge it first (`hftune merge`) before training "
-                    "a quantized model on top of it"
-                )
+    for i, folder in enumerate(source.adapters):
+        last = i == len(source.adapters) - 1
+        if quant is not None and (for_training or not last):
+            raise UserError(
+                f"{folder} is a LoRA adapter; merge it into its base first before loading that base "
+                "quantized (merging into 4/8-bit weights loses precision)"
+            )
+        model = PeftModel.from_pretrained(
+            model, folder, is_trainable=False, config=_adapter_for(model, folder)
+        )
+        _keep_saved_adapter_dtype(model, Path(folder))
+        if for_training or not last:
+            # Inner adapters (an SFT adapter under a reward adapter) and adapters that more LoRA will be
+            # trained on become part of the weights.
             model = model.merge_and_unload()
     if quant is not None and for_training:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
+
+
+def _adapter_for(model, folder: str):
+    """The adapter's PEFT config, fitted to the model it goes on. An SFT (causal LM) adapter put under a
+    reward model's score head is plain LoRA on the shared backbone: PEFT's causal-LM wrapper would expect
+    generation methods a sequence classifier does not have."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(folder)
+    is_classifier = type(model).__name__.endswith("ForSequenceClassification")
+    if is_classifier and config.task_type == "CAUSAL_LM":
+        if config.modules_to_save:
+            raise UserError(
+                f"{folder} also trains {config.modules_to_save} in full, which a reward model does not have; "
+                "merge that adapter into its base first and start the reward model from the merged model"
+            )
+        config.task_type = None
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_new_score_head():
+    """A reward model built from a language model gets a new score head; transformers warns about it at
+    length, though it is exactly what is meant (TRL's RewardTrainer silences it the same way)."""
+    try:
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+    except ImportError:  # TRL moved it: the warning is noise, not a failure
+        suppress_seqcls_warning = contextlib.nullcontext
+    with suppress_seqcls_warning():
+        yield
 
 
 def _disable_bnb_cpu_inference_packing(model) -> None:

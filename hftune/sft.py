@@ -17,63 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from hftune import artifacts, modeling
-from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
+from hftune import artifacts, modeling, stage
+from hftune.config import StageConfig, StageSchema, parse_stage_config
 from hftune.errors import UserError
+from hftune.stage import DataExtras, common_checks
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTExtras:
-    """What TRL's SFTConfig/ModelConfig lack. Names never clash with TRL's fields."""
-
-    data_recipe: str | None = hftune_field(
-        None, "Data recipe: a built-in name (see `hftune data list`) or a path to a recipe YAML. Required."
-    )
-    data_files: str | None = hftune_field(
-        None, "A local json/jsonl/csv/parquet file in the recipe's schema, used instead of its source."
-    )
-    eval_fraction: float = hftune_field(0.05, "Fraction of rows held out for evaluation (0 disables eval).")
-    max_samples: int | None = hftune_field(None, "Use only the first N source rows (quick experiments).")
-    data_strict: bool | None = hftune_field(
-        None,
-        "Fail on the first bad row instead of dropping and counting it (default: the recipe's `strict`).",
-    )
-    chat_template: str | None = hftune_field(
-        None,
-        "Chat template for base models that have none, or to replace the tokenizer's: `chatml` (built-in), "
-        "a path to a .jinja file, or a Jinja string. Saved with the output.",
-    )
+class SFTExtras(DataExtras):
+    """What TRL's SFTConfig/ModelConfig lack (the data options every stage shares). Names never clash
+    with TRL's."""
 
 
 def _check(values: dict[str, Any]) -> list[str]:
-    problems = []
-    if not values.get("model_name_or_path"):
-        problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
-    if not values.get("data_recipe"):
-        problems.append("`data_recipe`: required (a built-in recipe name or a recipe YAML path)")
-    if values.get("load_in_4bit") and values.get("load_in_8bit"):
-        problems.append("`load_in_4bit` and `load_in_8bit`: choose one")
-    if (values.get("load_in_4bit") or values.get("load_in_8bit")) and not values.get("use_peft"):
-        problems.append("`load_in_4bit`/`load_in_8bit` need `use_peft: true` (QLoRA trains an adapter)")
+    problems = common_checks(values)
     if values.get("packing") and values.get("packing_strategy") == "wrapped":
         problems.append(
             "`packing_strategy: wrapped` concatenates examples so they attend to each other and splits "
             "turns across rows; use `packing_strategy: bfd` (position-id packing) or `packing: false`"
         )
-    fraction = values.get("eval_fraction", 0.0)
-    if fraction is not None and not 0.0 <= fraction < 1.0:
-        problems.append(f"`eval_fraction`: must be in [0, 1), got {fraction}")
-    for key in ("max_length", "lora_r", "per_device_train_batch_size"):
-        if values.get(key) is not None and values[key] <= 0:
-            problems.append(f"`{key}`: must be positive, got {values[key]}")
-    if values.get("learning_rate") is not None and values["learning_rate"] <= 0:
-        problems.append(f"`learning_rate`: must be positive, got {values['learning_rate']}")
-    if values.get("bf16") and values.get("fp16"):
-        problems.append("`bf16` and `fp16`: choose one")
     return problems
 
 
@@ -155,24 +120,6 @@ def check_loss_masks(dataset, name: str) -> None:
         )
 
 
-def _count_rows_trl_dropped(trainer, data, args) -> None:
-    """SFTTrainer silently filters rows left with no trained token after its own truncation. hftune already
-    drops over-long rows, so this should find nothing; if it does, the rows are counted, never lost unseen."""
-    if args.packing:
-        return  # packed rows no longer map one to one onto examples
-    lost = len(data.train) - len(trainer.train_dataset)
-    if lost > 0:
-        data.dropped["no_trained_tokens_after_truncation"] = (
-            data.dropped.get("no_trained_tokens_after_truncation", 0) + lost
-        )
-        logger.warning("TRL dropped %d training row(s) left with no trained tokens after truncation", lost)
-    if len(trainer.train_dataset) == 0:
-        raise UserError(
-            "no training rows left: every row lost all trained tokens to truncation "
-            "(raise `max_length`, check `hftune data preview`)"
-        )
-
-
 def _conversational(dataset) -> bool:
     return "messages" in dataset.column_names or (
         "prompt" in dataset.column_names and isinstance(dataset[0]["prompt"], list)
@@ -192,10 +139,7 @@ class Prepared:
 
 
 def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
-
-    from hftune.data import load_recipe, prepare_dataset
 
     args, model_args, extras = cfg.training, cfg.model, cfg.hftune
     final_dir = Path(args.output_dir)
@@ -208,18 +152,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         trust_remote_code=trust,
         revision=model_args.model_revision,
     )
-    recipe = load_recipe(extras.data_recipe)
-    data = prepare_dataset(
-        recipe,
-        tokenizer=tokenizer,
-        max_length=args.max_length,
-        strict=extras.data_strict,
-        eval_fraction=extras.eval_fraction,
-        seed=args.seed,
-        data_files=extras.data_files,
-        max_rows=extras.max_samples,
-    )
-    logger.info("data: %s", data.summary())
+    recipe, data = stage.load_data(cfg, tokenizer)
     if _conversational(data.train):
         if not tokenizer.chat_template:
             raise UserError(
@@ -241,31 +174,20 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
 
     work = artifacts.work_dir(final_dir)
     args.output_dir = str(work)
-    checkpoint = None
-    if resume:
-        checkpoint = get_last_checkpoint(str(work)) if work.is_dir() else None
-        if checkpoint:
-            logger.info("resuming from %s", checkpoint)
-        else:
-            logger.warning("--resume: no checkpoint in %s; starting from the beginning", work)
-    elif work.is_dir() and get_last_checkpoint(str(work)):
-        logger.warning("%s holds checkpoints of an interrupted run; pass --resume to continue it", work)
-
+    checkpoint = stage.checkpoint_to_resume(work, resume)
     try:
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=data.train,
-            eval_dataset=data.eval,
-            processing_class=tokenizer,
-            peft_config=modeling.lora_config(model_args),
-        )
-    except ValueError as err:
-        # TRL validates option combinations when the trainer is built; those are config mistakes.
-        raise UserError(f"{cfg.source}: TRL refused this combination of settings: {err}") from None
+        with stage.trl_settings_are_user_errors(cfg.source):
+            trainer = SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=data.train,
+                eval_dataset=data.eval,
+                processing_class=tokenizer,
+                peft_config=modeling.lora_config(model_args),
+            )
     finally:
         args.output_dir = str(final_dir)  # the resolved config names where the artifact lives
-    _count_rows_trl_dropped(trainer, data, args)
+    stage.count_rows_trl_dropped(trainer, data, args)
     check_loss_masks(trainer.train_dataset, "training")
     if trainer.eval_dataset is not None:
         check_loss_masks(trainer.eval_dataset, "evaluation")
@@ -287,39 +209,23 @@ def run(cfg: StageConfig, *, resume: bool = False) -> SFTResult:
     metrics["global_step"] = trainer.state.global_step
     if data.eval is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    trainable, total = _parameter_counts(trainer.model)
-    metrics.update(trainable_params=trainable, total_params=total)
+    metrics.update(stage.parameter_counts(trainer.model))
     trainer.args.output_dir = str(p.final_dir)
 
     with artifacts.atomic_dir(p.final_dir) as out:
-        trainer.save_model(str(out))
-        tokenizer.save_pretrained(str(out))
+        stage.save_common(out, cfg, trainer, tokenizer, metrics)
         if hasattr(trainer.model, "generation_config"):
+            # Generation must stop at the end-of-turn token the model was trained to emit.
             trainer.model.generation_config.eos_token_id = tokenizer.eos_token_id
             trainer.model.generation_config.pad_token_id = tokenizer.pad_token_id
             trainer.model.generation_config.save_pretrained(str(out))
-        for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
-            unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle
-        # PEFT's placeholder card ("[More Information Needed]") says nothing true; hftune's cards are
-        # generated from the manifests when a model is pushed.
-        (out / "README.md").unlink(missing_ok=True)
-        (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
-        artifacts.write_json(out / "metrics.json", metrics)
-        artifacts.write_json(out / "log_history.json", trainer.state.log_history)
+        n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
         manifest = artifacts.write_manifest(
             out,
             stage="sft",
             config_hash=cfg.config_hash(),
             parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
-            data={
-                "recipe": p.recipe.name,
-                "source": data_files_or_source(p.recipe, cfg.hftune.data_files),
-                "fingerprint": data.fingerprint,
-                "n_source_rows": data.n_source_rows,
-                "n_train": len(trainer.train_dataset) if not cfg.training.packing else len(data.train),
-                "n_eval": len(data.eval) if data.eval is not None else 0,
-                "dropped": data.dropped,
-            },
+            data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
             metrics=metrics,
             seed=cfg.training.seed,
             started=started,
@@ -328,11 +234,15 @@ def run(cfg: StageConfig, *, resume: bool = False) -> SFTResult:
     return SFTResult(p.final_dir, metrics, manifest, trainer)
 
 
-def data_files_or_source(recipe, data_files: str | None) -> Any:
-    return {"path": data_files} if data_files else recipe.source
-
-
-def _parameter_counts(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+def summary(result: SFTResult) -> str:
+    """What `hftune sft` prints when it finishes."""
+    m = result.metrics
+    lines = []
+    if "eval_loss_before" in m:
+        lines.append(f"held-out loss: {m['eval_loss_before']:.4f} -> {m['eval_loss']:.4f}")
+    lines.append(
+        f"train loss {m.get('train_loss', float('nan')):.4f} over {m.get('global_step')} steps "
+        f"({m.get('train_steps_per_second', float('nan')):.2f} steps/s)"
+    )
+    lines.append(f"saved: {result.output_dir}")
+    return "\n".join(lines)

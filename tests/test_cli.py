@@ -4,6 +4,7 @@ the sub-commands work from any directory (recipes ship with the installed packag
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hftune import cli, sft
+from hftune import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,15 +70,18 @@ def test_data_list_works_outside_the_checkout(tmp_path):
     assert {"alpaca", "dolly", "ultrachat", "tiny_alpaca", "tiny_dolly", "tiny_ultrachat"} <= names
 
 
-def test_sft_help_documents_every_hftune_option(capsys):
+@pytest.mark.parametrize("stage", sorted(cli.STAGES))
+def test_stage_help_documents_every_hftune_option(capsys, stage):
+    module = importlib.import_module(f"hftune.{stage}")
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["sft", "--help"])
+        cli.main([stage, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for field in dataclasses.fields(sft.SFTExtras):
-        assert f"--{field.name}" in text, f"--{field.name} missing from `hftune sft --help`"
+    extras = module.schema().classes["hftune"]
+    for field in dataclasses.fields(extras):
+        assert f"--{field.name}" in text, f"--{field.name} missing from `hftune {stage} --help`"
     assert "--resume" in text and "--help-all" in text
-    for key in sft.schema().defaults:
+    for key in module.schema().defaults:
         assert f"  {key}:" in text, f"hftune default for {key} not shown"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hftune import modeling, sft
+from hftune import modeling, sft, stage
 from hftune.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,7 +259,7 @@ def test_rows_trl_drops_after_truncation_are_counted():
 
     data = SimpleNamespace(train=list(range(10)), dropped={"too_long": 2})
     trainer = SimpleNamespace(train_dataset=list(range(7)))
-    sft._count_rows_trl_dropped(trainer, data, SimpleNamespace(packing=False))
+    stage.count_rows_trl_dropped(trainer, data, SimpleNamespace(packing=False))
     assert data.dropped == {"too_long": 2, "no_trained_tokens_after_truncation": 3}
     with pytest.raises(UserError, match="no training rows left"):
-        sft._count_rows_trl_dropped(SimpleNamespace(train_dataset=[]), data, SimpleNamespace(packing=False))
+        stage.count_rows_trl_dropped(SimpleNamespace(train_dataset=[]), data, SimpleNamespace(packing=False))

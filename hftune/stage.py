@@ -1,0 +1,164 @@
+"""What every training stage shares: its data options and checks, the work folder that holds checkpoints,
+and the files every finished artifact carries. Each stage module (`sft.py`, `reward.py`, ...) reads top
+to bottom and calls these for the parts that are the same everywhere."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hftune import artifacts
+from hftune.config import StageConfig, hftune_field
+from hftune.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataExtras:
+    """hftune options every training stage has: where its data comes from and how it is split."""
+
+    data_recipe: str | None = hftune_field(
+        None, "Data recipe: a built-in name (see `hftune data list`) or a path to a recipe YAML. Required."
+    )
+    data_files: str | None = hftune_field(
+        None, "A local json/jsonl/csv/parquet file in the recipe's schema, used instead of its source."
+    )
+    eval_fraction: float = hftune_field(0.05, "Fraction of rows held out for evaluation (0 disables eval).")
+    max_samples: int | None = hftune_field(None, "Use only the first N source rows (quick experiments).")
+    data_strict: bool | None = hftune_field(
+        None,
+        "Fail on the first bad row instead of dropping and counting it (default: the recipe's `strict`).",
+    )
+    chat_template: str | None = hftune_field(
+        None,
+        "Chat template for base models that have none, or to replace the tokenizer's: `chatml` (built-in), "
+        "a path to a .jinja file, or a Jinja string. Saved with the output.",
+    )
+
+
+def common_checks(values: dict[str, Any]) -> list[str]:
+    """Cross-field rules that hold for every stage; each stage adds its own."""
+    problems = []
+    if not values.get("model_name_or_path"):
+        problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
+    if not values.get("data_recipe"):
+        problems.append("`data_recipe`: required (a built-in recipe name or a recipe YAML path)")
+    if values.get("load_in_4bit") and values.get("load_in_8bit"):
+        problems.append("`load_in_4bit` and `load_in_8bit`: choose one")
+    if (values.get("load_in_4bit") or values.get("load_in_8bit")) and not values.get("use_peft"):
+        problems.append("`load_in_4bit`/`load_in_8bit` need `use_peft: true` (QLoRA trains an adapter)")
+    fraction = values.get("eval_fraction", 0.0)
+    if fraction is not None and not 0.0 <= fraction < 1.0:
+        problems.append(f"`eval_fraction`: must be in [0, 1), got {fraction}")
+    for key in ("max_length", "lora_r", "per_device_train_batch_size"):
+        if values.get(key) is not None and values[key] <= 0:
+            problems.append(f"`{key}`: must be positive, got {values[key]}")
+    if values.get("learning_rate") is not None and values["learning_rate"] <= 0:
+        problems.append(f"`learning_rate`: must be positive, got {values['learning_rate']}")
+    if values.get("bf16") and values.get("fp16"):
+        problems.append("`bf16` and `fp16`: choose one")
+    return problems
+
+
+def load_data(cfg: StageConfig, tokenizer):
+    """The stage's recipe and its prepared rows: every data problem surfaces before any weights load."""
+    from hftune.data import load_recipe, prepare_dataset
+
+    extras = cfg.hftune
+    recipe = load_recipe(extras.data_recipe)
+    data = prepare_dataset(
+        recipe,
+        tokenizer=tokenizer,
+        max_length=cfg.training.max_length,
+        strict=extras.data_strict,
+        eval_fraction=extras.eval_fraction,
+        seed=cfg.training.seed,
+        data_files=extras.data_files,
+        max_rows=extras.max_samples,
+    )
+    logger.info("data: %s", data.summary())
+    return recipe, data
+
+
+def checkpoint_to_resume(work: Path, resume: bool) -> str | None:
+    """The last checkpoint of an interrupted run in `work`, when the user asked to resume."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    if resume:
+        if last:
+            logger.info("resuming from %s", last)
+        else:
+            logger.warning("--resume: no checkpoint in %s; starting from the beginning", work)
+        return last
+    if last:
+        logger.warning("%s holds checkpoints of an interrupted run; pass --resume to continue it", work)
+    return None
+
+
+@contextlib.contextmanager
+def trl_settings_are_user_errors(source: str) -> Iterator[None]:
+    """TRL validates option combinations when a trainer is built; those are config mistakes."""
+    try:
+        yield
+    except ValueError as err:
+        raise UserError(f"{source}: TRL refused this combination of settings: {err}") from None
+
+
+def count_rows_trl_dropped(trainer, data, args, reason: str = "no_trained_tokens_after_truncation") -> None:
+    """TRL's trainers silently filter rows after their own truncation (SFT: rows left with no trained
+    token; reward: pairs over max_length). hftune already drops over-long rows, so this should find nothing;
+    if it does, the rows are counted under `reason`, never lost unseen."""
+    if getattr(args, "packing", False):
+        return  # packed rows no longer map one to one onto examples
+    lost = len(data.train) - len(trainer.train_dataset)
+    if lost > 0:
+        data.dropped[reason] = data.dropped.get(reason, 0) + lost
+        logger.warning("TRL dropped %d training row(s) after truncation (%s)", lost, reason)
+    if len(trainer.train_dataset) == 0:
+        raise UserError(
+            f"no training rows left: TRL dropped them all after truncation ({reason}); raise `max_length` "
+            "and check `hftune data preview`"
+        )
+
+
+def save_common(out: Path, cfg: StageConfig, trainer, tokenizer, metrics: dict[str, Any]) -> None:
+    """Model, tokenizer (with its chat template), resolved config, metrics and logs; no pickles."""
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
+        unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle
+    # PEFT's placeholder card ("[More Information Needed]") says nothing true; hftune's cards are
+    # generated from the manifests when a model is pushed.
+    (out / "README.md").unlink(missing_ok=True)
+    (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
+    artifacts.write_json(out / "metrics.json", metrics)
+    artifacts.write_json(out / "log_history.json", trainer.state.log_history)
+
+
+def data_manifest(recipe, data, data_files: str | None, n_train: int) -> dict[str, Any]:
+    info = {
+        "recipe": recipe.name,
+        "source": {"path": data_files} if data_files else recipe.source,
+        "fingerprint": data.fingerprint,
+        "n_source_rows": data.n_source_rows,
+        "n_train": n_train,
+        "n_eval": len(data.eval) if data.eval is not None else 0,
+        "dropped": data.dropped,
+    }
+    if getattr(data, "dropped_pairs", None):
+        info["dropped_pairs"] = data.dropped_pairs
+    return info
+
+
+def parameter_counts(model) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total}

@@ -1,0 +1,157 @@
+"""The reward stage on a tiny SFT model: it learns a known preference, its saved form scores exactly
+like the trained one, scores ignore batching and padding, and mismatched tokenizers are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from hftune import reward, scoring, sft
+from hftune.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "configs/tiny/reward.yaml")
+TOKEN = "hf_" + "R3wardT0ken" * 4
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory, tiny_llama) -> str:
+    out = tmp_path_factory.mktemp("reward-sft") / "sft"
+    sft.run(
+        sft.parse(str(REPO / "configs/tiny/sft.yaml"), ["--output_dir", str(out), "--eval_fraction", "0"])
+    )
+    return str(out)
+
+
+def reward_config(sft_model: str, out: Path, *extra: str):
+    return reward.parse(CONFIG, ["--model_name_or_path", sft_model, "--output_dir", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def lora_rm(tmp_path_factory, sft_model):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_TOKEN", TOKEN)
+    try:
+        return reward.run(reward_config(sft_model, out))
+    finally:
+        mp.undo()
+
+
+def trained_scores(result) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Scores of the in-memory trained model on the held-out pairs, plus those pairs."""
+    pad = result.trainer.processing_class.pad_token_id
+    return (*reward.pair_scores(result.trainer.model, result.eval_pairs, pad), result.eval_pairs)
+
+
+def test_reward_model_learns_the_known_preference(lora_rm):
+    report = lora_rm.report
+    assert report["accuracy"] >= 0.9, report
+    assert report["accuracy"] > report["accuracy_before"] + 0.2, report
+    low, high = report["accuracy_ci95"]
+    assert low <= report["accuracy"] <= high and high - low > 0
+    assert report["mean_margin"] > 0 and report["chosen"]["mean"] > report["rejected"]["mean"]
+    assert set(report["score_stats"]) == {"mean", "std"} and report["score_stats"]["std"] > 0
+    assert -1.0 <= report["length_correlation"] <= 1.0
+    saved = json.loads((lora_rm.output_dir / scoring.REPORT_FILE).read_text())
+    assert saved["accuracy"] == report["accuracy"]
+
+
+def test_saved_lora_reward_model_reproduces_scores(lora_rm):
+    chosen, rejected, pairs = trained_scores(lora_rm)
+    scorer = scoring.load_scorer(str(lora_rm.output_dir))
+    pad = scorer.tokenizer.pad_token_id
+    assert torch.allclose(
+        scoring.score_ids(scorer.model, pairs["chosen_ids"], pad), chosen, atol=1e-5, rtol=0
+    )
+    assert torch.allclose(
+        scoring.score_ids(scorer.model, pairs["rejected_ids"], pad), rejected, atol=1e-5, rtol=0
+    )
+    assert scorer.stats == lora_rm.report["score_stats"]
+
+
+def test_adapter_carries_score_head_and_names_sft_as_base(lora_rm, sft_model):
+    out = lora_rm.output_dir
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(".score." in k for k in keys), "the trained score head must be saved with the adapter"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS"
+    assert Path(config["base_model_name_or_path"]) == Path(sft_model).resolve()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "reward" and manifest["parents"][0]["stage"] == "sft"
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), f"token found in {path}"
+
+
+def test_scores_do_not_depend_on_batch_size_or_padding(lora_rm):
+    scorer = scoring.load_scorer(str(lora_rm.output_dir))
+    prompts = ["What is 2 + 2?", "Reverse the word 'garden'.", "What is the capital of Peru?"]
+    responses = ["2 + 2 = 4.", "The word 'garden' reversed is 'nedrag'. " * 3, "Lima."]
+    alone = torch.cat([scorer.score([p], [r], batch_size=1) for p, r in zip(prompts, responses, strict=True)])
+    batched = scorer.score(prompts, responses, batch_size=3)
+    padded = scorer.score(prompts * 2, responses * 2, batch_size=4)[:3]
+    assert torch.allclose(alone, batched, atol=1e-5, rtol=0)
+    assert torch.allclose(alone, padded, atol=1e-5, rtol=0)
+
+
+def test_full_fine_tuned_reward_model_reloads_identically(tmp_path, sft_model):
+    result = reward.run(
+        reward_config(sft_model, tmp_path / "full", "--use_peft", "false", "--max_steps", "5")
+    )
+    assert (result.output_dir / "model.safetensors").is_file()
+    chosen, rejected, pairs = trained_scores(result)
+    scorer = scoring.load_scorer(str(result.output_dir))
+    pad = scorer.tokenizer.pad_token_id
+    assert torch.allclose(
+        scoring.score_ids(scorer.model, pairs["chosen_ids"], pad), chosen, atol=1e-5, rtol=0
+    )
+    assert torch.allclose(
+        scoring.score_ids(scorer.model, pairs["rejected_ids"], pad), rejected, atol=1e-5, rtol=0
+    )
+
+
+def test_a_different_chat_template_is_refused(tmp_path, sft_model):
+    other = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(UserError, match="chat template that differs"):
+        reward.prepare(reward_config(sft_model, tmp_path / "rm", "--chat_template", other))
+
+
+def test_a_different_tokenizer_is_refused(tmp_path, sft_model):
+    from hftune.tiny import default_corpus, train_tokenizer
+
+    folder = tmp_path / "other-tokenizer"
+    train_tokenizer(default_corpus()[:500], 600).save_pretrained(folder)
+    with pytest.raises(UserError, match="vocabulary differs"):
+        reward.prepare(reward_config(sft_model, tmp_path / "rm", "--tokenizer_name_or_path", str(folder)))
+
+
+def test_preference_file_missing_rejected_names_column_and_file(tmp_path, sft_model):
+    bad = tmp_path / "prefs.jsonl"
+    row = {
+        "prompt": "Hi",
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+    }
+    bad.write_text(json.dumps(row) + "\n")
+    with pytest.raises(UserError) as err:
+        reward.prepare(reward_config(sft_model, tmp_path / "rm", "--data_files", str(bad)))
+    assert "rejected" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_config_checks_protect_the_score_head(tmp_path):
+    with pytest.raises(UserError) as err:
+        reward.parse(CONFIG, ["--lora_task_type", "CAUSAL_LM", "--lora_modules_to_save", "[lm_head]"])
+    text = str(err.value)
+    assert "lora_task_type" in text and "SEQ_CLS" in text and "lora_modules_to_save" in text
+
+
+def test_sft_data_and_reward_model_inputs_are_refused(tmp_path, sft_model, lora_rm):
+    with pytest.raises(UserError, match="not preference data"):
+        reward.prepare(reward_config(sft_model, tmp_path / "rm", "--data_recipe", "tiny_alpaca"))
+    with pytest.raises(UserError, match="already a reward model"):
+        reward.prepare(reward_config(str(lora_rm.output_dir), tmp_path / "rm2"))
