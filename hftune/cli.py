@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 
 from hftune import __version__
@@ -31,6 +32,11 @@ def _setup_logging(debug: bool) -> None:
     if not debug:
         for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # Deprecation notices between the libraries hftune wraps (TRL calling transformers' old names) are
+        # for their maintainers, not for someone training a model; --debug shows them.
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate)\."
+        )
 
 
 def _stage_help(schema_fn: Callable, command: str) -> str:

@@ -4,7 +4,7 @@ A recipe is a small YAML file in `data_recipes/` (or anywhere, by path):
 
     source: {hub: tatsu-lab/alpaca, split: train}     # or {path: fixtures/alpaca.jsonl}
     format: conversational                           # the TRL dataset format it yields
-    converter: alpaca                                # how one raw row becomes a conversation or a text
+    converter: alpaca                                # how one raw row becomes a conversation, a text or pairs
     mapping: {output: response}                      # converter field -> dataset column, where they differ
 
 Rows flow: raw row -> optional `transform` hook -> converter -> checks -> format -> `datasets.Dataset`.
@@ -15,6 +15,13 @@ so the SFT stage, the manifest and `hftune data preview` can all say exactly wha
     data = prepare_dataset(load_recipe("tiny_alpaca"), tokenizer=tok, max_length=512, eval_fraction=0.1)
     print(data.summary())   # kept 400 of 400 rows (train 360, eval 40); dropped 0
 
+Preference converters (`pairwise`, `hh_rlhf`, `ranked`) turn one row into one or more chosen/rejected
+pairs for the reward model; a pair can be left out on its own (a tie, identical replies, too long) and is
+counted in `dropped_pairs`, while the eval split still takes whole source rows:
+
+    data = prepare_dataset(load_recipe("tiny_ranked"), eval_fraction=0.1)
+    print(data.summary())   # kept 200 of 200 rows -> 1192 pairs (train 1072, eval 120); dropped 0 rows; ...
+
 Adding a converter or a format is one decorated function: see `converter` and `trl_format` below.
 """
 
@@ -23,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
 import random
+import re
 import sysconfig
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -74,7 +83,18 @@ class RowProblem(Exception):
         self.detail = detail
 
 
-# --- converters: raw row -> conversation (list of {role, content}) or text ---------------------------
+@dataclass(frozen=True)
+class PairProblem:
+    """A preference pair left out of a row that may still have good ones; counted per pair, never raised.
+
+    Converters and the preference check put one in a row's list of pairs in place of the pair it stands for.
+    """
+
+    reason: str
+    detail: str
+
+
+# --- converters: raw row -> conversation (list of {role, content}), text, or preference pairs ---------
 
 
 @dataclass(frozen=True)
@@ -111,16 +131,29 @@ def converter(
     return register
 
 
+def _text(value: Any, what: str) -> str:
+    # CSV type inference turns an all-digit column into numbers; they are still text to us.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowProblem("malformed", f"{what} is a {type(value).__name__}, not text")
+    return str(value)
+
+
 def _value(row: Mapping[str, Any], key: str, *, optional: bool = False, where: str = "") -> str | None:
     value = row.get(key)
     if value is None:
         if optional:
             return None
         raise RowProblem("missing_field", f"{where}`{key}` is missing or null")
-    # CSV type inference turns an all-digit column into numbers; they are still text to us.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RowProblem("malformed", f"{where}`{key}` is a {type(value).__name__}, not text")
-    return str(value)
+    return _text(value, f"{where}`{key}`")
+
+
+def _list(row: Mapping[str, Any], key: str, what: str = "a list") -> list:
+    value = row.get(key)
+    if value is None:
+        raise RowProblem("missing_field", f"`{key}` is missing or null")
+    if not isinstance(value, list):
+        raise RowProblem("malformed", f"`{key}` is a {type(value).__name__}, not {what}")
+    return value
 
 
 def _instruction_turns(instruction: str, context: str | None, answer: str) -> list[dict[str, str]]:
@@ -162,14 +195,10 @@ def dolly(row, col):
     )
 
 
-def _turns(row, col, roles: Mapping[str, str]) -> list[dict[str, str]]:
-    turns = row.get(col["messages"])
-    if turns is None:
-        raise RowProblem("missing_field", f"`{col['messages']}` is missing or null")
-    if not isinstance(turns, list):
-        raise RowProblem("malformed", f"`{col['messages']}` is a {type(turns).__name__}, not a list of turns")
+def _turns(row, key: str, col, roles: Mapping[str, str]) -> list[dict[str, str]]:
+    """Column `key` of `row` as {role, content} turns, read with the recipe's role/content keys."""
     messages = []
-    for i, turn in enumerate(turns):
+    for i, turn in enumerate(_list(row, key, "a list of turns")):
         if not isinstance(turn, Mapping):
             raise RowProblem("malformed", f"turn {i} is a {type(turn).__name__}, not a mapping")
         role = _value(turn, col["role"], where=f"turn {i}: ")
@@ -181,7 +210,7 @@ def _turns(row, col, roles: Mapping[str, str]) -> list[dict[str, str]]:
 @converter("messages", columns={"messages": "messages"}, keys={"role": "role", "content": "content"})
 def messages(row, col):
     """A list of {role, content} turns with roles already system/user/assistant (TRL's own format)."""
-    return _turns(row, col, roles={})
+    return _turns(row, col["messages"], col, roles={})
 
 
 SHAREGPT_ROLES = {
@@ -197,7 +226,7 @@ SHAREGPT_ROLES = {
 @converter("sharegpt", columns={"messages": "conversations"}, keys={"role": "from", "content": "value"})
 def sharegpt(row, col):
     """ShareGPT-style `conversations` of {from, value} with human/gpt/system roles."""
-    return _turns(row, col, roles=SHAREGPT_ROLES)
+    return _turns(row, col["messages"], col, roles=SHAREGPT_ROLES)
 
 
 @converter("text", columns={"text": "text"}, yields="text")
@@ -206,10 +235,144 @@ def text(row, col):
     return _value(row, col["text"])
 
 
+# Preference converters yield a list of pairs {"prompt": [turns], "chosen": str, "rejected": str} (plus
+# "margin" when the data has one): the prompt is the conversation so far, chosen/rejected the replies.
+
+
+def _pair(prompt: list[dict[str, str]], chosen: str, rejected: str, margin: float | None = None) -> dict:
+    pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if margin is not None:
+        pair["margin"] = margin
+    return pair
+
+
+def _user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowProblem("malformed", f"{what} is a {type(value).__name__}, not a number")
+    return float(value)
+
+
+def _prompt_and_reply(turns: list[dict[str, str]], key: str) -> tuple[list[dict[str, str]], str]:
+    """A full conversation split into the prompt (every turn but the last) and the final assistant reply."""
+    if not turns or turns[-1]["role"] != "assistant":
+        raise RowProblem("no_assistant_turn", f"`{key}` does not end with an assistant turn")
+    return turns[:-1], turns[-1]["content"]
+
+
+def _shared_prompt(chosen: list[dict[str, str]], rejected: list[dict[str, str]], col) -> tuple:
+    """(prompt, chosen reply, rejected reply) from two full conversations that must differ only at the end."""
+    prompt, chosen_reply = _prompt_and_reply(chosen, col["chosen"])
+    rejected_prompt, rejected_reply = _prompt_and_reply(rejected, col["rejected"])
+    if prompt != rejected_prompt:
+        raise RowProblem(
+            "prompt_mismatch",
+            f"`{col['chosen']}` and `{col['rejected']}` differ before their final assistant turn",
+        )
+    return prompt, chosen_reply, rejected_reply
+
+
+@converter(
+    "pairwise",
+    columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": "margin"},
+    optional=("prompt", "margin"),
+    yields="preference",
+    keys={"role": "role", "content": "content"},
+)
+def pairwise(row, col):
+    """One chosen/rejected pair per row (ultrafeedback_binarized style), with an optional margin.
+
+    `chosen` and `rejected` are either full conversations ({role, content} turns ending with the reply;
+    the turns before it are the prompt and must be the same in both) or reply texts, with the `prompt`
+    column as the user turn. A `margin` column, when the data has one, must be set on every row: TRL
+    batches margins only if every example carries one.
+    """
+    if isinstance(row.get(col["chosen"]), list) or isinstance(row.get(col["rejected"]), list):
+        # Both must be conversations; _turns says which one is null or text instead.
+        prompt, chosen, rejected = _shared_prompt(
+            _turns(row, col["chosen"], col, roles={}), _turns(row, col["rejected"], col, roles={}), col
+        )
+    else:
+        prompt = _user(_value(row, col["prompt"]))
+        chosen, rejected = _value(row, col["chosen"]), _value(row, col["rejected"])
+    margin = None
+    if col["margin"] in row:
+        if row[col["margin"]] is None:
+            raise RowProblem("missing_field", f"`{col['margin']}` is missing or null")
+        margin = _number(row[col["margin"]], f"`{col['margin']}`")
+    return [_pair(prompt, chosen, rejected, margin)]
+
+
+# "\n\nHuman: ...\n\nAssistant: ..." (a leading "Human:" without the blank line is tolerated).
+_HH_SPEAKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _hh_turns(row, key: str) -> list[dict[str, str]]:
+    parts = _HH_SPEAKER.split(_value(row, key))
+    if len(parts) < 3 or parts[0].strip():
+        raise RowProblem("malformed", f"`{key}` is not a `\\n\\nHuman: ...\\n\\nAssistant: ...` transcript")
+    # A turn's own blank lines stay; only the whitespace around it (after "Human:") is layout.
+    return [
+        {"role": _HH_ROLES[s], "content": c.strip()} for s, c in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+
+
+@converter("hh_rlhf", columns={"chosen": "chosen", "rejected": "rejected"}, yields="preference")
+def hh_rlhf(row, col):
+    """Anthropic/hh-rlhf transcripts: the shared turns before the final `Assistant:` are the prompt."""
+    prompt, chosen, rejected = _shared_prompt(
+        _hh_turns(row, col["chosen"]), _hh_turns(row, col["rejected"]), col
+    )
+    return [_pair(prompt, chosen, rejected)]
+
+
+@converter(
+    "ranked",
+    columns={"prompt": "prompt", "completions": "completions", "ranks": "ranks", "scores": "scores"},
+    optional=("ranks", "scores"),
+    yields="preference",
+)
+def ranked(row, col):
+    """A prompt with K completions, each ranked (1 = best) or scored (higher = better) -> all K(K-1)/2 pairs.
+
+    Every pair of one prompt is kept, as in InstructGPT's reward model; pairs come in completion-index
+    order (0-1, 0-2, ..., 1-2, ...) and a tied pair is left out as `tie`.
+    """
+    prompt = _user(_value(row, col["prompt"]))
+    completions = [
+        _text(c, f"completion {k}") for k, c in enumerate(_list(row, col["completions"], "a list of texts"))
+    ]
+    ranks, scores = row.get(col["ranks"]), row.get(col["scores"])
+    if (ranks is None) == (scores is None):
+        raise RowProblem(
+            "missing_field" if ranks is None else "malformed",
+            f"give exactly one of `{col['ranks']}` (1 = best) or `{col['scores']}` (higher = better)",
+        )
+    key = col["ranks"] if ranks is not None else col["scores"]
+    values = [_number(v, f"`{key}` item {k}") for k, v in enumerate(_list(row, key, "a list of numbers"))]
+    if len(values) != len(completions):
+        raise RowProblem("malformed", f"{len(values)} `{key}` for {len(completions)} completions")
+    # Higher is better from here on.
+    merit, measure = ([-v for v in values], "rank") if ranks is not None else (values, "score")
+    pairs: list[dict | PairProblem] = []
+    for i, j in itertools.combinations(range(len(completions)), 2):
+        if merit[i] == merit[j]:
+            pairs.append(PairProblem("tie", f"completions {i} and {j} have the same {measure}"))
+            continue
+        better, worse = (i, j) if merit[i] > merit[j] else (j, i)
+        pairs.append(_pair(prompt, completions[better], completions[worse]))
+    return pairs
+
+
 # --- checks per kind of converter output ---------------------------------------------------------------
 
 
-def _check_chat(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str, str]]:
+def _check_turns(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str, str]]:
+    """Roles valid and no blank turn; then the recipe's system prompt where the conversation has none."""
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
             raise RowProblem("unknown_role", f"turn {i} has role `{message['role']}`")
@@ -220,12 +383,11 @@ def _check_chat(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str
     # system turns break most chat templates.
     if recipe.system_prompt and (not messages or messages[0]["role"] != "system"):
         messages = [{"role": "system", "content": recipe.system_prompt}, *messages]
-    # Trailing user turns carry no training signal and would make prompt/completion splitting wrong.
-    while messages and messages[-1]["role"] != "assistant":
-        messages = messages[:-1]
-    if not messages:
-        raise RowProblem("no_assistant_turn", "no assistant turn to train on")
-    start = 1 if messages[0]["role"] == "system" else 0
+    return messages
+
+
+def _check_alternating(messages: list[dict[str, str]]) -> None:
+    start = 1 if messages and messages[0]["role"] == "system" else 0
     for j, message in enumerate(messages[start:]):
         expected = "user" if j % 2 == 0 else "assistant"
         if message["role"] != expected:
@@ -234,6 +396,16 @@ def _check_chat(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str
                 f"turn {start + j} is {message['role']}, expected {expected} (system first, "
                 "then user and assistant alternating)",
             )
+
+
+def _check_chat(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str, str]]:
+    messages = _check_turns(messages, recipe)
+    # Trailing user turns carry no training signal and would make prompt/completion splitting wrong.
+    while messages and messages[-1]["role"] != "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise RowProblem("no_assistant_turn", "no assistant turn to train on")
+    _check_alternating(messages)
     return messages
 
 
@@ -243,15 +415,57 @@ def _check_text(value: str, recipe: Recipe) -> str:
     return value
 
 
+def _check_preference(pairs: list[dict | PairProblem], recipe: Recipe) -> list[dict | PairProblem]:
+    """Check each pair; a bad prompt or blank reply spoils the row, identical replies only their pair.
+
+    A row left with no good pair is dropped under its pairs' reason when they share one, else `no_pairs`.
+    """
+    checked: list[dict | PairProblem] = []
+    for pair in pairs:
+        if isinstance(pair, PairProblem):
+            checked.append(pair)
+            continue
+        prompt = _check_turns(pair["prompt"], recipe)
+        # The reply to compare is the assistant's next turn, so the prompt must hand over with a user turn.
+        if not prompt or prompt[-1]["role"] != "user":
+            raise RowProblem("no_user_turn", "the prompt does not end with a user turn")
+        _check_alternating(prompt)
+        for side in ("chosen", "rejected"):
+            if not pair[side].strip():
+                raise RowProblem("empty_turn", f"the {side} reply is blank")
+        if pair["chosen"].strip() == pair["rejected"].strip():
+            checked.append(PairProblem("identical", "the chosen and rejected replies are the same text"))
+            continue
+        checked.append({**pair, "prompt": prompt})
+    if not any(isinstance(pair, dict) for pair in checked):
+        if not checked:
+            raise RowProblem("no_pairs", "fewer than two replies to compare")
+        reasons = Counter(pair.reason for pair in checked)
+        reason = next(iter(reasons)) if len(reasons) == 1 else "no_pairs"
+        raise RowProblem(reason, f"every pair was left out ({_counts(reasons)}), e.g. {checked[0].detail}")
+    return checked
+
+
+def _replies(pair: dict) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The chosen and the rejected conversation of a pair: its prompt followed by each reply."""
+    return tuple(
+        pair["prompt"] + [{"role": "assistant", "content": pair[side]}] for side in ("chosen", "rejected")
+    )
+
+
 @dataclass(frozen=True)
 class Kind:
     check: Callable[[Any, Recipe], Any]  # normalise a converted example or raise RowProblem
-    sequences: Callable[[Any], list[Any]]  # what the trainer will tokenize: conversations or texts
+    sequences: Callable[[Any], list[Any]]  # what the trainer will tokenize for one unit (see `paired`)
+    # A paired kind's checked example is a list of pairs (PairProblem for those left out): each pair is
+    # length-checked, counted and formatted on its own. Otherwise the example itself is the one unit.
+    paired: bool = False
 
 
 KINDS: dict[str, Kind] = {
     "chat": Kind(_check_chat, lambda conversation: [conversation]),
     "text": Kind(_check_text, lambda value: [value]),
+    "preference": Kind(_check_preference, lambda pair: list(_replies(pair)), paired=True),
 }
 
 
@@ -261,7 +475,7 @@ KINDS: dict[str, Kind] = {
 @dataclass(frozen=True)
 class Format:
     name: str
-    fn: Callable[[Any], dict[str, Any]]
+    fn: Callable[[Any], dict[str, Any]]  # one unit (a conversation, a text, a preference pair) -> one row
     accepts: str  # the converter kind it takes (Converter.yields)
 
 
@@ -288,6 +502,31 @@ def conversational(conversation):
 def prompt_completion(conversation):
     """TRL's conversational prompt-completion: everything before the last assistant turn is the prompt."""
     return {"prompt": conversation[:-1], "completion": conversation[-1:]}
+
+
+@trl_format("prompt_only", accepts="chat")
+def prompt_only(conversation):
+    """TRL's conversational prompt-only (PPO, RLOO, GRPO): everything before the last assistant turn."""
+    return {"prompt": conversation[:-1]}
+
+
+def _with_margin(row: dict[str, Any], pair: dict) -> dict[str, Any]:
+    # TRL's RewardTrainer subtracts a `margin` column from the reward gap when the data has one.
+    return {**row, "margin": pair["margin"]} if "margin" in pair else row
+
+
+@trl_format("preference", accepts="preference")
+def preference(pair):
+    """TRL's conversational preference with an explicit prompt: prompt turns, chosen and rejected replies."""
+    reply = {side: [{"role": "assistant", "content": pair[side]}] for side in ("chosen", "rejected")}
+    return _with_margin({"prompt": pair["prompt"], **reply}, pair)
+
+
+@trl_format("implicit_preference", accepts="preference")
+def implicit_preference(pair):
+    """TRL's conversational preference with the prompt implicit: two full conversations."""
+    chosen, rejected = _replies(pair)
+    return _with_margin({"chosen": chosen, "rejected": rejected}, pair)
 
 
 @trl_format("language_modeling", accepts="text")
@@ -410,6 +649,13 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     return _parse_recipe(raw, path)
 
 
+def _format_mismatch(format_name: str, spec: Converter) -> str | None:
+    if FORMATS[format_name].accepts == spec.yields:
+        return None
+    fits = [f for f, fmt in FORMATS.items() if fmt.accepts == spec.yields]
+    return f"`{format_name}` cannot be built by the `{spec.name}` converter; it fits: {', '.join(fits)}"
+
+
 def _parse_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     problems: list[str] = []
 
@@ -440,12 +686,8 @@ def _parse_recipe(raw: dict[str, Any], path: Path) -> Recipe:
             f"unknown format `{format_name}`{did_you_mean(str(format_name), FORMATS)}; "
             f"one of: {', '.join(FORMATS)}",
         )
-    elif spec is not None and FORMATS[format_name].accepts != spec.yields:
-        fits = [f for f, fmt in FORMATS.items() if fmt.accepts == spec.yields]
-        bad(
-            "format",
-            f"`{format_name}` cannot be built by the `{spec.name}` converter; it fits: {', '.join(fits)}",
-        )
+    elif spec is not None and (mismatch := _format_mismatch(format_name, spec)):
+        bad("format", mismatch)
 
     mapping = raw.get("mapping") or {}
     if not isinstance(mapping, dict):
@@ -465,7 +707,7 @@ def _parse_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     system_prompt = raw.get("system_prompt")
     if system_prompt is not None and (not isinstance(system_prompt, str) or not system_prompt.strip()):
         bad("system_prompt", "must be a non-empty string or null")
-    elif system_prompt is not None and spec is not None and spec.yields != "chat":
+    elif system_prompt is not None and spec is not None and spec.yields == "text":
         bad("system_prompt", f"only applies to conversations; the `{spec.name}` converter yields plain text")
 
     transform, transform_fn = raw.get("transform"), None
@@ -630,28 +872,47 @@ def _check_columns(recipe: Recipe, columns: list[str], label: str) -> None:
 class PreparedData:
     train: datasets.Dataset
     eval: datasets.Dataset | None
-    dropped: dict[str, int]  # reason -> count
+    dropped: dict[str, int]  # reason -> count of source rows
     examples: dict[str, list[int]]  # reason -> first few source row indices (0-based)
     n_source_rows: int
     fingerprint: str  # sha256 of the converted rows, train then eval, in order
     source: str = ""  # the file or hub dataset the rows came from
     train_indices: list[int] = field(default_factory=list)  # source row index of each train row
     eval_indices: list[int] = field(default_factory=list)
-    # Token length of every row that passed the content checks (before too_long), in source order;
-    # None without a tokenizer. Preview reports on these so the user sees what max_length cuts.
+    # Token length of every row (every pair, for preference data) that passed the content checks (before
+    # too_long), in source order; None without a tokenizer. Preview reports on these so the user sees
+    # what max_length cuts.
     token_lengths: list[int] | None = None
     max_length: int | None = None
+    # Preference data only (None / empty otherwise): the pairs trained on, train and eval together, and the
+    # pairs left out of rows that were kept, by reason (a dropped row's pairs count under `dropped` only).
+    n_pairs: int | None = None
+    dropped_pairs: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_kept(self) -> int:
+        """Source rows kept (for preference data, one row can give several training rows: its pairs)."""
+        if self.n_pairs is not None:
+            return len(set(self.train_indices) | set(self.eval_indices))
         return len(self.train) + (len(self.eval) if self.eval is not None else 0)
 
     def summary(self) -> str:
-        """One line: "kept 95 of 100 rows; dropped 5: empty_turn 3, too_long 2"."""
+        """One line: "kept 95 of 100 rows; dropped 5: empty_turn 3, too_long 2"; for preference data
+        "kept 95 of 100 rows -> 540 pairs (train 480, eval 60); dropped 5 rows: ...; dropped 36 pairs: ...".
+        """
         split = f" (train {len(self.train)}, eval {len(self.eval)})" if self.eval is not None else ""
-        n_dropped = sum(self.dropped.values())
-        line = f"kept {self.n_kept} of {self.n_source_rows} rows{split}; dropped {n_dropped}"
-        return line + (f": {_counts(self.dropped)}" if n_dropped else "")
+        kept = f"kept {self.n_kept} of {self.n_source_rows} rows"
+        if self.n_pairs is None:
+            return f"{kept}{split}; {_dropped_line(self.dropped, '')}"
+        return (
+            f"{kept} -> {self.n_pairs} pairs{split}; {_dropped_line(self.dropped, ' rows')}; "
+            f"{_dropped_line(self.dropped_pairs, ' pairs')}"
+        )
+
+
+def _dropped_line(counts: Mapping[str, int], noun: str) -> str:
+    n = sum(counts.values())
+    return f"dropped {n}{noun}" + (f": {_counts(counts)}" if n else "")
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -705,12 +966,14 @@ def prepare_dataset(
     data_files: str | os.PathLike | None = None,
     max_rows: int | None = None,
 ) -> PreparedData:
-    """Load, convert and check a recipe's rows; split off a seeded eval set.
+    """Load, convert and check a recipe's rows; split off a seeded eval set of source rows.
 
     `data_files` replaces the recipe's source with a local file in the same schema. With `tokenizer` and
-    `max_length`, rows longer than `max_length` tokens after the chat template are dropped as too_long.
-    `strict` (default: the recipe's) turns the first bad row into an error; rows a transform returns
-    None for are filtered on purpose and never an error.
+    `max_length`, rows longer than `max_length` tokens after the chat template are dropped as too_long; for
+    preference data a pair's length is that of the longer of prompt+chosen and prompt+rejected, and a row
+    is dropped as too_long only when none of its pairs fits. `strict` (default: the recipe's) turns the
+    first bad row into an error; rows a transform returns None for are filtered on purpose and never an
+    error, and neither are pairs left out of a row that keeps others (ties are part of ranked data).
     """
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
@@ -729,30 +992,37 @@ def prepare_dataset(
     if recipe.transform_fn is None:
         _check_columns(recipe, raw.column_names, label)
 
-    spec, kind, fmt = (
-        CONVERTERS[recipe.converter],
-        KINDS[CONVERTERS[recipe.converter].yields],
-        FORMATS[recipe.format],
-    )
-    kept: list[tuple[int, Any]] = []
-    problems: list[tuple[int, str, str]] = []
+    spec, fmt = CONVERTERS[recipe.converter], FORMATS[recipe.format]
+    kind = KINDS[spec.yields]
+    # load_recipe refuses this; a Recipe built in code may still pair a converter with a wrong format.
+    if mismatch := _format_mismatch(recipe.format, spec):
+        raise UserError(f"recipe {recipe.name}: {mismatch}")
+
+    # Each kept source row with its units: the example itself, or the good pairs of a preference row.
+    kept: list[tuple[int, list[Any]]] = []
+    problems: list[tuple[int, str, str]] = []  # (source row, reason, detail) of each dropped row
+    pair_problems: list[tuple[int, str, str]] = []  # the same for each pair left out of a row
     for i, row in enumerate(raw):
         try:
             if recipe.transform_fn is not None:
                 row = _apply_transform(recipe, row, i, label)
-            kept.append((i, kind.check(spec.fn(row, recipe.mapping), recipe)))
+            example = kind.check(spec.fn(row, recipe.mapping), recipe)
         except RowProblem as problem:
             problems.append((i, problem.reason, problem.detail))
+            continue
+        units = example if kind.paired else [example]
+        pair_problems += [(i, u.reason, u.detail) for u in units if isinstance(u, PairProblem)]
+        kept.append((i, [u for u in units if not isinstance(u, PairProblem)]))
 
     lengths = None
     if tokenizer is not None and kept:
-        lengths = token_lengths(tokenizer, [kind.sequences(example) for _, example in kept])
+        lengths = token_lengths(tokenizer, [kind.sequences(unit) for _, units in kept for unit in units])
         if max_length is not None:
-            for (i, _), n in zip(kept, lengths, strict=True):
-                if n > max_length:
-                    problems.append((i, "too_long", f"{n} tokens > max_length {max_length}"))
-            kept = [item for item, n in zip(kept, lengths, strict=True) if n <= max_length]
+            kept = _drop_too_long(kept, lengths, max_length, problems, pair_problems)
     problems.sort()
+    # A dropped row is counted once, as a row, whatever its pairs' fate.
+    kept_rows = {i for i, _ in kept}
+    pair_problems = sorted(p for p in pair_problems if p[0] in kept_rows)
 
     dropped = Counter(reason for _, reason, _ in problems)
     bad = [p for p in problems if p[1] != "filtered"]
@@ -769,21 +1039,17 @@ def prepare_dataset(
         first = "; ".join(f"row {i} {reason}: {detail}" for i, reason, detail in problems[:3])
         raise UserError(f"{label}: all {len(raw)} rows were dropped ({_counts(dropped)}); first: {first}")
 
-    rows = [fmt.fn(example) for _, example in kept]
-    indices = [i for i, _ in kept]
-    n_eval = max(1, round(len(rows) * eval_fraction)) if eval_fraction > 0 else 0
-    if n_eval >= len(rows):
-        raise UserError(f"eval_fraction {eval_fraction} leaves no training rows out of {len(rows)} kept rows")
+    n_eval = max(1, round(len(kept) * eval_fraction)) if eval_fraction > 0 else 0
+    if n_eval >= len(kept):
+        raise UserError(f"eval_fraction {eval_fraction} leaves no training rows out of {len(kept)} kept rows")
+    # Split source rows, not training rows, so the pairs of one prompt never straddle train and eval.
     # Our own seeded pick (not Dataset.train_test_split) keeps the train rows in source order and the
     # split independent of the datasets library's shuffling across versions.
-    eval_pos = set(random.Random(seed).sample(range(len(rows)), n_eval))
-    train_rows = [r for p, r in enumerate(rows) if p not in eval_pos]
-    eval_rows = [r for p, r in enumerate(rows) if p in eval_pos]
+    eval_pos = set(random.Random(seed).sample(range(len(kept)), n_eval))
+    train_rows, train_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p not in eval_pos])
+    eval_rows, eval_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p in eval_pos])
 
-    examples: dict[str, list[int]] = {}
-    for i, reason, _ in problems:
-        if len(examples.setdefault(reason, [])) < EXAMPLES_PER_REASON:
-            examples[reason].append(i)
+    examples = _examples(problems)
     result = PreparedData(
         train=datasets.Dataset.from_list(train_rows),
         eval=datasets.Dataset.from_list(eval_rows) if n_eval else None,
@@ -792,16 +1058,60 @@ def prepare_dataset(
         n_source_rows=len(raw),
         fingerprint=_fingerprint([("train", train_rows), ("eval", eval_rows)]),
         source=label,
-        train_indices=[i for p, i in enumerate(indices) if p not in eval_pos],
-        eval_indices=[i for p, i in enumerate(indices) if p in eval_pos],
+        train_indices=train_indices,
+        eval_indices=eval_indices,
         token_lengths=lengths,
         max_length=max_length,
+        n_pairs=len(train_rows) + len(eval_rows) if kind.paired else None,
+        dropped_pairs=dict(sorted(Counter(reason for _, reason, _ in pair_problems).items())),
     )
     logger.info("recipe %s (%s rows from %s): %s", recipe.name, recipe.format, label, result.summary())
-    for reason, where in examples.items():
-        detail = next(d for _, r, d in problems if r == reason)
-        logger.warning("dropped %d rows as %s, e.g. rows %s (%s)", dropped[reason], reason, where, detail)
+    for unit, found in (("rows", problems), ("pairs", pair_problems)):
+        for reason, where in _examples(found).items():
+            n = sum(r == reason for _, r, _ in found)
+            detail = next(d for _, r, d in found if r == reason)
+            logger.warning("dropped %d %s as %s, e.g. rows %s (%s)", n, unit, reason, where, detail)
     return result
+
+
+def _examples(problems: list[tuple[int, str, str]]) -> dict[str, list[int]]:
+    """reason -> the first few source rows (distinct) it was found in."""
+    examples: dict[str, list[int]] = {}
+    for i, reason, _ in problems:
+        where = examples.setdefault(reason, [])
+        if len(where) < EXAMPLES_PER_REASON and i not in where:
+            where.append(i)
+    return examples
+
+
+def _drop_too_long(
+    kept: list[tuple[int, list[Any]]],
+    lengths: list[int],
+    max_length: int,
+    problems: list[tuple[int, str, str]],
+    pair_problems: list[tuple[int, str, str]],
+) -> list[tuple[int, list[Any]]]:
+    """The rows and units within max_length; a unit left out is added to `pair_problems` (only a preference
+    row has more than one), a row with none left to `problems`, both as too_long."""
+    remaining = iter(lengths)  # one length per unit, in the order of `kept`
+    fitting = []
+    for i, units in kept:
+        ns = [next(remaining) for _ in units]
+        fits = [unit for unit, n in zip(units, ns, strict=True) if n <= max_length]
+        if not fits:
+            problems.append((i, "too_long", f"{min(ns)} tokens > max_length {max_length}"))
+            continue
+        pair_problems += [
+            (i, "too_long", f"{n} tokens > max_length {max_length}") for n in ns if n > max_length
+        ]
+        fitting.append((i, fits))
+    return fitting
+
+
+def _format_rows(fmt: Format, kept: list[tuple[int, list[Any]]]) -> tuple[list[dict], list[int]]:
+    """Training rows of these source rows, one per unit, with the source row index of each."""
+    rows = [(i, fmt.fn(unit)) for i, units in kept for unit in units]
+    return [row for _, row in rows], [i for i, _ in rows]
 
 
 def _apply_transform(recipe: Recipe, row: dict, index: int, label: str) -> dict:

@@ -112,13 +112,15 @@ def load_tokenizer(
     """Load a tokenizer, set its chat template (config wins) and a pad token distinct from eos."""
     from transformers import AutoTokenizer
 
-    source = resolve_source(name_or_path)
+    folder = Path(name_or_path)
+    if folder.is_dir() and (folder / "tokenizer_config.json").is_file():
+        path = str(folder)  # a tokenizer folder (with or without a model)
+    else:
+        path = resolve_source(name_or_path).tokenizer_path
     try:
-        tok = AutoTokenizer.from_pretrained(
-            source.tokenizer_path, trust_remote_code=trust_remote_code, revision=revision
-        )
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as err:
-        raise UserError(f"could not load a tokenizer from {source.tokenizer_path!r}: {err}") from None
+        raise UserError(f"could not load a tokenizer from {path!r}: {err}") from None
 
     if chat_template:
         template, end_of_turn = resolve_chat_template(chat_template)

@@ -57,6 +57,39 @@ def _render(row: dict[str, Any], tokenizer, has_markers: bool) -> tuple[list[int
     return ids, mask
 
 
+PAIR_FORMATS = ("preference", "implicit_preference")
+
+
+def _render_pair(row: dict[str, Any], tokenizer, color: bool) -> str:
+    """Chosen and rejected, encoded exactly as reward training and scoring encode them."""
+    from hftune.scoring import encode, prompt_length
+
+    if row.get("prompt") is not None:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    else:
+        prompt, chosen, rejected = row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:]
+    sequences = {
+        "chosen": encode(tokenizer, prompt, chosen[-1]["content"]),
+        "rejected": encode(tokenizer, prompt, rejected[-1]["content"]),
+    }
+    shared = prompt_length(tokenizer, prompt)
+    lines = []
+    for name, ids in sequences.items():
+        mask = [0] * shared + [1] * (len(ids) - shared)
+        lines.append(f"[{name}: {len(ids)} tokens]")
+        lines.append(_highlight(tokenizer, ids, mask, color))
+    if "margin" in row:
+        lines.append(f"[margin: {row['margin']}]")
+    return "\n".join(lines)
+
+
+def _render_prompt(row: dict[str, Any], tokenizer) -> str:
+    ids = tokenizer.apply_chat_template(
+        row["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True
+    )["input_ids"]
+    return f"[{len(ids)} tokens]\n" + tokenizer.decode(ids, skip_special_tokens=False).rstrip("\n")
+
+
 def _highlight(tokenizer, ids: list[int], mask: list[int], color: bool) -> str:
     spans: list[tuple[int, list[int]]] = []
     for token, bit in zip(ids, mask, strict=True):
@@ -124,14 +157,25 @@ def preview(
     out = [
         f"recipe {recipe.name}: {data.source} -> {recipe.format} rows via the {recipe.converter} converter"
     ]
-    if recipe.format == "conversational" and not has_markers:
+    paired = recipe.format in PAIR_FORMATS
+    if paired:
+        legend = f"{GREEN}highlighted{RESET}" if color else f"{OPEN}bracketed{CLOSE}"
+        out.append(f"each pair as the reward model scores it; the replies it compares are {legend}")
+    elif recipe.format == "prompt_only":
+        out.append("prompts as the policy sees them before it generates (nothing here is trained on)")
+    elif recipe.format == "conversational" and not has_markers:
         out.append(NO_MASK_NOTE)
     else:
         legend = f"{GREEN}highlighted{RESET}" if color else f"{OPEN}bracketed{CLOSE}"
         out.append(f"tokens that carry loss are {legend}")
 
     for k in range(min(n, len(data.train))):
-        ids, mask = _render(data.train[k], tokenizer, has_markers)
+        row = data.train[k]
+        if paired or recipe.format == "prompt_only":
+            out += ["", f"--- example {k + 1} (source row {data.train_indices[k]}) ---"]
+            out.append(_render_pair(row, tokenizer, color) if paired else _render_prompt(row, tokenizer))
+            continue
+        ids, mask = _render(row, tokenizer, has_markers)
         trained = f"{sum(mask)} trained" if mask is not None else "trained tokens unknown"
         out += [
             "",

@@ -11,6 +11,7 @@ adapter + score head + tokenizer + config + report + manifest atomically to `out
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 
 from hftune import artifacts, modeling, scoring, stage
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
@@ -82,16 +84,7 @@ def schema() -> StageSchema:
             "lora_target_modules": "all-linear",
             "lora_modules_to_save": ["score"],
             "eval_fraction": 0.1,
-            "dtype": "auto",
-            "bf16": modeling.bf16_available(),
-            "report_to": "none",
-            "dataloader_pin_memory": torch.cuda.is_available(),
-            "logging_steps": 10,
-            "save_strategy": "steps",
-            "save_steps": 100,
-            "save_total_limit": 2,
-            "eval_strategy": "no",
-            "seed": 42,
+            **stage.training_defaults(),
         },
         check=_check,
     )
@@ -151,14 +144,20 @@ def encode_pairs(dataset, tokenizer):
             prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
         else:  # implicit prompt: the shared conversation before the final replies
             prompt, chosen, rejected = row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:]
-        out = {
+        return {
             "chosen_ids": scoring.encode(tokenizer, prompt, chosen[-1]["content"]),
             "rejected_ids": scoring.encode(tokenizer, prompt, rejected[-1]["content"]),
+            "prompt_length": scoring.prompt_length(tokenizer, prompt),  # for the length report
         }
-        return out
 
     keep = {"margin"} & set(dataset.column_names)
-    return dataset.map(encode, remove_columns=[c for c in dataset.column_names if c not in keep])
+    try:
+        return dataset.map(encode, remove_columns=[c for c in dataset.column_names if c not in keep])
+    except TemplateError as err:
+        raise UserError(
+            f"the chat template cannot render this preference data ({err}); the reward model must render "
+            "pairs with the SFT model's template, so fix the data (e.g. its roles) or the SFT template"
+        ) from None
 
 
 @dataclass
@@ -301,14 +300,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _response_lengths(pairs, key: str) -> list[int]:
-    # The reply's own tokens: the sequence minus the prefix that chosen and rejected share (the prompt).
-    out = []
-    for chosen, rejected, ids in zip(pairs["chosen_ids"], pairs["rejected_ids"], pairs[key], strict=True):
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-            shared += 1
-        out.append(len(ids) - shared)
-    return out
+    return [len(ids) - n for ids, n in zip(pairs[key], pairs["prompt_length"], strict=True)]
 
 
 def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
@@ -339,7 +331,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
         )
         report["accuracy_before"] = float(pairwise_wins(*before).mean())
         metrics.update(eval_accuracy=report["accuracy"], eval_accuracy_before=report["accuracy_before"])
-        logger.info("reward model report:\n%s", format_report(report))
+        logger.debug("reward model report:\n%s", format_report(report))
         if report["length_flag"]:
             logger.warning("score correlates with response length (r=%+.2f)", report["length_correlation"])
     else:
@@ -348,11 +340,13 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
 
     source = modeling.resolve_source(cfg.model.model_name_or_path)
     with artifacts.atomic_dir(p.final_dir) as out:
-        if source.adapters and hasattr(trainer.model, "peft_config"):
+        stage.save_common(out, cfg, trainer, tokenizer, metrics)
+        if source.adapters and (out / "adapter_config.json").is_file():
             # The SFT adapter was merged under this one: the adapter's base is the SFT folder, and loading
             # goes base -> SFT adapter -> reward adapter.
-            trainer.model.peft_config["default"].base_model_name_or_path = str(Path(source.adapter).resolve())
-        stage.save_common(out, cfg, trainer, tokenizer, metrics)
+            config = json.loads((out / "adapter_config.json").read_text())
+            config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
+            artifacts.write_json(out / "adapter_config.json", config)
         if report:
             artifacts.write_json(out / scoring.REPORT_FILE, report)
         manifest = artifacts.write_manifest(

@@ -42,6 +42,14 @@ def encode(tokenizer, prompt: Prompt, response: str) -> list[int]:
     return ids
 
 
+def prompt_length(tokenizer, prompt: Prompt) -> int:
+    """How many leading tokens of `encode(tokenizer, prompt, reply)` are the prompt; the rest is the reply."""
+    ids = tokenizer.apply_chat_template(
+        as_messages(prompt), tokenize=True, return_dict=True, add_generation_prompt=True
+    )["input_ids"]
+    return len(ids)
+
+
 def check_pad_token(tokenizer, where: str) -> None:
     """The score is read at the last token that is not padding: with pad == eos, the end-of-turn token
     would count as padding and the score would come from the token before it."""

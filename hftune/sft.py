@@ -55,16 +55,7 @@ def schema() -> StageSchema:
             "use_peft": True,
             "lora_target_modules": "all-linear",
             "assistant_only_loss": True,
-            "dtype": "auto",
-            "bf16": modeling.bf16_available(),
-            "report_to": "none",
-            "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
-            "logging_steps": 10,
-            "save_strategy": "steps",
-            "save_steps": 100,
-            "save_total_limit": 2,
-            "eval_strategy": "no",
-            "seed": 42,
+            **stage.training_defaults(),
         },
         check=_check,
     )

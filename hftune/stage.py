@@ -43,6 +43,28 @@ class DataExtras:
     )
 
 
+def training_defaults() -> dict[str, Any]:
+    """hftune's defaults shared by every training stage where they differ from TRL's: precision picked for
+    the hardware (never fail because a default assumed a GPU), no surprise experiment trackers, bounded
+    checkpoints, and a fixed seed."""
+    import torch
+
+    from hftune.modeling import bf16_available
+
+    return {
+        "dtype": "auto",
+        "bf16": bf16_available(),
+        "report_to": "none",
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
+        "logging_steps": 10,
+        "save_strategy": "steps",
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "eval_strategy": "no",
+        "seed": 42,
+    }
+
+
 def common_checks(values: dict[str, Any]) -> list[str]:
     """Cross-field rules that hold for every stage; each stage adds its own."""
     problems = []

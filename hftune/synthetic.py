@@ -2,12 +2,20 @@
 
 Every answer here is verifiable (arithmetic, string reversal, letter counting, capitals from a fixed
 table, comparing numbers, sorting), so a tiny model trained on it for a few hundred steps shows a
-measurable change, and an evaluator can check outputs exactly. The same generators render three public
+measurable change, and an evaluator can check outputs exactly. The same generators render the public
 schemas, so the recipes for the real hub datasets can be exercised offline:
 
 - alpaca (tatsu-lab/alpaca): instruction, input, output, text
 - dolly (databricks/databricks-dolly-15k): instruction, context, response, category
 - ultrachat (HuggingFaceH4/ultrachat_200k): prompt, prompt_id, messages (multi-turn, some with a system turn)
+
+Preference data prefers the correct answer over a corrupted one (see `corrupt_answer`), so the reward
+model's ground truth is known:
+
+- preferences (HuggingFaceH4/ultrafeedback_binarized): prompt, prompt_id, chosen, rejected, score_chosen,
+  score_rejected
+- hh_rlhf (Anthropic/hh-rlhf): chosen, rejected ("\n\nHuman: ...\n\nAssistant: ..." transcripts)
+- ranked: prompt, completions (4), ranks (1 = best), a few with a tie
 
 Regenerate the committed fixtures (a test checks that they match byte for byte):
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -219,21 +228,32 @@ def dolly_rows(n: int, seed: int = 0) -> list[dict]:
     return [_dolly_row(rng) for _ in range(n)]
 
 
+def _next_task(rng: random.Random, task: Task, said: list[str]) -> Task:
+    """The next exchange of a chat that so far said `said`: mostly a follow-up on the same topic,
+    sometimes a fresh question, as real chats drift; a follow-up that repeats an earlier question (some
+    have only one phrasing) becomes a fresh one."""
+    question, answer, follow_up = task
+    if rng.random() < 0.7:
+        question, answer = follow_up(rng)
+    if question in said:
+        return _task(rng)
+    return question, answer, follow_up
+
+
 def _conversation(rng: random.Random) -> list[dict]:
     messages = []
     if rng.random() < 0.3:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    question, answer, follow_up = _task(rng)
-    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    task = _task(rng)
+    messages += [{"role": "user", "content": task[0]}, {"role": "assistant", "content": task[1]}]
     for _ in range(rng.randint(1, 2)):
-        # Mostly follow-ups on the same topic, sometimes a fresh question, as real chats drift; a
-        # follow-up that repeats an earlier question (some have only one phrasing) becomes a fresh one.
-        if rng.random() < 0.7:
-            question, answer = follow_up(rng)
-        if question in (m["content"] for m in messages):
-            question, answer, follow_up = _task(rng)
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        task = _next_task(rng, task, [m["content"] for m in messages])
+        messages += [{"role": "user", "content": task[0]}, {"role": "assistant", "content": task[1]}]
     return messages
+
+
+def _prompt_id(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()
 
 
 def ultrachat_rows(n: int, seed: int = 0) -> list[dict]:
@@ -243,8 +263,7 @@ def ultrachat_rows(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         messages = _conversation(rng)
         prompt = next(m["content"] for m in messages if m["role"] == "user")
-        prompt_id = hashlib.sha256(prompt.encode()).hexdigest()
-        rows.append({"prompt": prompt, "prompt_id": prompt_id, "messages": messages})
+        rows.append({"prompt": prompt, "prompt_id": _prompt_id(prompt), "messages": messages})
     return rows
 
 
@@ -347,7 +366,195 @@ def bad_chats(seed: int = 0) -> list[dict]:
     return rows
 
 
-FIXTURE_SIZES = {"alpaca": 400, "dolly": 400, "ultrachat": 400, "corpus": 3000}
+# --- preference data: the correct answer is chosen, a corrupted one rejected ----------------------------
+#
+# Most corruptions break fluency in a way a tiny reward model picks up within a few hundred steps (the
+# repetition loops greedy decoding falls into, scrambled words or letters, a reply cut off mid-word); a
+# few are fluent but wrong (another number), which only a model that checks the answer can catch.
+
+
+def _loop(answer: str, rng: random.Random) -> str:
+    words = answer.split()
+    size = rng.randint(min(2, len(words)), min(4, len(words)))
+    start = rng.randrange(len(words) - size + 1)
+    return " ".join(words[start : start + size] * rng.randint(4, 7))
+
+
+def _shuffle_words(answer: str, rng: random.Random) -> str:
+    words = answer.split()
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def _garble(answer: str, rng: random.Random) -> str:
+    def scramble(word: str) -> str:
+        letters = list(word)
+        rng.shuffle(letters)
+        return "".join(letters)
+
+    return " ".join(scramble(word) for word in answer.split())
+
+
+def _truncate(answer: str, rng: random.Random) -> str:
+    return answer[: rng.randint(len(answer) // 3, 2 * len(answer) // 3)].rstrip()
+
+
+def _wrong_number(answer: str, rng: random.Random) -> str:
+    """The last number changed (the answer itself, for every task that has one); unchanged if none."""
+    numbers = list(re.finditer(r"-?\d+", answer))
+    if not numbers:
+        return answer
+    last = numbers[-1]
+    value, delta = int(last.group()), rng.randint(1, 9)
+    # Lower or higher at random, but a count (or any answer that was not negative) never goes below 0.
+    wrong = value - delta if rng.random() < 0.5 and (value < 0 or value >= delta) else value + delta
+    return answer[: last.start()] + str(wrong) + answer[last.end() :]
+
+
+CORRUPTIONS = {
+    "loop": _loop,
+    "shuffle_words": _shuffle_words,
+    "garble": _garble,
+    "truncate": _truncate,
+    "wrong_number": _wrong_number,
+}
+# How often each corruption is drawn for a rejected reply; only wrong_number is fluent (and it falls back
+# to a loop for answers without a number), so at least 90% of rejections are detectably broken.
+REJECTION_MIX = {"loop": 0.3, "shuffle_words": 0.25, "garble": 0.2, "truncate": 0.15, "wrong_number": 0.1}
+
+
+def corrupt_answer(answer: str, rng: random.Random, how: str | None = None) -> str:
+    """A rejected reply for `answer`: corruption `how`, or one drawn by REJECTION_MIX; never `answer`."""
+    how = how or rng.choices(list(REJECTION_MIX), weights=list(REJECTION_MIX.values()))[0]
+    bad = CORRUPTIONS[how](answer, rng)
+    # A short answer can shuffle back into itself and one without a number has none to change; a loop
+    # always differs (it is longer).
+    return bad if bad.strip() and bad.strip() != answer.strip() else _loop(answer, rng)
+
+
+def preference_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the HuggingFaceH4/ultrafeedback_binarized schema: prompt, prompt_id, chosen, rejected
+    ([user, assistant] turns each), score_chosen > score_rejected."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, _follow = _task(rng)
+        user = {"role": "user", "content": question}
+        rows.append(
+            {
+                "prompt": question,
+                "prompt_id": _prompt_id(question),
+                "chosen": [user, {"role": "assistant", "content": answer}],
+                "rejected": [user, {"role": "assistant", "content": corrupt_answer(answer, rng)}],
+                "score_chosen": rng.choice((7.0, 8.0, 8.5, 9.0, 10.0)),
+                "score_rejected": rng.choice((1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
+            }
+        )
+    return rows
+
+
+def hh_rlhf_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the Anthropic/hh-rlhf schema: `chosen` and `rejected` transcripts
+    ("\n\nHuman: ...\n\nAssistant: ...") sharing every turn but the last; about 40% are multi-turn."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        task = _task(rng)
+        exchanges = [task[:2]]
+        for _ in range(rng.choices((0, 1, 2), weights=(6, 3, 1))[0]):
+            task = _next_task(rng, task, [q for q, _ in exchanges])
+            exchanges.append(task[:2])
+        *history, (question, answer) = exchanges
+        prefix = "".join(f"\n\nHuman: {q}\n\nAssistant: {a}" for q, a in history)
+        prefix += f"\n\nHuman: {question}\n\nAssistant:"
+        rows.append({"chosen": f"{prefix} {answer}", "rejected": f"{prefix} {corrupt_answer(answer, rng)}"})
+    return rows
+
+
+RANKED_TIE_EVERY = 25  # every 25th ranked row (from row 12) ranks its two worst completions equal
+
+
+def ranked_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows of a prompt with 4 completions in random order and their ranks (1 = best): the correct
+    answer, a mildly wrong one (another number, or cut off), a scrambled one, and random words."""
+    rng = random.Random(seed)
+    rows = []
+    for r in range(n):
+        question, answer, _follow = _task(rng)
+        mild = _wrong_number(answer, rng)
+        if mild == answer:
+            mild = _truncate(answer, rng)
+        bad = corrupt_answer(answer, rng, rng.choice(("shuffle_words", "garble")))
+        garbage = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 9)))
+        ranks = [1, 2, 3, 3] if r % RANKED_TIE_EVERY == 12 else [1, 2, 3, 4]
+        order = list(range(4))
+        rng.shuffle(order)  # so the position of a completion says nothing about its rank
+        completions = [answer, mild, bad, garbage]
+        rows.append(
+            {
+                "prompt": question,
+                "completions": [completions[k] for k in order],
+                "ranks": [ranks[k] for k in order],
+            }
+        )
+    return rows
+
+
+# bad_preferences.jsonl (ultrafeedback schema, pairwise converter): exact counts per drop reason. Each
+# row is one pair, so every problem drops a row (pair-level drops need several pairs a row: ranked.jsonl).
+BAD_PREFERENCES_EXPECTED = {
+    "missing_field": 2,
+    "empty_turn": 1,
+    "identical": 1,
+    "prompt_mismatch": 1,
+    "unknown_role": 1,
+    "no_assistant_turn": 1,
+    "too_long": 1,
+}
+BAD_PREFERENCES_GOOD = 30
+
+
+def bad_preferences(seed: int = 0) -> list[dict]:
+    """Ultrafeedback-schema rows: BAD_PREFERENCES_GOOD good pairs with known bad ones at fixed positions.
+
+    The too_long row is dropped only with a tokenizer and max_length=256, as in bad_rows.jsonl.
+    """
+    rows = preference_rows(BAD_PREFERENCES_GOOD, seed)
+
+    def row(chosen: list[dict], rejected: list[dict] | None, **extra) -> dict:
+        prompt = chosen[0]["content"]
+        base = {"prompt": prompt, "prompt_id": _prompt_id(prompt), "chosen": chosen, "rejected": rejected}
+        return {**base, "score_chosen": 8.0, "score_rejected": 3.0, **extra}
+
+    def turns(question: str, reply: str, role: str = "user") -> list[dict]:
+        return [{"role": role, "content": question}, {"role": "assistant", "content": reply}]
+
+    long_reply = " ".join(f"{w} {w[::-1]}" for w in WORDS * 6)
+    bad = [
+        {k: v for k, v in row(turns("What is 2 + 2?", "2 + 2 = 4."), None).items() if k != "rejected"},
+        row(turns("What is 3 + 3?", "3 + 3 = 6."), None),
+        row(turns("What is 4 + 4?", " "), turns("What is 4 + 4?", "4 + 4 = 9.")),
+        row(turns("What is 5 + 5?", "5 + 5 = 10."), turns("What is 5 + 5?", "5 + 5 = 10.")),
+        row(turns("What is 6 + 6?", "6 + 6 = 12."), turns("What is 7 + 7?", "7 + 7 = 15.")),
+        row(turns("What is 8 + 8?", "8 + 8 = 16.", "human"), turns("What is 8 + 8?", "8 + 8 = 61.", "human")),
+        row([{"role": "user", "content": "What is 9 + 9?"}], [{"role": "user", "content": "What is 9 + 9?"}]),
+        row(turns("List many words.", long_reply), turns("List many words.", "words words words words")),
+    ]
+    # Spread the bad rows through the file so position-dependent bugs show up.
+    for i, bad_row in enumerate(bad):
+        rows.insert(2 + i * 4, bad_row)
+    return rows
+
+
+FIXTURE_SIZES = {
+    "alpaca": 400,
+    "dolly": 400,
+    "ultrachat": 400,
+    "corpus": 3000,
+    "preferences": 400,
+    "hh_rlhf": 400,
+    "ranked": 200,
+}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -367,6 +574,10 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
         "ultrachat.jsonl": ultrachat_rows(FIXTURE_SIZES["ultrachat"], seed=3),
         "bad_rows.jsonl": bad_rows(seed=4),
         "bad_chats.jsonl": bad_chats(seed=5),
+        "preferences.jsonl": preference_rows(FIXTURE_SIZES["preferences"], seed=7),
+        "hh_rlhf.jsonl": hh_rlhf_rows(FIXTURE_SIZES["hh_rlhf"], seed=8),
+        "ranked.jsonl": ranked_rows(FIXTURE_SIZES["ranked"], seed=9),
+        "bad_preferences.jsonl": bad_preferences(seed=10),
     }
     written = {}
     for name, rows in files.items():

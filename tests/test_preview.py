@@ -84,3 +84,30 @@ def test_template_without_generation_markers_is_explained_not_a_crash():
     assert "trained tokens unknown" in out and "⟦" not in out
     assert synthetic.alpaca_rows(1, seed=1)[0]["output"] in out
     assert "kept 400 of 400 rows" in out
+
+
+def test_preference_pairs_render_as_the_reward_model_scores_them(chat_tokenizer):
+    from hftune.scoring import encode
+
+    out = preview("tiny_ranked", chat_tokenizer, n=1, color=False)
+    body = out.split("\n--- example ", 1)[1]
+    spans = bracketed(out)
+    # Only the two replies are marked, each ending at its end-of-turn token (where scores are read).
+    assert len(spans) == 2 and all(s.endswith("<|im_end|>") for s in spans)
+    assert "What is" not in "".join(spans)
+    assert "dropped 8 pairs: tie 8" in out
+    # The chosen sequence shown is exactly what reward training encodes.
+    pair = prepare_dataset(load_recipe("tiny_ranked"), tokenizer=chat_tokenizer).train[0]
+    ids = encode(chat_tokenizer, pair["prompt"], pair["chosen"][0]["content"])
+    assert f"[chosen: {len(ids)} tokens]" in body
+
+
+def test_prompt_only_rows_show_the_generation_prompt(chat_tokenizer, tmp_path):
+    recipe = tmp_path / "prompts.yaml"
+    recipe.write_text(
+        f"source: {{path: {FIXTURES / 'ultrachat.jsonl'}}}\nformat: prompt_only\nconverter: messages\n"
+    )
+    out = preview(str(recipe), chat_tokenizer, n=1, color=False)
+    assert "nothing here is trained on" in out
+    example = out.split("\n--- example ", 1)[1].split("\n\n")[0]
+    assert example.rstrip().endswith("<|im_start|>assistant"), example

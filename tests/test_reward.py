@@ -42,10 +42,15 @@ def lora_rm(tmp_path_factory, sft_model):
         mp.undo()
 
 
-def trained_scores(result) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """Scores of the in-memory trained model on the held-out pairs, plus those pairs."""
-    pad = result.trainer.processing_class.pad_token_id
-    return (*reward.pair_scores(result.trainer.model, result.eval_pairs, pad), result.eval_pairs)
+def assert_reload_reproduces_scores(result) -> scoring.Scorer:
+    """The saved reward model scores the held-out pairs exactly as the trained one in memory did."""
+    pairs, pad = result.eval_pairs, result.trainer.processing_class.pad_token_id
+    scorer = scoring.load_scorer(str(result.output_dir))
+    for key in ("chosen_ids", "rejected_ids"):
+        trained = scoring.score_ids(result.trainer.model, pairs[key], pad)
+        reloaded = scoring.score_ids(scorer.model, pairs[key], scorer.tokenizer.pad_token_id)
+        assert (trained - reloaded).abs().max() < 1e-5, key
+    return scorer
 
 
 def test_reward_model_learns_the_known_preference(lora_rm):
@@ -62,15 +67,7 @@ def test_reward_model_learns_the_known_preference(lora_rm):
 
 
 def test_saved_lora_reward_model_reproduces_scores(lora_rm):
-    chosen, rejected, pairs = trained_scores(lora_rm)
-    scorer = scoring.load_scorer(str(lora_rm.output_dir))
-    pad = scorer.tokenizer.pad_token_id
-    assert torch.allclose(
-        scoring.score_ids(scorer.model, pairs["chosen_ids"], pad), chosen, atol=1e-5, rtol=0
-    )
-    assert torch.allclose(
-        scoring.score_ids(scorer.model, pairs["rejected_ids"], pad), rejected, atol=1e-5, rtol=0
-    )
+    scorer = assert_reload_reproduces_scores(lora_rm)
     assert scorer.stats == lora_rm.report["score_stats"]
 
 
@@ -105,15 +102,7 @@ def test_full_fine_tuned_reward_model_reloads_identically(tmp_path, sft_model):
         reward_config(sft_model, tmp_path / "full", "--use_peft", "false", "--max_steps", "5")
     )
     assert (result.output_dir / "model.safetensors").is_file()
-    chosen, rejected, pairs = trained_scores(result)
-    scorer = scoring.load_scorer(str(result.output_dir))
-    pad = scorer.tokenizer.pad_token_id
-    assert torch.allclose(
-        scoring.score_ids(scorer.model, pairs["chosen_ids"], pad), chosen, atol=1e-5, rtol=0
-    )
-    assert torch.allclose(
-        scoring.score_ids(scorer.model, pairs["rejected_ids"], pad), rejected, atol=1e-5, rtol=0
-    )
+    assert_reload_reproduces_scores(result)
 
 
 def test_a_different_chat_template_is_refused(tmp_path, sft_model):
@@ -155,3 +144,19 @@ def test_sft_data_and_reward_model_inputs_are_refused(tmp_path, sft_model, lora_
         reward.prepare(reward_config(sft_model, tmp_path / "rm", "--data_recipe", "tiny_alpaca"))
     with pytest.raises(UserError, match="already a reward model"):
         reward.prepare(reward_config(str(lora_rm.output_dir), tmp_path / "rm2"))
+
+
+def test_report_flags_a_reward_that_tracks_length():
+    lengths_c, lengths_r = [10, 20, 30, 40], [5, 15, 25, 35]
+    chosen = torch.tensor([float(n) for n in lengths_c])
+    rejected = torch.tensor([float(n) for n in lengths_r])
+    report = reward.build_report(
+        chosen, rejected, lengths_c, lengths_r, bootstrap=200, seed=0, length_warning=0.5
+    )
+    assert report["accuracy"] == 1.0 and report["accuracy_ci95"] == [1.0, 1.0]
+    assert report["length_correlation"] > 0.99 and report["length_flag"]
+    assert "WARNING" in reward.format_report(report)
+    ties = reward.build_report(
+        chosen, chosen.clone(), lengths_c, lengths_c, bootstrap=0, seed=0, length_warning=0.5
+    )
+    assert ties["accuracy"] == 0.5 and "accuracy_ci95" not in ties
