@@ -185,6 +185,12 @@ class StageSchema:
     classes: dict[str, type]  # section name -> dataclass, e.g. {"training": SFTConfig, ...}
     defaults: dict[str, Any]  # hftune's defaults where they differ from TRL's (documented in --help)
     check: typing.Callable[[dict[str, Any]], list[str]] | None = None  # cross-field rules
+    # TRL fields the `hftune` section declares itself, so that one key means the same thing whichever
+    # trainer runs (e.g. `kl_coef` for PPO's `kl_coef` and GRPO's `beta`); the stage sets TRL's field.
+    owned: frozenset[str] = frozenset()
+
+    def skips(self, section: str, name: str) -> bool:
+        return name in _OWNED_BY_HFTUNE or (section != "hftune" and name in self.owned)
 
     def fields(self) -> dict[str, tuple[str, dataclasses.Field, Any]]:
         """key -> (section, field, resolved annotation)."""
@@ -192,7 +198,7 @@ class StageSchema:
         for section, cls in self.classes.items():
             hints = typing.get_type_hints(cls)
             for f in dataclasses.fields(cls):
-                if f.init and f.name not in _OWNED_BY_HFTUNE:
+                if f.init and not self.skips(section, f.name):
                     out.setdefault(f.name, (section, f, hints[f.name]))
         return out
 
@@ -215,7 +221,8 @@ class StageConfig:
     def resolved(self) -> dict[str, Any]:
         """Every setting made explicit, secrets removed: what is saved next to the artifact."""
         flat: dict[str, Any] = {"stage": self.stage}
-        for obj in self.sections.values():
+        # hftune's section first: where it owns a TRL field (StageSchema.owned), its value is the real one.
+        for _, obj in sorted(self.sections.items(), key=lambda item: item[0] != "hftune"):
             data = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
             for key, value in data.items():
                 flat.setdefault(key, value)
@@ -371,7 +378,7 @@ def parse_stage_config(
     sections: dict[str, Any] = {}
     for section, cls in schema.classes.items():
         names = {f.name for f in dataclasses.fields(cls) if f.init}
-        kwargs = {k: v for k, v in merged.items() if k in names and k not in _OWNED_BY_HFTUNE}
+        kwargs = {k: v for k, v in merged.items() if k in names and not schema.skips(section, k)}
         try:
             sections[section] = cls(**kwargs)
         except (ValueError, TypeError) as err:

@@ -98,7 +98,7 @@ def load_data(cfg: StageConfig, tokenizer):
     data = prepare_dataset(
         recipe,
         tokenizer=tokenizer,
-        max_length=cfg.training.max_length,
+        max_length=getattr(cfg.training, "max_length", None),
         strict=extras.data_strict,
         eval_fraction=extras.eval_fraction,
         seed=cfg.training.seed,
@@ -151,9 +151,12 @@ def count_rows_trl_dropped(trainer, data, args, reason: str = "no_trained_tokens
         )
 
 
-def save_common(out: Path, cfg: StageConfig, trainer, tokenizer, metrics: dict[str, Any]) -> None:
+def save_common(
+    out: Path, cfg: StageConfig, trainer, tokenizer, metrics: dict[str, Any], *, save_model: bool = True
+) -> None:
     """Model, tokenizer (with its chat template), resolved config, metrics and logs; no pickles."""
-    trainer.save_model(str(out))
+    if save_model:
+        trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
         unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle

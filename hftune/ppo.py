@@ -1,0 +1,175 @@
+"""`hftune ppo`: the RL stage (see `hftune/rl.py`), and the one module that imports TRL's experimental PPO.
+
+TRL removed PPOTrainer in 1.13; 1.10-1.12 ship it as `trl.experimental.ppo`. Keeping every use of it here
+means a future TRL bump touches one file, and `algorithm: rloo` / `grpo` keep working without it.
+
+    hftune ppo --config configs/tiny/ppo.yaml
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from hftune import modeling
+from hftune.errors import UserError
+from hftune.rl import RewardFn, parse, run, schema, summary  # noqa: F401 (the CLI's stage interface)
+
+VALUE_WEIGHTS = "value_model.safetensors"
+# hftune pins the TRL releases that ship experimental PPO; the "experimental API" notice is known.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def config_class():
+    from trl.experimental.ppo import PPOConfig
+
+    return PPOConfig
+
+
+def build_trainer(
+    cfg,
+    tokenizer,
+    prompts,
+    heldout,
+    reward_fn: RewardFn,
+    resume_from: str | None,
+    *,
+    separate_reference: bool = False,
+):
+    """TRL's PPOTrainer: the policy is the SFT model with a fresh LoRA adapter (the adapter switched off is
+    the reference policy), the value model starts from the reward model, the reward model is frozen and
+    scored through `hftune.scoring`. `separate_reference` loads a second copy as reference instead (only
+    for measuring what the shared reference saves)."""
+    from datasets import Dataset
+
+    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    args.response_length = extras.response_length
+    args.kl_coef = extras.kl_coef
+    args.missing_eos_penalty = None  # applied by RewardFn, the same way for every algorithm
+    args.stop_token = "eos"  # responses end at the end-of-turn token (the tokenizer's eos)
+    args.sft_model_path = model_args.model_name_or_path
+    args.reward_model_path = extras.reward_model_path
+    if args.max_steps and args.max_steps > 0:
+        # PPO counts episodes; `max_steps` means PPO updates, as it means optimizer steps elsewhere.
+        args.total_episodes = (
+            args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        )
+    if args.num_sample_generations:
+        args.num_sample_generations = 0  # hftune writes samples itself (heldout_every), to samples.jsonl
+
+    tokenizer.padding_side = "left"  # queries are left padded so generation continues each prompt directly
+    encode = functools.partial(
+        tokenizer.apply_chat_template, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    queries = [encode(p)["input_ids"] for p in prompts]
+    heldout_queries = [encode(p)["input_ids"] for p in heldout] or queries[: args.per_device_eval_batch_size]
+
+    policy = modeling.load_model(model_args.model_name_or_path, model_args, for_training=True)
+    value = modeling.load_reward_model(extras.reward_model_path, model_args, for_training=True)
+    value.config.pad_token_id = tokenizer.pad_token_id
+    reference = None
+    if separate_reference:
+        reference = modeling.load_model(model_args.model_name_or_path, model_args, for_training=True).eval()
+        reference.requires_grad_(False)
+
+    trainer = ScoredPPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=reference,
+        reward_model=reward_fn.scorer.model,
+        train_dataset=Dataset.from_dict({"input_ids": queries}),
+        value_model=value,
+        eval_dataset=Dataset.from_dict({"input_ids": heldout_queries}),
+        peft_config=modeling.lora_config(model_args),
+    )
+    trainer.hftune_reward_fn = reward_fn
+    trainer.hftune_prompt_of = {tuple(q): p for q, p in zip(queries, prompts, strict=True)}
+    trainer.hftune_steps_done = 0
+    trainer.add_callback(SaveValueModel())
+    if resume_from:
+        _resume(trainer, Path(resume_from))
+    return trainer
+
+
+def _score_through_hftune(trainer, original, model, query_responses, pad_token_id, context_length):
+    """TRL's `get_reward`, except for the reward model: its scores come from `hftune.scoring` on the decoded
+    (prompt, response), exactly as the reward stage and the eval harness score them."""
+    if model is not trainer.reward_model:
+        return original(model, query_responses, pad_token_id, context_length)
+    tokenizer = trainer.processing_class
+    eos = tokenizer.eos_token_id
+    prompts, texts, ended, lengths = [], [], [], []
+    for row in query_responses.tolist():
+        query = tuple(t for t in row[:context_length] if t != pad_token_id)
+        response = row[context_length:]
+        stop = response.index(eos) + 1 if eos in response else None
+        reply = response[:stop] if stop else [t for t in response if t != pad_token_id]
+        prompts.append(trainer.hftune_prompt_of[query])
+        texts.append(tokenizer.decode(reply, skip_special_tokens=True))
+        ended.append(stop is not None)
+        lengths.append(len(reply))
+    scores = trainer.hftune_reward_fn.rewards(prompts, texts, ended, lengths)
+    return None, scores.to(query_responses.device), None
+
+
+def _trainer_class():
+    from trl.experimental.ppo import PPOTrainer
+
+    return PPOTrainer
+
+
+class ScoredPPOTrainer(_trainer_class()):
+    def train(self):
+        import trl.experimental.ppo.ppo_trainer as ppo_module
+
+        original = ppo_module.get_reward
+        ppo_module.get_reward = functools.partial(_score_through_hftune, self, original)
+        try:
+            return super().train()
+        finally:
+            ppo_module.get_reward = original
+
+
+class SaveValueModel(TrainerCallback):
+    """PPO checkpoints hold the policy adapter, optimizer and scheduler; the value model is saved beside
+    them so `--resume` continues with the value estimates it had."""
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        from safetensors.torch import save_model
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if model is not None and folder.is_dir():
+            save_model(model.value_model, str(folder / VALUE_WEIGHTS))
+
+
+def _resume(trainer, checkpoint: Path) -> None:
+    """Continue an interrupted PPO run: policy adapter, value model, optimizer and scheduler from the
+    checkpoint, and only the updates still to do (TRL's PPOTrainer has no resume of its own)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file, load_model
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    done = int(state["global_step"])
+    adapter = checkpoint / "adapter_model.safetensors"
+    value = checkpoint / VALUE_WEIGHTS
+    if not adapter.is_file() or not value.is_file():
+        raise UserError(f"{checkpoint} is not a complete PPO checkpoint (adapter or value model missing)")
+    policy = trainer.model.policy
+    set_peft_model_state_dict(policy, load_file(str(adapter)))
+    load_model(trainer.model.value_model, str(value))
+    for name, target in (("optimizer.pt", trainer.optimizer), ("scheduler.pt", trainer.lr_scheduler)):
+        path = checkpoint / name
+        if path.is_file():
+            target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    args = trainer.args
+    remaining = args.num_total_batches - done
+    if remaining <= 0:
+        raise UserError(f"{checkpoint} already finished all {args.num_total_batches} updates")
+    args.num_total_batches = remaining
+    trainer.hftune_steps_done = done

@@ -1,0 +1,514 @@
+"""The RL stage (`hftune ppo`): optimise the SFT policy against a frozen reward model while a KL penalty
+keeps it near the SFT model. PPO through TRL's `trl.experimental.ppo` (wrapped in `hftune/ppo.py`, the
+only module that imports it), or `algorithm: rloo` / `algorithm: grpo` through TRL's maintained trainers,
+with the same config keys.
+
+    hftune ppo --config configs/tiny/ppo.yaml [--algorithm rloo] [--resume]
+
+Reads top to bottom: parse the config (its TRL section depends on `algorithm`), load the SFT tokenizer and
+check the reward model reads text the same way, render the prompts with the chat template, load the
+policy (SFT weights + a fresh LoRA adapter: switching the adapter off gives the reference policy, so no
+second copy is held), the value model (from the reward model, PPO only) and the frozen reward model,
+train with guardrails, then write the policy adapter, tokenizer, config, metrics and manifest atomically.
+Rewards come from `hftune.scoring`, the path the reward stage and the eval harness use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hftune import artifacts, modeling, scoring, stage
+from hftune.config import (
+    StageConfig,
+    StageSchema,
+    hftune_field,
+    load_yaml_mapping,
+    parse_overrides,
+    parse_stage_config,
+)
+from hftune.errors import UserError
+from hftune.rl_guardrails import AlarmStop, Bounds, Guardrails, RolloutStats
+from hftune.stage import DataExtras, common_checks
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = ("ppo", "rloo", "grpo")
+# TRL fields hftune's own keys stand for (so one key means one thing whichever trainer runs).
+OWNED = frozenset(
+    {
+        "reward_model_path",
+        "sft_model_path",
+        "response_length",
+        "kl_coef",
+        "missing_eos_penalty",
+        "beta",
+        "max_completion_length",
+    }
+)
+
+
+@dataclass
+class RLExtras(DataExtras):
+    """What the RL trainers' configs lack or name differently. Names never clash with TRL's."""
+
+    algorithm: str = hftune_field(
+        "ppo",
+        "`ppo` (TRL's experimental PPOTrainer, value model from the reward model), or `rloo` / `grpo` "
+        "(TRL's maintained RLOOTrainer / GRPOTrainer; no value model, vLLM-capable).",
+        choices=ALGORITHMS,
+    )
+    reward_model_path: str | None = hftune_field(
+        None, "Reward model folder written by `hftune reward`. Required."
+    )
+    response_length: int = hftune_field(
+        64,
+        "Most tokens generated per response (PPO's `response_length`, GRPO/RLOO's `max_completion_length`).",
+    )
+    kl_coef: float = hftune_field(0.05, "Weight of the KL penalty to the SFT policy (GRPO/RLOO's `beta`).")
+    missing_eos_penalty: float | None = hftune_field(
+        1.0, "Subtracted from the reward of a response that never emits the end-of-turn token (null: none)."
+    )
+    normalize_rewards: bool = hftune_field(
+        True,
+        "Score rewards on the reward stage's held-out scale (zero mean, unit std; from reward_report.json).",
+    )
+    max_kl: float | None = hftune_field(None, "Alarm: stop when KL to the SFT policy exceeds this.")
+    min_mean_length: float | None = hftune_field(
+        None, "Alarm: stop when mean response length (tokens) falls below."
+    )
+    max_mean_length: float | None = hftune_field(
+        None, "Alarm: stop when mean response length (tokens) exceeds."
+    )
+    heldout_every: int = hftune_field(
+        0,
+        "Every N steps, greedy completions of the held-out prompts are scored (`heldout/reward`, samples to "
+        "samples.jsonl); the run stops if the train reward rises while the held-out reward falls. 0: off.",
+    )
+    heldout_prompts: int = hftune_field(16, "How many held-out prompts the held-out check uses.")
+    heldout_tolerance: float = hftune_field(
+        0.1, "How far (in reward units) the held-out reward may fall between checks before the alarm fires."
+    )
+
+
+def _check(values: dict[str, Any]) -> list[str]:
+    problems = common_checks(values)
+    if not values.get("reward_model_path"):
+        problems.append("`reward_model_path`: required (the output folder of `hftune reward`)")
+    if values.get("response_length") is not None and values["response_length"] <= 0:
+        problems.append(f"`response_length`: must be positive, got {values['response_length']}")
+    if (values.get("kl_coef") or 0) < 0:
+        problems.append(f"`kl_coef`: must be >= 0, got {values['kl_coef']}")
+    if values.get("max_kl") is not None and values["max_kl"] <= 0:
+        problems.append(f"`max_kl`: must be positive, got {values['max_kl']}")
+    if values.get("load_in_4bit") or values.get("load_in_8bit"):
+        problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
+    return problems
+
+
+def _trl_config(algorithm: str):
+    if algorithm == "rloo":
+        from trl import RLOOConfig
+
+        return RLOOConfig
+    if algorithm == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    from hftune import ppo
+
+    return ppo.config_class()
+
+
+def schema(algorithm: str = "ppo") -> StageSchema:
+    from trl import ModelConfig
+
+    defaults = {
+        "output_dir": "runs/ppo",
+        "use_peft": True,
+        "lora_target_modules": "all-linear",
+        "eval_fraction": 0.1,
+        **stage.training_defaults(),
+    }
+    if algorithm in ("rloo", "grpo"):
+        defaults.update(num_generations=4, log_completions=False, disable_dropout=True)
+    return StageSchema(
+        name="ppo",
+        classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": RLExtras},
+        defaults=defaults,
+        check=_check,
+        owned=OWNED,
+    )
+
+
+def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+    # The TRL section depends on the algorithm, so read it first (a bad value is reported by the parse).
+    values = load_yaml_mapping(config_path) if config_path else {}
+    values.update(parse_overrides(list(argv or []))[0])
+    algorithm = values.get("algorithm", "ppo")
+    return parse_stage_config(schema(algorithm if algorithm in ALGORITHMS else "ppo"), config_path, argv)
+
+
+@dataclass
+class RLResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+    trainer: Any
+    scorer: scoring.Scorer
+    alarm: str | None
+
+
+def check_same_tokenizer(policy_tok, reward_tok, policy_path: str, reward_path: str) -> None:
+    """The reward model must read text exactly as the policy writes it."""
+    if policy_tok.get_vocab() != reward_tok.get_vocab():
+        raise UserError(
+            f"the policy ({policy_path}) and the reward model ({reward_path}) use different tokenizers "
+            "(vocabularies differ); train the reward model on top of this SFT model"
+        )
+    if policy_tok.chat_template != reward_tok.chat_template:
+        raise UserError(
+            f"the policy ({policy_path}) and the reward model ({reward_path}) use different chat templates; "
+            "train the reward model on top of this SFT model"
+        )
+
+
+def prompt_rows(dataset) -> list[list[dict[str, str]]]:
+    """The prompt of each row: a prompt-only row's prompt, or a conversation up to its last reply."""
+    out = []
+    for row in dataset:
+        if row.get("prompt") is not None:
+            out.append(list(row["prompt"]))
+        elif row.get("messages") is not None:
+            out.append(list(row["messages"][:-1]))
+        else:
+            raise UserError("the RL stage needs prompts: use a prompt-only or conversational recipe")
+    return out
+
+
+class RewardFn:
+    """Scores completions through `hftune.scoring`, normalised, with the missing-EOS penalty; the one
+    reward every algorithm gets. Also records response lengths for the guardrails."""
+
+    __name__ = "reward_model"  # TRL names the reward column after it
+
+    def __init__(
+        self,
+        scorer: scoring.Scorer,
+        *,
+        normalize: bool,
+        missing_eos_penalty: float | None,
+        stats: RolloutStats,
+    ):
+        self.scorer = scorer
+        self.normalize = normalize
+        self.penalty = missing_eos_penalty
+        self.stats = stats
+
+    def rewards(
+        self, prompts, responses: list[str], ended: list[bool], lengths: list[int], *, record: bool = True
+    ) -> torch.Tensor:
+        scores = self.scorer.score(prompts, responses)
+        if self.normalize:
+            scores = self.scorer.normalise(scores)
+        if self.penalty is not None:
+            scores = scores - self.penalty * (~torch.tensor(ended, dtype=torch.bool)).float()
+        if record:  # rollouts feed the length guardrails; held-out checks do not
+            self.stats.lengths += lengths
+            self.stats.ended += ended
+        return scores
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        # RLOO/GRPO: conversational completions are [{"role": "assistant", "content": ...}].
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        eos = self.scorer.tokenizer.eos_token_id
+        ended = [eos in ids for ids in completion_ids]
+        lengths = [len(ids) for ids in completion_ids]
+        return self.rewards(prompts, texts, ended, lengths).tolist()
+
+
+def heldout_evaluator(
+    prompts, tokenizer, reward_fn: RewardFn, max_new_tokens: int, temperature: float, seed: int
+):
+    """Completions of fixed held-out prompts, sampled as in training but with a fixed seed (so two checks
+    differ only by the policy), scored like training rewards but not counted as rollouts."""
+    encoded = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        for p in prompts
+    ]
+
+    @torch.no_grad()
+    def evaluate(policy) -> tuple[float, list[dict[str, Any]]]:
+        texts, ended, lengths = generate(
+            policy, tokenizer, encoded, max_new_tokens, temperature=temperature, seed=seed
+        )
+        scores = reward_fn.rewards(prompts, texts, ended, lengths, record=False)
+        samples = [
+            {"prompt": p[-1]["content"], "response": t, "ended": e, "reward": float(s)}
+            for p, t, e, s in zip(prompts, texts, ended, scores, strict=True)
+        ]
+        return float(scores.mean()), samples
+
+    return evaluate
+
+
+def generate(
+    policy,
+    tokenizer,
+    encoded: list[list[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> tuple[list[str], list[bool], list[int]]:
+    """Batched generation with left padding (so every prompt ends where generation starts): greedy, or
+    sampled at `temperature` (no top-k/top-p, as the RL trainers sample) with its own seed, leaving the
+    training random state untouched. Returns reply texts, whether each ended, and reply lengths."""
+    from transformers import GenerationConfig
+
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **(sampling or {"do_sample": False}),
+    )
+    was_training = policy.training
+    policy.eval()
+    device = next(policy.parameters()).device
+    texts, ended, lengths = [], [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(batch):
+                ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
+            out = policy.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
+            for row in out[:, width:].tolist():
+                stop = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else None
+                reply = row[:stop] if stop else [t for t in row if t != tokenizer.pad_token_id]
+                ended.append(stop is not None)
+                lengths.append(len(reply))
+                texts.append(tokenizer.decode(reply, skip_special_tokens=True))
+    policy.train(was_training)
+    return texts, ended, lengths
+
+
+@dataclass
+class Prepared:
+    trainer: Any
+    guardrails: Guardrails
+    scorer: scoring.Scorer
+    reward_fn: RewardFn
+    data: Any
+    recipe: Any
+    tokenizer: Any
+    final_dir: Path
+    resume_from: str | None
+
+
+def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
+    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    final_dir = Path(args.output_dir)
+    policy_path = model_args.model_name_or_path
+    if modeling.resolve_source(policy_path).is_reward_model:
+        raise UserError(f"{policy_path} is a reward model; `model_name_or_path` is the SFT policy")
+
+    # Tokenizers first: a mismatch fails before any weights load.
+    tokenizer = modeling.load_tokenizer(policy_path, revision=model_args.model_revision)
+    reward_tok = modeling.load_tokenizer(extras.reward_model_path)
+    check_same_tokenizer(tokenizer, reward_tok, policy_path, extras.reward_model_path)
+    if extras.chat_template:
+        raise UserError(
+            "`chat_template`: the RL stage renders prompts with the SFT model's template; drop it"
+        )
+    scoring.check_pad_token(tokenizer, policy_path)
+    recipe, data = stage.load_data(cfg, tokenizer)
+    prompts = prompt_rows(data.train)
+    heldout = prompt_rows(data.eval)[: extras.heldout_prompts] if data.eval is not None else []
+
+    scorer = scoring.load_scorer(extras.reward_model_path, model_args)
+    if extras.normalize_rewards and not scorer.stats:
+        raise UserError(
+            f"{extras.reward_model_path} has no score statistics (reward_report.json): retrain it "
+            "with `eval_fraction` > 0, or set `normalize_rewards: false`"
+        )
+    stats = RolloutStats()
+    reward_fn = RewardFn(
+        scorer,
+        normalize=extras.normalize_rewards,
+        missing_eos_penalty=extras.missing_eos_penalty,
+        stats=stats,
+    )
+
+    work = artifacts.work_dir(final_dir)
+    resume_from = stage.checkpoint_to_resume(work, resume)
+    args.output_dir = str(work)
+    try:
+        with stage.trl_settings_are_user_errors(cfg.source):
+            if extras.algorithm == "ppo":
+                from hftune import ppo
+
+                trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn, resume_from)
+            else:
+                trainer = _build_group_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
+    finally:
+        args.output_dir = str(final_dir)
+
+    evaluate = None
+    if heldout:
+        evaluate = heldout_evaluator(
+            heldout, tokenizer, reward_fn, extras.response_length, args.temperature, args.seed
+        )
+    guardrails = Guardrails(
+        work,
+        Bounds(
+            max_kl=extras.max_kl,
+            min_mean_length=extras.min_mean_length,
+            max_mean_length=extras.max_mean_length,
+            heldout_tolerance=extras.heldout_tolerance,
+        ),
+        policy_fn=lambda: _policy(trainer),
+        heldout=evaluate,
+        heldout_every=extras.heldout_every,
+        rollout_stats=stats,
+        step_offset=getattr(trainer, "hftune_steps_done", 0),
+    )
+    trainer.add_callback(guardrails)
+    return Prepared(trainer, guardrails, scorer, reward_fn, data, recipe, tokenizer, final_dir, resume_from)
+
+
+def _policy(trainer):
+    model = trainer.model
+    return model.policy if hasattr(model, "policy") else model
+
+
+def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_fn: RewardFn):
+    """RLOO / GRPO on TRL's maintained trainers, with the same reward and the same hftune keys."""
+    from datasets import Dataset
+    from trl import GRPOTrainer, RLOOTrainer
+
+    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    args.max_completion_length = extras.response_length
+    args.beta = extras.kl_coef
+    policy = modeling.load_model(
+        model_args.model_name_or_path,
+        model_args,
+        for_training=True,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    cls = RLOOTrainer if extras.algorithm == "rloo" else GRPOTrainer
+    return cls(
+        model=policy,
+        reward_funcs=reward_fn,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        eval_dataset=Dataset.from_dict({"prompt": heldout}) if heldout else None,
+        processing_class=tokenizer,
+        peft_config=modeling.lora_config(model_args),
+    )
+
+
+def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
+    started = time.time()
+    p = prepare(cfg, resume=resume)
+    trainer, guardrails = p.trainer, p.guardrails
+    alarm = None
+    try:
+        trainer.train(**({"resume_from_checkpoint": p.resume_from} if cfg.hftune.algorithm != "ppo" else {}))
+    except AlarmStop as stop:
+        alarm = str(stop)
+        guardrails.restore_last_good()
+    metrics = _summarise(guardrails.out_dir / "metrics.jsonl")
+    metrics.update(stage.parameter_counts(_policy(trainer)))
+    if alarm:
+        metrics["alarm"] = alarm
+
+    source = modeling.resolve_source(cfg.model.model_name_or_path)
+    work = guardrails.out_dir
+    with artifacts.atomic_dir(p.final_dir) as out:
+        trainer.args.output_dir = str(out)
+        _policy(trainer).save_pretrained(str(out))  # the policy adapter only (PPO's value model stays behind)
+        trainer.args.output_dir = str(p.final_dir)
+        # Saved with the training default (right); generation code pads left itself.
+        side, p.tokenizer.padding_side = p.tokenizer.padding_side, "right"
+        try:
+            stage.save_common(out, cfg, trainer, p.tokenizer, metrics, save_model=False)
+        finally:
+            p.tokenizer.padding_side = side
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            if (work / name).is_file():
+                shutil.copy(work / name, out / name)
+        _point_adapter_at(out, source)
+        policy = _policy(trainer)
+        if hasattr(policy, "generation_config"):
+            policy.generation_config.eos_token_id = p.tokenizer.eos_token_id
+            policy.generation_config.pad_token_id = p.tokenizer.pad_token_id
+            policy.generation_config.save_pretrained(str(out))
+        manifest = artifacts.write_manifest(
+            out,
+            stage="ppo",
+            config_hash=cfg.config_hash(),
+            parents=[
+                artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model"),
+                artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
+            ],
+            data=stage.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
+            metrics={**metrics, "algorithm": cfg.hftune.algorithm},
+            seed=cfg.training.seed,
+            started=started,
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return RLResult(p.final_dir, metrics, manifest, trainer, p.scorer, alarm)
+
+
+def _point_adapter_at(out: Path, source: modeling.ModelSource) -> None:
+    """The SFT adapter was merged under the policy's: the saved adapter's base is the SFT folder."""
+    config_path = out / "adapter_config.json"
+    if source.adapters and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
+        artifacts.write_json(config_path, config)
+
+
+def _summarise(metrics_file: Path) -> dict[str, Any]:
+    """First and last values of the main per-step metrics."""
+    if not metrics_file.is_file():
+        return {}
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    out: dict[str, Any] = {"steps": len(rows)}
+    for key in ("objective/scores", "reward", "objective/kl", "kl", "response/mean_length", "heldout/reward"):
+        values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+        if values:
+            out[f"{key} first"] = values[0]
+            out[f"{key} last"] = values[-1]
+    return out
+
+
+def summary(result: RLResult) -> str:
+    m = result.metrics
+    lines = [
+        f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in m.items()
+        if k.endswith((" first", " last"))
+    ]
+    if result.alarm:
+        lines.append(f"ALARM: {result.alarm} (the last good policy was saved)")
+    lines.append(f"saved: {result.output_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""The RL stage on the tiny chain (full-FT SFT -> LoRA reward model -> PPO/RLOO): what it writes, that
+rewards go through the shared scoring path with the missing-EOS penalty, padding sides, alarms, and
+refusing a reward model that reads text differently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hftune import modeling, ppo, reward, rl, scoring, sft
+from hftune.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "configs/tiny/ppo.yaml")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("rl-chain")
+    sft.run(sft.parse(str(REPO / "configs/tiny/sft_full.yaml"), ["--output_dir", str(root / "sft")]))
+    reward.run(
+        reward.parse(
+            str(REPO / "configs/tiny/reward.yaml"),
+            ["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "rm")],
+        )
+    )
+    return {"sft": str(root / "sft"), "rm": str(root / "rm"), "root": str(root)}
+
+
+def rl_config(chain, out: Path, *extra: str):
+    return rl.parse(
+        CONFIG,
+        [
+            "--model_name_or_path",
+            chain["sft"],
+            "--reward_model_path",
+            chain["rm"],
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "4",
+            "--heldout_every",
+            "2",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def ppo_run(chain, tmp_path_factory):
+    return rl.run(rl_config(chain, tmp_path_factory.mktemp("ppo") / "ppo"))
+
+
+def test_ppo_writes_policy_adapter_metrics_samples_and_manifest(ppo_run, chain):
+    out = ppo_run.output_dir
+    assert ppo_run.alarm is None
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "config.hftune.yaml",
+        "metrics.json",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "manifest.json",
+    ):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in (
+        "objective/scores",
+        "objective/kl",
+        "policy/entropy_avg",
+        "response/mean_length",
+        "policy/clipfrac_avg",
+        "loss/value_avg",
+    ):
+        assert all(key in r for r in rows), key
+    assert sum("heldout/reward" in r for r in rows) == 2
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"step", "prompt", "response", "reward"} <= set(samples[0])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["role"] for p in manifest["parents"]] == ["sft_model", "reward_model"]
+    assert manifest["parents"][1]["stage"] == "reward" and manifest["metrics"]["algorithm"] == "ppo"
+    # The saved policy reloads (SFT weights + the PPO adapter) to the trained policy's logits.
+    policy = rl._policy(ppo_run.trainer).eval()
+    tok = modeling.load_tokenizer(str(out))
+    ids = torch.tensor(
+        [
+            tok.apply_chat_template(
+                [{"role": "user", "content": "What is 2 + 3?"}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )["input_ids"]
+        ]
+    )
+    from trl import ModelConfig
+
+    reloaded = modeling.load_model(str(out), ModelConfig(dtype="auto"), for_training=False).eval()
+    with torch.no_grad():
+        assert (policy(input_ids=ids).logits - reloaded(input_ids=ids).logits).abs().max() < 1e-4
+
+
+def test_reward_is_the_shared_scoring_path_with_eos_penalty(ppo_run):
+    trainer = ppo_run.trainer
+    tok = trainer.processing_class
+    prompt, query = next(iter((p, q) for q, p in trainer.hftune_prompt_of.items()))
+    reply = tok("The answer is 5.", add_special_tokens=False)["input_ids"]
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    width = len(reply) + 3
+    ended = list(query) + reply + [eos] + [pad] * (width - len(reply) - 1)
+    unended = list(query) + reply + [pad] * (width - len(reply))
+    batch = torch.tensor([ended, unended])
+    _, scores, _ = ppo._score_through_hftune(trainer, None, trainer.reward_model, batch, pad, len(query))
+    scorer = ppo_run.scorer
+    expected = scorer.normalise(scorer.score([prompt], ["The answer is 5."]))[0]
+    penalty = ppo_run.trainer.hftune_reward_fn.penalty
+    assert torch.allclose(scores[0], expected, atol=1e-5)
+    assert torch.allclose(scores[1], expected - penalty, atol=1e-5)
+
+
+def test_generation_pads_left_and_scoring_pads_right(ppo_run, monkeypatch):
+    trainer = ppo_run.trainer
+    queries = [{"input_ids": [5, 6, 7]}, {"input_ids": [8]}]
+    batch = trainer.data_collator(queries)["input_ids"]
+    pad = trainer.processing_class.pad_token_id
+    assert batch[1].tolist() == [pad, pad, 8], "queries must be left padded for generation"
+
+    seen = []
+    model = ppo_run.scorer.model
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["input_ids"].clone())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    scoring.score_ids(model, [[5, 6, 7], [8]], pad, batch_size=2)
+    assert seen[0][0].tolist() == [8, pad, pad], "scored sequences must be right padded"
+
+
+def test_alarm_stops_and_keeps_the_last_good_policy(chain, tmp_path):
+    result = rl.run(rl_config(chain, tmp_path / "ppo", "--min_mean_length", "1000", "--heldout_every", "0"))
+    assert result.alarm and "min_mean_length" in result.alarm and "step 1" in result.alarm
+    assert "alarm" in result.metrics
+    # The first step's rollouts came from the initial policy, which is all that was ever good: a fresh
+    # LoRA adapter (B = 0), so the saved policy is exactly the SFT model.
+    from safetensors.torch import load_file
+
+    saved = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and all((v == 0).all() for v in lora_b)
+
+
+def test_mismatched_reward_tokenizer_fails_before_training(chain, tmp_path, monkeypatch):
+    other = tmp_path / "rm-other-template"
+    shutil.copytree(chain["rm"], other)
+    (other / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    loaded = []
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: loaded.append(a))
+    with pytest.raises(UserError, match="different chat templates"):
+        rl.prepare(
+            rl.parse(
+                CONFIG,
+                [
+                    "--model_name_or_path",
+                    chain["sft"],
+                    "--reward_model_path",
+                    str(other),
+                    "--output_dir",
+                    str(tmp_path / "out"),
+                ],
+            )
+        )
+    assert not loaded, "no model may load before the tokenizers are checked"
+
+
+def test_rloo_runs_on_the_same_reward_and_keys(chain, tmp_path):
+    result = rl.run(
+        rl_config(
+            chain, tmp_path / "rloo", "--algorithm", "rloo", "--num_generations", "4", "--heldout_every", "0"
+        )
+    )
+    assert result.trainer.args.beta == pytest.approx(0.05)  # kl_coef reaches RLOO as `beta`
+    assert result.trainer.args.max_completion_length == 16  # response_length as max_completion_length
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("reward" in r and "response/mean_length" in r for r in rows)
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_rl_config_keys_and_help():
+    with pytest.raises(UserError) as err:
+        rl.parse(CONFIG, ["--algorithm", "dpo", "--beta", "0.1"])
+    text = str(err.value)
+    assert "algorithm" in text and "beta" in text  # `beta` is spelt `kl_coef` for every algorithm
