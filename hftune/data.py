@@ -33,6 +33,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -45,6 +46,7 @@ from typing import Any
 
 import datasets
 import yaml
+from jinja2 import TemplateError
 
 from hftune.config import load_yaml
 from hftune.errors import UserError, did_you_mean
@@ -253,6 +255,9 @@ def _user(content: str) -> list[dict[str, str]]:
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowProblem("malformed", f"{what} is a {type(value).__name__}, not a number")
+    if not math.isfinite(value):
+        # NaN compares false both ways, so it would order pairs inconsistently (or make the loss NaN).
+        raise RowProblem("malformed", f"{what} is {value}, not a finite number")
     return float(value)
 
 
@@ -286,11 +291,24 @@ def pairwise(row, col):
     """One chosen/rejected pair per row (ultrafeedback_binarized style), with an optional margin.
 
     `chosen` and `rejected` are either full conversations ({role, content} turns ending with the reply;
-    the turns before it are the prompt and must be the same in both) or reply texts, with the `prompt`
-    column as the user turn. A `margin` column, when the data has one, must be set on every row: TRL
+    the turns before it are the prompt and must be the same in both), single assistant turns after a
+    `prompt` of turns (TRL's explicit-prompt format), or reply texts with the `prompt` column as the user
+    turn. A `margin` column, when the data has one, must be set on every row: TRL
     batches margins only if every example carries one.
     """
-    if isinstance(row.get(col["chosen"]), list) or isinstance(row.get(col["rejected"]), list):
+    if isinstance(row.get(col["prompt"]), list):
+        # TRL's explicit-prompt format: the prompt turns, then the chosen and rejected reply turns.
+        prompt = _turns(row, col["prompt"], col, roles={})
+        replies = []
+        for key in ("chosen", "rejected"):
+            turns = _turns(row, col[key], col, roles={}) if isinstance(row.get(col[key]), list) else None
+            if turns is None or len(turns) != 1:
+                raise RowProblem(
+                    "malformed", f"`{col[key]}` must be one assistant turn when `prompt` is turns"
+                )
+            replies.append(_prompt_and_reply(turns, col[key])[1])
+        chosen, rejected = replies
+    elif isinstance(row.get(col["chosen"]), list) or isinstance(row.get(col["rejected"]), list):
         # Both must be conversations; _turns says which one is null or text instead.
         prompt, chosen, rejected = _shared_prompt(
             _turns(row, col["chosen"], col, roles={}), _turns(row, col["rejected"], col, roles={}), col
@@ -929,9 +947,14 @@ def token_lengths(tokenizer, sequences: list[list[Any]], batch_size: int = 512) 
         raise UserError("the tokenizer has no chat template; set `chat_template` in the config (e.g. chatml)")
     for start in range(0, len(chats), batch_size):
         batch = chats[start : start + batch_size]
-        ids = tokenizer.apply_chat_template([s for _, s in batch], tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
+        try:
+            rendered = tokenizer.apply_chat_template([s for _, s in batch], tokenize=True, return_dict=True)
+        except TemplateError as err:
+            raise UserError(
+                f"the chat template cannot render these rows ({err}); a template that refuses some roles "
+                "(e.g. no system turn) needs data, or a recipe `system_prompt`, that fits it"
+            ) from None
+        ids = rendered["input_ids"]
         for (i, _), row_ids in zip(batch, ids, strict=True):
             lengths[i] = max(lengths[i], len(row_ids))
     eos = getattr(tokenizer, "eos_token", None)
@@ -1039,13 +1062,20 @@ def prepare_dataset(
         first = "; ".join(f"row {i} {reason}: {detail}" for i, reason, detail in problems[:3])
         raise UserError(f"{label}: all {len(raw)} rows were dropped ({_counts(dropped)}); first: {first}")
 
-    n_eval = max(1, round(len(kept) * eval_fraction)) if eval_fraction > 0 else 0
-    if n_eval >= len(kept):
+    # Split source rows, not training rows, so the pairs of one row never straddle train and eval; for
+    # preference data, rows that share a prompt also go to one side, or held-out accuracy would be measured
+    # on prompts seen in training. Our own seeded pick (not Dataset.train_test_split) keeps the train rows in
+    # source order and the split independent of the datasets library's shuffling across versions.
+    groups: dict[str, list[int]] = {}
+    for pos, (_, units) in enumerate(kept):
+        key = json.dumps(units[0]["prompt"], sort_keys=True) if kind.paired else str(pos)
+        groups.setdefault(key, []).append(pos)
+    units_of_split = list(groups.values())
+    n_eval = max(1, round(len(units_of_split) * eval_fraction)) if eval_fraction > 0 else 0
+    if n_eval >= len(units_of_split):
         raise UserError(f"eval_fraction {eval_fraction} leaves no training rows out of {len(kept)} kept rows")
-    # Split source rows, not training rows, so the pairs of one prompt never straddle train and eval.
-    # Our own seeded pick (not Dataset.train_test_split) keeps the train rows in source order and the
-    # split independent of the datasets library's shuffling across versions.
-    eval_pos = set(random.Random(seed).sample(range(len(kept)), n_eval))
+    picked = random.Random(seed).sample(range(len(units_of_split)), n_eval)
+    eval_pos = {pos for g in picked for pos in units_of_split[g]}
     train_rows, train_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p not in eval_pos])
     eval_rows, eval_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p in eval_pos])
 

@@ -6,6 +6,7 @@ One path for all of them, so tests on tiny local models exercise the code users 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -62,6 +63,25 @@ def _adapter_config(folder: Path) -> dict:
     return json.loads((folder / "adapter_config.json").read_text())
 
 
+def _check_base_unchanged(adapter: Path, base: Path) -> None:
+    """An adapter trained on top of another hftune artifact (a reward adapter on its SFT folder) only
+    reproduces what it learnt on that exact artifact: refuse a base that was re-trained since."""
+    own, theirs = adapter / "manifest.json", base / "manifest.json"
+    if not (own.is_file() and theirs.is_file()):
+        return
+    base_manifest = json.loads(theirs.read_text())
+    digest = hashlib.sha256(theirs.read_bytes()).hexdigest()
+    for parent in json.loads(own.read_text()).get("parents", []):
+        if parent.get("stage") == base_manifest.get("stage") and parent.get("manifest_sha256") not in (
+            None,
+            digest,
+        ):
+            raise UserError(
+                f"{adapter} was trained on top of {base}, which has changed since (its manifest differs): "
+                f"retrain {adapter} on the new {base_manifest.get('stage')} output, or restore the old one"
+            )
+
+
 def resolve_source(name_or_path: str, _depth: int = 0) -> ModelSource:
     if name_or_path.startswith(TINY_PREFIX):
         return ModelSource(resolve_tiny(name_or_path))
@@ -80,6 +100,7 @@ def resolve_source(name_or_path: str, _depth: int = 0) -> ModelSource:
                     f"{_MAX_ADAPTER_CHAIN} deep (a cycle?)"
                 )
             inner = resolve_source(base, _depth + 1)
+            _check_base_unchanged(path, Path(base))
             return ModelSource(inner.base, (*inner.adapters, str(path)))
         if not (path / "config.json").is_file():
             raise UserError(f"model_name_or_path: {path} has neither config.json nor adapter_config.json")

@@ -64,6 +64,12 @@ def _check(values: dict[str, Any]) -> list[str]:
                 "`lora_modules_to_save`: must include `score`, or the trained score head is not saved with "
                 "the adapter and a reloaded reward model scores with a random head"
             )
+    if values.get("load_in_4bit") or values.get("load_in_8bit"):
+        # TRL casts the trainable score head to bf16 while the k-bit backbone hands it fp32 states, and
+        # the saved model could not yet be reloaded quantized for scoring: refuse rather than crash.
+        problems.append(
+            "`load_in_4bit`/`load_in_8bit`: not supported for reward models yet; use LoRA in full precision"
+        )
     if (values.get("report_bootstrap") or 0) < 0:
         problems.append(f"`report_bootstrap`: must be >= 0, got {values['report_bootstrap']}")
     return problems
@@ -117,21 +123,28 @@ def load_matching_tokenizer(cfg: StageConfig):
         extras.tokenizer_name_or_path or model_path,
         chat_template=extras.chat_template,
         trust_remote_code=trust,
+        revision=cfg.model.model_revision if not extras.tokenizer_name_or_path else "main",
     )
-    if not saved.chat_template:
-        return chosen  # a base model without a template: the config supplies it (checked like SFT's)
     what = "tokenizer_name_or_path" if extras.tokenizer_name_or_path else "chat_template"
     if chosen.get_vocab() != saved.get_vocab():
         raise UserError(
             f"{cfg.source}: `{what}` gives a tokenizer whose vocabulary differs from the one saved with "
             f"{model_path}; the reward model must use the SFT model's tokenizer (drop `{what}`)"
         )
+    if not saved.chat_template:
+        return chosen  # a base model without a template: the config supplies it (checked like SFT's)
     if chosen.chat_template != saved.chat_template:
         raise UserError(
             f"{cfg.source}: `{what}` gives a chat template that differs from the one {model_path} was "
             f"trained with; the reward model would score text rendered differently from what the policy "
             f"writes (drop `{what}`)"
         )
+    for special in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        if getattr(chosen, special) != getattr(saved, special):
+            raise UserError(
+                f"{cfg.source}: `{what}` gives a tokenizer whose {special.removesuffix('_id')} differs from "
+                f"{model_path}'s; the reward model must use the SFT model's tokenizer (drop `{what}`)"
+            )
     return chosen
 
 

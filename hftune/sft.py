@@ -26,6 +26,9 @@ from hftune.stage import DataExtras, common_checks
 logger = logging.getLogger(__name__)
 
 
+SFT_FORMATS = ("conversational", "prompt_completion", "language_modeling")
+
+
 @dataclass
 class SFTExtras(DataExtras):
     """What TRL's SFTConfig/ModelConfig lack (the data options every stage shares). Names never clash
@@ -144,6 +147,12 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         revision=model_args.model_revision,
     )
     recipe, data = stage.load_data(cfg, tokenizer)
+    if recipe.format not in SFT_FORMATS:
+        raise UserError(
+            f"data_recipe {recipe.name}: format `{recipe.format}` is not SFT data; SFT trains on "
+            f"{', '.join(SFT_FORMATS)} rows (preference data is for `hftune reward`, prompts for "
+            "`hftune ppo`)"
+        )
     if _conversational(data.train):
         if not tokenizer.chat_template:
             raise UserError(

@@ -65,6 +65,9 @@ def training_defaults() -> dict[str, Any]:
     }
 
 
+TOKENIZER_KEYS = ("pad_token", "eos_token", "chat_template_path")
+
+
 def common_checks(values: dict[str, Any]) -> list[str]:
     """Cross-field rules that hold for every stage; each stage adds its own."""
     problems = []
@@ -86,6 +89,14 @@ def common_checks(values: dict[str, Any]) -> list[str]:
         problems.append(f"`learning_rate`: must be positive, got {values['learning_rate']}")
     if values.get("bf16") and values.get("fp16"):
         problems.append("`bf16` and `fp16`: choose one")
+    for key in TOKENIZER_KEYS:
+        if values.get(key):
+            # TRL would change the tokenizer after hftune checked it, and every later stage (reward,
+            # RL, eval) would then read text differently from how this stage trained.
+            problems.append(
+                f"`{key}`: hftune takes eos, pad and the chat template from the model's tokenizer (end of "
+                "turn as eos, a pad distinct from it); set `chat_template` at the SFT stage instead"
+            )
     return problems
 
 

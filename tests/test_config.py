@@ -142,3 +142,13 @@ def test_parse_overrides_bare_flag_and_equals():
     values, problems = parse_overrides(["--packing", "--lr=3", "stray"])
     assert values == {"packing": True, "lr": 3}
     assert problems and "stray" in problems[0]
+
+
+@pytest.mark.parametrize("key", ["pad_token", "eos_token", "chat_template_path"])
+def test_keys_that_would_change_the_tokenizer_are_refused(tmp_path, key):
+    from hftune import reward
+
+    for stage in (sft, reward):
+        with pytest.raises(ConfigError) as err:
+            stage.parse(str(write(tmp_path, BASE)), [f"--{key}", "<|im_end|>"])
+        assert f"`{key}`" in str(err.value) and "chat_template" in str(err.value)

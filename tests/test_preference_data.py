@@ -300,7 +300,11 @@ def test_prompt_only_format_ends_with_the_user_turn(tmp_path):
 def test_eval_split_takes_whole_source_rows(name):
     prepared = prepare_dataset(load_recipe(name), eval_fraction=0.2, seed=3)
     assert not set(prepared.train_indices) & set(prepared.eval_indices)
-    assert len(set(prepared.eval_indices)) == round(prepared.n_kept * 0.2)
+    # Rows are split by prompt: no eval prompt was seen in training, and about 20% of prompts are held out.
+    train_prompts = {json.dumps(r["prompt"]) for r in prepared.train}
+    eval_prompts = {json.dumps(r["prompt"]) for r in prepared.eval}
+    assert not train_prompts & eval_prompts
+    assert len(eval_prompts) == round(len(train_prompts | eval_prompts) * 0.2)
     assert len(prepared.train_indices) == len(prepared.train) and len(prepared.eval_indices) == len(
         prepared.eval
     )
@@ -384,3 +388,30 @@ def test_preference_fixtures_prefer_the_correct_answer():
             synthetic.corrupt_answer("The capital of Peru is Lima.", rng, how)
             != "The capital of Peru is Lima."
         )
+
+
+def test_pairwise_accepts_trls_explicit_prompt_format(tmp_path):
+    row = {
+        "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+        "chosen": [{"role": "assistant", "content": "2 + 2 = 4."}],
+        "rejected": [{"role": "assistant", "content": "4 4 4 4 4"}],
+    }
+    path = tmp_path / "trl.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"source: {{path: {path}}}\nformat: preference\nconverter: pairwise\n")
+    data = prepare_dataset(load_recipe(str(recipe)))
+    assert data.train[0]["prompt"] == row["prompt"]
+    assert data.train[0]["chosen"][0]["content"] == "2 + 2 = 4." and not data.dropped
+
+
+def test_non_finite_scores_are_malformed_rows(tmp_path):
+    rows = [{"prompt": "Q", "completions": ["a", "b", "c"], "scores": [1.0, float("nan"), 0.5]}]
+    path = tmp_path / "ranked.jsonl"
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+        + json.dumps({"prompt": "Q2", "completions": ["a", "b"], "scores": [1.0, 0.0]})
+        + "\n"
+    )
+    data = prepare_dataset(load_recipe("tiny_ranked"), data_files=str(path))
+    assert data.dropped == {"malformed": 1} and len(data.train) == 1

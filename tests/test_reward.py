@@ -160,3 +160,20 @@ def test_report_flags_a_reward_that_tracks_length():
         chosen, chosen.clone(), lengths_c, lengths_c, bootstrap=0, seed=0, length_warning=0.5
     )
     assert ties["accuracy"] == 0.5 and "accuracy_ci95" not in ties
+
+
+def test_a_retrained_sft_base_is_refused(tmp_path, sft_model, lora_rm):
+    import shutil
+
+    sft_copy, rm_copy = tmp_path / "sft", tmp_path / "rm"
+    shutil.copytree(sft_model, sft_copy)
+    shutil.copytree(lora_rm.output_dir, rm_copy)
+    config = json.loads((rm_copy / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(sft_copy)
+    (rm_copy / "adapter_config.json").write_text(json.dumps(config))
+    assert scoring.load_scorer(str(rm_copy)).stats  # the same SFT artifact: loads
+    manifest = json.loads((sft_copy / "manifest.json").read_text())
+    manifest["created"] = "2000-01-01T00:00:00Z"  # as if SFT had been run again into the same folder
+    (sft_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="has changed since"):
+        scoring.load_scorer(str(rm_copy))

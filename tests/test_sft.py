@@ -263,3 +263,12 @@ def test_rows_trl_drops_after_truncation_are_counted():
     assert data.dropped == {"too_long": 2, "no_trained_tokens_after_truncation": 3}
     with pytest.raises(UserError, match="no training rows left"):
         stage.count_rows_trl_dropped(SimpleNamespace(train_dataset=[]), data, SimpleNamespace(packing=False))
+
+
+def test_preference_data_is_refused_for_sft(tmp_path, tiny_llama):
+    cfg = sft.parse(
+        str(REPO / "configs/tiny/sft.yaml"),
+        ["--data_recipe", "tiny_preferences", "--output_dir", str(tmp_path / "out")],
+    )
+    with pytest.raises(UserError, match="not SFT data"):
+        sft.prepare(cfg)
