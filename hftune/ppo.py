@@ -72,6 +72,8 @@ def build_trainer(
     policy = modeling.load_model(model_args.model_name_or_path, model_args, for_training=True)
     value = modeling.load_reward_model(extras.reward_model_path, model_args, for_training=True)
     value.config.pad_token_id = tokenizer.pad_token_id
+    if reward_fn.normalize:
+        _normalise_value_head(value, reward_fn.scorer.stats)
     reference = None
     if separate_reference:
         reference = modeling.load_model(model_args.model_name_or_path, model_args, for_training=True).eval()
@@ -95,6 +97,21 @@ def build_trainer(
     if resume_from:
         _resume(trainer, Path(resume_from))
     return trainer
+
+
+def _normalise_value_head(value, stats: dict[str, float]) -> None:
+    """Start the value model on the scale of the rewards it must predict: rewards are normalised with the
+    reward stage's statistics, so the head copied from the reward model is too (measured: with raw-scale
+    values against normalised rewards, early advantages are mostly value error and the reward falls)."""
+    head = value.score
+    scaled = torch.nn.Linear(
+        head.in_features, head.out_features, bias=True, dtype=head.weight.dtype, device=head.weight.device
+    )
+    with torch.no_grad():
+        bias = head.bias if head.bias is not None else torch.zeros_like(scaled.bias)
+        scaled.weight.copy_(head.weight / stats["std"])
+        scaled.bias.copy_((bias - stats["mean"]) / stats["std"])
+    value.score = scaled
 
 
 def _score_through_hftune(trainer, original, model, query_responses, pad_token_id, context_length):

@@ -51,6 +51,7 @@ OWNED = frozenset(
         "missing_eos_penalty",
         "beta",
         "max_completion_length",
+        "num_generations",
     }
 )
 
@@ -92,6 +93,9 @@ class RLExtras(DataExtras):
         "Every N steps, greedy completions of the held-out prompts are scored (`heldout/reward`, samples to "
         "samples.jsonl); the run stops if the train reward rises while the held-out reward falls. 0: off.",
     )
+    num_generations: int = hftune_field(
+        8, "rloo/grpo: completions sampled per prompt, compared with each other (PPO samples one a prompt)."
+    )
     heldout_prompts: int = hftune_field(16, "How many held-out prompts the held-out check uses.")
     heldout_tolerance: float = hftune_field(
         0.1, "How far (in reward units) the held-out reward may fall between checks before the alarm fires."
@@ -110,6 +114,15 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(f"`max_kl`: must be positive, got {values['max_kl']}")
     if values.get("load_in_4bit") or values.get("load_in_8bit"):
         problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
+    if values.get("algorithm") in ("rloo", "grpo"):
+        batch = (values.get("per_device_train_batch_size") or 1) * (
+            values.get("gradient_accumulation_steps") or 1
+        )
+        if batch % (values.get("num_generations") or 1):
+            problems.append(
+                f"`num_generations`: {values['num_generations']} completions a prompt must divide the batch "
+                f"(per_device_train_batch_size x gradient_accumulation_steps = {batch})"
+            )
     return problems
 
 
@@ -138,7 +151,7 @@ def schema(algorithm: str = "ppo") -> StageSchema:
         **stage.training_defaults(),
     }
     if algorithm in ("rloo", "grpo"):
-        defaults.update(num_generations=4, log_completions=False, disable_dropout=True)
+        defaults.update(log_completions=False, disable_dropout=True)
     return StageSchema(
         name="ppo",
         classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": RLExtras},
@@ -407,6 +420,7 @@ def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_f
     args, model_args, extras = cfg.training, cfg.model, cfg.hftune
     args.max_completion_length = extras.response_length
     args.beta = extras.kl_coef
+    args.num_generations = extras.num_generations
     policy = modeling.load_model(
         model_args.model_name_or_path,
         model_args,

@@ -84,8 +84,11 @@ def test_token_looking_value_refused(tmp_path):
 
 
 def test_vocabulary_token_fields_are_not_secrets(tmp_path):
-    cfg = sft.parse(str(write(tmp_path, BASE + "eos_token: <|im_end|>\n")))
-    assert cfg.training.eos_token == "<|im_end|>"
+    # `eos_token` names a vocabulary token, not a credential: refused for what it does, not as a secret.
+    with pytest.raises(ConfigError) as err:
+        sft.parse(str(write(tmp_path, BASE + "eos_token: <|im_end|>\n")))
+    assert "HF_TOKEN" not in str(err.value) and "chat template" in str(err.value)
+    assert sft.parse(str(write(tmp_path, BASE + "max_length: 64\n"))).training.max_length == 64
 
 
 def test_wrapped_packing_refused(tmp_path):

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,73 @@ def test_rl_config_keys_and_help():
         rl.parse(CONFIG, ["--algorithm", "dpo", "--beta", "0.1"])
     text = str(err.value)
     assert "algorithm" in text and "beta" in text  # `beta` is spelt `kl_coef` for every algorithm
+
+
+def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -> np.ndarray:
+    """Mean reward per held-out prompt over seeded samples at the training temperature, scored exactly
+    as training scores (normalised, with the missing-EOS penalty)."""
+    from trl import ModelConfig
+
+    from hftune.data import load_recipe, prepare_dataset
+    from hftune.rl_guardrails import RolloutStats
+
+    cfg = rl.parse(CONFIG, ["--model_name_or_path", chain["sft"], "--reward_model_path", chain["rm"]])
+    tok = modeling.load_tokenizer(chain["sft"])
+    data = prepare_dataset(
+        load_recipe(cfg.hftune.data_recipe), eval_fraction=cfg.hftune.eval_fraction, seed=cfg.training.seed
+    )
+    prompts = rl.prompt_rows(data.eval)
+    encoded = [
+        tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for p in prompts
+    ]
+    reward_fn = rl.RewardFn(
+        scoring.load_scorer(chain["rm"]),
+        normalize=True,
+        missing_eos_penalty=cfg.hftune.missing_eos_penalty,
+        stats=RolloutStats(),
+    )
+    policy = modeling.load_model(policy_path, ModelConfig(dtype="auto"), for_training=False)
+    per_sample = []
+    for seed in range(samples):
+        texts, ended, lengths = rl.generate(
+            policy,
+            tok,
+            encoded,
+            cfg.hftune.response_length,
+            temperature=cfg.training.temperature,
+            seed=1000 + seed,
+        )
+        per_sample.append(reward_fn.rewards(prompts, texts, ended, lengths, record=False).numpy())
+    return np.mean(per_sample, axis=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
+def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorithm):
+    cfg = rl.parse(
+        CONFIG,
+        [
+            "--model_name_or_path",
+            chain["sft"],
+            "--reward_model_path",
+            chain["rm"],
+            "--output_dir",
+            str(tmp_path / algorithm),
+            "--algorithm",
+            algorithm,
+            "--heldout_every",
+            "0",
+        ],
+    )
+    result = rl.run(cfg)
+    assert result.alarm is None
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    kl = [r.get("objective/kl", r.get("kl")) for r in rows]
+    assert max(kl) < cfg.hftune.max_kl, "KL to the SFT policy must stay below the configured bound"
+
+    gain = heldout_rewards(str(result.output_dir), chain) - heldout_rewards(chain["sft"], chain)
+    rng = np.random.default_rng(0)
+    means = gain[rng.integers(0, len(gain), size=(2000, len(gain)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert low > 0, f"{algorithm}: held-out reward gain {gain.mean():.3f}, 95% CI [{low:.3f}, {high:.3f}]"

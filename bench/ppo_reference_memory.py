@@ -1,0 +1,93 @@
+"""Peak memory of a PPO run whose reference policy is the policy with its LoRA adapter switched off
+(hftune's default) vs one that holds a separate reference copy, measured in one run of this script.
+
+    python bench/ppo_reference_memory.py [--hidden 512 --layers 8 --steps 2]
+
+Builds a small local model (random weights are fine for memory), a reward model on it (one step), then
+runs `hftune ppo` twice in fresh processes, identical but for the reference, and prints each process's
+peak resident memory (and the part above the process's memory once the libraries are imported) and
+their ratio. CUDA peak memory is reported too when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHILD = r"""
+import functools, json, resource, sys
+import torch
+from hftune import ppo, rl
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[2] == "separate":
+    ppo.build_trainer = functools.partial(ppo.build_trainer, separate_reference=True)
+cfg = rl.parse(None, json.loads(sys.argv[1]))
+rl.run(cfg)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
+"""
+
+
+def measure(argv: list[str], mode: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(argv), mode], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2)
+    ns = parser.parse_args()
+
+    from hftune import reward
+    from hftune.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = build_tiny_model(Path(tmp) / "base", hidden_size=ns.hidden, num_layers=ns.layers)
+        rm = Path(tmp) / "rm"
+        reward.run(reward.parse(str(REPO / "configs/tiny/reward.yaml"), [
+            "--model_name_or_path", str(base), "--output_dir", str(rm), "--max_steps", "1", "--max_samples", "40",
+        ]))
+        argv = [
+            "--model_name_or_path", str(base), "--reward_model_path", str(rm), "--data_recipe", "tiny_alpaca",
+            "--max_samples", "64", "--max_steps", str(ns.steps), "--per_device_train_batch_size", "8",
+            "--response_length", "16", "--heldout_every", "0", "--output_dir", str(Path(tmp) / "ppo"),
+            "--use_peft", "true", "--lora_target_modules", "all-linear", "--normalize_rewards", "false",
+        ]
+        shared = measure(argv, "shared")
+        separate = measure(argv, "separate")
+
+    def mib(kb: int) -> float:
+        return kb / 1024
+
+    params = ns.hidden * ns.hidden * 12 * ns.layers / 1e6  # rough: 4 attention + 3 MLP (2x) matrices a layer
+    print(f"model: hidden {ns.hidden}, {ns.layers} layers (~{params:.0f}M parameters in the blocks), fp32")
+    for name, r in (("shared LoRA reference", shared), ("separate reference copy", separate)):
+        extra = f", CUDA peak {r['cuda_peak'] / 2**20:.0f} MiB" if r["cuda_peak"] else ""
+        print(f"{name:24s} peak RSS {mib(r['peak_kb']):7.0f} MiB "
+              f"(above imports {mib(r['peak_kb'] - r['baseline_kb']):6.0f} MiB){extra}")
+    ratio = shared["peak_kb"] / separate["peak_kb"]
+    above = (shared["peak_kb"] - shared["baseline_kb"]) / (separate["peak_kb"] - separate["baseline_kb"])
+    print(f"peak memory ratio shared / separate: {ratio:.3f} (above imports: {above:.3f})")
+    if shared["cuda_peak"] and separate["cuda_peak"]:
+        print(f"CUDA peak ratio shared / separate: {shared['cuda_peak'] / separate['cuda_peak']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
