@@ -49,7 +49,9 @@ def measure(argv: list[str], mode: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
@@ -61,14 +63,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = build_tiny_model(Path(tmp) / "base", hidden_size=ns.hidden, num_layers=ns.layers)
         rm = Path(tmp) / "rm"
-        reward.run(reward.parse(str(REPO / "configs/tiny/reward.yaml"), [
-            "--model_name_or_path", str(base), "--output_dir", str(rm), "--max_steps", "1", "--max_samples", "40",
-        ]))
+        reward_argv = [
+            "--model_name_or_path",
+            str(base),
+            "--output_dir",
+            str(rm),
+            "--max_steps",
+            "1",
+            "--max_samples",
+            "40",
+        ]
+        reward.run(reward.parse(str(REPO / "configs/tiny/reward.yaml"), reward_argv))
         argv = [
-            "--model_name_or_path", str(base), "--reward_model_path", str(rm), "--data_recipe", "tiny_alpaca",
-            "--max_samples", "64", "--max_steps", str(ns.steps), "--per_device_train_batch_size", "8",
-            "--response_length", "16", "--heldout_every", "0", "--output_dir", str(Path(tmp) / "ppo"),
-            "--use_peft", "true", "--lora_target_modules", "all-linear", "--normalize_rewards", "false",
+            "--model_name_or_path",
+            str(base),
+            "--reward_model_path",
+            str(rm),
+            "--data_recipe",
+            "tiny_alpaca",
+            "--max_samples",
+            "64",
+            "--max_steps",
+            str(ns.steps),
+            "--per_device_train_batch_size",
+            "8",
+            "--response_length",
+            "16",
+            "--heldout_every",
+            "0",
+            "--output_dir",
+            str(Path(tmp) / "ppo"),
+            "--use_peft",
+            "true",
+            "--lora_target_modules",
+            "all-linear",
+            "--normalize_rewards",
+            "false",
         ]
         shared = measure(argv, "shared")
         separate = measure(argv, "separate")
@@ -80,8 +110,10 @@ def main() -> None:
     print(f"model: hidden {ns.hidden}, {ns.layers} layers (~{params:.0f}M parameters in the blocks), fp32")
     for name, r in (("shared LoRA reference", shared), ("separate reference copy", separate)):
         extra = f", CUDA peak {r['cuda_peak'] / 2**20:.0f} MiB" if r["cuda_peak"] else ""
-        print(f"{name:24s} peak RSS {mib(r['peak_kb']):7.0f} MiB "
-              f"(above imports {mib(r['peak_kb'] - r['baseline_kb']):6.0f} MiB){extra}")
+        print(
+            f"{name:24s} peak RSS {mib(r['peak_kb']):7.0f} MiB "
+            f"(above imports {mib(r['peak_kb'] - r['baseline_kb']):6.0f} MiB){extra}"
+        )
     ratio = shared["peak_kb"] / separate["peak_kb"]
     above = (shared["peak_kb"] - shared["baseline_kb"]) / (separate["peak_kb"] - separate["baseline_kb"])
     print(f"peak memory ratio shared / separate: {ratio:.3f} (above imports: {above:.3f})")
