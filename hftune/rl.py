@@ -443,6 +443,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
     started = time.time()
     p = prepare(cfg, resume=resume)
     trainer, guardrails = p.trainer, p.guardrails
+    trainer.args.output_dir = str(guardrails.out_dir)  # checkpoints go to the work dir, never the artifact
     alarm = None
     try:
         trainer.train(**({"resume_from_checkpoint": p.resume_from} if cfg.hftune.algorithm != "ppo" else {}))

@@ -96,6 +96,17 @@ class Guardrails(TrainerCallback):
         self.last_heldout: float | None = None
         self.alarm: AlarmStop | None = None
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            self._keep_rows_up_to(out_dir / name, step_offset)
+
+    @staticmethod
+    def _keep_rows_up_to(path: Path, step: int) -> None:
+        """A resumed run continues its logs from the checkpoint; a fresh run starts them anew."""
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
 
     # -- adapter snapshots: the policy whose rollouts a step's metrics describe is the one before it ----
 

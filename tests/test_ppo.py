@@ -181,12 +181,22 @@ def test_mismatched_reward_tokenizer_fails_before_training(chain, tmp_path, monk
     assert not loaded, "no model may load before the tokenizers are checked"
 
 
-def test_rloo_runs_on_the_same_reward_and_keys(chain, tmp_path):
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_group_algorithms_run_on_the_same_reward_and_keys(chain, tmp_path, algorithm):
     result = rl.run(
         rl_config(
-            chain, tmp_path / "rloo", "--algorithm", "rloo", "--num_generations", "4", "--heldout_every", "0"
+            chain,
+            tmp_path / algorithm,
+            "--algorithm",
+            algorithm,
+            "--num_generations",
+            "4",
+            "--heldout_every",
+            "0",
         )
     )
+    assert result.manifest["metrics"]["algorithm"] == algorithm
+    assert result.trainer.args.num_generations == 4
     assert result.trainer.args.beta == pytest.approx(0.05)  # kl_coef reaches RLOO as `beta`
     assert result.trainer.args.max_completion_length == 16  # response_length as max_completion_length
     rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
@@ -269,3 +279,36 @@ def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorith
     means = gain[rng.integers(0, len(gain), size=(2000, len(gain)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     assert low > 0, f"{algorithm}: held-out reward gain {gain.mean():.3f}, 95% CI [{low:.3f}, {high:.3f}]"
+
+
+def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatch):
+    from hftune.rl_guardrails import Guardrails
+
+    out = tmp_path / "ppo"
+    argv = ["--max_steps", "4", "--save_steps", "2", "--heldout_every", "0"]
+    real_on_log = Guardrails.on_log
+
+    def crash_after_step_3(self, args, state, control, logs=None, **kwargs):
+        real_on_log(self, args, state, control, logs=logs, **kwargs)
+        if state.global_step == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(Guardrails, "on_log", crash_after_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        rl.run(rl_config(chain, out, *argv))
+    checkpoint = tmp_path / "ppo.work" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / ppo.VALUE_WEIGHTS).is_file()
+    assert not out.exists()
+    from safetensors.torch import load_file
+
+    trained = load_file(str(checkpoint / "adapter_model.safetensors"))
+    assert any((v != 0).any() for k, v in trained.items() if "lora_B" in k), (
+        "the checkpoint holds trained LoRA"
+    )
+
+    monkeypatch.setattr(Guardrails, "on_log", real_on_log)
+    result = rl.run(rl_config(chain, out, *argv), resume=True)
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    # Steps 1-2 come from before the crash (step 3 was lost with it); the resumed run did steps 3 and 4.
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert result.metrics["steps"] == len(rows)
