@@ -32,23 +32,20 @@ def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
     return {"sft": str(root / "sft"), "rm": str(root / "rm"), "root": str(root)}
 
 
+def chain_args(chain, out: Path) -> list[str]:
+    return [
+        "--model_name_or_path",
+        chain["sft"],
+        "--reward_model_path",
+        chain["rm"],
+        "--output_dir",
+        str(out),
+    ]
+
+
 def rl_config(chain, out: Path, *extra: str):
-    return rl.parse(
-        CONFIG,
-        [
-            "--model_name_or_path",
-            chain["sft"],
-            "--reward_model_path",
-            chain["rm"],
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "4",
-            "--heldout_every",
-            "2",
-            *extra,
-        ],
-    )
+    """A short run (4 steps, held-out check every 2) on the tiny chain."""
+    return rl.parse(CONFIG, [*chain_args(chain, out), "--max_steps", "4", "--heldout_every", "2", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -254,19 +251,7 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
 @pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
 def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorithm):
     cfg = rl.parse(
-        CONFIG,
-        [
-            "--model_name_or_path",
-            chain["sft"],
-            "--reward_model_path",
-            chain["rm"],
-            "--output_dir",
-            str(tmp_path / algorithm),
-            "--algorithm",
-            algorithm,
-            "--heldout_every",
-            "0",
-        ],
+        CONFIG, [*chain_args(chain, tmp_path / algorithm), "--algorithm", algorithm, "--heldout_every", "0"]
     )
     result = rl.run(cfg)
     assert result.alarm is None
