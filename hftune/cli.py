@@ -48,11 +48,13 @@ def _stage_help(schema_fn: Callable, command: str) -> str:
     for name, kind, help_text in describe_fields(schema.classes["hftune"]):
         lines.append(f"  --{name}  ({kind})")
         lines.extend("      " + w for w in textwrap.wrap(help_text, 88))
+    trl_names = ", ".join(cls.__name__ for sec, cls in schema.classes.items() if sec != "hftune")
+    if not trl_names:  # an hftune-only config (eval suites)
+        return "\n".join(lines)
     lines.append("")
     lines.append("defaults hftune sets differently from TRL:")
     for key, value in schema.defaults.items():
         lines.append(f"  {key}: {value!r}")
-    trl_names = ", ".join(cls.__name__ for sec, cls in schema.classes.items() if sec != "hftune")
     lines.append("")
     lines.append(
         f"Every field of TRL's {trl_names} is also a config key / flag (TRL's docs apply); "
@@ -95,11 +97,20 @@ STAGES = {
         "Per-step metrics go to metrics.jsonl; alarms (max_kl, min/max_mean_length, held-out reward) stop "
         "a run and keep its last good policy.",
     ),
+    "eval": (
+        "compare base, SFT, RLHF and best-of-N side by side, with confidence intervals",
+        "Evaluate model variants on the same held-out prompts with the same decoding: reward, win rates, "
+        "KL to SFT, length, loops, diversity, reference metrics and task verifiers, each with a paired "
+        "bootstrap CI over prompts. Config: an eval suite (eval/suites/*.yaml); `--key value` flags override "
+        "it. Writes results.json, samples.jsonl, report.md and report.html.",
+    ),
 }
+# Commands whose module is not named after them.
+_MODULES = {"eval": "hftune.evaluation.harness"}
 
 
 def _stage_module(name: str):
-    return importlib.import_module(f"hftune.{name}")
+    return importlib.import_module(_MODULES.get(name, f"hftune.{name}"))
 
 
 def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 _PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|fim_pad|>")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSource:
     """What a `model_name_or_path` points at: a base model plus the chain of adapter folders on top of it
     (innermost first), e.g. base -> SFT adapter -> reward-model adapter."""
@@ -252,6 +252,7 @@ def _load(
     trust_remote_code: bool,
     for_training: bool,
     gradient_checkpointing: bool,
+    merge_all: bool = False,
     **extra,
 ):
     from peft import PeftModel, prepare_model_for_kbit_training
@@ -279,7 +280,7 @@ def _load(
     if quant is not None:
         _disable_bnb_cpu_inference_packing(model)
     for i, folder in enumerate(source.adapters):
-        last = i == len(source.adapters) - 1
+        last = i == len(source.adapters) - 1 and not merge_all
         if quant is not None and (for_training or not last):
             raise UserError(
                 f"{folder} is a LoRA adapter; merge it into its base first before loading that base "
@@ -296,6 +297,37 @@ def _load(
     if quant is not None and for_training:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
+
+
+def load_adapter_group(
+    source: ModelSource, adapters: dict[str, str], model_args, *, trust_remote_code: bool = False
+):
+    """One causal LM for several variants: `source` (its own adapter chain merged in) with each folder of
+    `adapters` attached under its name, for inference. `model.set_adapter(name)` picks a variant and
+    `model.disable_adapter()` gives `source` itself, so variants that share weights are held once."""
+    from transformers import AutoModelForCausalLM
+
+    model = _load(
+        AutoModelForCausalLM,
+        source,
+        model_args,
+        trust_remote_code=trust_remote_code,
+        for_training=False,
+        gradient_checkpointing=False,
+        merge_all=True,
+    )
+    if not adapters:
+        return model.eval()
+    from peft import PeftModel
+
+    for i, (name, folder) in enumerate(adapters.items()):
+        if i == 0:
+            model = PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False)
+        else:
+            model.load_adapter(folder, adapter_name=name, is_trainable=False)
+        model.set_adapter(name)
+        _keep_saved_adapter_dtype(model, Path(folder))
+    return model.eval()
 
 
 def _adapter_for(model, folder: str):

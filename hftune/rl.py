@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from hftune import artifacts, modeling, scoring, stage
+from hftune import artifacts, generation, modeling, scoring, stage
 from hftune.config import (
     StageConfig,
     StageSchema,
@@ -247,11 +247,10 @@ class RewardFn:
         return self.rewards(prompts, texts, ended, lengths).tolist()
 
 
-def heldout_evaluator(
-    prompts, tokenizer, reward_fn: RewardFn, max_new_tokens: int, temperature: float, seed: int
-):
-    """Completions of fixed held-out prompts, sampled as in training but with a fixed seed (so two checks
-    differ only by the policy), scored like training rewards but not counted as rollouts."""
+def heldout_evaluator(prompts, tokenizer, reward_fn: RewardFn, max_new_tokens: int):
+    """Greedy completions of fixed held-out prompts, scored like training rewards but not counted as
+    rollouts. Greedy, not sampled: two checks then differ only by the policy, not by sampling noise (with
+    16 prompts, sampled rewards moved by more than the alarm's tolerance between two nearby policies)."""
     encoded = [
         tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)[
             "input_ids"
@@ -261,9 +260,7 @@ def heldout_evaluator(
 
     @torch.no_grad()
     def evaluate(policy) -> tuple[float, list[dict[str, Any]]]:
-        texts, ended, lengths = generate(
-            policy, tokenizer, encoded, max_new_tokens, temperature=temperature, seed=seed
-        )
+        texts, ended, lengths = generate(policy, tokenizer, encoded, max_new_tokens)
         scores = reward_fn.rewards(prompts, texts, ended, lengths, record=False)
         samples = [
             {"prompt": p[-1]["content"], "response": t, "ended": e, "reward": float(s)}
@@ -284,43 +281,11 @@ def generate(
     seed: int = 0,
     batch_size: int = 16,
 ) -> tuple[list[str], list[bool], list[int]]:
-    """Batched generation with left padding (so every prompt ends where generation starts): greedy, or
-    sampled at `temperature` (no top-k/top-p, as the RL trainers sample) with its own seed, leaving the
-    training random state untouched. Returns reply texts, whether each ended, and reply lengths."""
-    from transformers import GenerationConfig
-
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **(sampling or {"do_sample": False}),
+    """Batched generation (`hftune.generation`): reply texts, whether each ended, and reply lengths."""
+    replies = generation.generate(
+        policy, tokenizer, encoded, max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size
     )
-    was_training = policy.training
-    policy.eval()
-    device = next(policy.parameters()).device
-    texts, ended, lengths = [], [], []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, seq in enumerate(batch):
-                ids[row, width - len(seq) :] = torch.tensor(seq)
-                mask[row, width - len(seq) :] = 1
-            out = policy.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-            )
-            for row in out[:, width:].tolist():
-                stop = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else None
-                reply = row[:stop] if stop else [t for t in row if t != tokenizer.pad_token_id]
-                ended.append(stop is not None)
-                lengths.append(len(reply))
-                texts.append(tokenizer.decode(reply, skip_special_tokens=True))
-    policy.train(was_training)
-    return texts, ended, lengths
+    return [r.text for r in replies], [r.ended for r in replies], [len(r.ids) for r in replies]
 
 
 @dataclass
@@ -386,9 +351,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
 
     evaluate = None
     if heldout:
-        evaluate = heldout_evaluator(
-            heldout, tokenizer, reward_fn, extras.response_length, args.temperature, args.seed
-        )
+        evaluate = heldout_evaluator(heldout, tokenizer, reward_fn, extras.response_length)
     guardrails = Guardrails(
         work,
         Bounds(

@@ -47,3 +47,19 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("tiny-archs")
     return {arch: str(build_tiny_model(root / arch, arch=arch)) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
+    """The tiny RLHF chain's first two stages: full-FT SFT and a LoRA reward model on top of it."""
+    from hftune import reward, sft
+
+    root = tmp_path_factory.mktemp("rl-chain")
+    sft.run(sft.parse(str(REPO / "configs/tiny/sft_full.yaml"), ["--output_dir", str(root / "sft")]))
+    reward.run(
+        reward.parse(
+            str(REPO / "configs/tiny/reward.yaml"),
+            ["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "rm")],
+        )
+    )
+    return {"sft": str(root / "sft"), "rm": str(root / "rm"), "root": str(root)}

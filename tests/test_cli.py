@@ -4,7 +4,6 @@ the sub-commands work from any directory (recipes ship with the installed packag
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import subprocess
 import sys
@@ -72,7 +71,7 @@ def test_data_list_works_outside_the_checkout(tmp_path):
 
 @pytest.mark.parametrize("stage", sorted(cli.STAGES))
 def test_stage_help_documents_every_hftune_option(capsys, stage):
-    module = importlib.import_module(f"hftune.{stage}")
+    module = cli._stage_module(stage)
     with pytest.raises(SystemExit) as exit_info:
         cli.main([stage, "--help"])
     assert exit_info.value.code == 0

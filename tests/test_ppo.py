@@ -12,24 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from hftune import modeling, ppo, reward, rl, scoring, sft
+from hftune import modeling, ppo, rl, scoring
 from hftune.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/ppo.yaml")
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("rl-chain")
-    sft.run(sft.parse(str(REPO / "configs/tiny/sft_full.yaml"), ["--output_dir", str(root / "sft")]))
-    reward.run(
-        reward.parse(
-            str(REPO / "configs/tiny/reward.yaml"),
-            ["--model_name_or_path", str(root / "sft"), "--output_dir", str(root / "rm")],
-        )
-    )
-    return {"sft": str(root / "sft"), "rm": str(root / "rm"), "root": str(root)}
 
 
 def chain_args(chain, out: Path) -> list[str]:

@@ -1,0 +1,3 @@
+"""The evaluation harness (`hftune eval`): suite parsing (`suite`), model variants sharing weights and
+their cached replies (`variants`, `cache`), per-prompt metrics with paired bootstrap CIs (`stats`,
+`text_metrics`, `judge`), the outputs (`report`), and the command itself (`harness`)."""

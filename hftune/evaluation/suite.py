@@ -1,0 +1,201 @@
+"""Eval suites: which models to compare, on which held-out prompts, with which decoding and metrics.
+
+A suite is one flat YAML file (built-ins in `eval/suites/`), parsed as strictly as a stage config: every
+unknown key, wrong type or impossible combination is reported at once, and `--key value` flags override
+the file (`hftune eval --config eval/suites/tiny.yaml --max_prompts 16`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
+from hftune.errors import UserError
+
+VARIANT_KINDS = ("base", "sft", "rlhf", "best_of_n", "reference")
+METRICS = (
+    "reward",
+    "win_rate",
+    "expected_reward",
+    "kl_to_sft",
+    "length",
+    "eos_rate",
+    "loop_rate",
+    "distinct",
+    "exact_match",
+    "rouge_l",
+    "bleu",
+    "verifier",
+)
+
+
+@dataclass
+class Suite:
+    """An eval suite. Decoding is always set here, never inherited from a checkpoint's generation config."""
+
+    name: str = hftune_field("eval", "Name shown in the report.")
+    output_dir: str = hftune_field("runs/eval", "Where results.json, samples.jsonl and the reports go.")
+    # Models
+    sft_model: str | None = hftune_field(
+        None,
+        "The SFT model (folder or Hub id): the `sft` variant, the KL reference and the best-of-N sampler.",
+    )
+    base_model: str | None = hftune_field(
+        None, "The base model for the `base` variant (default: the base the SFT model was trained from)."
+    )
+    rlhf_models: dict | list[str] | None = hftune_field(
+        None, "RLHF policies: a folder, a list of folders, or a mapping name -> folder (one variant each)."
+    )
+    reward_model: str | None = hftune_field(
+        None, "Reward model folder (`hftune reward`): rewards and win rates."
+    )
+    variants: list[str] = hftune_field(
+        ["base", "sft", "rlhf", "best_of_n", "reference"],
+        f"Variants to compare, from {', '.join(VARIANT_KINDS)}. `reference` needs reference answers.",
+    )
+    baseline: str | None = hftune_field("sft", "Variant the paired differences are measured against.")
+    # Prompts
+    data_recipe: str | None = hftune_field(None, "Recipe the prompts (and reference answers) come from.")
+    data_files: str | None = hftune_field(None, "A local file in the recipe's schema, instead of its source.")
+    split: str = hftune_field(
+        "eval",
+        "`eval`: the rows the training stages held out (same `eval_fraction` and `split_seed` as they used); "
+        "`all`: every row (a prompt set made for evaluation).",
+        choices=("eval", "all"),
+    )
+    eval_fraction: float = hftune_field(
+        0.1, "The training stages' `eval_fraction` (to find their held-out rows)."
+    )
+    split_seed: int = hftune_field(42, "The training stages' `seed` (to find their held-out rows).")
+    max_prompts: int | None = hftune_field(64, "Evaluate at most this many prompts (null: all).")
+    # The base variant
+    few_shot: int | list[dict] = hftune_field(
+        3,
+        "Examples in the base model's few-shot prefix: a number (taken from the recipe's training rows, "
+        "never from the evaluated prompts) or a list of {prompt, response}.",
+    )
+    few_shot_format: str = hftune_field(
+        "Q: {prompt}\nA: {response}\n", "How one few-shot example is written; the prompt ends after `A:`."
+    )
+    base_stop: list[str] = hftune_field(
+        ["\nQ:"], "Strings that end a base model's answer (its next question)."
+    )
+    # Decoding
+    max_new_tokens: int = hftune_field(64, "Most tokens generated per response (greedy and sampled).")
+    num_samples: int = hftune_field(
+        4, "Sampled responses per prompt (expected reward, KL to SFT, diversity, best-of-N pool). 0: none."
+    )
+    temperature: float = hftune_field(1.0, "Sampling temperature (1.0 for an unbiased KL estimate).")
+    best_of_n: int = hftune_field(4, "Best-of-N: how many SFT samples the reward model picks from.")
+    seed: int = hftune_field(0, "Seed of the sampled responses (each prompt's samples get their own seed).")
+    batch_size: int = hftune_field(16, "Prompts per generation / scoring batch.")
+    # Metrics
+    metrics: list[str] = hftune_field(list(METRICS), f"Metrics, from {', '.join(METRICS)}.")
+    verifier: str | None = hftune_field(
+        None, "Task verifier `module:function(prompt, response, reference) -> float` (1.0 = correct)."
+    )
+    bootstrap_samples: int = hftune_field(2000, "Bootstrap resamples of the prompts for the 95% CIs.")
+    confidence: float = hftune_field(0.95, "Confidence level of the intervals.")
+    judge: dict | None = hftune_field(
+        None,
+        "Optional LLM judge on an OpenAI-compatible endpoint: {base_url, model, api_key_env, pairs, ...}. "
+        "The key is read from the environment variable `api_key_env` names, never from the suite.",
+    )
+    cache_dir: str | None = hftune_field(
+        None, "Cache of generations and scores (default: $HFTUNE_CACHE/eval); adding a variant reuses it."
+    )
+    trust_remote_code: bool = hftune_field(False, "Allow model code from the Hub (off unless you trust it).")
+
+
+def _check(values: dict[str, Any]) -> list[str]:
+    problems = []
+    variants = values.get("variants") or []
+    for v in variants:
+        if v not in VARIANT_KINDS:
+            problems.append(f"`variants`: unknown variant {v!r} (choose from {', '.join(VARIANT_KINDS)})")
+    if len(set(variants)) != len(variants):
+        problems.append("`variants`: a variant is listed twice")
+    for m in values.get("metrics") or []:
+        if m not in METRICS:
+            from hftune.errors import did_you_mean
+
+            problems.append(f"`metrics`: unknown metric {m!r}{did_you_mean(m, METRICS)}")
+    if not values.get("data_recipe"):
+        problems.append("`data_recipe`: required (the recipe the prompts come from)")
+    needs_sft = {"sft", "best_of_n"} & set(variants) or "kl_to_sft" in (values.get("metrics") or [])
+    if needs_sft and not values.get("sft_model"):
+        problems.append("`sft_model`: required for the sft / best_of_n variants and kl_to_sft")
+    if "rlhf" in variants and not values.get("rlhf_models"):
+        problems.append("`rlhf_models`: required for the rlhf variant")
+    if "base" in variants and not (values.get("base_model") or values.get("sft_model")):
+        problems.append("`base_model`: required for the base variant (or an `sft_model` to find it from)")
+    reward_users = {"reward", "win_rate", "expected_reward"} & set(values.get("metrics") or [])
+    if (reward_users or "best_of_n" in variants) and not values.get("reward_model"):
+        problems.append(
+            "`reward_model`: required for best_of_n and the reward, win_rate, expected_reward metrics"
+        )
+    for key in ("max_new_tokens", "batch_size", "best_of_n", "bootstrap_samples"):
+        if values.get(key) is not None and values[key] < 1:
+            problems.append(f"`{key}`: must be >= 1, got {values[key]}")
+    if values.get("num_samples", 0) < 0:
+        problems.append(f"`num_samples`: must be >= 0, got {values['num_samples']}")
+    if values.get("max_prompts") is not None and values["max_prompts"] < 2:
+        problems.append("`max_prompts`: need at least 2 prompts for a confidence interval")
+    if not 0 < values.get("confidence", 0.95) < 1:
+        problems.append(f"`confidence`: must be in (0, 1), got {values['confidence']}")
+    if values.get("temperature", 1.0) <= 0:
+        problems.append("`temperature`: must be positive (greedy decoding is used where the metric needs it)")
+    if values.get("baseline") and values["baseline"] not in variants and values["baseline"] != "sft":
+        problems.append(f"`baseline`: {values['baseline']!r} is not one of the variants")
+    verifier = values.get("verifier")
+    if verifier and ":" not in verifier:
+        problems.append(f"`verifier`: expected `module:function`, got {verifier!r}")
+    fmt = values.get("few_shot_format", "")
+    if "{prompt}" not in fmt or "{response}" not in fmt:
+        problems.append("`few_shot_format`: must contain `{prompt}` and `{response}`")
+    few = values.get("few_shot")
+    if isinstance(few, list) and not all(
+        isinstance(x, dict) and {"prompt", "response"} <= set(x) for x in few
+    ):
+        problems.append("`few_shot`: each example needs `prompt` and `response`")
+    return problems
+
+
+def schema() -> StageSchema:
+    return StageSchema(name="eval", classes={"hftune": Suite}, defaults={}, check=_check)
+
+
+def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+    cfg = parse_stage_config(schema(), config_path, argv)
+    suite = cfg.hftune
+    if suite.judge is not None:
+        from hftune.evaluation.judge import JudgeConfig
+
+        judge = dict(suite.judge)
+        pairs = judge.pop("pairs", None)
+        JudgeConfig.from_dict(judge, f"{cfg.source}: `judge`")  # refuses unknown and secret keys now
+        if pairs is not None and not (
+            isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+        ):
+            raise UserError(f"{cfg.source}: `judge.pairs`: expected a list of [variant, variant] pairs")
+    return cfg
+
+
+def rlhf_variants(suite: Suite) -> dict[str, str]:
+    """Variant name -> folder for the RLHF policies (one name `rlhf` when there is a single one)."""
+    models = suite.rlhf_models
+    if not models:
+        return {}
+    if isinstance(models, str):
+        return {"rlhf": models}
+    if isinstance(models, list):
+        if len(models) == 1:
+            return {"rlhf": models[0]}
+        return {f"rlhf:{Path(m).name}": m for m in models}
+    taken = set(VARIANT_KINDS) - {"rlhf"}
+    clash = taken & set(models)
+    if clash:
+        raise UserError(f"`rlhf_models`: {', '.join(sorted(clash))} already names another variant")
+    return {str(name): str(path) for name, path in models.items()}

@@ -1,0 +1,149 @@
+"""Batched generation with explicit decoding settings: the one generate loop the RL stage's held-out check
+and the eval harness share.
+
+Prompts are left padded (every prompt ends where generation starts); decoding is greedy or plain sampling
+at a temperature (no top-k/top-p, as the RL trainers sample), always from settings passed in here, never
+from a checkpoint's `generation_config`. Sampling runs under its own seed inside `torch.random.fork_rng`,
+so it leaves the caller's random state (a training run's) untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Reply:
+    ids: list[int]  # generated tokens, up to and including the end-of-turn token when it was emitted
+    text: str  # decoded without special tokens, cut at a stop string if one was hit
+    ended: bool  # stopped by itself (end-of-turn token or stop string) rather than by the length limit
+
+
+def generation_config(
+    tokenizer,
+    max_new_tokens: int,
+    temperature: float | None,
+    num_return_sequences: int = 1,
+    stop_strings: Sequence[str] = (),
+):
+    from transformers import GenerationConfig
+
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else {}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_return_sequences=num_return_sequences,
+        stop_strings=list(stop_strings) or None,
+        **(sampling or {"do_sample": False}),
+    )
+
+
+def left_pad(batch: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(batch):
+        if len(seq):
+            ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def _reply(tokenizer, row: list[int], stop_strings: Sequence[str]) -> Reply:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stop = row.index(eos) + 1 if eos in row else None
+    ids = row[:stop] if stop else [t for t in row if t != pad]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    ended = stop is not None
+    for s in stop_strings:
+        # A stop string ends a base model's document-style answer ("\nQ:" starts the next question).
+        if s in text:
+            text, ended = text[: text.index(s)], True
+    return Reply(ids, text, ended)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    encoded: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    num_return_sequences: int = 1,
+    stop_strings: Sequence[str] = (),
+    progress=None,
+) -> list[Reply]:
+    """Replies to token-id prompts, `num_return_sequences` per prompt (consecutive in the output): greedy,
+    or sampled at `temperature` with `seed`. `progress` is called with the number of prompts done."""
+    config = generation_config(tokenizer, max_new_tokens, temperature, num_return_sequences, stop_strings)
+    extra = {"tokenizer": tokenizer} if stop_strings else {}  # generate needs it to match stop strings
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    replies: list[Reply] = []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(encoded), batch_size):
+                batch = encoded[start : start + batch_size]
+                ids, mask = left_pad(batch, tokenizer.pad_token_id)
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=config,
+                    **extra,
+                )
+                replies += [_reply(tokenizer, row, stop_strings) for row in out[:, ids.shape[1] :].tolist()]
+                if progress is not None:
+                    progress(len(batch))
+    finally:
+        model.train(was_training)
+    return replies
+
+
+@torch.no_grad()
+def reply_logprobs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    replies: Sequence[Sequence[int]],
+    pad_token_id: int,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+) -> list[float]:
+    """Sum of log p(reply token | prompt, earlier reply tokens) for each (prompt, reply), at `temperature`
+    (the distribution the replies were sampled from). Right padded and batched by length, so a value does
+    not depend on which other sequences share its batch."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [0.0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(replies[i]))
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = [i for i in order[start : start + batch_size] if len(replies[i])]
+            if not chunk:
+                continue
+            seqs = [list(prompts[i]) + list(replies[i]) for i in chunk]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(seqs):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
+            token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+            for row, i in enumerate(chunk):
+                first = len(prompts[i]) - 1  # the logit at position t predicts token t + 1
+                out[i] = float(token_logp[row, first : first + len(replies[i])].sum())
+    finally:
+        model.train(was_training)
+    return out
