@@ -1,0 +1,227 @@
+"""Per-prompt measurements of an eval and their aggregation: rewards through the shared scoring path
+(cached), the metrics of each variant's shown replies, means with paired bootstrap CIs, paired
+differences against the baseline, win-rate matrices (reward model and optional LLM judge), and the rows
+of samples.jsonl. `harness.run` calls these in order."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from hftune.errors import UserError
+from hftune.evaluation import stats, text_metrics
+from hftune.evaluation.cache import Cache
+from hftune.evaluation.prompts import Prompts, last_user
+from hftune.evaluation.suite import Suite
+from hftune.evaluation.variants import Decoding
+
+METRIC_INFO = {
+    "reward": ("greedy", True, "Reward model score of the greedy reply (best-of-N: of its pick)."),
+    "expected_reward": ("sampled", True, "Mean reward of the sampled replies (best-of-N: of its pick)."),
+    "kl_to_sft": (
+        "sampled",
+        False,
+        "KL(variant || SFT) per prompt: mean over the variant's samples of log p_variant - log p_sft. "
+        "best-of-N: the analytic value log n - (n-1)/n.",
+    ),
+    "length": ("greedy", None, "Reply length in tokens."),
+    "eos_rate": ("greedy", True, "Fraction of replies that ended by themselves (not cut at max_new_tokens)."),
+    "loop_rate": ("greedy", False, "Fraction of replies that degenerate into a repeating loop."),
+    "repeated_ngram_fraction": ("greedy", False, "Fraction of repeated word 4-grams in a reply."),
+    "distinct_1": ("sampled", True, "Distinct unigrams / all unigrams over a prompt's samples."),
+    "distinct_2": ("sampled", True, "Distinct bigrams / all bigrams over a prompt's samples."),
+    "exact_match": ("greedy", True, "Reply equals the reference (whitespace-normalised)."),
+    "rouge_l": ("greedy", True, "ROUGE-L F against the reference."),
+    "bleu": ("greedy", True, "Sentence BLEU-4 against the reference (smoothed)."),
+    "verifier": ("greedy", True, "The suite's task verifier: 1 if the reply solves the task."),
+}
+
+
+def score_cached(
+    scorer, reward_path: str, prompts, texts: list[str], cache: Cache, batch_size: int
+) -> list[float]:
+    from hftune.evaluation.cache import fingerprint, key
+
+    fp = getattr(scorer, "_hftune_fp", None) or fingerprint(reward_path)
+    scorer._hftune_fp = fp
+    keys = [key("reward", fp, p, t) for p, t in zip(prompts, texts, strict=True)]
+    found = cache.get_many("rewards", keys)
+    missing = [i for i, k in enumerate(keys) if k not in found]
+    if missing:
+        values = scorer.score(
+            [prompts[i] for i in missing], [texts[i] for i in missing], batch_size=batch_size
+        )
+        new = {keys[i]: float(v) for i, v in zip(missing, values.tolist(), strict=True)}
+        cache.put_many(new)
+        found.update(new)
+    return [found[k] for k in keys]
+
+
+def reply_metrics(name: str, shown, prompts: Prompts, suite: Suite, rewards) -> dict[str, np.ndarray]:
+    """Per-prompt metrics of the reply shown for each prompt (NaN where a prompt has none)."""
+    n = len(shown)
+    present = [i for i, r in enumerate(shown) if r is not None]
+    texts = [shown[i]["text"] for i in present]
+    out: dict[str, np.ndarray] = {}
+
+    def spread(values) -> np.ndarray:
+        full = np.full(n, np.nan)
+        full[present] = np.asarray(values, dtype=np.float64)
+        return full
+
+    if "reward" in suite.metrics or "win_rate" in suite.metrics:
+        out["reward"] = spread(rewards(texts, present))
+    if "length" in suite.metrics:
+        out["length"] = spread([len(shown[i]["ids"]) for i in present])
+    if "eos_rate" in suite.metrics and name != "reference":
+        out["eos_rate"] = spread([float(shown[i]["ended"]) for i in present])
+    if "loop_rate" in suite.metrics:
+        rep = text_metrics.compute("repetition", predictions=texts)
+        out["loop_rate"] = spread(rep["scores"])
+        out["repeated_ngram_fraction"] = spread(rep["repeated_ngram_fraction"])
+    with_ref = [i for i in present if prompts.references[i] is not None]
+    if name != "reference" and with_ref:
+        preds = [shown[i]["text"] for i in with_ref]
+        refs = [prompts.references[i] for i in with_ref]
+        for metric in ("exact_match", "rouge_l", "bleu"):
+            if metric in suite.metrics:
+                full = np.full(n, np.nan)
+                full[with_ref] = text_metrics.compute(metric, predictions=preds, references=refs)["scores"]
+                out[metric] = full
+    if "verifier" in suite.metrics and suite.verifier:
+        verify = load_verifier(suite.verifier)
+        out["verifier"] = spread(
+            [
+                float(verify(last_user(prompts.messages[i]), shown[i]["text"], prompts.references[i]))
+                for i in present
+            ]
+        )
+    return out
+
+
+def load_verifier(spec: str):
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"`verifier`: cannot import {spec}: {err}") from None
+
+
+def aggregate(
+    suite: Suite, per_prompt, boot: stats.Bootstrap, paths, greedy: Decoding, sampled: Decoding
+) -> dict:
+    variants: dict[str, Any] = {}
+    baseline = suite.baseline if suite.baseline in per_prompt else None
+    for v, metrics in per_prompt.items():
+        entry = {
+            "kind": v if v in ("base", "sft", "best_of_n", "reference") else "rlhf",
+            "model": paths.get(v),
+        }
+        entry["metrics"] = {m: s for m, values in metrics.items() if (s := boot.summary(values)) is not None}
+        entry["vs_baseline"] = {}
+        if baseline and v != baseline:
+            for m, values in metrics.items():
+                if m in per_prompt[baseline]:
+                    s = boot.summary(values - per_prompt[baseline][m])
+                    if s is not None:
+                        entry["vs_baseline"][m] = s
+        variants[v] = entry
+    win_rates = {}
+    if "win_rate" in suite.metrics:
+        win_rates = stats.win_rate_matrix(
+            {v: m["reward"] for v, m in per_prompt.items() if "reward" in m}, boot
+        )
+    return {
+        "suite": {"name": suite.name, "data_recipe": suite.data_recipe, "split": suite.split},
+        "n_prompts": int(boot.indices.shape[1]),
+        "baseline": baseline,
+        "decoding": {
+            "greedy": greedy.as_dict(),
+            "sampling": sampled.as_dict(),
+            "base_stop_strings": suite.base_stop,
+        },
+        "metric_info": {
+            m: {"decoding": d, "higher_is_better": h, "description": t}
+            for m, (d, h, t) in METRIC_INFO.items()
+            if any(m in metrics for metrics in per_prompt.values())
+        },
+        "variants": variants,
+        "win_rates": win_rates,
+        "judge": None,
+    }
+
+
+def run_judge(suite: Suite, prompts: Prompts, shown, boot: stats.Bootstrap) -> dict[str, Any]:
+    from hftune.evaluation.judge import JudgeConfig, judge_pairs_with_stats
+
+    raw = dict(suite.judge)
+    pairs = raw.pop("pairs", None) or [[v, "sft"] for v in shown if v not in ("sft", "reference", "base")]
+    cfg = JudgeConfig.from_dict(raw, "`judge`")
+    matrix: dict[str, dict[str, Any]] = {}
+    disagreements = 0
+    for a, b in pairs:
+        if a not in shown or b not in shown:
+            raise UserError(f"`judge.pairs`: {a!r} or {b!r} is not an evaluated variant")
+        keep = [i for i in range(len(shown[a])) if shown[a][i] is not None and shown[b][i] is not None]
+        texts = [last_user(prompts.messages[i]) for i in keep]
+        verdicts, info = judge_pairs_with_stats(
+            cfg, texts, [shown[a][i]["text"] for i in keep], [shown[b][i]["text"] for i in keep]
+        )
+        full = np.full(len(shown[a]), np.nan)
+        full[keep] = verdicts
+        s = boot.summary(full)
+        disagreements += info.get("n_disagreements", 0)
+        if s is not None:
+            matrix.setdefault(a, {})[b] = s
+            matrix.setdefault(b, {})[a] = {
+                **s,
+                "mean": 1 - s["mean"],
+                "ci_low": 1 - s["ci_high"],
+                "ci_high": 1 - s["ci_low"],
+            }
+    return {"model": cfg.model, "win_rates": matrix, "n_disagreements": disagreements}
+
+
+def sample_table(prompts: Prompts, shown, per_prompt, sample_rows) -> list[dict[str, Any]]:
+    rows = []
+    for i, messages in enumerate(prompts.messages):
+        row = {
+            "prompt_index": i,
+            "prompt": last_user(messages),
+            "messages": messages,
+            "reference": prompts.references[i],
+            "variants": {},
+        }
+        for v, replies_ in shown.items():
+            reply = replies_[i]
+            if reply is None:
+                continue
+            metrics = per_prompt[v]
+            entry = {
+                "response": reply["text"],
+                "reward": _num(metrics.get("reward"), i),
+                "length": len(reply["ids"]),
+                "ended": reply["ended"],
+                "verified": _num(metrics.get("verifier"), i),
+            }
+            if v in sample_rows:
+                entry["samples"] = [
+                    {
+                        "response": x["text"],
+                        "reward": x.get("reward"),
+                        "length": len(x["ids"]),
+                        "ended": x["ended"],
+                    }
+                    for x in sample_rows[v][i]
+                ]
+            row["variants"][v] = entry
+        rows.append(row)
+    return rows
+
+
+def _num(values, i: int) -> float | None:
+    if values is None or np.isnan(values[i]):
+        return None
+    return float(values[i])
