@@ -395,6 +395,8 @@ def describe_fields(cls: type) -> list[tuple[str, str, str]]:
         if not f.init:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # lists and dicts (hftune_field makes factories)
+            default = f.default_factory()
         help_text = (f.metadata or {}).get("help", "")
         out.append((f.name, f"{_type_name(hints[f.name])}, default {default!r}", help_text))
     return out
