@@ -124,6 +124,15 @@ def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_pipeline(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune import pipeline
+
+    if rest:
+        raise UserError(f"unexpected arguments: {' '.join(rest)} (stage keys go in the pipeline config)")
+    pipeline.run(ns.config, dry_run=ns.dry_run, force=ns.force)
+    return 0
+
+
 def _cmd_data(ns: argparse.Namespace, rest: list[str]) -> int:
     from hftune import data
 
@@ -161,6 +170,50 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_card(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune import card
+
+    if rest:
+        raise UserError(f"unexpected arguments: {' '.join(rest)}")
+    kwargs = dict(eval_dir=ns.eval, repo_id=ns.repo_id, base_model_id=ns.base_model_id)
+    if ns.output:
+        print(f"wrote {card.write(ns.dir, ns.output, **kwargs)}")
+    else:
+        print(card.render(ns.dir, **kwargs))
+    return 0
+
+
+def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune import hub
+
+    if rest:
+        raise UserError(
+            f"unexpected arguments: {' '.join(rest)} (the token comes from HF_TOKEN or `hf auth login`)"
+        )
+    result = hub.push(
+        ns.dir,
+        ns.repo_id,
+        private=ns.private,
+        dry_run=ns.dry_run,
+        eval_dir=ns.eval,
+        revision=ns.revision,
+        commit_message=ns.commit_message,
+        base_model_id=ns.base_model_id,
+    )
+    print(hub.summary(result))
+    return 0
+
+
+def _cmd_merge(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune import merge
+
+    if rest:
+        raise UserError(f"unexpected arguments: {' '.join(rest)}")
+    result = merge.merge(ns.dir, ns.out, dtype=ns.dtype, from_full_precision=ns.from_full_precision)
+    print(merge.summary(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hftune.tiny import TINY_PRETRAIN_STEPS
 
@@ -171,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hftune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "pipeline",
+        help="run the whole recipe (sft -> reward -> ppo/rloo/grpo -> eval) from one config",
+        description=(__import__("hftune.pipeline").pipeline.__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", required=True, help="pipeline config YAML")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve and validate every stage, print the plan, load no weights",
+    )
+    p.add_argument("--force", metavar="STAGE", help="re-run STAGE and every stage after it")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
+    p.set_defaults(func=_cmd_pipeline)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
@@ -228,6 +297,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     common(p)
     p.set_defaults(func=_cmd_tiny)
+
+    def publishing(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--eval", metavar="EVAL_DIR", help="an `hftune eval` folder to tabulate in the card")
+        p.add_argument(
+            "--base-model-id",
+            metavar="HUB_ID",
+            help="the Hub id of the adapter's base, for adapters trained on a local folder (rewrites "
+            "base_model_name_or_path in the uploaded adapter_config.json and the card's base_model)",
+        )
+        common(p)
+
+    p = sub.add_parser(
+        "card",
+        help="render a model card (README.md) from an artifact's manifests",
+        description="Render a model card for a finished artifact folder from its manifest chain: Hub "
+        "metadata (base model, library, datasets, tags, pipeline), lineage with key metrics, training "
+        "config, how to load it, and an eval table with --eval. Prints it unless --output is given.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a finished stage folder (with manifest.json)")
+    p.add_argument("--output", metavar="FILE", help="write the card here instead of printing it")
+    p.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub repo named in the loading snippet")
+    publishing(p)
+    p.set_defaults(func=_cmd_card)
+
+    p = sub.add_parser(
+        "push",
+        help="upload an artifact (weights, tokenizer, card, manifest) to the Hub in one commit",
+        description="Upload a finished artifact to the Hugging Face Hub in one commit: adapter (or "
+        "full-model) safetensors, tokenizer and chat template, a generated model card, manifest.json, "
+        "config.hftune.yaml and metrics.json; never pickles, checkpoints or work folders. The token comes "
+        "only from HF_TOKEN or `hf auth login`.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a finished stage folder (with manifest.json)")
+    p.add_argument("--repo-id", metavar="ORG/NAME", required=True, help="Hub model repo (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument(
+        "--dry-run",
+        metavar="OUTDIR",
+        help="write the exact folder that would be uploaded to OUTDIR; upload nothing",
+    )
+    p.add_argument("--revision", default="main", help="branch to commit to (created if missing)")
+    p.add_argument("--commit-message", metavar="TEXT", help="default: Upload hftune STAGE artifact")
+    publishing(p)
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser(
+        "merge",
+        help="merge a LoRA adapter (chain) into its base: one full safetensors model",
+        description="Merge a LoRA adapter folder, or a chain (base -> SFT adapter -> PPO adapter), into its "
+        "base in full precision and save a full model (safetensors), its tokenizer and a manifest. "
+        "Reward-model adapters become sequence classifiers. Adapters trained on a 4-bit/8-bit base (QLoRA) "
+        "are refused: they learnt corrections to the quantized weights, so merging them into the "
+        "full-precision base does not reproduce the trained model, and merging into quantized weights loses "
+        "precision.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a finished LoRA adapter folder")
+    p.add_argument("out", metavar="OUT", help="folder for the merged model (replaced atomically)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument(
+        "--from-full-precision",
+        action="store_true",
+        help="merge a QLoRA (4/8-bit trained) adapter into the unquantized base anyway; the result "
+        "approximates the trained model (the adapter was fitted to the quantized weights)",
+    )
+    common(p)
+    p.set_defaults(func=_cmd_merge)
     return parser
 
 

@@ -1,0 +1,292 @@
+"""Publishing a finished artifact to the Hugging Face Hub: exactly the files a user needs, in one commit.
+
+    hftune push runs/tiny/sft --repo-id ORG/NAME [--private] [--eval runs/tiny/eval] [--revision main]
+    hftune push runs/tiny/sft --repo-id ORG/NAME --dry-run staged/     # write the folder, upload nothing
+    hftune push runs/tiny/ppo --repo-id ORG/NAME --base-model-id ORG/SFT  # adapter on a base pushed before
+
+The upload is assembled in a staging folder from an allowlist: the weights (a LoRA adapter, or a full model's
+safetensors and config), the tokenizer with its chat template, a model card rendered from the manifests
+(`hftune.card`), and the manifest, resolved config and metrics. Nothing else ever leaves the machine: no
+pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs. The token comes only from `HF_TOKEN` or
+the Hub login cache (`hf auth login`), is handed to `HfApi` and nowhere else, and every staged file is
+checked not to contain it before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hftune import artifacts, card
+from hftune.config import strip_secrets
+from hftune.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# A full model: its config, generation defaults (eos = the end-of-turn token) and the shard index; the
+# *.safetensors shards themselves are matched by suffix.
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+# Only formats that cannot run code when loaded (tokenizer.model is a sentencepiece protobuf).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+)
+RECORD_FILES = ("manifest.json", "config.hftune.yaml", "metrics.json", "reward_report.json")
+LOGIN_HINT = "set the HF_TOKEN environment variable or run `hf auth login` (a token with write access)"
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    files: list[str]
+    staged: Path | None  # the --dry-run folder
+    commit_url: str | None  # None for a dry run
+
+
+def check_artifact(folder: str | os.PathLike) -> Path:
+    """A finished stage folder, or a UserError that says what it is instead."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    if folder.name.endswith(".work"):
+        raise UserError(f"{folder} is a stage's work folder (checkpoints of a run), not a finished artifact")
+    if not artifacts.is_complete(folder):
+        raise UserError(
+            f"{folder} has no manifest.json: it is not a finished hftune stage (still running, interrupted, "
+            "or failed). Finish it first (e.g. `--resume`), then push the output folder."
+        )
+    return folder
+
+
+def select_files(folder: Path) -> list[Path]:
+    """The files of `folder` that go to the Hub (an allowlist, so nothing unexpected slips through)."""
+    if (folder / "adapter_config.json").is_file():
+        missing = [n for n in ADAPTER_FILES if not (folder / n).is_file()]
+        if missing:
+            raise UserError(f"{folder}: adapter files missing: {', '.join(missing)}")
+        weights = [folder / n for n in ADAPTER_FILES]
+    else:
+        shards = sorted(folder.glob("*.safetensors"))
+        if not shards:
+            raise UserError(f"{folder}: no adapter_config.json and no *.safetensors weights: nothing to push")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{folder}: full-model weights without config.json")
+        weights = shards + [folder / n for n in MODEL_FILES]
+    names = [*weights, *(folder / n for n in TOKENIZER_FILES), *(folder / n for n in RECORD_FILES)]
+    # A file only; a symlink could point anywhere on the machine.
+    return [p for p in dict.fromkeys(names) if p.is_file() and not p.is_symlink()]
+
+
+def _copy_json(src: Path, dest: Path, edit: dict[str, Any] | None = None) -> None:
+    data = json.loads(src.read_text())
+    clean = strip_secrets(data)
+    if clean != data:
+        logger.warning("%s: removed secret-looking values from the uploaded copy", src.name)
+    if edit:
+        clean.update(edit)
+    if clean == data:
+        shutil.copyfile(src, dest)  # byte for byte: manifests are referenced by their sha256
+    else:
+        dest.write_text(json.dumps(clean, indent=2) + "\n")
+
+
+def _copy_yaml(src: Path, dest: Path) -> None:
+    data = yaml.safe_load(src.read_text())
+    clean = strip_secrets(data)
+    if clean == data:
+        shutil.copyfile(src, dest)
+    else:
+        logger.warning("%s: removed secret-looking values from the uploaded copy", src.name)
+        dest.write_text(yaml.safe_dump(clean, sort_keys=True))
+
+
+def _copy_weights(src: Path, dest: Path, link: bool) -> None:
+    if link:  # a temporary staging folder: a hard link saves copying gigabytes (same file system only)
+        try:
+            os.link(src, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dest)
+
+
+def stage_files(
+    folder: Path,
+    dest: Path,
+    *,
+    repo_id: str | None = None,
+    eval_dir: str | os.PathLike | None = None,
+    base_model_id: str | None = None,
+    link_weights: bool = False,
+) -> list[str]:
+    """Write into `dest` (an empty folder) exactly what is uploaded; returns the file names."""
+    if base_model_id is not None and not card.is_hub_id(base_model_id):
+        raise UserError(f"--base-model-id {base_model_id!r}: expected a Hub model id such as ORG/NAME")
+    text = card.render(folder, eval_dir=eval_dir, repo_id=repo_id, base_model_id=base_model_id)
+    for src in select_files(folder):
+        target = dest / src.name
+        if src.name == "adapter_config.json":
+            edit = {"base_model_name_or_path": base_model_id} if base_model_id else None
+            _copy_json(src, target, edit)
+        elif src.suffix == ".json":
+            _copy_json(src, target)
+        elif src.suffix == ".yaml":
+            _copy_yaml(src, target)
+        elif src.suffix == ".safetensors":
+            _copy_weights(src, target, link_weights)
+        else:
+            shutil.copyfile(src, target)
+    (dest / "README.md").write_text(text)
+    names = sorted(p.name for p in dest.iterdir())
+    size = sum((dest / n).stat().st_size for n in names)
+    logger.info("staged %d files (%.1f MB): %s", len(names), size / 1e6, ", ".join(names))
+    info = card.inspect_folder(folder, base_model_id)
+    if info.is_adapter and info.load_base and not card.is_hub_id(info.load_base):
+        logger.warning(
+            "the adapter's base %s is a local folder, so Hub users cannot load this adapter; push the base "
+            "and pass --base-model-id ORG/BASE (the card says so too)",
+            info.load_base,
+        )
+    return names
+
+
+def _safetensors_header(path: Path) -> bytes:
+    """Only the JSON header of a safetensors file can hold text (its metadata); the rest is numbers."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return f.read(min(length, 100_000_000))
+
+
+def assert_no_secret(dest: Path, secrets: list[str]) -> None:
+    """The last check before anything is sent: no staged file contains a token."""
+    needles = [s.encode() for s in secrets if s]
+    for path in sorted(dest.iterdir()):
+        data = _safetensors_header(path) if path.suffix == ".safetensors" else path.read_bytes()
+        if any(n in data for n in needles):
+            raise UserError(f"{path.name} contains the Hub token; nothing was uploaded. Remove it and retry.")
+
+
+def _token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise UserError(f"no Hugging Face token found: {LOGIN_HINT}")
+    return token
+
+
+def _live_secrets(token: str | None) -> list[str]:
+    return [s for s in (token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if s]
+
+
+def _hub_error(err: Exception, repo_id: str, token: str) -> UserError:
+    """A failed Hub call as one readable line, never carrying the token."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(err, OfflineModeIsEnabled):
+        message = "HF_HUB_OFFLINE is set; unset it to push"
+    else:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = first
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if isinstance(err, HfHubHTTPError) and status in (401, 403):
+            message += f" (is the token valid and allowed to write to {repo_id}? {LOGIN_HINT})"
+    return UserError(strip_secrets(f"push to {repo_id} failed: {message}").replace(token, "<redacted>"))
+
+
+def _is_transport_error(err: Exception) -> bool:
+    """Connection failures of whichever HTTP library this huggingface_hub version uses."""
+    return type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
+
+
+def upload(
+    staged: Path, files: list[str], repo_id: str, token: str, *, private: bool, revision: str, message: str
+) -> str:
+    """Create the repo if needed, then one commit with every staged file; returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        logger.info("repo %s ready (an existing repo keeps its visibility)", url)
+        if revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        operations = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(staged / n)) for n in files]
+        info = api.create_commit(
+            repo_id, operations, commit_message=message, revision=revision, repo_type="model"
+        )
+    except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as err:
+        raise _hub_error(err, repo_id, token) from None
+    except Exception as err:
+        if _is_transport_error(err):
+            raise _hub_error(err, repo_id, token) from None
+        raise
+    logger.info("committed %d files to %s: %s", len(files), repo_id, info.commit_url)
+    return info.commit_url
+
+
+def push(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    dry_run: str | os.PathLike | None = None,
+    eval_dir: str | os.PathLike | None = None,
+    revision: str = "main",
+    commit_message: str | None = None,
+    base_model_id: str | None = None,
+) -> PushResult:
+    folder = check_artifact(folder)
+    if not card.is_hub_id(repo_id) or "/" not in repo_id:
+        raise UserError(f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, then a name)")
+    stage_kwargs = dict(repo_id=repo_id, eval_dir=eval_dir, base_model_id=base_model_id)
+    if dry_run is not None:
+        out = Path(dry_run)
+        _refuse_overlap(folder, out)
+        with artifacts.atomic_dir(out) as tmp:
+            files = stage_files(folder, tmp, **stage_kwargs)
+            assert_no_secret(tmp, _live_secrets(None))
+        logger.info("dry run: wrote %s; nothing was uploaded", out)
+        return PushResult(repo_id, files, out, None)
+
+    token = _token()  # before any work: a missing login is the likeliest mistake
+    stage = (artifacts.read_manifest(folder) or {}).get("stage", "model")
+    message = commit_message or f"Upload hftune {stage} artifact"
+    with tempfile.TemporaryDirectory(prefix="hftune-push-") as tmp:
+        staged = Path(tmp)
+        files = stage_files(folder, staged, link_weights=True, **stage_kwargs)
+        assert_no_secret(staged, _live_secrets(token))
+        url = upload(staged, files, repo_id, token, private=private, revision=revision, message=message)
+    return PushResult(repo_id, files, None, url)
+
+
+def _refuse_overlap(folder: Path, out: Path) -> None:
+    """--dry-run replaces OUTDIR: never let it be (or contain) the artifact being pushed."""
+    src, dst = folder.resolve(), out.resolve()
+    if dst == src or dst in src.parents or src in dst.parents:
+        raise UserError(f"--dry-run {out}: must be a folder outside {folder} (it is replaced)")
+
+
+def summary(result: PushResult) -> str:
+    if result.commit_url is None:
+        return f"dry run: {len(result.files)} files staged in {result.staged} (nothing uploaded)"
+    return f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}"

@@ -1,0 +1,261 @@
+"""`hftune pipeline`: the whole recipe from one config. Stages run in order, each in
+`<output_dir>/<stage>/`, with the paths between them (SFT -> reward model -> policy -> eval) filled in.
+
+    hftune pipeline --config configs/tiny/pipeline.yaml [--dry-run] [--force sft]
+
+A pipeline config names `output_dir` and a list of `stages`; each stage is `{stage: NAME, config: FILE}`
+plus any keys of that stage's config inline (inline keys override the file). The keys that hand one
+stage's output to the next are the pipeline's to fill and may not be typed. A stage is skipped when its
+finished artifact was made from the same resolved config, the same data and the same parent artifacts
+(recorded in `<output_dir>/pipeline.json`); `--force STAGE` re-runs it and every stage after it. An
+interrupted stage (a crash, `kill -9`) resumes from its last checkpoint when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hftune import artifacts
+from hftune.config import ConfigError, load_yaml_mapping
+from hftune.errors import UserError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+# stage -> (module, the config keys the pipeline fills from earlier stages: key -> earlier stage role)
+STAGES: dict[str, tuple[str, dict[str, str]]] = {
+    "sft": ("hftune.sft", {}),
+    "reward": ("hftune.reward", {"model_name_or_path": "sft"}),
+    "ppo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
+    "rloo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
+    "grpo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
+    "eval": (
+        "hftune.evaluation.harness",
+        {"sft_model": "sft", "rlhf_models": "rl", "reward_model": "reward"},
+    ),
+}
+RL = ("ppo", "rloo", "grpo")
+LEDGER = "pipeline.json"
+PIPELINE_KEYS = ("output_dir", "stages")
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    values: dict[str, Any]  # the stage's config: file + inline + handoff
+    source: str  # where its keys came from, for error messages
+    output_dir: Path
+    cfg: Any = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    action: str = "run"  # run | skip | resume
+
+
+def _role(name: str) -> str:
+    return "rl" if name in RL else name
+
+
+def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
+    raw = load_yaml_mapping(config_path)
+    problems = [
+        f"`{k}`: unknown key{did_you_mean(str(k), PIPELINE_KEYS)}" for k in raw if k not in PIPELINE_KEYS
+    ]
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not stages:
+        problems.append("`stages`: required, a list of {stage: NAME, config: FILE, ...keys}")
+        stages = []
+    if not raw.get("output_dir"):
+        problems.append("`output_dir`: required (each stage writes to <output_dir>/<stage>)")
+    root = Path(str(raw.get("output_dir") or "runs/pipeline"))
+    plan: list[PlannedStage] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(stages):
+        where = f"`stages[{i}]`"
+        if not isinstance(entry, dict) or "stage" not in entry:
+            problems.append(f"{where}: expected a mapping with `stage` (one of {', '.join(STAGES)})")
+            continue
+        entry = dict(entry)
+        name = str(entry.pop("stage"))
+        if name not in STAGES:
+            problems.append(f"{where}: unknown stage {name!r}{did_you_mean(name, STAGES)}")
+            continue
+        role = _role(name)
+        if role in seen:
+            problems.append(f"{where}: a second {role} stage (one of each per pipeline)")
+            continue
+        seen.add(role)
+        values: dict[str, Any] = {}
+        source = f"{config_path} ({where}: {name})"
+        if entry.get("config"):
+            file = Path(str(entry.pop("config")))
+            if not file.is_absolute() and not file.is_file():
+                file = Path(config_path).parent / file
+            values.update(load_yaml_mapping(file))
+            source = f"{file} (pipeline {config_path}, stage {name})"
+        for key in STAGES[name][1]:
+            if key in entry:
+                problems.append(f"{where}: `{key}` is filled in by the pipeline from the earlier stages")
+        values.update(entry)
+        if name in RL:
+            values["algorithm"] = name
+        values["output_dir"] = str(root / name)
+        plan.append(PlannedStage(name, values, source, root / name))
+    for stage in plan:
+        for key, role in STAGES[stage.name][1].items():
+            earlier = next((s for s in plan if _role(s.name) == role), None)
+            if earlier is None:
+                if key not in stage.values:
+                    problems.append(f"stage {stage.name}: no {role} stage before it to take `{key}` from")
+                continue
+            if plan.index(earlier) > plan.index(stage):
+                problems.append(f"stage {stage.name}: must come after the {earlier.name} stage")
+            stage.values[key] = str(earlier.output_dir)
+    if problems:
+        raise ConfigError(config_path, problems)
+    return root, plan
+
+
+def _parse_stage(stage: PlannedStage, work: Path):
+    """Parse a stage's merged config with the stage's own strict parser (from a file it can name)."""
+    module = importlib.import_module(STAGES[stage.name][0])
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = work / f"{stage.name}.yaml"
+    resolved.write_text(
+        f"# {stage.source}, with the pipeline's handoff paths\n" + yaml.safe_dump(stage.values)
+    )
+    try:
+        return module, module.parse(str(resolved))
+    except ConfigError as err:
+        raise ConfigError(stage.source, err.problems) from None
+
+
+def _data_fingerprint(cfg) -> str | None:
+    """The data a stage reads, cheaply: a local file's content hash, or the Hub source's id."""
+    extras = cfg.hftune
+    recipe_name = getattr(extras, "data_recipe", None)
+    if not recipe_name:
+        return None
+    from hftune.data import _resolve_source_path, load_recipe
+
+    recipe = load_recipe(recipe_name)
+    if getattr(extras, "data_files", None):
+        path = Path(extras.data_files)
+    elif recipe.source.path:
+        path = _resolve_source_path(recipe)
+    else:
+        return recipe.source.describe()  # a Hub dataset: its id, split, config and revision
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)
+
+
+def _parents(stage: PlannedStage) -> dict[str, str | None]:
+    out = {}
+    for key in STAGES[stage.name][1]:
+        manifest = Path(stage.values[key]) / artifacts.MANIFEST
+        out[key] = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+    return out
+
+
+def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: bool = False) -> str:
+    """Skip a stage whose artifact came from these very inputs; resume one that was interrupted."""
+    stage.fingerprint = {
+        "config_sha256": stage.cfg.config_hash(ignore=("output_dir", "logging_dir", "run_name", "cache_dir")),
+        "data": _data_fingerprint(stage.cfg),
+        "parents": _parents(stage),  # a re-made parent has a new manifest, so its children run again
+    }
+    record = _read_ledger(root).get(stage.name, {})
+    up_to_date = (
+        artifacts.is_complete(stage.output_dir)
+        and record.get("inputs") == stage.fingerprint
+        and record.get("manifest_sha256") == _manifest_sha(stage.output_dir)
+    )
+    if up_to_date and not forced and not upstream_changed:
+        stage.action = "skip"
+    elif artifacts.work_dir(stage.output_dir).is_dir() and not forced:
+        stage.action = "resume"
+    else:
+        stage.action = "run"
+    return stage.action
+
+
+def _manifest_sha(folder: Path) -> str | None:
+    manifest = folder / artifacts.MANIFEST
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+
+
+def _read_ledger(root: Path) -> dict[str, Any]:
+    path = root / LEDGER
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record(root: Path, stage: PlannedStage, wall_s: float) -> None:
+    ledger = _read_ledger(root)
+    ledger[stage.name] = {
+        "inputs": stage.fingerprint,
+        "manifest_sha256": _manifest_sha(stage.output_dir),
+        "wall_time_s": round(wall_s, 2),
+    }
+    artifacts.write_json(root / LEDGER, ledger)
+
+
+def run(config_path: str, *, dry_run: bool = False, force: str | None = None) -> list[PlannedStage]:
+    root, plan = load_plan(config_path)
+    if force and force not in {s.name for s in plan}:
+        raise UserError(
+            f"--force {force}: no such stage in {config_path} ({', '.join(s.name for s in plan)})"
+        )
+    modules = {}
+    for stage in plan:
+        modules[stage.name], stage.cfg = _parse_stage(stage, root / ".pipeline")
+    _check_recipes(plan)
+    first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
+    if dry_run:
+        # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.
+        changed = False
+        for i, stage in enumerate(plan):
+            changed = (
+                decide(root, stage, forced=i >= first_forced, upstream_changed=changed) != "skip" or changed
+            )
+        print(describe(plan))
+        return plan
+    for i, stage in enumerate(plan):
+        if decide(root, stage, forced=i >= first_forced) == "skip":
+            logger.info("stage %s: up to date (%s), skipped", stage.name, stage.output_dir)
+            continue
+        logger.info("stage %s: %s -> %s", stage.name, stage.action, stage.output_dir)
+        if stage.action == "run":
+            # A forced or changed stage starts over: an old run's checkpoints must not be resumed into it.
+            shutil.rmtree(artifacts.work_dir(stage.output_dir), ignore_errors=True)
+        started = time.time()
+        result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
+        print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
+        _record(root, stage, time.time() - started)
+    print(describe(plan))
+    return plan
+
+
+def _check_recipes(plan: list[PlannedStage]) -> None:
+    from hftune.data import load_recipe
+
+    for stage in plan:
+        recipe = getattr(stage.cfg.hftune, "data_recipe", None)
+        if recipe:
+            load_recipe(recipe)  # a missing or malformed recipe fails now, before any stage runs
+
+
+def describe(plan: list[PlannedStage]) -> str:
+    lines = ["pipeline plan:"]
+    for stage in plan:
+        handoff = ", ".join(f"{k}={stage.values[k]}" for k in STAGES[stage.name][1] if k in stage.values)
+        lines.append(
+            f"  {stage.name:7s} {stage.action:7s} -> {stage.output_dir}"
+            + (f"  ({handoff})" if handoff else "")
+        )
+    return "\n".join(lines)

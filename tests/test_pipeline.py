@@ -1,0 +1,160 @@
+"""`hftune pipeline`: handoff paths filled in, a second run skips every stage, a changed SFT setting re-runs
+SFT and everything after it, `--force`, `--dry-run` without loading weights, strict pipeline configs, and
+resuming after the process is killed during SFT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hftune import modeling, pipeline
+from hftune.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny"
+
+# A short version of configs/tiny/pipeline.yaml: same stage files, fewer steps.
+SHORT = {
+    "sft": {"max_steps": 40, "save_steps": 10},
+    "reward": {"max_steps": 10},
+    "ppo": {"max_steps": 2, "heldout_every": 0},
+    "eval": {
+        "max_prompts": 6,
+        "num_samples": 2,
+        "best_of_n": 2,
+        "bootstrap_samples": 200,
+        "max_new_tokens": 12,
+    },
+}
+
+
+def write_pipeline(tmp_path: Path, name: str = "pipeline.yaml", **sft_overrides) -> Path:
+    stages = [
+        {"stage": "sft", "config": str(TINY / "sft_full.yaml"), **SHORT["sft"], **sft_overrides},
+        {"stage": "reward", "config": str(TINY / "reward.yaml"), **SHORT["reward"]},
+        {"stage": "ppo", "config": str(TINY / "ppo.yaml"), **SHORT["ppo"]},
+        {
+            "stage": "eval",
+            "config": str(REPO / "eval/suites/tiny.yaml"),
+            "cache_dir": str(tmp_path / "eval-cache"),
+            **SHORT["eval"],
+        },
+    ]
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": stages}))
+    return path
+
+
+def actions(plan) -> dict[str, str]:
+    return {s.name: s.action for s in plan}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_llama):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = write_pipeline(tmp)
+    plan = pipeline.run(str(config))
+    return tmp, config, plan
+
+
+def test_pipeline_runs_every_stage_with_handoff_and_lineage(first_run):
+    tmp, _, plan = first_run
+    assert actions(plan) == {"sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
+    run = tmp / "run"
+    for stage in ("sft", "reward", "ppo", "eval"):
+        assert (run / stage / "manifest.json").is_file(), stage
+    ppo_manifest = json.loads((run / "ppo" / "manifest.json").read_text())
+    assert [p["name_or_path"] for p in ppo_manifest["parents"]] == [str(run / "sft"), str(run / "reward")]
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["variants"]["rlhf"]["model"] == str(run / "ppo")
+    assert (run / "eval" / "report.html").is_file()
+
+
+def test_second_run_skips_every_stage(first_run, monkeypatch):
+    _, config, _ = first_run
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("a skipped stage loaded a model"))
+    started = time.time()
+    plan = pipeline.run(str(config))
+    assert actions(plan) == {"sft": "skip", "reward": "skip", "ppo": "skip", "eval": "skip"}
+    assert time.time() - started < 30
+
+
+def test_dry_run_plans_without_loading_weights(first_run, monkeypatch, capsys):
+    tmp, _, _ = first_run
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("dry-run loaded a model"))
+    changed = write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)
+    plan = pipeline.run(str(changed), dry_run=True)
+    # A changed SFT hyper-parameter re-runs SFT and everything that depends on it.
+    assert actions(plan) == {"sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
+    assert "pipeline plan" in capsys.readouterr().out
+    plan = pipeline.run(str(write_pipeline(tmp, "same.yaml")), dry_run=True, force="ppo")
+    assert actions(plan) == {"sft": "skip", "reward": "skip", "ppo": "run", "eval": "run"}
+
+
+def test_changed_sft_setting_reruns_sft_and_everything_after(first_run):
+    tmp, _, _ = first_run
+    before = json.loads((tmp / "run" / "reward" / "manifest.json").read_text())["created"]
+    plan = pipeline.run(str(write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)))
+    assert actions(plan) == {"sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
+    reward_manifest = json.loads((tmp / "run" / "reward" / "manifest.json").read_text())
+    assert reward_manifest["parents"][0]["manifest_sha256"] == pipeline._manifest_sha(tmp / "run" / "sft")
+    assert reward_manifest["created"] >= before
+
+
+def test_pipeline_config_errors_name_every_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "stagez": [],
+                "stages": [
+                    {"stage": "sfft"},
+                    {"stage": "reward", "config": str(TINY / "reward.yaml"), "model_name_or_path": "x"},
+                ],
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        pipeline.load_plan(str(bad))
+    text = str(err.value)
+    assert "stagez" in text and "did you mean `stages`" in text
+    assert "sfft" in text and "`sft`" in text
+    assert "model_name_or_path" in text and "filled in by the pipeline" in text
+
+
+@pytest.mark.slow
+def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
+    config = write_pipeline(tmp_path, max_steps=300, save_steps=20)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hftune", "pipeline", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    work = tmp_path / "run" / "sft.work"
+    deadline = time.time() + 240
+    while not list(work.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the pipeline ended before it could be killed"
+        assert time.time() < deadline, "no SFT checkpoint appeared"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "sft" / "manifest.json").exists()
+    with caplog.at_level("INFO", logger="hftune"):
+        plan = pipeline.run(str(config))
+    assert plan[0].action == "resume"
+    assert "resuming from" in caplog.text and "checkpoint-" in caplog.text
+    history = json.loads((tmp_path / "run" / "sft" / "log_history.json").read_text())
+    assert max(h.get("step", 0) for h in history) == 300
+    assert (tmp_path / "run" / "eval" / "results.json").is_file()
