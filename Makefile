@@ -24,7 +24,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 quickstart: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/hftune sft --config configs/quickstart.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hftune pipeline --config configs/quickstart.yaml
 
 style: install
 	$(VENV)/bin/ruff format hftune tests bench

@@ -48,6 +48,8 @@ _KEY_METRICS = {
         "algorithm",
         "heldout/reward first",
         "heldout/reward last",
+        "objective/scores last",
+        "reward last",
         "objective/kl last",
         "kl last",
         "steps",
@@ -157,7 +159,7 @@ def _parent_node(ref: dict[str, Any]) -> Node:
 
 @dataclass
 class CardInfo:
-    """What the card needs to know about the folder, worked out once (push uses it too)."""
+    """What the card needs to know about the folder (push warns from it too)."""
 
     folder: Path
     lineage: Lineage
@@ -490,9 +492,9 @@ def _summary(info: CardInfo, root: str) -> str:
         "sft": "a supervised fine-tune",
         "reward": "a reward model (one scalar score per reply, from TRL's RewardTrainer)",
         "ppo": "an RLHF policy, trained against a reward model with a KL penalty to its SFT model",
-        "merge": "a LoRA adapter chain merged into its base weights",
+        "merge": "a LoRA adapter (chain) merged into its base weights",
     }.get(last.stage, f"the output of the `{last.stage}` stage")
-    return f"A {kind}: {what} of `{root}`, trained with hftune on TRL, PEFT and transformers."
+    return f"A {kind} built on `{root}`: {what}. Trained with hftune on TRL, PEFT and transformers."
 
 
 def render(

@@ -77,6 +77,12 @@ def _print_all_fields(schema_fn: Callable) -> None:
 # Training stages: `hftune <stage> --config FILE [--key value ...]`; each module offers the same
 # parse / run / summary / schema functions.
 STAGES = {
+    "pretrain": (
+        "pretrain a base model on plain text, from scratch or continued",
+        "Pretraining on plain text with TRL's SFTTrainer: from scratch (`init_architecture`: a tokenizer "
+        "trained on the data and random weights) or continued from `model_name_or_path`. Config keys are "
+        "TRL's SFTConfig and ModelConfig fields plus the hftune options below.",
+    ),
     "sft": (
         "supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
         "Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and ModelConfig "
@@ -190,6 +196,10 @@ def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
         raise UserError(
             f"unexpected arguments: {' '.join(rest)} (the token comes from HF_TOKEN or `hf auth login`)"
         )
+    if not ns.debug:
+        # Like httpx's in _setup_logging: huggingface_hub's HTTP client (httpx2 in recent versions) logs
+        # every request at INFO.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     result = hub.push(
         ns.dir,
         ns.repo_id,
@@ -228,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pipeline",
         help="run the whole recipe (sft -> reward -> ppo/rloo/grpo -> eval) from one config",
-        description=(__import__("hftune.pipeline").pipeline.__doc__ or "").strip(),
+        description=(importlib.import_module("hftune.pipeline").__doc__ or "").strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", required=True, help="pipeline config YAML")
@@ -354,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", metavar="DIR", help="a finished LoRA adapter folder")
     p.add_argument("out", metavar="OUT", help="folder for the merged model (replaced atomically)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="dtype of the saved weights (default float32); the merge itself always runs in float32",
+    )
     p.add_argument(
         "--from-full-precision",
         action="store_true",

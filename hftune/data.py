@@ -566,7 +566,13 @@ RECIPE_KEYS = (
     "strict",
 )
 SOURCE_KEYS = ("hub", "path", "split", "config", "revision")
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+LOCAL_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",  # one row per line, column `text` (plain-text corpora for pretraining)
+}
 
 
 @dataclass(frozen=True)
@@ -778,7 +784,7 @@ def _parse_source(raw: Any, bad: Callable[[str, str], None]) -> Source:
     if bool(raw.get("hub")) == bool(raw.get("path")):
         bad(
             "source",
-            "give exactly one of `hub` (a dataset id) or `path` (a local json/jsonl/csv/parquet file)",
+            "give exactly one of `hub` (a dataset id) or `path` (a local json/jsonl/csv/parquet/txt file)",
         )
     if raw.get("path"):
         suffix = Path(str(raw["path"])).suffix
@@ -851,7 +857,7 @@ def _load_hub(source: Source) -> datasets.Dataset:
     except (ConnectionError, FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         raise UserError(
             f"could not load {source.describe()}: {err}\n"
-            "Offline? Pass a local file in the same schema with `data_files` (json/jsonl/csv/parquet)."
+            "Offline? Pass a local file in the same schema with `data_files` (json/jsonl/csv/parquet/txt)."
         ) from err
 
 

@@ -193,6 +193,16 @@ def _token() -> str:
     return token
 
 
+def _token_if_any() -> str | None:
+    """The login a dry run must not leak either, if there is one (a dry run needs none)."""
+    from huggingface_hub import get_token
+
+    try:
+        return get_token()
+    except Exception:  # e.g. a failed OIDC exchange: nothing to compare against, not a reason to fail
+        return None
+
+
 def _live_secrets(token: str | None) -> list[str]:
     return [s for s in (token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if s]
 
@@ -201,18 +211,41 @@ def _hub_error(err: Exception, repo_id: str, token: str) -> UserError:
     """A failed Hub call as one readable line, never carrying the token."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    if isinstance(err, OfflineModeIsEnabled):
+    cause = _hub_cause(err) or err
+    if isinstance(cause, OfflineModeIsEnabled):
         message = "HF_HUB_OFFLINE is set; unset it to push"
     else:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        message = first
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if isinstance(err, HfHubHTTPError) and status in (401, 403):
+        message = _one_line(err)
+        if cause is not err:  # e.g. "Error while uploading 'x' to the Hub." wrapping the HTTP error
+            message = f"{message.rstrip('.')}: {_one_line(cause)}"
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, HfHubHTTPError) and status in (401, 403):
             message += f" (is the token valid and allowed to write to {repo_id}? {LOGIN_HINT})"
     return UserError(strip_secrets(f"push to {repo_id} failed: {message}").replace(token, "<redacted>"))
 
 
-def _is_transport_error(err: Exception) -> bool:
+def _one_line(err: BaseException) -> str:
+    """The error's text on one line, without the generic "For more information" link lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " ".join(line for line in lines if not line.startswith("For more information check"))
+    return text[:500] or type(err).__name__
+
+
+def _hub_cause(err: BaseException) -> BaseException | None:
+    """The Hub, network or metadata error behind `err` (huggingface_hub wraps upload failures), if any."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, HfHubHTTPError | OfflineModeIsEnabled | ValueError) or _is_transport_error(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _is_transport_error(err: BaseException) -> bool:
     """Connection failures of whichever HTTP library this huggingface_hub version uses."""
     return type(err).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
 
@@ -222,7 +255,6 @@ def upload(
 ) -> str:
     """Create the repo if needed, then one commit with every staged file; returns the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
     try:
@@ -234,12 +266,10 @@ def upload(
         info = api.create_commit(
             repo_id, operations, commit_message=message, revision=revision, repo_type="model"
         )
-    except (HfHubHTTPError, OfflineModeIsEnabled, ValueError) as err:
-        raise _hub_error(err, repo_id, token) from None
     except Exception as err:
-        if _is_transport_error(err):
-            raise _hub_error(err, repo_id, token) from None
-        raise
+        if _hub_cause(err) is None:
+            raise  # a bug, not a Hub answer: keep its traceback
+        raise _hub_error(err, repo_id, token) from None
     logger.info("committed %d files to %s: %s", len(files), repo_id, info.commit_url)
     return info.commit_url
 
@@ -264,7 +294,7 @@ def push(
         _refuse_overlap(folder, out)
         with artifacts.atomic_dir(out) as tmp:
             files = stage_files(folder, tmp, **stage_kwargs)
-            assert_no_secret(tmp, _live_secrets(None))
+            assert_no_secret(tmp, _live_secrets(_token_if_any()))
         logger.info("dry run: wrote %s; nothing was uploaded", out)
         return PushResult(repo_id, files, out, None)
 

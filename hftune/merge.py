@@ -5,9 +5,10 @@
     hftune merge runs/tiny/reward runs/tiny/reward-merged    # a reward adapter -> a sequence classifier
 
 The adapter folder is loaded exactly as every stage loads it (`hftune.modeling`: inner adapters merged, the
-last one attached), then PEFT's `merge_and_unload` folds it in. The merge happens in full precision
-(float32 unless `--dtype` says otherwise); the merged model's logits on a probe prompt are compared with
-the adapter model's before it is saved, and the difference is recorded in the manifest. The output holds
+last one attached), then PEFT's `merge_and_unload` folds it in. The merge always runs in full precision
+(float32); `--dtype` is the dtype the merged weights are saved in (float32 by default). The merged model's
+logits on a probe prompt are compared with the adapter model's before saving, and the difference is
+recorded in the manifest. The output holds
 safetensors weights, the tokenizer with its chat template, the generation config and a manifest (stage
 `merge`, the adapter folder as parent), written atomically.
 
@@ -131,6 +132,8 @@ def merge(
     dtype: str = "float32",
     from_full_precision: bool = False,
 ) -> MergeResult:
+    """Merge the adapter folder `src` into its base in float32; save the full model to `out` in `dtype`."""
+    import torch
     from trl import ModelConfig
 
     started = time.time()
@@ -141,19 +144,19 @@ def merge(
         raise UserError(f"{out}: the merged model must go to a new folder outside {src}")
     source = _check_source(src, from_full_precision)
     reward = source.is_reward_model
-    # Never quantized here: the point is full-precision weights.
-    args = ModelConfig(dtype=dtype)
     load = modeling.load_reward_model if reward else modeling.load_model
-    logger.info("loading %s (base %s + %d adapter(s)) in %s", src, source.base, len(source.adapters), dtype)
-    model = load(str(src), args, for_training=False).eval()
+    logger.info("loading %s (base %s + %d adapter(s)) in float32", src, source.base, len(source.adapters))
+    # The merge itself always runs in float32, never quantized: W + BA rounded once, at the end, to `dtype`.
+    model = load(str(src), ModelConfig(dtype="float32"), for_training=False).eval()
+    # Adapters saved in bf16 (QLoRA) are loaded in bf16; upcasting them is exact and keeps one dtype.
+    model = model.to(torch.float32)
     tokenizer = modeling.load_tokenizer(str(src))
     ids = _probe_ids(tokenizer)
     before = _outputs(model, ids)
     merged = model.merge_and_unload().eval()
-    # Adapters saved in bf16 (QLoRA) keep that dtype on load; the merged weights are all one dtype.
-    merged = merged.to(modeling.auto_dtype(dtype))
     diff = (before - _outputs(merged, ids)).abs().max().item()
     logger.info("merged: max |logit difference| vs the adapter model on a probe prompt = %.3g", diff)
+    merged = merged.to(getattr(torch, dtype))
 
     with artifacts.atomic_dir(out) as tmp:
         merged.save_pretrained(str(tmp), **_save_kwargs(merged))

@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +34,19 @@ logger = logging.getLogger(__name__)
 
 # stage -> (module, the config keys the pipeline fills from earlier stages: key -> earlier stage role)
 STAGES: dict[str, tuple[str, dict[str, str]]] = {
-    "sft": ("hftune.sft", {}),
+    "pretrain": ("hftune.pretrain", {}),
+    "sft": ("hftune.sft", {"model_name_or_path": "pretrain"}),
     "reward": ("hftune.reward", {"model_name_or_path": "sft"}),
     "ppo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
     "rloo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
     "grpo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
     "eval": (
         "hftune.evaluation.harness",
-        {"sft_model": "sft", "rlhf_models": "rl", "reward_model": "reward"},
+        {"base_model": "pretrain", "sft_model": "sft", "rlhf_models": "rl", "reward_model": "reward"},
     ),
 }
+# Handoffs taken only when the pipeline has that stage (SFT may start from a model named in its config).
+OPTIONAL = {("sft", "model_name_or_path"), ("eval", "base_model")}
 RL = ("ppo", "rloo", "grpo")
 LEDGER = "pipeline.json"
 PIPELINE_KEYS = ("output_dir", "stages")
@@ -100,9 +104,10 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
                 file = Path(config_path).parent / file
             values.update(load_yaml_mapping(file))
             source = f"{file} (pipeline {config_path}, stage {name})"
-        for key in STAGES[name][1]:
-            if key in entry:
-                problems.append(f"{where}: `{key}` is filled in by the pipeline from the earlier stages")
+        roles = {_role(s.get("stage", "")) for s in stages[:i] if isinstance(s, dict)}
+        for key, role in STAGES[name][1].items():
+            if key in entry and role in roles:
+                problems.append(f"{where}: `{key}` is filled in by the pipeline from the {role} stage")
         values.update(entry)
         if name in RL:
             values["algorithm"] = name
@@ -112,7 +117,7 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
         for key, role in STAGES[stage.name][1].items():
             earlier = next((s for s in plan if _role(s.name) == role), None)
             if earlier is None:
-                if key not in stage.values:
+                if key not in stage.values and (stage.name, key) not in OPTIONAL:
                     problems.append(f"stage {stage.name}: no {role} stage before it to take `{key}` from")
                 continue
             if plan.index(earlier) > plan.index(stage):
@@ -158,7 +163,9 @@ def _data_fingerprint(cfg) -> str | None:
 def _parents(stage: PlannedStage) -> dict[str, str | None]:
     out = {}
     for key in STAGES[stage.name][1]:
-        manifest = Path(stage.values[key]) / artifacts.MANIFEST
+        if key not in stage.values:
+            continue
+        manifest = Path(str(stage.values[key])) / artifacts.MANIFEST
         out[key] = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
     return out
 
@@ -212,8 +219,11 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
             f"--force {force}: no such stage in {config_path} ({', '.join(s.name for s in plan)})"
         )
     modules = {}
+    # Each stage's merged config is written where its parser can name it: beside the run's outputs, or,
+    # for a dry run (which writes nothing there), in a temporary folder.
+    scratch = Path(tempfile.mkdtemp(prefix="hftune-plan-")) if dry_run else root / ".pipeline"
     for stage in plan:
-        modules[stage.name], stage.cfg = _parse_stage(stage, root / ".pipeline")
+        modules[stage.name], stage.cfg = _parse_stage(stage, scratch)
     _check_recipes(plan)
     first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
     if dry_run:
@@ -224,6 +234,7 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
                 decide(root, stage, forced=i >= first_forced, upstream_changed=changed) != "skip" or changed
             )
         print(describe(plan))
+        shutil.rmtree(scratch, ignore_errors=True)
         return plan
     for i, stage in enumerate(plan):
         if decide(root, stage, forced=i >= first_forced) == "skip":

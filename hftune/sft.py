@@ -194,7 +194,15 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     return Prepared(trainer, data, recipe, tokenizer, checkpoint, final_dir)
 
 
-def run(cfg: StageConfig, *, resume: bool = False) -> SFTResult:
+def run(
+    cfg: StageConfig,
+    *,
+    resume: bool = False,
+    stage_name: str = "sft",
+    parents: list[dict[str, Any]] | None = None,
+) -> SFTResult:
+    """Train and save; `stage_name` / `parents` let `hftune pretrain` (the same training on plain text)
+    record itself in the manifest."""
     started = time.time()
     p = prepare(cfg, resume=resume)
     trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
@@ -222,9 +230,9 @@ def run(cfg: StageConfig, *, resume: bool = False) -> SFTResult:
         n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
         manifest = artifacts.write_manifest(
             out,
-            stage="sft",
+            stage=stage_name,
             config_hash=cfg.config_hash(),
-            parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
+            parents=parents or [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
             data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
             metrics=metrics,
             seed=cfg.training.seed,

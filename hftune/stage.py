@@ -28,7 +28,7 @@ class DataExtras:
         None, "Data recipe: a built-in name (see `hftune data list`) or a path to a recipe YAML. Required."
     )
     data_files: str | None = hftune_field(
-        None, "A local json/jsonl/csv/parquet file in the recipe's schema, used instead of its source."
+        None, "A local json/jsonl/csv/parquet/txt file in the recipe's schema, used instead of its source."
     )
     eval_fraction: float = hftune_field(0.05, "Fraction of rows held out for evaluation (0 disables eval).")
     max_samples: int | None = hftune_field(None, "Use only the first N source rows (quick experiments).")

@@ -23,6 +23,7 @@ TINY = REPO / "configs" / "tiny"
 
 # A short version of configs/tiny/pipeline.yaml: same stage files, fewer steps.
 SHORT = {
+    "pretrain": {"max_steps": 40, "save_steps": 20},
     "sft": {"max_steps": 40, "save_steps": 10},
     "reward": {"max_steps": 10},
     "ppo": {"max_steps": 2, "heldout_every": 0},
@@ -38,6 +39,7 @@ SHORT = {
 
 def write_pipeline(tmp_path: Path, name: str = "pipeline.yaml", **sft_overrides) -> Path:
     stages = [
+        {"stage": "pretrain", "config": str(TINY / "pretrain.yaml"), **SHORT["pretrain"]},
         {"stage": "sft", "config": str(TINY / "sft_full.yaml"), **SHORT["sft"], **sft_overrides},
         {"stage": "reward", "config": str(TINY / "reward.yaml"), **SHORT["reward"]},
         {"stage": "ppo", "config": str(TINY / "ppo.yaml"), **SHORT["ppo"]},
@@ -67,9 +69,11 @@ def first_run(tmp_path_factory, tiny_llama):
 
 def test_pipeline_runs_every_stage_with_handoff_and_lineage(first_run):
     tmp, _, plan = first_run
-    assert actions(plan) == {"sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
+    assert actions(plan) == {"pretrain": "run", "sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
     run = tmp / "run"
-    for stage in ("sft", "reward", "ppo", "eval"):
+    sft_manifest = json.loads((run / "sft" / "manifest.json").read_text())
+    assert sft_manifest["parents"][0]["name_or_path"] == str(run / "pretrain")
+    for stage in ("pretrain", "sft", "reward", "ppo", "eval"):
         assert (run / stage / "manifest.json").is_file(), stage
     ppo_manifest = json.loads((run / "ppo" / "manifest.json").read_text())
     assert [p["name_or_path"] for p in ppo_manifest["parents"]] == [str(run / "sft"), str(run / "reward")]
@@ -83,7 +87,7 @@ def test_second_run_skips_every_stage(first_run, monkeypatch):
     monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("a skipped stage loaded a model"))
     started = time.time()
     plan = pipeline.run(str(config))
-    assert actions(plan) == {"sft": "skip", "reward": "skip", "ppo": "skip", "eval": "skip"}
+    assert set(actions(plan).values()) == {"skip"}
     assert time.time() - started < 30
 
 
@@ -92,18 +96,18 @@ def test_dry_run_plans_without_loading_weights(first_run, monkeypatch, capsys):
     monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("dry-run loaded a model"))
     changed = write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)
     plan = pipeline.run(str(changed), dry_run=True)
-    # A changed SFT hyper-parameter re-runs SFT and everything that depends on it.
-    assert actions(plan) == {"sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
+    # A changed SFT hyper-parameter re-runs SFT and everything that depends on it, not pretraining.
+    assert actions(plan) == {"pretrain": "skip", "sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
     assert "pipeline plan" in capsys.readouterr().out
     plan = pipeline.run(str(write_pipeline(tmp, "same.yaml")), dry_run=True, force="ppo")
-    assert actions(plan) == {"sft": "skip", "reward": "skip", "ppo": "run", "eval": "run"}
+    assert actions(plan) == {"pretrain": "skip", "sft": "skip", "reward": "skip", "ppo": "run", "eval": "run"}
 
 
 def test_changed_sft_setting_reruns_sft_and_everything_after(first_run):
     tmp, _, _ = first_run
     before = json.loads((tmp / "run" / "reward" / "manifest.json").read_text())["created"]
     plan = pipeline.run(str(write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)))
-    assert actions(plan) == {"sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
+    assert actions(plan) == {"pretrain": "skip", "sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
     reward_manifest = json.loads((tmp / "run" / "reward" / "manifest.json").read_text())
     assert reward_manifest["parents"][0]["manifest_sha256"] == pipeline._manifest_sha(tmp / "run" / "sft")
     assert reward_manifest["created"] >= before
@@ -118,6 +122,7 @@ def test_pipeline_config_errors_name_every_problem(tmp_path):
                 "stagez": [],
                 "stages": [
                     {"stage": "sfft"},
+                    {"stage": "sft", "config": str(TINY / "sft.yaml")},
                     {"stage": "reward", "config": str(TINY / "reward.yaml"), "model_name_or_path": "x"},
                 ],
             }
@@ -153,7 +158,7 @@ def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
     assert not (tmp_path / "run" / "sft" / "manifest.json").exists()
     with caplog.at_level("INFO", logger="hftune"):
         plan = pipeline.run(str(config))
-    assert plan[0].action == "resume"
+    assert plan[0].action == "skip" and plan[1].action == "resume"
     assert "resuming from" in caplog.text and "checkpoint-" in caplog.text
     history = json.loads((tmp_path / "run" / "sft" / "log_history.json").read_text())
     assert max(h.get("step", 0) for h in history) == 300

@@ -47,6 +47,7 @@ def load_prompts(suite: Suite) -> Prompts:
         eval_fraction=suite.eval_fraction if suite.split == "eval" else 0.0,
         seed=suite.split_seed,
         data_files=suite.data_files,
+        max_rows=suite.max_samples,
     )
     if suite.split == "eval" and data.eval is None:
         raise UserError(f"{suite.data_recipe}: no held-out rows (eval_fraction {suite.eval_fraction})")

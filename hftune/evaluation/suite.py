@@ -69,6 +69,9 @@ class Suite:
         0.1, "The training stages' `eval_fraction` (to find their held-out rows)."
     )
     split_seed: int = hftune_field(42, "The training stages' `seed` (to find their held-out rows).")
+    max_samples: int | None = hftune_field(
+        None, "The training stages' `max_samples` (they split only those rows; to find their held-out rows)."
+    )
     max_prompts: int | None = hftune_field(64, "Evaluate at most this many prompts (null: all).")
     # The base variant
     few_shot: int | list[dict] = hftune_field(

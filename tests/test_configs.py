@@ -1,0 +1,40 @@
+"""Every shipped config parses with its stage's strict parser, and every pipeline dry-runs (no weights,
+no network: Hub models and datasets are only named, never fetched, by a dry run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hftune import pipeline
+from hftune.config import load_yaml_mapping
+from hftune.evaluation import suite
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+SUITES = sorted((REPO / "eval" / "suites").rglob("*.yaml"))
+STAGE_OF = {"pretrain": "pretrain", "sft": "sft", "reward": "reward", "ppo": "ppo"}
+
+
+def _stage(path: Path) -> str:
+    if "stages" in load_yaml_mapping(path):
+        return "pipeline"
+    return STAGE_OF[path.stem.split("_")[0]]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_parses_or_dry_runs(path, capsys):
+    kind = _stage(path)
+    if kind == "pipeline":
+        plan = pipeline.run(str(path), dry_run=True)
+        assert plan and "pipeline plan" in capsys.readouterr().out
+    else:
+        module = pipeline.importlib.import_module(pipeline.STAGES[kind][0])
+        assert module.parse(str(path)).hftune.data_recipe
+
+
+@pytest.mark.parametrize("path", SUITES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_eval_suite_parses(path):
+    cfg = suite.parse(str(path), ["--sft_model", "m", "--rlhf_models", "p", "--reward_model", "r"])
+    assert cfg.hftune.data_recipe
