@@ -63,3 +63,15 @@ def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
         )
     )
     return {"sft": str(root / "sft"), "rm": str(root / "rm"), "root": str(root)}
+
+
+@pytest.fixture(scope="session")
+def lora_sft(tmp_path_factory, tiny_llama) -> Path:
+    """A 2-step LoRA SFT adapter on tiny:llama, for tests of what consumes an SFT folder (card, push,
+    merge)."""
+    from hftune import sft
+
+    out = tmp_path_factory.mktemp("lora-sft") / "sft"
+    argv = ["--output_dir", str(out), "--max_steps", "2", "--max_samples", "32"]
+    sft.run(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
+    return out

@@ -378,9 +378,9 @@ def test_csv_parquet_and_jsonl_give_the_same_rows(tmp_path):
         for ext in ("csv", "parquet")
     }
     assert prints == {prepare_dataset(recipe, max_rows=30).fingerprint}
-    (tmp_path / "a.txt").write_text("x")
-    with pytest.raises(UserError, match=r"unsupported type `\.txt`"):
-        prepare_dataset(recipe, data_files=str(tmp_path / "a.txt"))
+    (tmp_path / "a.xml").write_text("x")
+    with pytest.raises(UserError, match=r"unsupported type `\.xml`"):
+        prepare_dataset(recipe, data_files=str(tmp_path / "a.xml"))
 
 
 def test_hub_source_goes_through_load_dataset(monkeypatch):

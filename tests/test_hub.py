@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftune import artifacts, card, cli, hub
+from hftune import card, cli, hub
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_" + "FakeT0kenForTests" * 2  # shaped like a real token, so the value patterns apply too
@@ -33,22 +33,6 @@ ADAPTER_UPLOAD = {
     "config.hftune.yaml",
     "metrics.json",
 }
-
-
-def build_lora_sft(tmp_path_factory) -> Path:
-    """A 2-step LoRA SFT on tiny:llama, built once per session (test_merge.py builds the same folder)."""
-    from hftune import sft
-
-    out = tmp_path_factory.getbasetemp() / "lora-sft-2-steps"
-    if not artifacts.is_complete(out):
-        argv = ["--output_dir", str(out), "--max_steps", "2", "--max_samples", "32"]
-        sft.run(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
-    return out
-
-
-@pytest.fixture(scope="module")
-def lora_sft(tmp_path_factory, tiny_llama) -> Path:
-    return build_lora_sft(tmp_path_factory)
 
 
 @pytest.fixture

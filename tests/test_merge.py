@@ -9,24 +9,12 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
 from hftune import artifacts, card, cli, modeling
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def build_lora_sft(tmp_path_factory) -> Path:
-    """A 2-step LoRA SFT on tiny:llama, built once per session (test_hub.py builds the same folder)."""
-    from hftune import sft
-
-    out = tmp_path_factory.getbasetemp() / "lora-sft-2-steps"
-    if not artifacts.is_complete(out):
-        argv = ["--output_dir", str(out), "--max_steps", "2", "--max_samples", "32"]
-        sft.run(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
-    return out
 
 
 def add_adapter(base: Path, out: Path, *, reward: bool) -> Path:
@@ -64,11 +52,6 @@ def add_adapter(base: Path, out: Path, *, reward: bool) -> Path:
             started=time.time(),
         )
     return out
-
-
-@pytest.fixture(scope="module")
-def lora_sft(tmp_path_factory, tiny_llama) -> Path:
-    return build_lora_sft(tmp_path_factory)
 
 
 def probe(folder: Path) -> torch.Tensor:

@@ -58,7 +58,9 @@ def test_reward_model_learns_the_known_preference(lora_rm):
     assert report["accuracy"] >= 0.9, report
     assert report["accuracy"] > report["accuracy_before"] + 0.2, report
     low, high = report["accuracy_ci95"]
-    assert low <= report["accuracy"] <= high and high - low > 0
+    assert low <= report["accuracy"] <= high
+    # A real interval, unless every held-out pair is ranked right (then every resample is 1.0 too).
+    assert high - low > 0 or report["accuracy"] == 1.0
     assert report["mean_margin"] > 0 and report["chosen"]["mean"] > report["rejected"]["mean"]
     assert set(report["score_stats"]) == {"mean", "std"} and report["score_stats"]["std"] > 0
     assert -1.0 <= report["length_correlation"] <= 1.0
