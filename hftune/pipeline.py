@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts
+from hftune import artifacts, modeling
 from hftune.config import ConfigError, load_yaml_mapping
 from hftune.errors import UserError, did_you_mean
 
@@ -261,12 +261,57 @@ def _check_recipes(plan: list[PlannedStage]) -> None:
             load_recipe(recipe)  # a missing or malformed recipe fails now, before any stage runs
 
 
+def root_model_config(plan: list[PlannedStage]):
+    """The config of the model the pipeline starts from, read without loading (or downloading) weights;
+    None when it is not available (a Hub model offline and not in the local cache)."""
+    first = plan[0].cfg
+    extras = first.hftune
+    if getattr(extras, "init_architecture", None):
+        from hftune.tiny import _model_config
+
+        return _model_config(
+            extras.init_architecture, extras.init_vocab_size, extras.init_hidden_size,
+            extras.init_num_layers, extras.init_num_heads, 1024, {"pad": 0, "eos": 1},
+        )  # fmt: skip
+    name = getattr(first.model, "model_name_or_path", None)
+    if not name:
+        return None
+    from transformers import AutoConfig
+
+    from hftune.tiny import TINY_PREFIX
+
+    if name.startswith(TINY_PREFIX):
+        from hftune.tiny import tiny_path
+
+        folder = tiny_path(name)  # only if already built: a dry run builds nothing
+        return AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
+    try:
+        source = modeling.resolve_source(name)
+        # Only config.json: a few KB from the Hub (or its cache, or nothing with HF_HUB_OFFLINE=1).
+        return AutoConfig.from_pretrained(source.base)
+    except (OSError, UserError, ValueError):
+        return None
+
+
+def _memory_line(stage: PlannedStage, model_config) -> str | None:
+    if stage.name == "eval":
+        return None
+    if model_config is None:
+        return "memory: unknown (the base model's config is not available offline)"
+    from hftune import memory
+
+    return "memory: " + memory.estimate(stage.name, stage.cfg, model_config).describe()
+
+
 def describe(plan: list[PlannedStage]) -> str:
     lines = ["pipeline plan:"]
+    model_config = root_model_config(plan)
     for stage in plan:
         handoff = ", ".join(f"{k}={stage.values[k]}" for k in STAGES[stage.name][1] if k in stage.values)
         lines.append(
             f"  {stage.name:7s} {stage.action:7s} -> {stage.output_dir}"
             + (f"  ({handoff})" if handoff else "")
         )
+        if line := _memory_line(stage, model_config):
+            lines.append(f"          {line}")
     return "\n".join(lines)

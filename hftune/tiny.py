@@ -175,11 +175,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("HFTUNE_CACHE", Path.home() / ".cache" / "hftune"))
 
 
+def tiny_path(spec: str) -> Path:
+    """Where `tiny:ARCH` is cached (built or not)."""
+    arch = spec[len(TINY_PREFIX) :] or "llama"
+    key = hashlib.sha256(f"{arch}-v2-{TINY_PRETRAIN_STEPS}".encode()).hexdigest()[:12]
+    return cache_root() / "tiny" / f"{arch}-{key}"
+
+
 def resolve_tiny(spec: str) -> str:
     """`tiny:llama` -> path of a cached tiny model of that architecture, built on first use."""
     arch = spec[len(TINY_PREFIX) :] or "llama"
-    key = hashlib.sha256(f"{arch}-v2-{TINY_PRETRAIN_STEPS}".encode()).hexdigest()[:12]
-    path = cache_root() / "tiny" / f"{arch}-{key}"
+    path = tiny_path(spec)
     if not (path / "config.json").is_file():
         build_tiny_model(path, arch=arch, pretrain_steps=TINY_PRETRAIN_STEPS)
     return str(path)
