@@ -185,11 +185,19 @@ def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: b
     )
     if up_to_date and not forced and not upstream_changed:
         stage.action = "skip"
-    elif artifacts.work_dir(stage.output_dir).is_dir() and not forced:
-        stage.action = "resume"
+    elif not forced and not upstream_changed and _started_inputs(stage) == stage.fingerprint:
+        stage.action = "resume"  # interrupted with these very inputs: continue from its checkpoints
     else:
         stage.action = "run"
     return stage.action
+
+
+STARTED = "hftune-pipeline-inputs.json"  # in a stage's work folder: the inputs it was started with
+
+
+def _started_inputs(stage: PlannedStage) -> dict[str, Any] | None:
+    path = artifacts.work_dir(stage.output_dir) / STARTED
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _manifest_sha(folder: Path) -> str | None:
@@ -241,13 +249,17 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
             logger.info("stage %s: up to date (%s), skipped", stage.name, stage.output_dir)
             continue
         logger.info("stage %s: %s -> %s", stage.name, stage.action, stage.output_dir)
+        work = artifacts.work_dir(stage.output_dir)
         if stage.action == "run":
             # A forced or changed stage starts over: an old run's checkpoints must not be resumed into it.
-            shutil.rmtree(artifacts.work_dir(stage.output_dir), ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            artifacts.write_json(work / STARTED, stage.fingerprint)
         started = time.time()
         result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
         print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
         _record(root, stage, time.time() - started)
+        shutil.rmtree(work, ignore_errors=True)  # stages that keep no checkpoints (eval) leave it behind
     print(describe(plan))
     return plan
 

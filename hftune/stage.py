@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +121,24 @@ def load_data(cfg: StageConfig, tokenizer):
     return recipe, data
 
 
+def last_complete_checkpoint(work: Path) -> str | None:
+    """The newest checkpoint in `work` that was written to the end. The Trainer writes trainer_state.json
+    last, so a folder without it was cut off mid-write (a `kill -9` while saving): it is removed, and the
+    checkpoint before it is the one to resume."""
+    steps = sorted(
+        (int(p.name.split("-")[-1]), p) for p in work.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+    )
+    for _, folder in reversed(steps):
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        logger.warning("removing %s: the run was interrupted while writing it", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def checkpoint_to_resume(work: Path, resume: bool) -> str | None:
     """The last checkpoint of an interrupted run in `work`, when the user asked to resume."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    last = last_complete_checkpoint(work) if work.is_dir() else None
     if resume:
         if last:
             logger.info("resuming from %s", last)

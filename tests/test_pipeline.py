@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,41 @@ def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
     history = json.loads((tmp_path / "run" / "sft" / "log_history.json").read_text())
     assert max(h.get("step", 0) for h in history) == 300
     assert (tmp_path / "run" / "eval" / "results.json").is_file()
+
+
+def test_an_interrupted_stage_resumes_only_with_the_inputs_it_started_with(first_run):
+    from hftune import artifacts
+
+    tmp, original, _ = first_run
+    # The run folder holds the first run's outputs, or the changed-SFT test's if that ran before this one.
+    for config in (original, write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)):
+        plan = pipeline.run(str(config), dry_run=True)
+        if set(actions(plan).values()) == {"skip"}:
+            break
+    else:
+        pytest.fail("no config matches the finished run")
+    ppo = next(s for s in plan if s.name == "ppo")
+    manifest = ppo.output_dir / "manifest.json"
+    hidden = manifest.with_name("manifest.hidden")
+    work = artifacts.work_dir(ppo.output_dir)
+    manifest.rename(hidden)  # as if PPO had been killed before finishing
+    try:
+        work.mkdir()
+        artifacts.write_json(work / pipeline.STARTED, ppo.fingerprint)
+        assert actions(pipeline.run(str(config), dry_run=True))["ppo"] == "resume"
+        artifacts.write_json(work / pipeline.STARTED, {**ppo.fingerprint, "config_sha256": "another config"})
+        assert actions(pipeline.run(str(config), dry_run=True))["ppo"] == "run"
+    finally:
+        hidden.rename(manifest)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
+    from hftune import stage
+
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-20").mkdir()  # killed before the Trainer wrote its state (it writes it last)
+    (tmp_path / "checkpoint-20" / "model.safetensors").write_text("partial")
+    assert stage.checkpoint_to_resume(tmp_path, resume=True) == str(tmp_path / "checkpoint-10")
+    assert not (tmp_path / "checkpoint-20").exists()
