@@ -90,13 +90,19 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def manifest_sha256(folder: str | os.PathLike) -> str | None:
+    """The hash by which lineage names a finished artifact (None: not a finished hftune artifact)."""
+    manifest = Path(folder) / MANIFEST
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+
+
 def parent_ref(name_or_path: str, role: str) -> dict[str, Any]:
     """How a manifest names an input model: its path or id, and its own manifest hash if it has one."""
     ref: dict[str, Any] = {"role": role, "name_or_path": name_or_path}
-    manifest = Path(name_or_path) / MANIFEST
-    if manifest.is_file():
-        ref["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
-        ref["stage"] = json.loads(manifest.read_text()).get("stage")
+    digest = manifest_sha256(name_or_path)
+    if digest is not None:
+        ref["manifest_sha256"] = digest
+        ref["stage"] = read_manifest(name_or_path).get("stage")
     return ref
 
 

@@ -11,7 +11,6 @@ already on disk; nothing is fetched, and the text goes through `strip_secrets` l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -108,10 +107,6 @@ def _key(name: str) -> str:
     return os.path.realpath(name) if Path(name).exists() else name
 
 
-def _manifest_sha(folder: Path) -> str:
-    return hashlib.sha256((folder / artifacts.MANIFEST).read_bytes()).hexdigest()
-
-
 def lineage(folder: str | os.PathLike) -> Lineage:
     """Every model behind `folder`, walking `parents` recursively (each model once)."""
     folder = Path(folder)
@@ -146,7 +141,7 @@ def _parent_node(ref: dict[str, Any]) -> Node:
     if (path / artifacts.MANIFEST).is_file():
         node.manifest, node.folder = artifacts.read_manifest(path), path
         recorded = ref.get("manifest_sha256")
-        if recorded and recorded != _manifest_sha(path):
+        if recorded and recorded != artifacts.manifest_sha256(path):
             node.note = "changed since it was used (its manifest differs from the recorded hash)"
     elif ref.get("stage"):
         # The parent was an hftune stage when it was used, but its folder is not here any more.
@@ -470,7 +465,7 @@ def _provenance(info: CardInfo) -> list[str]:
     lines = [
         "## Provenance",
         "",
-        f"- manifest.json sha256: `{_manifest_sha(info.folder)}`",
+        f"- manifest.json sha256: `{artifacts.manifest_sha256(info.folder)}`",
         f"- created: {manifest.get('created', '?')}, seed {manifest.get('seed', '?')}, "
         f"git revision {manifest.get('git_revision') or 'unknown'}",
     ]

@@ -235,9 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hftune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
+
     p = sub.add_parser(
         "pipeline",
-        help="run the whole recipe (sft -> reward -> ppo/rloo/grpo -> eval) from one config",
+        help="run the whole recipe (pretrain -> sft -> reward -> ppo/rloo/grpo -> eval) from one config",
         description=(importlib.import_module("hftune.pipeline").__doc__ or "").strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -248,11 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="resolve and validate every stage, print the plan, load no weights",
     )
     p.add_argument("--force", metavar="STAGE", help="re-run STAGE and every stage after it")
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
+    common(p)
     p.set_defaults(func=_cmd_pipeline)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
 
     for name, (short, description) in STAGES.items():
         p = sub.add_parser(

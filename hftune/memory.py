@@ -117,9 +117,9 @@ def estimate(stage: str, cfg, model_config) -> Estimate:
     layers = model_config.num_hidden_layers
     batch = args.per_device_train_batch_size
     length = _sequence_length(stage, cfg)
-    act_bytes = 2 if per_param < 4 else 4
-    per_token = 2 * act_bytes / 2 if getattr(args, "gradient_checkpointing", False) else 34 * act_bytes / 2
-    activations = per_token * batch * length * hidden * layers
+    # Bytes per (token x hidden unit x layer) in 16-bit, doubled for fp32 activations.
+    per_unit = 2 if getattr(args, "gradient_checkpointing", False) else 34
+    activations = per_unit * (1 if per_param < 4 else 2) * batch * length * hidden * layers
     if classifier:
         activations *= 2  # chosen and rejected replies of every pair
     extra: dict[str, float] = {}

@@ -6,7 +6,6 @@ One path for all of them, so tests on tiny local models exercise the code users 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from hftune.artifacts import manifest_sha256
 from hftune.errors import UserError
 from hftune.templates import BUILTIN_TEMPLATES, resolve_chat_template
 from hftune.tiny import TINY_PREFIX, resolve_tiny
@@ -70,7 +70,7 @@ def _check_base_unchanged(adapter: Path, base: Path) -> None:
     if not (own.is_file() and theirs.is_file()):
         return
     base_manifest = json.loads(theirs.read_text())
-    digest = hashlib.sha256(theirs.read_bytes()).hexdigest()
+    digest = manifest_sha256(base)
     for parent in json.loads(own.read_text()).get("parents", []):
         if parent.get("stage") == base_manifest.get("stage") and parent.get("manifest_sha256") not in (
             None,

@@ -163,10 +163,9 @@ def _data_fingerprint(cfg) -> str | None:
 def _parents(stage: PlannedStage) -> dict[str, str | None]:
     out = {}
     for key in STAGES[stage.name][1]:
-        if key not in stage.values:
-            continue
-        manifest = Path(str(stage.values[key])) / artifacts.MANIFEST
-        out[key] = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+        if key in stage.values:
+            # A path that is not (yet) a finished artifact, or a Hub id, has no manifest: None.
+            out[key] = artifacts.manifest_sha256(str(stage.values[key]))
     return out
 
 
@@ -181,7 +180,7 @@ def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: b
     up_to_date = (
         artifacts.is_complete(stage.output_dir)
         and record.get("inputs") == stage.fingerprint
-        and record.get("manifest_sha256") == _manifest_sha(stage.output_dir)
+        and record.get("manifest_sha256") == artifacts.manifest_sha256(stage.output_dir)
     )
     if up_to_date and not forced and not upstream_changed:
         stage.action = "skip"
@@ -200,11 +199,6 @@ def _started_inputs(stage: PlannedStage) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _manifest_sha(folder: Path) -> str | None:
-    manifest = folder / artifacts.MANIFEST
-    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
-
-
 def _read_ledger(root: Path) -> dict[str, Any]:
     path = root / LEDGER
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -214,7 +208,7 @@ def _record(root: Path, stage: PlannedStage, wall_s: float) -> None:
     ledger = _read_ledger(root)
     ledger[stage.name] = {
         "inputs": stage.fingerprint,
-        "manifest_sha256": _manifest_sha(stage.output_dir),
+        "manifest_sha256": artifacts.manifest_sha256(stage.output_dir),
         "wall_time_s": round(wall_s, 2),
     }
     artifacts.write_json(root / LEDGER, ledger)

@@ -40,9 +40,8 @@ class PretrainExtras(DataExtras):
 
 
 def _check(values: dict[str, Any]) -> list[str]:
-    problems = common_checks(values)
+    problems = common_checks(values, needs_model=not values.get("init_architecture"))
     if values.get("init_architecture"):
-        problems = [p for p in problems if not p.startswith("`model_name_or_path`")]
         if values.get("model_name_or_path"):
             problems.append(
                 "`model_name_or_path` and `init_architecture`: choose one (continue, or start anew)"

@@ -69,10 +69,11 @@ def training_defaults() -> dict[str, Any]:
 TOKENIZER_KEYS = ("pad_token", "eos_token", "chat_template_path")
 
 
-def common_checks(values: dict[str, Any]) -> list[str]:
-    """Cross-field rules that hold for every stage; each stage adds its own."""
+def common_checks(values: dict[str, Any], *, needs_model: bool = True) -> list[str]:
+    """Cross-field rules that hold for every stage; each stage adds its own. `needs_model=False` for a
+    stage that can build its model instead (pretraining from scratch)."""
     problems = []
-    if not values.get("model_name_or_path"):
+    if needs_model and not values.get("model_name_or_path"):
         problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
     if not values.get("data_recipe"):
         problems.append("`data_recipe`: required (a built-in recipe name or a recipe YAML path)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftune import modeling, pipeline
+from hftune import artifacts, modeling, pipeline
 from hftune.config import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def test_changed_sft_setting_reruns_sft_and_everything_after(first_run):
     plan = pipeline.run(str(write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)))
     assert actions(plan) == {"pretrain": "skip", "sft": "run", "reward": "run", "ppo": "run", "eval": "run"}
     reward_manifest = json.loads((tmp / "run" / "reward" / "manifest.json").read_text())
-    assert reward_manifest["parents"][0]["manifest_sha256"] == pipeline._manifest_sha(tmp / "run" / "sft")
+    assert reward_manifest["parents"][0]["manifest_sha256"] == artifacts.manifest_sha256(tmp / "run" / "sft")
     assert reward_manifest["created"] >= before
 
 
@@ -167,8 +167,6 @@ def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
 
 
 def test_an_interrupted_stage_resumes_only_with_the_inputs_it_started_with(first_run):
-    from hftune import artifacts
-
     tmp, original, _ = first_run
     # The run folder holds the first run's outputs, or the changed-SFT test's if that ran before this one.
     for config in (original, write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)):

@@ -77,5 +77,16 @@ class Cache:
                 [(k, json.dumps(v)) for k, v in items.items()],
             )
 
+    def get_or_compute(self, kind: str, keys: list[str], compute) -> list[Any]:
+        """The value of every key: cached ones read, the rest from `compute(missing positions)` (a list of
+        values in that order) and stored."""
+        found = self.get_many(kind, keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            new = dict(zip([keys[i] for i in missing], compute(missing), strict=True))
+            self.put_many(new)
+            found.update(new)
+        return [found[k] for k in keys]
+
     def close(self) -> None:
         self.db.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from hftune import artifacts, modeling, scoring
 from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.evaluation import report, stats, text_metrics
-from hftune.evaluation.cache import Cache
+from hftune.evaluation.cache import Cache, fingerprint
 from hftune.evaluation.measures import aggregate, reply_metrics, run_judge, sample_table, score_cached
 from hftune.evaluation.prompts import last_user, load_prompts
 from hftune.evaluation.suite import Suite, rlhf_variants
@@ -86,7 +86,7 @@ def check_tokenizers(tokenizer, paths: dict[str, str], reward_model: str | None,
     """Invariant: one tokenizer and chat template across SFT, RLHF, the reward model and eval."""
     from hftune.rl import check_same_tokenizer
 
-    others = {name: p for name, p in paths.items() if name != "base"}
+    others = {name: p for name, p in paths.items() if name != "base" and p != reference}
     if reward_model:
         others["reward_model"] = reward_model
     for path in others.values():
@@ -125,6 +125,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult:
     model_args = ModelConfig(dtype="auto")
     models = load_variants(paths, model_args, trust_remote_code=suite.trust_remote_code)
     scorer = scoring.load_scorer(suite.reward_model, model_args) if suite.reward_model else None
+    scorer_fingerprint = fingerprint(suite.reward_model) if suite.reward_model else ""
 
     chat_ids = [
         list(
@@ -140,31 +141,26 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult:
 
     greedy = Decoding(suite.max_new_tokens)
     sampled = Decoding(suite.max_new_tokens, suite.temperature, suite.num_samples, suite.seed)
-    wanted_samples = suite.num_samples
-    outputs: dict[str, dict[str, Any]] = {}  # variant -> {"greedy": [...], "samples": [[...]] or None}
+    outputs: dict[
+        str, dict[str, Any]
+    ] = {}  # variant -> {"greedy": [...] or None, "samples": [[...]] or None}
     for name, variant in models.items():
-        ids = base_ids if name == "base" else chat_ids
-        stop = suite.base_stop if name == "base" else []
-        if name == "sft" and name not in suite.variants:
-            out = {"greedy": None}
-        else:
-            g = Decoding(greedy.max_new_tokens, stop_strings=stop)
-            out = {
-                "greedy": [
-                    r[0]
-                    for r in replies(
-                        variant, tokenizer, ids, g, cache, batch_size=suite.batch_size, desc=f"{name} greedy"
-                    )
-                ]
-            }
-        k = max(wanted_samples, suite.best_of_n if name == "sft" and "best_of_n" in suite.variants else 0)
-        if k:
-            s = Decoding(sampled.max_new_tokens, sampled.temperature, k, sampled.seed, stop)
+        # The base model reads a few-shot document and stops at the suite's stop strings.
+        ids, stop = (base_ids, suite.base_stop) if name == "base" else (chat_ids, [])
+        out: dict[str, Any] = {"greedy": None, "samples": None}
+        if name in suite.variants or name in rlhf_variants(suite):  # sft may be loaded only as KL reference
+            g = replace(greedy, stop_strings=stop)
+            got = replies(
+                variant, tokenizer, ids, g, cache, batch_size=suite.batch_size, desc=f"{name} greedy"
+            )
+            out["greedy"] = [r[0] for r in got]
+        # SFT's samples are also the best-of-N pool.
+        pool = suite.best_of_n if name == "sft" and "best_of_n" in suite.variants else 0
+        if k := max(suite.num_samples, pool):
+            s = replace(sampled, num_samples=k, stop_strings=stop)
             out["samples"] = replies(
                 variant, tokenizer, ids, s, cache, batch_size=suite.batch_size, desc=f"{name} samples"
             )
-        else:
-            out["samples"] = None
         outputs[name] = out
 
     # Rewards of every reply, through the shared scoring path (cached by reward model, prompt and reply).
@@ -174,7 +170,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult:
         return np.asarray(
             score_cached(
                 scorer,
-                suite.reward_model,
+                scorer_fingerprint,
                 [prompts.messages[i] for i in prompt_index],
                 texts,
                 cache,
@@ -278,6 +274,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult:
             f"{k} {cache.hits.get(k, 0)} hit / {cache.misses.get(k, 0)} new" for k in sorted(cache.misses)
         ),
     )
+    cache.close()
     return EvalResult(Path(suite.output_dir), results, samples, cache)
 
 

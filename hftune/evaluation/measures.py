@@ -40,23 +40,19 @@ METRIC_INFO = {
 
 
 def score_cached(
-    scorer, reward_path: str, prompts, texts: list[str], cache: Cache, batch_size: int
+    scorer, scorer_fingerprint: str, prompts, texts: list[str], cache: Cache, batch_size: int
 ) -> list[float]:
-    from hftune.evaluation.cache import fingerprint, key
+    """Rewards through the shared scoring path, cached by (reward model, prompt, reply)."""
+    from hftune.evaluation.cache import key
 
-    fp = getattr(scorer, "_hftune_fp", None) or fingerprint(reward_path)
-    scorer._hftune_fp = fp
-    keys = [key("reward", fp, p, t) for p, t in zip(prompts, texts, strict=True)]
-    found = cache.get_many("rewards", keys)
-    missing = [i for i, k in enumerate(keys) if k not in found]
-    if missing:
+    def score(missing: list[int]) -> list[float]:
         values = scorer.score(
             [prompts[i] for i in missing], [texts[i] for i in missing], batch_size=batch_size
         )
-        new = {keys[i]: float(v) for i, v in zip(missing, values.tolist(), strict=True)}
-        cache.put_many(new)
-        found.update(new)
-    return [found[k] for k in keys]
+        return [float(v) for v in values.tolist()]
+
+    keys = [key("reward", scorer_fingerprint, p, t) for p, t in zip(prompts, texts, strict=True)]
+    return cache.get_or_compute("rewards", keys, score)
 
 
 def reply_metrics(name: str, shown, prompts: Prompts, suite: Suite, rewards) -> dict[str, np.ndarray]:
@@ -175,12 +171,7 @@ def run_judge(suite: Suite, prompts: Prompts, shown, boot: stats.Bootstrap) -> d
         disagreements += info.get("n_disagreements", 0)
         if s is not None:
             matrix.setdefault(a, {})[b] = s
-            matrix.setdefault(b, {})[a] = {
-                **s,
-                "mean": 1 - s["mean"],
-                "ci_low": 1 - s["ci_high"],
-                "ci_high": 1 - s["ci_low"],
-            }
+            matrix.setdefault(b, {})[a] = stats.mirrored(s)
     return {"model": cfg.model, "win_rates": matrix, "n_disagreements": disagreements}
 
 

@@ -45,6 +45,16 @@ def wins(a, b, tolerance: float = 1e-6) -> np.ndarray:
     return np.where(np.isnan(a) | np.isnan(b), np.nan, out)
 
 
+def mirrored(summary: dict) -> dict:
+    """The summary of 1 - x from that of x: b's win rate over a from a's over b."""
+    return {
+        **summary,
+        "mean": 1.0 - summary["mean"],
+        "ci_low": 1.0 - summary["ci_high"],
+        "ci_high": 1.0 - summary["ci_low"],
+    }
+
+
 def win_rate_matrix(rewards: dict[str, np.ndarray], boot: Bootstrap) -> dict[str, dict[str, dict]]:
     """w[a][b] = P(a's reply gets a higher reward than b's on a prompt), ties half. w[a][a] = 0.5 and
     w[a][b] + w[b][a] = 1 hold by construction, for the means and (mirrored) for the intervals."""
@@ -59,10 +69,5 @@ def win_rate_matrix(rewards: dict[str, np.ndarray], boot: Bootstrap) -> dict[str
                 continue
             matrix[a][b] = s
             if a != b:
-                matrix[b][a] = {
-                    "mean": 1.0 - s["mean"],
-                    "ci_low": 1.0 - s["ci_high"],
-                    "ci_high": 1.0 - s["ci_low"],
-                    "n": s["n"],
-                }
+                matrix[b][a] = mirrored(s)
     return matrix

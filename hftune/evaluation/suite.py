@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
-from hftune.errors import UserError
+from hftune.errors import UserError, did_you_mean
 
 VARIANT_KINDS = ("base", "sft", "rlhf", "best_of_n", "reference")
 METRICS = (
@@ -122,8 +122,6 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append("`variants`: a variant is listed twice")
     for m in values.get("metrics") or []:
         if m not in METRICS:
-            from hftune.errors import did_you_mean
-
             problems.append(f"`metrics`: unknown metric {m!r}{did_you_mean(m, METRICS)}")
     if not values.get("data_recipe"):
         problems.append("`data_recipe`: required (the recipe the prompts come from)")
@@ -191,9 +189,7 @@ def rlhf_variants(suite: Suite) -> dict[str, str]:
     models = suite.rlhf_models
     if not models:
         return {}
-    if isinstance(models, str):
-        return {"rlhf": models}
-    if isinstance(models, list):
+    if isinstance(models, list):  # a single folder arrives as a one-item list (strict parsing)
         if len(models) == 1:
             return {"rlhf": models[0]}
         return {f"rlhf:{Path(m).name}": m for m in models}

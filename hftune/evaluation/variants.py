@@ -31,11 +31,9 @@ class ModelVariant:
     adapters off), and the fingerprint of what it computes."""
 
     name: str
-    path: str
     model: Any
     adapter: str | None
     fingerprint: str
-    few_shot: bool = False  # a base model: prompted with a document-style few-shot prefix
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
@@ -73,7 +71,7 @@ def load_variants(
             logger.info("variants %s share one model in memory (adapters switched)", ", ".join(members))
         for name, folder in members.items():
             variants[name] = ModelVariant(
-                name, paths[name], model, name if folder else None, source_fingerprint(sources[name])
+                name, model, name if folder else None, source_fingerprint(sources[name])
             )
     return variants
 
@@ -122,11 +120,7 @@ def replies(
     """Per prompt, its replies (one when greedy, `num_samples` when sampling), from the cache where there."""
     from tqdm.auto import tqdm
 
-    settings = decoding.as_dict()
-    keys = [key("reply", variant.fingerprint, ids, settings) for ids in encoded]
-    found = cache.get_many("replies", keys)
-    missing = [i for i, k in enumerate(keys) if k not in found]
-    if missing:
+    def generate(missing: list[int]) -> list[list[dict[str, Any]]]:
         bar = tqdm(total=len(missing), desc=desc, leave=False, unit="prompt")
         with variant.active() as model:
             if decoding.temperature is None:
@@ -139,9 +133,9 @@ def replies(
                     stop_strings=decoding.stop_strings,
                     progress=bar.update,
                 )
-                new = {keys[i]: [_as_row(r)] for i, r in zip(missing, got, strict=True)}
+                out = [[_as_row(r)] for r in got]
             else:
-                new = {}
+                out = []
                 for i in missing:
                     got = generation.generate(
                         model,
@@ -153,12 +147,14 @@ def replies(
                         num_return_sequences=decoding.num_samples,
                         stop_strings=decoding.stop_strings,
                     )
-                    new[keys[i]] = [_as_row(r) for r in got]
+                    out.append([_as_row(r) for r in got])
                     bar.update(1)
         bar.close()
-        cache.put_many(new)
-        found.update(new)
-    return [found[k] for k in keys]
+        return out
+
+    settings = decoding.as_dict()
+    keys = [key("reply", variant.fingerprint, ids, settings) for ids in encoded]
+    return cache.get_or_compute("replies", keys, generate)
 
 
 def prompt_seed(seed: int, prompt_ids: list[int]) -> int:
@@ -180,11 +176,10 @@ def logprobs(
     keys = [
         key("logp", variant.fingerprint, p, r, temperature) for p, r in zip(prompts, replies_ids, strict=True)
     ]
-    found = cache.get_many("logprobs", keys)
-    missing = [i for i, k in enumerate(keys) if k not in found]
-    if missing:
+
+    def compute(missing: list[int]) -> list[float]:
         with variant.active() as model:
-            values = generation.reply_logprobs(
+            return generation.reply_logprobs(
                 model,
                 [prompts[i] for i in missing],
                 [replies_ids[i] for i in missing],
@@ -192,7 +187,5 @@ def logprobs(
                 temperature=temperature,
                 batch_size=batch_size,
             )
-        new = {keys[i]: v for i, v in zip(missing, values, strict=True)}
-        cache.put_many(new)
-        found.update(new)
-    return [found[k] for k in keys]
+
+    return cache.get_or_compute("logprobs", keys, compute)
