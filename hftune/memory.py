@@ -3,12 +3,16 @@
 The model is built from its config on PyTorch's `meta` device (no weights are read or allocated), so the
 parameter and LoRA counts are exact; the rest is the usual arithmetic, to tell whether a stage fits a GPU:
 
-- weights: parameters x bytes per parameter (4 fp32, 2 bf16/fp16, ~0.55 for bitsandbytes 4-bit NF4);
+- weights: parameters x bytes per parameter (4 fp32, 2 bf16/fp16); bitsandbytes quantizes only the
+  linear layers inside the blocks (~0.55 bytes each in 4-bit NF4, 1 in 8-bit), embeddings, norms and the
+  output head stay in the compute precision;
 - trainable state: gradients (4 bytes) and AdamW's two moments (8 bytes) per trainable parameter, plus an
   fp32 master copy (4 bytes) when all weights train in 16-bit;
 - activations: per layer ~34 x batch x length x hidden bytes in 16-bit (Korthikanti et al., 2022, without
   recomputation; twice that in fp32), or only the layer inputs (2 x batch x length x hidden) with
-  gradient checkpointing.
+  gradient checkpointing;
+- logits: batch x length x vocabulary in fp32 (the loss upcasts them), which dominates activations for
+  large vocabularies at short lengths; a reward model's one score needs none.
 
 PPO holds the policy (its reference is the same weights with the LoRA adapter off), a value model that
 trains in full (from the reward model) and the frozen reward model; RLOO/GRPO drop the value model. These
@@ -32,12 +36,13 @@ class Estimate:
     weights: float  # bytes
     trainable_state: float
     activations: float
+    logits: float
     extra: dict[str, float]  # other models the stage holds (value, reward), bytes
     dtype: str
 
     @property
     def total(self) -> float:
-        return self.weights + self.trainable_state + self.activations + sum(self.extra.values())
+        return self.weights + self.trainable_state + self.activations + self.logits + sum(self.extra.values())
 
     def describe(self) -> str:
         parts = [
@@ -45,6 +50,7 @@ class Estimate:
             f"weights {_size(self.weights)}",
             f"{_count(self.trainable)} trainable -> grads+optimizer {_size(self.trainable_state)}",
             f"activations {_size(self.activations)}",
+            *([f"logits {_size(self.logits)}"] if self.logits else []),
             *(f"{name} {_size(size)}" for name, size in self.extra.items()),
         ]
         return f"~{_size(self.total)} per process ({'; '.join(parts)})"
@@ -87,14 +93,35 @@ def lora_parameters(model, r: int, target_modules: Any) -> int:
     return total
 
 
-def _bytes_per_param(model_args, training_args) -> tuple[float, str]:
-    if getattr(model_args, "load_in_4bit", False):
-        return 0.55, "4-bit NF4"
-    if getattr(model_args, "load_in_8bit", False):
-        return 1.0, "8-bit"
+def _compute_precision(training_args) -> tuple[float, str]:
     if getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False):
         return 2.0, "bf16" if training_args.bf16 else "fp16"
     return 4.0, "fp32"
+
+
+def _quantized_parameters(model) -> int:
+    """Parameters bitsandbytes quantizes: the weights of linear layers, but not the output head (transformers
+    keeps it, like the embeddings and norms, in the compute precision)."""
+    import torch
+
+    return sum(
+        module.weight.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in ("lm_head", "score")
+    )
+
+
+def weight_bytes(model, model_args, training_args) -> tuple[float, str]:
+    """Bytes the frozen or trained weights take, and the precision's name."""
+    params = sum(p.numel() for p in model.parameters())
+    per_param, dtype = _compute_precision(training_args)
+    bits = next((b for b in (4, 8) if getattr(model_args, f"load_in_{b}bit", False)), 0)
+    if not bits:
+        return params * per_param, dtype
+    quantized = _quantized_parameters(model)
+    per_quantized = 0.55 if bits == 4 else 1.0  # NF4 packs two per byte, plus absmax scales
+    name = "4-bit NF4" if bits == 4 else "8-bit"
+    return quantized * per_quantized + (params - quantized) * per_param, f"{name} (rest {dtype})"
 
 
 def estimate(stage: str, cfg, model_config) -> Estimate:
@@ -104,7 +131,9 @@ def estimate(stage: str, cfg, model_config) -> Estimate:
     classifier = stage == "reward"
     model = meta_model(model_config, sequence_classification=classifier)
     params = sum(p.numel() for p in model.parameters())
-    per_param, dtype = _bytes_per_param(model_args, args)
+    weights, dtype = weight_bytes(model, model_args, args)
+    per_param = _compute_precision(args)[0]
+    sixteen_bit = per_param < 4
     if model_args.use_peft:
         trainable = lora_parameters(model, model_args.lora_r, model_args.lora_target_modules)
         if classifier:
@@ -112,23 +141,26 @@ def estimate(stage: str, cfg, model_config) -> Estimate:
         state = trainable * (4 + 4 + 8)  # LoRA weights stay fp32 next to 16-bit bases: weight, grad, Adam
     else:
         trainable = params
-        state = trainable * (4 + 8 + (4 if per_param < 4 else 0))
+        state = trainable * (4 + 8 + (4 if sixteen_bit else 0))
     hidden = model_config.hidden_size
     layers = model_config.num_hidden_layers
     batch = args.per_device_train_batch_size
     length = _sequence_length(stage, cfg)
     # Bytes per (token x hidden unit x layer) in 16-bit, doubled for fp32 activations.
     per_unit = 2 if getattr(args, "gradient_checkpointing", False) else 34
-    activations = per_unit * (1 if per_param < 4 else 2) * batch * length * hidden * layers
+    activations = per_unit * (1 if sixteen_bit else 2) * batch * length * hidden * layers
+    logits = 0 if classifier else 4 * batch * length * model_config.vocab_size
     if classifier:
         activations *= 2  # chosen and rejected replies of every pair
     extra: dict[str, float] = {}
     if stage in ("ppo", "rloo", "grpo"):
-        full = params * (2 if per_param < 4 else 4)
-        extra["reward model"] = full
+        # The reward (and value) model: the same backbone with a one-score head instead of the LM head,
+        # loaded in the compute precision.
+        scorer = sum(p.numel() for p in meta_model(model_config, sequence_classification=True).parameters())
+        extra["reward model"] = scorer * per_param
         if stage == "ppo":
-            extra["value model (trains in full)"] = full + params * (4 + 8)
-    return Estimate(params, trainable, params * per_param, state, activations, extra, dtype)
+            extra["value model (trains in full)"] = scorer * (per_param + 4 + 8)
+    return Estimate(params, trainable, weights, state, activations, logits, extra, dtype)
 
 
 def _sequence_length(stage: str, cfg) -> int:

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hftune import artifacts, modeling
 from hftune.errors import UserError
 
@@ -51,22 +49,6 @@ class MergeResult:
     max_abs_logit_diff: float
 
 
-def quantized_training(folder: Path) -> str | None:
-    """'4-bit' / '8-bit' when the adapter was trained on a quantized base, from its resolved config (or, for
-    adapters written elsewhere, a quantization flag in adapter_config.json)."""
-    for name in ("config.hftune.yaml", "adapter_config.json"):
-        path = folder / name
-        if not path.is_file():
-            continue
-        config = yaml.safe_load(path.read_text()) if name.endswith(".yaml") else json.loads(path.read_text())
-        config = config if isinstance(config, dict) else {}
-        if config.get("load_in_4bit"):
-            return "4-bit"
-        if config.get("load_in_8bit"):
-            return "8-bit"
-    return None
-
-
 def _check_source(src: Path, from_full_precision: bool) -> modeling.ModelSource:
     if not src.is_dir():
         raise UserError(f"{src}: no such folder")
@@ -82,7 +64,7 @@ def _check_source(src: Path, from_full_precision: bool) -> modeling.ModelSource:
             "merging into quantized weights loses precision. Merge onto the original full-precision base."
         )
     for folder in source.adapters:
-        bits = quantized_training(Path(folder))
+        bits = modeling.quantized_training(Path(folder))
         if bits and not from_full_precision:
             raise UserError(
                 f"{folder} was trained on a {bits} quantized base (QLoRA: load_in_{bits[0]}bit in its "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from hftune.artifacts import manifest_sha256
 from hftune.errors import UserError
@@ -244,6 +245,22 @@ def load_reward_model(
     return model
 
 
+def quantized_training(folder: Path) -> str | None:
+    """'4-bit' / '8-bit' when the adapter was trained on a quantized base, from its resolved config (or, for
+    adapters written elsewhere, a quantization flag in adapter_config.json)."""
+    for name in ("config.hftune.yaml", "adapter_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        config = yaml.safe_load(path.read_text()) if name.endswith(".yaml") else json.loads(path.read_text())
+        config = config if isinstance(config, dict) else {}
+        if config.get("load_in_4bit"):
+            return "4-bit"
+        if config.get("load_in_8bit"):
+            return "8-bit"
+    return None
+
+
 def _load(
     auto_cls,
     source: ModelSource,
@@ -290,6 +307,12 @@ def _load(
             model, folder, is_trainable=False, config=_adapter_for(model, folder)
         )
         _keep_saved_adapter_dtype(model, Path(folder))
+        if quant is None and (for_training or not last) and (bits := quantized_training(Path(folder))):
+            logger.warning(
+                "%s was trained on a %s base (QLoRA); merging it into the full-precision base for this "
+                "stage, an approximation of the trained model (as `hftune merge --from-full-precision`)",
+                folder, bits,
+            )  # fmt: skip
         if for_training or not last:
             # Inner adapters (an SFT adapter under a reward adapter) and adapters that more LoRA will be
             # trained on become part of the weights.

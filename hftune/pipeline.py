@@ -49,6 +49,8 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
 OPTIONAL = {("sft", "model_name_or_path"), ("eval", "base_model")}
 RL = ("ppo", "rloo", "grpo")
 LEDGER = "pipeline.json"
+# config.json of the Hub models the shipped configs start from (architecture only), for offline plans.
+ARCHITECTURES = Path(__file__).parent / "architectures"
 PIPELINE_KEYS = ("output_dir", "stages")
 
 
@@ -269,7 +271,8 @@ def _check_recipes(plan: list[PlannedStage]) -> None:
 
 def root_model_config(plan: list[PlannedStage]):
     """The config of the model the pipeline starts from, read without loading (or downloading) weights;
-    None when it is not available (a Hub model offline and not in the local cache)."""
+    None when it is not available (a Hub model offline, not in the local cache and not one whose
+    architecture hftune ships)."""
     first = plan[0].cfg
     extras = first.hftune
     if getattr(extras, "init_architecture", None):
@@ -292,10 +295,21 @@ def root_model_config(plan: list[PlannedStage]):
         folder = tiny_path(name)  # only if already built: a dry run builds nothing
         return AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
     try:
-        source = modeling.resolve_source(name)
-        # Only config.json: a few KB from the Hub (or its cache, or nothing with HF_HUB_OFFLINE=1).
-        return AutoConfig.from_pretrained(source.base)
-    except (OSError, UserError, ValueError):
+        base = modeling.resolve_source(name).base
+    except UserError:
+        return None
+    # Only config.json: a local folder or the Hub cache first, then hftune's copy of a shipped config's
+    # architecture (so the plan needs no network), then a few KB from the Hub.
+    try:
+        return AutoConfig.from_pretrained(base, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    shipped = ARCHITECTURES / (base.replace("/", "--") + ".json")
+    if shipped.is_file():
+        return AutoConfig.from_pretrained(shipped)
+    try:
+        return AutoConfig.from_pretrained(base)
+    except (OSError, ValueError):
         return None
 
 

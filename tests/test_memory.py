@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hftune import memory, pipeline, sft
+from hftune import memory, pipeline, reward, sft
 from hftune.config import load_yaml_mapping
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,15 +38,67 @@ def _lora_keys(cfg) -> dict:
     return {k: getattr(cfg.model, k) for k in keys}
 
 
-@pytest.mark.parametrize("precision, per_param", [("bf16", 2), ("load_in_4bit", 0.55)])
-def test_bytes_per_parameter_follow_the_precision(tiny_llama, precision, per_param):
+def test_bf16_halves_the_weights(tiny_llama):
     from transformers import AutoConfig
 
     cfg = sft.parse(str(REPO / "configs/tiny/sft.yaml"))
-    # Set after parsing: TrainingArguments refuses bf16 on a machine without a GPU, like this one.
-    setattr(cfg.training if precision == "bf16" else cfg.model, precision, True)
+    config = AutoConfig.from_pretrained(tiny_llama)
+    fp32 = memory.estimate("sft", cfg, config)
+    cfg.training.bf16 = True  # set after parsing: TrainingArguments refuses bf16 without a GPU
+    bf16 = memory.estimate("sft", cfg, config)
+    assert bf16.dtype == "bf16" and bf16.weights == 2 * bf16.params == fp32.weights / 2
+
+
+def test_4bit_estimate_matches_a_real_quantized_load(tiny_llama):
+    """The estimate against bitsandbytes itself: the tiny model loaded in 4-bit NF4 (CPU) takes what the
+    estimate says, within 10% (NF4's scales are the approximate part)."""
+    from transformers import AutoConfig
+
+    from hftune import modeling
+
+    cfg = sft.parse(str(REPO / "configs/tiny/sft_qlora.yaml"))
     est = memory.estimate("sft", cfg, AutoConfig.from_pretrained(tiny_llama))
-    assert est.weights == pytest.approx(per_param * est.params)
+    assert est.dtype.startswith("4-bit NF4")
+    model = modeling.load_model(tiny_llama, cfg.model, for_training=False)
+    actual = model.get_memory_footprint()
+    assert est.weights == pytest.approx(actual, rel=0.1)
+    assert est.weights < 4 * est.params  # less than fp32 (the tiny model is mostly embeddings, kept fp32)
+
+
+def test_logits_count_for_language_models_not_reward_models(tiny_llama):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    cfg = sft.parse(str(REPO / "configs/tiny/sft.yaml"))
+    est = memory.estimate("sft", cfg, config)
+    batch, length = cfg.training.per_device_train_batch_size, cfg.training.max_length
+    assert est.logits == 4 * batch * length * config.vocab_size
+    assert memory.estimate("reward", reward.parse(str(REPO / "configs/tiny/reward.yaml")), config).logits == 0
+
+
+@pytest.mark.parametrize(
+    "model, published",
+    # The parameter counts their model cards publish.
+    [("HuggingFaceTB/SmolLM2-135M", 134.5e6), ("Qwen/Qwen2.5-7B", 7.61e9)],
+)
+def test_shipped_architectures_have_the_published_parameter_counts(model, published):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(pipeline.ARCHITECTURES / (model.replace("/", "--") + ".json"))
+    params = sum(p.numel() for p in memory.meta_model(config).parameters())
+    assert params == pytest.approx(published, rel=0.002)
+
+
+def test_real_model_plans_print_estimates_offline(capsys, monkeypatch):
+    """The shipped real-model pipelines get a memory line per training stage with no network, from the
+    architectures hftune ships."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipeline.run(str(REPO / "configs/qwen2.5-7b/pipeline.yaml"), dry_run=True)
+    out = capsys.readouterr().out
+    assert "unknown" not in out and out.count("memory: ~") == 3, out
+    assert "7.62B params in 4-bit NF4" in out  # the QLoRA SFT stage
+    rloo = next(line for line in out.splitlines() if "memory" in line and "reward model" in line)
+    assert "value model" not in rloo  # RLOO holds no value model
 
 
 def test_ppo_adds_a_reward_model_and_a_full_value_model(tiny_llama, capsys, tmp_path):

@@ -168,6 +168,24 @@ def test_an_adapter_trained_on_a_4bit_base_is_refused(lora_sft, tmp_path, capsys
     assert artifacts.read_manifest(out)["metrics"]["from_full_precision"] is True
 
 
+def test_stages_that_merge_a_qlora_adapter_into_full_precision_say_so(lora_sft, tmp_path, caplog):
+    """The reward / RL stages and the eval load a QLoRA SFT adapter merged into the full-precision base (as
+    `merge --from-full-precision`): allowed, but never silently."""
+    from trl import ModelConfig
+
+    qlora = tmp_path / "qlora"
+    shutil.copytree(lora_sft, qlora)
+    config = yaml.safe_load((qlora / "config.hftune.yaml").read_text())
+    (qlora / "config.hftune.yaml").write_text(yaml.safe_dump({**config, "load_in_4bit": True}))
+    with caplog.at_level("WARNING", logger="hftune.modeling"):
+        modeling.load_reward_model(str(qlora), ModelConfig(dtype="float32"), for_training=True)
+    assert "trained on a 4-bit base" in caplog.text and "approximation" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hftune.modeling"):
+        modeling.load_reward_model(str(lora_sft), ModelConfig(dtype="float32"), for_training=True)
+    assert "4-bit" not in caplog.text  # an adapter trained in full precision merges without a word
+
+
 def test_merge_user_errors_exit_2_with_one_line(lora_sft, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     shutil.copytree(lora_sft, unfinished)
