@@ -27,18 +27,40 @@ LIBRARIES = ("hftune", "torch", "transformers", "trl", "peft", "datasets", "acce
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder that replaces `final` only if the block finishes without error."""
+def atomic_dir(final: str | os.PathLike, *, collective: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces `final` only if the block finishes without error.
+
+    `collective=True` is for a training stage's artifact in a multi-process run: every process enters
+    (saving a sharded FSDP / ZeRO-3 model needs them all) and gets the same folder, but only the main
+    process creates it, writes into it (callers check `distributed.is_main_process()`) and renames it.
+    """
+    from hftune import distributed
+
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    main = not collective or distributed.is_main_process()
+    pid = distributed.broadcast(os.getpid()) if collective else os.getpid()
+    tmp = final.parent / f".{final.name}.tmp-{pid}"
+    if main:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if collective:
+        distributed.barrier()
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if collective:
+        distributed.barrier()  # every process has done its part of the save
+    if main:
+        _replace(tmp, final)
+    if collective:
+        distributed.barrier()  # nobody goes on before the artifact is in place
+
+
+def _replace(tmp: Path, final: Path) -> None:
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"

@@ -26,9 +26,19 @@ def _setup_logging(debug: bool) -> None:
         format="[hftune] %(levelname)s %(message)s" if debug else "[hftune] %(message)s",
         stream=sys.stderr,
     )
-    # Our own loggers at INFO; the libraries keep their warnings but not their chatter.
-    for name in ("hftune",):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
+    # Our own loggers at INFO; the libraries keep their warnings but not their chatter. In a multi-process
+    # run only the main process reports progress and warnings (the others would repeat them); the others
+    # speak up for errors only.
+    from hftune import distributed
+
+    main = distributed.is_main_process()
+    logging.getLogger("hftune").setLevel(
+        logging.DEBUG if debug else logging.INFO if main else logging.WARNING
+    )
+    if not main:
+        import datasets
+
+        datasets.disable_progress_bars()
     if not debug:
         for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -126,7 +136,10 @@ def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:
         return 0
     cfg = module.parse(ns.config, rest)
     result = module.run(cfg, resume=ns.resume)
-    print(module.summary(result))
+    from hftune import distributed
+
+    if distributed.is_main_process():
+        print(module.summary(result))
     return 0
 
 

@@ -934,6 +934,36 @@ class PreparedData:
         )
 
 
+PREPARED_META = "prepared.json"
+
+
+def save_prepared(data: PreparedData, folder: Path) -> None:
+    """Write prepared rows (Arrow) and their bookkeeping (JSON) so other processes can read them back."""
+    import dataclasses
+
+    from hftune.artifacts import atomic_dir
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        data.train.save_to_disk(str(tmp / "train"))
+        if data.eval is not None:
+            data.eval.save_to_disk(str(tmp / "eval"))
+        meta = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+        del meta["train"], meta["eval"]
+        (tmp / PREPARED_META).write_text(json.dumps(meta))
+
+
+def load_prepared(folder: Path) -> PreparedData:
+    folder = Path(folder)
+    meta = json.loads((folder / PREPARED_META).read_text())
+    eval_dir = folder / "eval"
+    return PreparedData(
+        train=datasets.load_from_disk(str(folder / "train")),
+        eval=datasets.load_from_disk(str(eval_dir)) if eval_dir.is_dir() else None,
+        **meta,
+    )
+
+
 def _dropped_line(counts: Mapping[str, int], noun: str) -> str:
     n = sum(counts.values())
     return f"dropped {n}{noun}" + (f": {_counts(counts)}" if n else "")

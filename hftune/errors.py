@@ -17,6 +17,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+class StageFailed(UserError):
+    """A stage run in processes of its own failed; they have already printed why. Exits with their status
+    (2 for a user error, 1 for a crash), without a traceback of the launcher's."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The closest valid name to a misspelt one, or None if nothing is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -9,6 +9,10 @@ stage's output to the next are the pipeline's to fill and may not be typed. A st
 finished artifact was made from the same resolved config, the same data and the same parent artifacts
 (recorded in `<output_dir>/pipeline.json`); `--force STAGE` re-runs it and every stage after it. An
 interrupted stage (a crash, `kill -9`) resumes from its last checkpoint when the same command runs again.
+
+A training stage entry may also say how to run it: `num_processes: N` starts it in N processes with
+`torchrun --standalone` (DDP: gloo on CPU, NCCL on GPUs), and `accelerate_config: FILE` with `accelerate
+launch --config_file FILE` (FSDP, DeepSpeed; `num_processes` then overrides the file's).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,7 +35,7 @@ import yaml
 
 from hftune import artifacts, modeling
 from hftune.config import ConfigError, load_yaml_mapping
-from hftune.errors import UserError, did_you_mean
+from hftune.errors import StageFailed, UserError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,62 @@ class PlannedStage:
     cfg: Any = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
     action: str = "run"  # run | skip | resume
+    launch: Launch | None = None  # run in its own processes (torchrun / accelerate launch)
+
+
+@dataclass
+class Launch:
+    """A stage the pipeline starts in N processes of its own instead of running it in-process."""
+
+    num_processes: int
+    accelerate_config: Path | None = None
+
+    def command(self, stage_name: str, config_file: Path, *, resume: bool) -> list[str]:
+        hftune = ["-m", "hftune", "ppo" if stage_name in RL else stage_name, "--config", str(config_file)]
+        hftune += ["--resume"] if resume else []
+        if self.accelerate_config is not None:
+            launcher = ["-m", "accelerate.commands.launch", "--config_file", str(self.accelerate_config)]
+            return [sys.executable, *launcher, "--num_processes", str(self.num_processes), *hftune]
+        # --standalone: a free rendezvous port on this machine, so two pipelines never collide.
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.num_processes}"]
+        return [sys.executable, *launcher, *hftune]
+
+    def fingerprint(self) -> dict[str, Any]:
+        # More processes train on a larger global batch: a different run, not the same one resumed.
+        config = self.accelerate_config
+        return {
+            "num_processes": self.num_processes,
+            "accelerate_config": hashlib.sha256(config.read_bytes()).hexdigest() if config else None,
+        }
+
+
+TRAINING_STAGES = ("pretrain", "sft", "reward", *RL)
+
+
+def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, problems: list[str]):
+    """Pop the keys of a stage entry that say how the pipeline runs it (`num_processes`,
+    `accelerate_config`; not keys of the stage's config) and check them; None for an in-process stage."""
+    n = entry.pop("num_processes", None)
+    accelerate_config = entry.pop("accelerate_config", None)
+    if n is None and accelerate_config is None:
+        return None
+    if name not in TRAINING_STAGES:
+        problems.append(f"{where}: `num_processes` / `accelerate_config` are for training stages, not {name}")
+        return None
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        problems.append(f"{where}: `num_processes` must be a whole number >= 1, got {n!r}")
+        return None
+    file = None
+    if accelerate_config is not None:
+        file = Path(str(accelerate_config))
+        if not file.is_absolute() and not file.is_file():
+            file = Path(config_path).parent / file
+        if not file.is_file():
+            problems.append(f"{where}: `accelerate_config`: file not found: {accelerate_config}")
+            return None
+    if n == 1 and file is None:
+        return None  # one process: run in-process as usual
+    return Launch(n or 1, file.resolve() if file else None)
 
 
 def _role(name: str) -> str:
@@ -93,6 +156,7 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
         if name not in STAGES:
             problems.append(f"{where}: unknown stage {name!r}{did_you_mean(name, STAGES)}")
             continue
+        launch = _launch(entry, name, where, config_path, problems)
         role = _role(name)
         if role in seen:
             problems.append(f"{where}: a second {role} stage (one of each per pipeline)")
@@ -114,7 +178,7 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
         if name in RL:
             values["algorithm"] = name
         values["output_dir"] = str(root / name)
-        plan.append(PlannedStage(name, values, source, root / name))
+        plan.append(PlannedStage(name, values, source, root / name, launch=launch))
     for stage in plan:
         for key, role in STAGES[stage.name][1].items():
             earlier = next((s for s in plan if _role(s.name) == role), None)
@@ -178,6 +242,8 @@ def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: b
         "data": _data_fingerprint(stage.cfg),
         "parents": _parents(stage),  # a re-made parent has a new manifest, so its children run again
     }
+    if stage.launch is not None:
+        stage.fingerprint["launch"] = stage.launch.fingerprint()
     record = _read_ledger(root).get(stage.name, {})
     up_to_date = (
         artifacts.is_complete(stage.output_dir)
@@ -252,12 +318,33 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
             work.mkdir(parents=True)
             artifacts.write_json(work / STARTED, stage.fingerprint)
         started = time.time()
-        result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
-        print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
+        if stage.launch is not None:
+            print(f"== {stage.name} ({stage.launch.num_processes} processes) ==", flush=True)
+            _run_launched(stage, scratch / f"{stage.name}.yaml")
+        else:
+            result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
+            print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
         _record(root, stage, time.time() - started)
         shutil.rmtree(work, ignore_errors=True)  # stages that keep no checkpoints (eval) leave it behind
     print(describe(plan))
     return plan
+
+
+def _run_launched(stage: PlannedStage, config_file: Path) -> None:
+    """Run a stage in processes of its own; they print their own progress and summary."""
+    command = stage.launch.command(stage.name, config_file, resume=stage.action == "resume")
+    logger.info("launching: %s", " ".join(command))
+    env = dict(os.environ)
+    # The CPU threads this run may use, shared between its processes rather than taken by each.
+    threads = int(env.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    env["OMP_NUM_THREADS"] = str(max(1, threads // stage.launch.num_processes))
+    code = subprocess.run(command, env=env).returncode
+    if code != 0 or not artifacts.is_complete(stage.output_dir):
+        raise StageFailed(
+            f"stage {stage.name} failed in its {stage.launch.num_processes} processes (exit code {code}; "
+            "their output is above). Run the same command again to resume it from its last checkpoint.",
+            exit_code=code or 1,
+        )
 
 
 def _check_recipes(plan: list[PlannedStage]) -> None:
@@ -328,8 +415,9 @@ def describe(plan: list[PlannedStage]) -> str:
     model_config = root_model_config(plan)
     for stage in plan:
         handoff = ", ".join(f"{k}={stage.values[k]}" for k in STAGES[stage.name][1] if k in stage.values)
+        launch = f" [{stage.launch.num_processes} processes]" if stage.launch else ""
         lines.append(
-            f"  {stage.name:7s} {stage.action:7s} -> {stage.output_dir}"
+            f"  {stage.name:7s} {stage.action:7s} -> {stage.output_dir}{launch}"
             + (f"  ({handoff})" if handoff else "")
         )
         if line := _memory_line(stage, model_config):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from jinja2 import TemplateError
 
-from hftune import artifacts, modeling, scoring, stage
+from hftune import artifacts, distributed, modeling, scoring, stage
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.errors import UserError
 from hftune.stage import DataExtras, common_checks
@@ -210,8 +210,9 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
             f"{model_args.model_name_or_path} has no chat template: set `chat_template: chatml` "
             "(or a Jinja string / .jinja file) as for SFT"
         )
-    train = encode_pairs(data.train, tokenizer)
-    eval_pairs = encode_pairs(data.eval, tokenizer) if data.eval is not None else None
+    with distributed.local_main_first():  # tokenized once a machine: the other processes read its cache
+        train = encode_pairs(data.train, tokenizer)
+        eval_pairs = encode_pairs(data.eval, tokenizer) if data.eval is not None else None
 
     set_seed(args.seed)  # the new score head is initialised randomly
     model = modeling.load_reward_model(
@@ -352,27 +353,30 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
     trainer.args.output_dir = str(p.final_dir)
 
     source = modeling.resolve_source(cfg.model.model_name_or_path)
-    with artifacts.atomic_dir(p.final_dir) as out:
+    manifest: dict[str, Any] = {}
+    with artifacts.atomic_dir(p.final_dir, collective=True) as out:
         stage.save_common(out, cfg, trainer, tokenizer, metrics)
-        if source.adapters and (out / "adapter_config.json").is_file():
-            # The SFT adapter was merged under this one: the adapter's base is the SFT folder, and loading
-            # goes base -> SFT adapter -> reward adapter.
-            config = json.loads((out / "adapter_config.json").read_text())
-            config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
-            artifacts.write_json(out / "adapter_config.json", config)
-        if report:
-            artifacts.write_json(out / scoring.REPORT_FILE, report)
-        manifest = artifacts.write_manifest(
-            out,
-            stage="reward",
-            config_hash=cfg.config_hash(),
-            parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model")],
-            data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, len(trainer.train_dataset)),
-            metrics={**metrics, **{k: v for k, v in report.items() if not isinstance(v, dict | list)}},
-            seed=cfg.training.seed,
-            started=started,
-        )
-    shutil.rmtree(work, ignore_errors=True)
+        if distributed.is_main_process():
+            if source.adapters and (out / "adapter_config.json").is_file():
+                # The SFT adapter was merged under this one: the adapter's base is the SFT folder, and
+                # loading goes base -> SFT adapter -> reward adapter.
+                config = json.loads((out / "adapter_config.json").read_text())
+                config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
+                artifacts.write_json(out / "adapter_config.json", config)
+            if report:
+                artifacts.write_json(out / scoring.REPORT_FILE, report)
+            manifest = artifacts.write_manifest(
+                out,
+                stage="reward",
+                config_hash=cfg.config_hash(),
+                parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model")],
+                data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, len(trainer.train_dataset)),
+                metrics={**metrics, **{k: v for k, v in report.items() if not isinstance(v, dict | list)}},
+                seed=cfg.training.seed,
+                started=started,
+            )
+    if distributed.is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
     return RewardResult(p.final_dir, metrics, report, manifest, trainer, p.eval_pairs)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from hftune import artifacts, generation, modeling, scoring, stage
+from hftune import artifacts, distributed, generation, modeling, scoring, stage
 from hftune.config import (
     StageConfig,
     StageSchema,
@@ -420,40 +420,44 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
 
     source = modeling.resolve_source(cfg.model.model_name_or_path)
     work = guardrails.out_dir
-    with artifacts.atomic_dir(p.final_dir) as out:
-        trainer.args.output_dir = str(out)
-        _policy(trainer).save_pretrained(str(out))  # the policy adapter only (PPO's value model stays behind)
-        trainer.args.output_dir = str(p.final_dir)
-        # Saved with the training default (right); generation code pads left itself.
-        side, p.tokenizer.padding_side = p.tokenizer.padding_side, "right"
-        try:
-            stage.save_common(out, cfg, trainer, p.tokenizer, metrics, save_model=False)
-        finally:
-            p.tokenizer.padding_side = side
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            if (work / name).is_file():
-                shutil.copy(work / name, out / name)
-        _point_adapter_at(out, source)
-        policy = _policy(trainer)
-        if hasattr(policy, "generation_config"):
-            policy.generation_config.eos_token_id = p.tokenizer.eos_token_id
-            policy.generation_config.pad_token_id = p.tokenizer.pad_token_id
-            policy.generation_config.save_pretrained(str(out))
-        manifest = artifacts.write_manifest(
-            out,
-            stage="ppo",
-            config_hash=cfg.config_hash(),
-            parents=[
-                artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model"),
-                artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
-            ],
-            data=stage.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
-            metrics={**metrics, "algorithm": cfg.hftune.algorithm},
-            seed=cfg.training.seed,
-            started=started,
-        )
-    shutil.rmtree(work, ignore_errors=True)
+    manifest: dict[str, Any] = {}
+    with artifacts.atomic_dir(p.final_dir, collective=True) as out:
+        if distributed.is_main_process():
+            manifest = _save(cfg, p, trainer, metrics, source, work, out, started)
+    if distributed.is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
     return RLResult(p.final_dir, metrics, manifest, trainer, p.scorer, alarm)
+
+
+def _save(cfg, p, trainer, metrics, source, work: Path, out: Path, started: float) -> dict[str, Any]:
+    """The policy adapter, tokenizer, config, metrics, samples and manifest (the main process's job)."""
+    trainer.args.output_dir = str(out)
+    _policy(trainer).save_pretrained(str(out))  # the policy adapter only (PPO's value model stays behind)
+    trainer.args.output_dir = str(p.final_dir)
+    # Saved with the training default (right); generation code pads left itself.
+    side, p.tokenizer.padding_side = p.tokenizer.padding_side, "right"
+    try:
+        stage.save_common(out, cfg, trainer, p.tokenizer, metrics, save_model=False)
+    finally:
+        p.tokenizer.padding_side = side
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        if (work / name).is_file():
+            shutil.copy(work / name, out / name)
+    _point_adapter_at(out, source)
+    stage.save_generation_config(_policy(trainer), p.tokenizer, out)
+    return artifacts.write_manifest(
+        out,
+        stage="ppo",
+        config_hash=cfg.config_hash(),
+        parents=[
+            artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model"),
+            artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
+        ],
+        data=stage.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
+        metrics={**metrics, "algorithm": cfg.hftune.algorithm},
+        seed=cfg.training.seed,
+        started=started,
+    )
 
 
 def _point_adapter_at(out: Path, source: modeling.ModelSource) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from hftune import distributed
+
 logger = logging.getLogger(__name__)
 
 
@@ -96,8 +98,11 @@ class Guardrails(TrainerCallback):
         self.last_heldout: float | None = None
         self.alarm: AlarmStop | None = None
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Every process sees the same (gathered) metrics and decides the same alarms; one writes the logs.
+        self.writes = distributed.is_main_process()
         for name in ("metrics.jsonl", "samples.jsonl"):
-            self._keep_rows_up_to(out_dir / name, step_offset)
+            if self.writes:
+                self._keep_rows_up_to(out_dir / name, step_offset)
 
     @staticmethod
     def _keep_rows_up_to(path: Path, step: int) -> None:
@@ -173,6 +178,8 @@ class Guardrails(TrainerCallback):
         return None
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if not self.writes:
+            return
         with (self.out_dir / name).open("a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, default=float) + "\n")

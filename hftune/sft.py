@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hftune import artifacts, modeling, stage
+from hftune import artifacts, distributed, modeling, stage
 from hftune.config import StageConfig, StageSchema, parse_stage_config
 from hftune.errors import UserError
 from hftune.stage import DataExtras, common_checks
@@ -220,25 +220,24 @@ def run(
     metrics.update(stage.parameter_counts(trainer.model))
     trainer.args.output_dir = str(p.final_dir)
 
-    with artifacts.atomic_dir(p.final_dir) as out:
+    manifest: dict[str, Any] = {}
+    with artifacts.atomic_dir(p.final_dir, collective=True) as out:
         stage.save_common(out, cfg, trainer, tokenizer, metrics)
-        if hasattr(trainer.model, "generation_config"):
-            # Generation must stop at the end-of-turn token the model was trained to emit.
-            trainer.model.generation_config.eos_token_id = tokenizer.eos_token_id
-            trainer.model.generation_config.pad_token_id = tokenizer.pad_token_id
-            trainer.model.generation_config.save_pretrained(str(out))
-        n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
-        manifest = artifacts.write_manifest(
-            out,
-            stage=stage_name,
-            config_hash=cfg.config_hash(),
-            parents=parents or [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
-            data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
-            metrics=metrics,
-            seed=cfg.training.seed,
-            started=started,
-        )
-    shutil.rmtree(work, ignore_errors=True)
+        if distributed.is_main_process():
+            stage.save_generation_config(trainer.model, tokenizer, out)
+            n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
+            manifest = artifacts.write_manifest(
+                out,
+                stage=stage_name,
+                config_hash=cfg.config_hash(),
+                parents=parents or [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
+                data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
+                metrics=metrics,
+                seed=cfg.training.seed,
+                started=started,
+            )
+    if distributed.is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
     return SFTResult(p.final_dir, metrics, manifest, trainer)
 
 

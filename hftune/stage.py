@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts
+from hftune import artifacts, distributed
 from hftune.config import StageConfig, hftune_field
 from hftune.errors import UserError
 
@@ -55,6 +55,9 @@ def training_defaults() -> dict[str, Any]:
     return {
         "dtype": "auto",
         "bf16": bf16_available(),
+        # Without a GPU the Trainer runs torchrun / accelerate processes as DDP over gloo only when told
+        # it is on CPU; otherwise each process would train alone on all the data.
+        "use_cpu": not distributed.accelerator_available(),
         "report_to": "none",
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
         "logging_steps": 10,
@@ -103,21 +106,38 @@ def common_checks(values: dict[str, Any], *, needs_model: bool = True) -> list[s
 
 
 def load_data(cfg: StageConfig, tokenizer):
-    """The stage's recipe and its prepared rows: every data problem surfaces before any weights load."""
-    from hftune.data import load_recipe, prepare_dataset
+    """The stage's recipe and its prepared rows: every data problem surfaces before any weights load.
+
+    In a multi-process run the data is prepared once per machine: the local main process prepares it and
+    saves it in the stage's work folder, and every process (that one included) reads it back from there.
+    Rows read from disk are memory-mapped Arrow, so the trainers' own tokenization is cached beside them
+    and also done once (TRL tokenizes with the main process first).
+    """
+    from hftune.data import load_prepared, load_recipe, prepare_dataset, save_prepared
 
     extras = cfg.hftune
     recipe = load_recipe(extras.data_recipe)
-    data = prepare_dataset(
-        recipe,
-        tokenizer=tokenizer,
-        max_length=getattr(cfg.training, "max_length", None),
-        strict=extras.data_strict,
-        eval_fraction=extras.eval_fraction,
-        seed=cfg.training.seed,
-        data_files=extras.data_files,
-        max_rows=extras.max_samples,
-    )
+
+    def prepare():
+        return prepare_dataset(
+            recipe,
+            tokenizer=tokenizer,
+            max_length=getattr(cfg.training, "max_length", None),
+            strict=extras.data_strict,
+            eval_fraction=extras.eval_fraction,
+            seed=cfg.training.seed,
+            data_files=extras.data_files,
+            max_rows=extras.max_samples,
+        )
+
+    if not distributed.is_distributed():
+        data = prepare()
+    else:
+        folder = artifacts.work_dir(cfg.training.output_dir) / f"prepared-data-node{distributed.node_rank()}"
+        with distributed.local_main_first():
+            if distributed.is_local_main_process():
+                save_prepared(prepare(), folder)
+        data = load_prepared(folder)
     logger.info("data: %s", data.summary())
     return recipe, data
 
@@ -182,7 +202,9 @@ def save_common(
 ) -> None:
     """Model, tokenizer (with its chat template), resolved config, metrics and logs; no pickles."""
     if save_model:
-        trainer.save_model(str(out))
+        trainer.save_model(str(out))  # every process: a sharded (FSDP / ZeRO-3) model is gathered to save
+    if not distributed.is_main_process():
+        return
     tokenizer.save_pretrained(str(out))
     for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
         unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle
@@ -192,6 +214,14 @@ def save_common(
     (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
     artifacts.write_json(out / "metrics.json", metrics)
     artifacts.write_json(out / "log_history.json", trainer.state.log_history)
+
+
+def save_generation_config(model, tokenizer, out: Path) -> None:
+    if hasattr(model, "generation_config"):
+        # Generation must stop at the end-of-turn token the model was trained to emit.
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.save_pretrained(str(out))
 
 
 def data_manifest(recipe, data, data_files: str | None, n_train: int) -> dict[str, Any]:

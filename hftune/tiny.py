@@ -187,5 +187,12 @@ def resolve_tiny(spec: str) -> str:
     arch = spec[len(TINY_PREFIX) :] or "llama"
     path = tiny_path(spec)
     if not (path / "config.json").is_file():
-        build_tiny_model(path, arch=arch, pretrain_steps=TINY_PRETRAIN_STEPS)
+        from filelock import FileLock
+
+        # Several processes may ask at once (a multi-process stage, parallel tests): one builds, the rest
+        # wait and find it built.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not (path / "config.json").is_file():
+                build_tiny_model(path, arch=arch, pretrain_steps=TINY_PRETRAIN_STEPS)
     return str(path)

@@ -1,0 +1,82 @@
+"""Running a stage on several processes (`torchrun --nproc_per_node N -m hftune ...`, `accelerate launch
+-m hftune ...`, or a pipeline stage with `num_processes: N`).
+
+The engines are the Trainer's and accelerate's own (DDP, FSDP, DeepSpeed); hftune only has to make sure
+that what it does outside the trainer happens once: the main process prepares the data and writes the
+artifact, manifest and reports while the others wait, and only the main process logs at INFO.
+
+Everything here reads the launcher's environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`), so a plain
+single-process run never initialises a process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the whole job: the one process that writes artifacts and logs progress."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_local_main_process() -> bool:
+    """Rank 0 on this machine: the one that prepares data into this machine's work folder."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def node_rank() -> int:
+    return int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0")))
+
+
+def accelerator_available() -> bool:
+    import torch
+
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def _state():
+    # accelerate's PartialState sets up the process group from the launcher's environment and is the same
+    # (shared) state the Trainer uses later. Its first initialisation wins, so it gets the Trainer's
+    # device choice: `cpu=True` without an accelerator, which is also what makes a CPU run distributed
+    # (DDP over gloo) rather than N copies of a single-process run.
+    from accelerate import PartialState
+
+    return PartialState(cpu=not accelerator_available())
+
+
+def barrier() -> None:
+    if is_distributed():
+        _state().wait_for_everyone()
+
+
+@contextlib.contextmanager
+def local_main_first() -> Iterator[None]:
+    """The local main process runs the block first (downloads, data preparation, building `tiny:` models);
+    the others run it once it is done, so they read what it wrote instead of racing it."""
+    if not is_distributed():
+        yield
+        return
+    with _state().local_main_process_first():
+        yield
+
+
+def broadcast(value):
+    """`value` as the main process has it, on every process (a small picklable object)."""
+    if not is_distributed():
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    _state()
+    return broadcast_object_list([value], from_process=0)[0]

@@ -1,0 +1,52 @@
+"""`hftune` under a launcher, recording what this process did, for tests/test_distributed.py:
+
+    torchrun --nproc_per_node 2 tests/dist_worker.py RECORD_DIR sft --config ...
+
+writes RECORD_DIR/rank<RANK>.json with the rows this process trained on (tokens without padding), the rows
+of the training set, and how many times it prepared the data. Everything else is the real `hftune` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import transformers
+
+from hftune import cli, data
+
+record_dir = Path(sys.argv[1])
+seen: list[list[int]] = []
+training_rows: dict[str, list[list[int]]] = {}
+prepared = 0
+
+prepare_dataset = data.prepare_dataset
+
+
+def counting_prepare(*args, **kwargs):
+    global prepared
+    prepared += 1
+    return prepare_dataset(*args, **kwargs)
+
+
+training_step = transformers.Trainer.training_step
+
+
+def recording_step(self, model, inputs, *args, **kwargs):
+    for row, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), strict=True):
+        seen.append([token for token, keep in zip(row, mask, strict=True) if keep])
+    if not training_rows:
+        for key in ("input_ids", "chosen_ids", "rejected_ids"):
+            if key in self.train_dataset.column_names:
+                training_rows[key] = list(self.train_dataset[key])
+    return training_step(self, model, inputs, *args, **kwargs)
+
+
+data.prepare_dataset = counting_prepare
+transformers.Trainer.training_step = recording_step
+code = cli.main(sys.argv[2:])
+record = {"seen": seen, "training_rows": training_rows, "prepared": prepared}
+(record_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record))
+sys.exit(code)

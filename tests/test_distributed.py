@@ -1,0 +1,174 @@
+"""Stages on several processes: SFT and the reward stage under `torchrun` with 2 CPU processes (DDP over
+gloo), and a pipeline that launches a stage in 2 processes itself.
+
+Each 2-process run goes through tests/dist_worker.py, the real `hftune` CLI plus a record of the rows each
+process trained on and how often it prepared data, so the test can show that the two processes split
+every epoch between them (each training row seen exactly once), that data was prepared once, that one
+artifact was written, and that it loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hftune import artifacts, modeling, pipeline
+from hftune.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def torchrun(args: list[str], record: Path) -> subprocess.CompletedProcess:
+    record.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # One thread a process (2 cores), and datasets' INFO lines show whether a process tokenized or read
+    # the cache the other one wrote.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATASETS_VERBOSITY": "info"}
+    run = subprocess.run(
+        [*command, str(WORKER), str(record), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return run
+
+
+def records(record: Path) -> list[dict]:
+    return [json.loads((record / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def assert_epoch_split(ranks: list[dict], columns: tuple[str, ...]) -> None:
+    """Both processes together trained on every training row exactly once, half each."""
+    rows = ranks[0]["training_rows"]
+    expected = Counter(tuple(row) for key in columns for row in rows[key])
+    seen = [Counter(tuple(row) for row in rank["seen"]) for rank in ranks]
+    assert seen[0] + seen[1] == expected
+    assert sum(seen[0].values()) == sum(seen[1].values()) == sum(expected.values()) // 2
+
+
+def assert_one_artifact(out: Path) -> None:
+    assert artifacts.is_complete(out)
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".") or p.suffix == ".work"]
+    assert leftovers == [], leftovers
+
+
+def assert_logged_once(run: subprocess.CompletedProcess) -> None:
+    assert run.stdout.count("saved: ") == 1, run.stdout  # the summary, from the main process only
+    assert run.stderr.count("[hftune] data: kept") == 1, run.stderr
+
+
+def tokenization_caches(run: subprocess.CompletedProcess) -> tuple[set[str], set[str]]:
+    """The dataset caches one process wrote and the ones another read instead of computing them."""
+    cached = set(re.findall(r"Caching processed dataset at (\S+?)\.arrow", run.stderr))
+    loaded = set(re.findall(r"Loading cached processed dataset at (\S+?)_\*_of_\d+\.arrow", run.stderr))
+    return cached, loaded
+
+
+@pytest.mark.slow
+def test_sft_and_reward_on_two_processes(tmp_path, tiny_llama):
+    # 180 training rows, 2 processes x 6 a batch: 15 steps make one epoch with no batch padded.
+    sft_out = tmp_path / "runs" / "sft"
+    run = torchrun(
+        ["sft", "--config", str(REPO / "configs/tiny/sft.yaml"), "--output_dir", str(sft_out),
+         "--max_steps", "-1", "--num_train_epochs", "1", "--per_device_train_batch_size", "6"],
+        tmp_path / "sft-record",
+    )  # fmt: skip
+    ranks = records(tmp_path / "sft-record")
+    assert [r["prepared"] for r in ranks] == [1, 0]  # the main process prepared the data; the other read it
+    assert len(ranks[0]["training_rows"]["input_ids"]) == 180
+    assert_epoch_split(ranks, ("input_ids",))
+    assert_one_artifact(sft_out)
+    assert_logged_once(run)
+    cached, loaded = tokenization_caches(run)
+    assert cached and loaded == cached  # TRL tokenized once: whatever one process cached, the other read
+    manifest = artifacts.read_manifest(sft_out)
+    assert manifest["metrics"]["global_step"] == 15 and manifest["metrics"]["epoch"] == 1
+
+    # The result loads, and its adapter changes the model.
+    from trl import ModelConfig
+
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    tuned = modeling.load_model(str(sft_out), ModelConfig(dtype="float32"), for_training=False).eval()
+    base = modeling.load_model(tiny_llama, ModelConfig(dtype="float32"), for_training=False).eval()
+    with torch.no_grad():
+        assert (tuned(ids).logits - base(ids).logits).abs().max() > 1e-3
+
+    # The reward stage on top: 358 training pairs, 2 processes x 1 pair a batch (358 = 2 x 179).
+    reward_out = tmp_path / "runs" / "reward"
+    run = torchrun(
+        ["reward", "--config", str(REPO / "configs/tiny/reward.yaml"), "--model_name_or_path", str(sft_out),
+         "--output_dir", str(reward_out), "--max_steps", "-1", "--num_train_epochs", "1",
+         "--per_device_train_batch_size", "1"],
+        tmp_path / "reward-record",
+    )  # fmt: skip
+    ranks = records(tmp_path / "reward-record")
+    assert [r["prepared"] for r in ranks] == [1, 0]
+    assert len(ranks[0]["training_rows"]["chosen_ids"]) == 358
+    assert_epoch_split(ranks, ("chosen_ids", "rejected_ids"))  # each pair once: chosen and rejected rows
+    assert_one_artifact(reward_out)
+    assert_logged_once(run)
+    cached, loaded = tokenization_caches(run)
+    # hftune tokenizes the pairs (train and eval) once; TRL's length filter after it is its own (and
+    # hashes differently in each process, so both run it: a cheap pass over token counts).
+    assert len(loaded) == 2 and loaded <= cached, (cached, loaded)
+
+    from hftune.scoring import load_scorer
+
+    scorer = load_scorer(str(reward_out))
+    report = json.loads((reward_out / "reward_report.json").read_text())
+    assert report["accuracy"] > 0.8  # it learnt the preferences, and it scores after reloading:
+    assert len(scorer.score([[{"role": "user", "content": "What is 2 + 2?"}]], ["4"])) == 1
+
+
+@pytest.mark.slow
+def test_pipeline_launches_a_stage_on_two_processes(tmp_path, tiny_llama, capsys):
+    config = tmp_path / "pipeline.yaml"
+    stage = {"stage": "sft", "config": str(REPO / "configs/tiny/sft.yaml"), "max_steps": 3}
+    stage["num_processes"] = 2  # the pipeline's key: not passed to the stage, it starts the stage twice
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
+    pipeline.run(str(config))
+    out = capsys.readouterr().out
+    assert "== sft (2 processes) ==" in out and "[2 processes]" in out
+    metrics = artifacts.read_manifest(tmp_path / "run" / "sft")["metrics"]
+    # 2 processes x 8 rows a step: an epoch of the 180 rows is 12 steps (one process would take 23).
+    assert metrics["global_step"] == 3 and metrics["epoch"] == pytest.approx(3 / math.ceil(180 / 16))
+
+    pipeline.run(str(config))  # the same inputs again: skipped, without launching anything
+    assert "== sft" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"stage": "sft", "num_processes": 0}, "`num_processes` must be a whole number >= 1"),
+        ({"stage": "sft", "num_processes": "two"}, "`num_processes` must be a whole number >= 1"),
+        ({"stage": "sft", "accelerate_config": "nope.yaml"}, "`accelerate_config`: file not found"),
+        ({"stage": "eval", "num_processes": 2}, "are for training stages, not eval"),
+    ],
+)
+def test_launch_keys_are_checked(tmp_path, entry, message):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [entry]}))
+    with pytest.raises(ConfigError, match=message):
+        pipeline.load_plan(str(config))
+
+
+def test_launch_commands():
+    torchrun = pipeline.Launch(4).command("rloo", Path("/r/rloo.yaml"), resume=True)
+    assert torchrun[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+        "-m", "hftune", "ppo", "--config", "/r/rloo.yaml", "--resume",
+    ]  # fmt: skip
+    fsdp = REPO / "configs/accelerate/fsdp.yaml"
+    accelerate = pipeline.Launch(8, fsdp).command("sft", Path("/r/sft.yaml"), resume=False)
+    assert accelerate[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(fsdp)]
+    assert accelerate[5:10] == ["--num_processes", "8", "-m", "hftune", "sft"]
