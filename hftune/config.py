@@ -188,6 +188,8 @@ class StageSchema:
     # TRL fields the `hftune` section declares itself, so that one key means the same thing whichever
     # trainer runs (e.g. `kl_coef` for PPO's `kl_coef` and GRPO's `beta`); the stage sets TRL's field.
     owned: frozenset[str] = frozenset()
+    # Why a key this stage does not have is not there (e.g. vLLM options under PPO), for its error.
+    unknown_key_hint: typing.Callable[[str], str | None] | None = None
 
     def skips(self, section: str, name: str) -> bool:
         return name in _OWNED_BY_HFTUNE or (section != "hftune" and name in self.owned)
@@ -353,7 +355,10 @@ def parse_stage_config(
                 problems.append(f"{where}: the value looks like a Hub token; use HF_TOKEN instead")
                 continue
             if key not in known:
-                problems.append(f"{where}: unknown key{did_you_mean(key, known)}")
+                hint = schema.unknown_key_hint(key) if schema.unknown_key_hint else None
+                problems.append(
+                    f"{where}: unknown key" + (f" ({hint})" if hint else did_you_mean(key, known))
+                )
                 continue
             _, f, tp = known[key]
             try:

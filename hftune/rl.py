@@ -15,6 +15,7 @@ Rewards come from `hftune.scoring`, the path the reward stage and the eval harne
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -34,7 +35,7 @@ from hftune.config import (
     parse_overrides,
     parse_stage_config,
 )
-from hftune.errors import UserError
+from hftune.errors import UserError, did_you_mean
 from hftune.rl_guardrails import AlarmStop, Bounds, Guardrails, RolloutStats
 from hftune.stage import DataExtras, common_checks
 
@@ -115,6 +116,7 @@ def _check(values: dict[str, Any]) -> list[str]:
     if values.get("load_in_4bit") or values.get("load_in_8bit"):
         problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
     if values.get("algorithm") in ("rloo", "grpo"):
+        problems.extend(_vllm_problems(values))
         batch = (values.get("per_device_train_batch_size") or 1) * (
             values.get("gradient_accumulation_steps") or 1
         )
@@ -124,6 +126,48 @@ def _check(values: dict[str, Any]) -> list[str]:
                 f"(per_device_train_batch_size x gradient_accumulation_steps = {batch})"
             )
     return problems
+
+
+VLLM_MODES = ("colocate", "server")
+
+
+def _vllm_problems(values: dict[str, Any]) -> list[str]:
+    """TRL's vLLM generation options (RLOO / GRPO), checked before any weights load: TRL would only fail
+    once the trainer starts, or quietly ignore options that `use_vllm: false` switches off."""
+    options = sorted(k for k in values if k.startswith("vllm_"))
+    if not values.get("use_vllm"):
+        return [f"`{k}`: a vLLM option, but `use_vllm` is false (set `use_vllm: true`)" for k in options]
+    problems = []
+    mode = values.get("vllm_mode", "colocate")
+    if mode not in VLLM_MODES:
+        problems.append(
+            f"`vllm_mode`: one of {', '.join(VLLM_MODES)}, got {mode!r}{did_you_mean(str(mode), VLLM_MODES)}"
+        )
+    if mode == "colocate" and any(k.startswith("vllm_server_") for k in options):
+        problems.append("`vllm_server_*`: options of `vllm_mode: server`, but `vllm_mode` is colocate")
+    utilization = values.get("vllm_gpu_memory_utilization")
+    if utilization is not None and not 0 < utilization <= 1:
+        problems.append(f"`vllm_gpu_memory_utilization`: a fraction in (0, 1], got {utilization}")
+    if importlib.util.find_spec("vllm") is None:
+        problems.append(
+            "`use_vllm`: vLLM is not installed; `pip install 'hftune[vllm]'` installs a version TRL supports"
+        )
+    elif not _cuda_for_vllm():
+        problems.append("`use_vllm`: vLLM generates on CUDA GPUs and none is visible here")
+    return problems
+
+
+def _cuda_for_vllm() -> bool:
+    return torch.cuda.is_available()
+
+
+def _unknown_key_hint(key: str) -> str | None:
+    if key == "use_vllm" or key.startswith("vllm_"):
+        return (
+            "PPO generates with the model it trains, without vLLM; vLLM generation is for "
+            "`algorithm: rloo` or `grpo`"
+        )
+    return None
 
 
 def _trl_config(algorithm: str):
@@ -158,6 +202,7 @@ def schema(algorithm: str = "ppo") -> StageSchema:
         defaults=defaults,
         check=_check,
         owned=OWNED,
+        unknown_key_hint=_unknown_key_hint if algorithm == "ppo" else None,
     )
 
 

@@ -195,6 +195,38 @@ def test_rl_config_keys_and_help():
     assert "algorithm" in text and "beta" in text  # `beta` is spelt `kl_coef` for every algorithm
 
 
+def test_vllm_options_are_checked_before_any_weights_load(monkeypatch):
+    # PPO has no vLLM: its error says where vLLM generation is.
+    with pytest.raises(UserError, match="vLLM generation is for `algorithm: rloo` or `grpo`"):
+        rl.parse(CONFIG, ["--use_vllm", "true"])
+    rloo = ["--algorithm", "rloo", "--use_vllm", "true"]
+    # Options that would do nothing, and bad values, are named.
+    with pytest.raises(UserError, match="`vllm_mode`: a vLLM option, but `use_vllm` is false"):
+        rl.parse(CONFIG, ["--algorithm", "rloo", "--vllm_mode", "server"])
+    with pytest.raises(UserError) as err:
+        rl.parse(CONFIG, [*rloo, "--vllm_mode", "colocat", "--vllm_gpu_memory_utilization", "1.5"])
+    assert "did you mean `colocate`" in str(err.value) and "`vllm_gpu_memory_utilization`" in str(err.value)
+    # No vLLM installed (as here), or no GPU for it: said at parse time, not when the trainer starts.
+    monkeypatch.setattr(rl.importlib.util, "find_spec", lambda name: None if name == "vllm" else object())
+    with pytest.raises(UserError, match="vLLM is not installed"):
+        rl.parse(CONFIG, rloo)
+    monkeypatch.setattr(rl.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(rl, "_cuda_for_vllm", lambda: False)
+    with pytest.raises(UserError, match="none is visible"):
+        rl.parse(CONFIG, rloo)
+    # On a GPU machine with vLLM, TRL's own options reach TRL's config: colocated or on a server.
+    monkeypatch.setattr(rl, "_cuda_for_vllm", lambda: True)
+    cfg = rl.parse(CONFIG, [*rloo, "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.3"])
+    assert (cfg.training.use_vllm, cfg.training.vllm_mode, cfg.training.vllm_gpu_memory_utilization) == (
+        True, "colocate", 0.3,
+    )  # fmt: skip
+    cfg = rl.parse(
+        CONFIG,
+        ["--algorithm", "grpo", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", "8001"],
+    )
+    assert (cfg.training.vllm_mode, cfg.training.vllm_server_port) == ("server", 8001)
+
+
 def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -> np.ndarray:
     """Mean reward per held-out prompt over seeded samples at the training temperature, scored exactly
     as training scores (normalised, with the missing-EOS penalty)."""
