@@ -32,9 +32,7 @@ def _setup_logging(debug: bool) -> None:
     from hftune import distributed
 
     main = distributed.is_main_process()
-    logging.getLogger("hftune").setLevel(
-        logging.DEBUG if debug else logging.INFO if main else logging.WARNING
-    )
+    logging.getLogger("hftune").setLevel(logging.DEBUG if debug else logging.INFO if main else logging.ERROR)
     if not main:
         import datasets
 

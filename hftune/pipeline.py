@@ -125,7 +125,9 @@ def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, prob
             return None
     if n == 1 and file is None:
         return None  # one process: run in-process as usual
-    return Launch(n or 1, file.resolve() if file else None)
+    if n is None:  # the accelerate config's own count
+        n = int((load_yaml_mapping(file) or {}).get("num_processes") or 1)
+    return Launch(n, file.resolve() if file else None)
 
 
 def _role(name: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftune import artifacts, sft
+from hftune import artifacts, distributed, sft
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.errors import UserError
 from hftune.stage import DataExtras, common_checks
@@ -111,8 +111,9 @@ def run(cfg: StageConfig, *, resume: bool = False) -> sft.SFTResult:
         # The initial weights live in the work folder (so --resume finds them) and go with it afterwards:
         # the finished artifact is a full model that needs nothing else.
         init = artifacts.work_dir(cfg.training.output_dir) / "init"
-        if not (init / "config.json").is_file():
-            _init_model(cfg, init)
+        with distributed.local_main_first():  # built once a machine; the other processes load it
+            if not (init / "config.json").is_file():
+                _init_model(cfg, init)
         cfg.model.model_name_or_path = str(init)
         parents = [{"role": "init", "from_scratch": extras.init_architecture}]
     return sft.run(cfg, resume=resume, stage_name="pretrain", parents=parents)

@@ -130,20 +130,31 @@ def test_sft_and_reward_on_two_processes(tmp_path, tiny_llama):
 
 
 @pytest.mark.slow
-def test_pipeline_launches_a_stage_on_two_processes(tmp_path, tiny_llama, capsys):
+def test_pipeline_launches_stages_on_two_processes(tmp_path, capsys):
+    """Pretraining from scratch (a tokenizer and initial weights built once, by the main process) and SFT
+    on its output, each started by the pipeline in 2 processes; a second run launches nothing."""
     config = tmp_path / "pipeline.yaml"
-    stage = {"stage": "sft", "config": str(REPO / "configs/tiny/sft.yaml"), "max_steps": 3}
-    stage["num_processes"] = 2  # the pipeline's key: not passed to the stage, it starts the stage twice
-    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
+    stages = [
+        {"stage": "pretrain", "config": str(REPO / "configs/tiny/pretrain.yaml"), "max_steps": 3},
+        {"stage": "sft", "config": str(REPO / "configs/tiny/sft.yaml"), "max_steps": 3},
+    ]
+    for stage in stages:
+        stage["num_processes"] = 2  # the pipeline's key: not passed to the stage, it starts it twice
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": stages}))
     pipeline.run(str(config))
     out = capsys.readouterr().out
-    assert "== sft (2 processes) ==" in out and "[2 processes]" in out
+    assert "== pretrain (2 processes) ==" in out and "== sft (2 processes) ==" in out
+    assert out.count("[2 processes]") == 2  # the plan says so
     metrics = artifacts.read_manifest(tmp_path / "run" / "sft")["metrics"]
     # 2 processes x 8 rows a step: an epoch of the 180 rows is 12 steps (one process would take 23).
     assert metrics["global_step"] == 3 and metrics["epoch"] == pytest.approx(3 / math.ceil(180 / 16))
+    parent = artifacts.read_manifest(tmp_path / "run" / "sft")["parents"][0]
+    assert parent["stage"] == "pretrain" and Path(parent["name_or_path"]) == tmp_path / "run" / "pretrain"
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == [".pipeline", "pipeline.json", "pretrain", "sft"], names  # no half-written folder
 
     pipeline.run(str(config))  # the same inputs again: skipped, without launching anything
-    assert "== sft" not in capsys.readouterr().out
+    assert "== " not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -172,3 +183,17 @@ def test_launch_commands():
     accelerate = pipeline.Launch(8, fsdp).command("sft", Path("/r/sft.yaml"), resume=False)
     assert accelerate[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(fsdp)]
     assert accelerate[5:10] == ["--num_processes", "8", "-m", "hftune", "sft"]
+
+
+def test_an_accelerate_config_alone_keeps_its_process_count(tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    multi_gpu = REPO / "configs/accelerate/multi_gpu.yaml"
+    stage = {
+        "stage": "sft",
+        "config": str(REPO / "configs/tiny/sft.yaml"),
+        "accelerate_config": str(multi_gpu),
+    }
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
+    _, plan = pipeline.load_plan(str(config))
+    assert plan[0].launch == pipeline.Launch(8, multi_gpu)
+    assert "accelerate_config" not in plan[0].values  # a pipeline key, not a key of the SFT config
