@@ -78,15 +78,15 @@ def test_logits_count_for_language_models_not_reward_models(tiny_llama):
 
 @pytest.mark.parametrize(
     "model, published",
-    # The parameter counts their model cards publish.
-    [("HuggingFaceTB/SmolLM2-135M", 134.5e6), ("Qwen/Qwen2.5-7B", 7.61e9)],
+    # The parameter counts their model cards publish (to 2-4 significant digits).
+    [("HuggingFaceTB/SmolLM2-135M", 134.5e6), ("Qwen/Qwen2.5-0.5B", 0.49e9), ("Qwen/Qwen2.5-7B", 7.61e9)],
 )
 def test_shipped_architectures_have_the_published_parameter_counts(model, published):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(pipeline.ARCHITECTURES / (model.replace("/", "--") + ".json"))
     params = sum(p.numel() for p in memory.meta_model(config).parameters())
-    assert params == pytest.approx(published, rel=0.002)
+    assert params == pytest.approx(published, rel=0.01)  # as precise as the cards round them
 
 
 def test_real_model_plans_print_estimates_offline(capsys, monkeypatch):
