@@ -297,6 +297,9 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
     for stage in plan:
         modules[stage.name], stage.cfg = _parse_stage(stage, scratch)
     _check_recipes(plan)
+    for stage in plan:
+        if stage.launch and stage.name == "ppo" and stage.cfg.model.use_peft:
+            raise UserError(f"{stage.source}: {modules['ppo'].PPO_DISTRIBUTED}")
     first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
     if dry_run:
         # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.

@@ -115,6 +115,8 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(f"`max_kl`: must be positive, got {values['max_kl']}")
     if values.get("load_in_4bit") or values.get("load_in_8bit"):
         problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
+    if values.get("algorithm", "ppo") == "ppo" and values.get("use_peft") and distributed.is_distributed():
+        problems.append(PPO_DISTRIBUTED)
     if values.get("algorithm") in ("rloo", "grpo"):
         problems.extend(_vllm_problems(values))
         batch = (values.get("per_device_train_batch_size") or 1) * (
@@ -129,6 +131,13 @@ def _check(values: dict[str, Any]) -> list[str]:
 
 
 VLLM_MODES = ("colocate", "server")
+# Measured here with 2 CPU processes: TRL's experimental PPOTrainer reaches `self.model.policy` through the
+# DDP wrapper when it switches the LoRA adapter off for the reference, and fails.
+PPO_DISTRIBUTED = (
+    "`algorithm: ppo` with a LoRA policy runs in one process only: TRL's experimental PPOTrainer fails under "
+    "DDP when it switches the adapter off for the reference (huggingface/trl#2375). Use `algorithm: rloo` "
+    "or `grpo` on several processes, or run PPO in one"
+)
 
 
 def _vllm_problems(values: dict[str, Any]) -> list[str]:

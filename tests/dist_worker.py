@@ -35,6 +35,8 @@ training_step = transformers.Trainer.training_step
 
 
 def recording_step(self, model, inputs, *args, **kwargs):
+    if not (isinstance(inputs, dict) and "input_ids" in inputs and "attention_mask" in inputs):
+        return training_step(self, model, inputs, *args, **kwargs)  # RL batches: prompts, not rows
     for row, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), strict=True):
         seen.append([token for token, keep in zip(row, mask, strict=True) if keep])
     if not training_rows:

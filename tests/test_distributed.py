@@ -74,7 +74,7 @@ def tokenization_caches(run: subprocess.CompletedProcess) -> tuple[set[str], set
 
 
 @pytest.mark.slow
-def test_sft_and_reward_on_two_processes(tmp_path, tiny_llama):
+def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     # 180 training rows, 2 processes x 6 a batch: 15 steps make one epoch with no batch padded.
     sft_out = tmp_path / "runs" / "sft"
     run = torchrun(
@@ -127,6 +127,19 @@ def test_sft_and_reward_on_two_processes(tmp_path, tiny_llama):
     report = json.loads((reward_out / "reward_report.json").read_text())
     assert report["accuracy"] > 0.8  # it learnt the preferences, and it scores after reloading:
     assert len(scorer.score([[{"role": "user", "content": "What is 2 + 2?"}]], ["4"])) == 1
+
+    # RLOO on both: the RL logs the guardrails keep are written once, by the main process.
+    rloo_out = tmp_path / "runs" / "rloo"
+    run = torchrun(
+        ["ppo", "--config", str(REPO / "configs/tiny/ppo.yaml"), "--algorithm", "rloo",
+         "--model_name_or_path", str(sft_out), "--reward_model_path", str(reward_out),
+         "--output_dir", str(rloo_out), "--max_steps", "3", "--max_mean_length", "1000"],
+        tmp_path / "rloo-record",
+    )  # fmt: skip
+    assert_one_artifact(rloo_out)
+    steps = [json.loads(line)["step"] for line in (rloo_out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3], steps
+    assert run.stdout.count("saved: ") == 1
 
 
 @pytest.mark.slow
@@ -197,3 +210,24 @@ def test_an_accelerate_config_alone_keeps_its_process_count(tmp_path):
     _, plan = pipeline.load_plan(str(config))
     assert plan[0].launch == pipeline.Launch(8, multi_gpu)
     assert "accelerate_config" not in plan[0].values  # a pipeline key, not a key of the SFT config
+
+
+def test_ppo_with_lora_is_refused_on_several_processes(tmp_path, monkeypatch):
+    """TRL's experimental PPOTrainer fails under DDP with a LoRA policy (measured with 2 processes here):
+    refused before anything loads, whether launched by hand or by the pipeline; RLOO is accepted."""
+    from hftune import rl
+    from hftune.errors import UserError
+
+    config = REPO / "configs/tiny/ppo.yaml"
+    with monkeypatch.context() as patch:  # as under torchrun, without starting a process group here
+        patch.setattr(rl.distributed, "is_distributed", lambda: True)
+        with pytest.raises(UserError, match="huggingface/trl#2375"):
+            rl.parse(str(config))
+        assert rl.parse(str(config), ["--algorithm", "rloo"]).hftune.algorithm == "rloo"
+
+    plan = tmp_path / "pipeline.yaml"
+    stage = {"stage": "ppo", "config": str(config), "num_processes": 2}
+    stage.update(model_name_or_path="tiny:llama", reward_model_path=str(tmp_path / "rm"))
+    plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
+    with pytest.raises(UserError, match="one process only"):
+        pipeline.run(str(plan), dry_run=True)
