@@ -40,6 +40,7 @@ def _setup_logging(debug: bool) -> None:
     if not debug:
         for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger("accelerate").setLevel(logging.WARNING)  # its INFO notes are for its developers
         # Deprecation notices between the libraries hftune wraps (TRL calling transformers' old names) are
         # for their maintainers, not for someone training a model; --debug shows them.
         warnings.filterwarnings(
