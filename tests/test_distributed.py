@@ -231,3 +231,13 @@ def test_ppo_with_lora_is_refused_on_several_processes(tmp_path, monkeypatch):
     plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
     with pytest.raises(UserError, match="one process only"):
         pipeline.run(str(plan), dry_run=True)
+
+
+def test_eval_under_a_launcher_runs_on_the_main_process_only(monkeypatch):
+    """The other processes return before reading anything (the models named here do not even exist)."""
+    from hftune.evaluation import harness, suite
+
+    cfg = suite.parse(str(REPO / "eval/suites/tiny.yaml"), ["--sft_model", "no/such", "--rlhf_models", "x"])
+    monkeypatch.setattr(harness.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(harness.distributed, "is_main_process", lambda: False)
+    assert harness.run(cfg) is None

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hftune import artifacts, modeling, scoring
+from hftune import artifacts, distributed, modeling, scoring
 from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.evaluation import report, stats, text_metrics
@@ -100,9 +100,18 @@ def check_tokenizers(tokenizer, paths: dict[str, str], reward_model: str | None,
 # ------------------------------------------------------------------------------------------------------
 
 
-def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult:
+def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     del resume  # every finished generation is cached, so a re-run continues where it stopped anyway
     from trl import ModelConfig
+
+    if distributed.is_distributed():
+        # Under a launcher the main process evaluates (its generation is batched, not sharded, and its
+        # outputs are written once); the others have nothing to do.
+        if not distributed.is_main_process():
+            return None
+        logger.warning(
+            "eval runs in one process: the other %d launched ones exit", distributed.world_size() - 1
+        )
 
     started = time.time()
     suite: Suite = cfg.hftune
