@@ -10,11 +10,11 @@ data are synthetic multi-turn chats in UltraChat's schema, long enough that ever
 tokens. Training goes through `hftune sft` itself (parse, prepare, TRL's SFTTrainer), full fine-tuning
 in the precision hftune picks (bf16 on a GPU that has it), assistant-only loss.
 
-Throughput counts the tokens TRL reports as trained on (`num_tokens`, padding excluded) between the end of
-the warm-up steps and the last step, over the wall time between them (each logged step ends in a GPU
-sync). MFU = achieved model FLOP/s / the GPU's dense bf16 peak, with the PaLM appendix B count per token:
-6 x N + 12 x layers x hidden x length, N the parameters that do matrix work (everything but the input
-embedding; a tied output head counts once, as a matmul). The peak is looked up from the GPU's name
+Throughput counts the tokens TRL reports (`num_tokens`: prompts and replies, padding excluded) between
+the end of the warm-up steps and the last step, over the wall time between them (each logged step ends
+in a GPU sync). MFU = achieved model FLOP/s / the GPU's dense bf16 peak, with the PaLM appendix B count
+per token: 6 x N + 12 x layers x hidden x length, N the parameters that do matrix work (everything but
+the input embedding; a tied output head counts once, as a matmul). The peak is looked up from the GPU's name
 (H100/H200 SXM 989 TFLOP/s, H100 PCIe 756, A100 312) or given with --peak-tflops.
 """
 
@@ -164,7 +164,7 @@ def main() -> None:
     print(
         f"batch {ns.batch} x length {ns.length}; measured steps {s0}..{s1} ({s1 - s0} steps, {t1 - t0:.2f} s)"
     )
-    print(f"throughput: {tokens_per_s:,.0f} trained tokens/s")
+    print(f"throughput: {tokens_per_s:,.0f} tokens/s (prompts and replies, padding excluded)")
     print(f"model FLOPs: {achieved / 1e12:.1f} TFLOP/s")
     if peak:
         print(f"MFU: {achieved / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s dense bf16 peak")

@@ -38,6 +38,16 @@ def node_rank() -> int:
     return int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0")))
 
 
+def sharding() -> str | None:
+    """'FSDP' / 'DeepSpeed' when `accelerate launch` started this process with one (it says so in the
+    environment), else None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "DeepSpeed"
+    return None
+
+
 def accelerator_available() -> bool:
     import torch
 
@@ -80,3 +90,13 @@ def broadcast(value):
 
     _state()
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def gather_lists(values: list) -> list:
+    """Every process's `values`, concatenated in rank order, on every process."""
+    if not is_distributed():
+        return list(values)
+    from accelerate.utils import gather_object
+
+    _state()
+    return list(gather_object(list(values)))

@@ -18,8 +18,8 @@ class UserError(Exception):
 
 
 class StageFailed(UserError):
-    """A stage run in processes of its own failed; they have already printed why. Exits with their status
-    (2 for a user error, 1 for a crash), without a traceback of the launcher's."""
+    """A stage run in processes of its own failed; they have already printed why. Exits with the launcher's
+    status (torchrun and accelerate exit 1 whatever failed), without a traceback of the launcher's."""
 
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)

@@ -104,10 +104,12 @@ def _quantized_parameters(model) -> int:
     keeps it, like the embeddings and norms, in the compute precision)."""
     import torch
 
+    heads = {id(model.get_output_embeddings())}
+    heads.add(id(getattr(model, "score", None)))  # a reward model's one-score head
     return sum(
         module.weight.numel()
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in ("lm_head", "score")
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear) and id(module) not in heads
     )
 
 

@@ -90,6 +90,13 @@ class Launch:
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.num_processes}"]
         return [sys.executable, *launcher, *hftune]
 
+    def sharding(self) -> str | None:
+        """'FSDP' / 'DeepSpeed' when the accelerate config shards the model."""
+        if self.accelerate_config is None:
+            return None
+        kind = str(load_yaml_mapping(self.accelerate_config).get("distributed_type", "")).upper()
+        return {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind)
+
     def fingerprint(self) -> dict[str, Any]:
         # More processes train on a larger global batch: a different run, not the same one resumed.
         config = self.accelerate_config
@@ -298,8 +305,12 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
         modules[stage.name], stage.cfg = _parse_stage(stage, scratch)
     _check_recipes(plan)
     for stage in plan:
-        if stage.launch and stage.name == "ppo" and stage.cfg.model.use_peft:
-            raise UserError(f"{stage.source}: {modules['ppo'].PPO_DISTRIBUTED}")
+        if stage.launch and stage.name in RL:
+            rl = modules[stage.name]
+            if stage.name == "ppo" and stage.cfg.model.use_peft and stage.launch.num_processes > 1:
+                raise UserError(f"{stage.source}: {rl.PPO_DISTRIBUTED}")
+            if sharding := stage.launch.sharding():
+                raise UserError(f"{stage.source}: {rl.RL_SHARDED.format(sharding)}")
     first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
     if dry_run:
         # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.
@@ -329,10 +340,22 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
         else:
             result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
             print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
+            del result
+            _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
         _record(root, stage, time.time() - started)
         shutil.rmtree(work, ignore_errors=True)  # stages that keep no checkpoints (eval) leave it behind
     print(describe(plan))
     return plan
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()  # a finished stage's trainer, model and optimizer state
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _run_launched(stage: PlannedStage, config_file: Path) -> None:
@@ -348,7 +371,8 @@ def _run_launched(stage: PlannedStage, config_file: Path) -> None:
         raise StageFailed(
             f"stage {stage.name} failed in its {stage.launch.num_processes} processes (exit code {code}; "
             "their output is above). Run the same command again to resume it from its last checkpoint.",
-            exit_code=code or 1,
+            # The launchers exit 1 whatever failed; a signal (a negative code) exits as a shell reports it.
+            exit_code=128 - code if code < 0 else code or 1,
         )
 
 

@@ -110,8 +110,10 @@ def run(cfg: StageConfig, *, resume: bool = False) -> sft.SFTResult:
     if extras.init_architecture:
         # The initial weights live in the work folder (so --resume finds them) and go with it afterwards:
         # the finished artifact is a full model that needs nothing else.
-        init = artifacts.work_dir(cfg.training.output_dir) / "init"
-        with distributed.local_main_first():  # built once a machine; the other processes load it
+        # Built once a machine, each in a folder of its own (machines may share a filesystem); the other
+        # processes load it. The same seed makes the same weights everywhere.
+        init = artifacts.work_dir(cfg.training.output_dir) / f"init-node{distributed.node_rank()}"
+        with distributed.local_main_first():
             if not (init / "config.json").is_file():
                 _init_model(cfg, init)
         cfg.model.model_name_or_path = str(init)

@@ -117,6 +117,8 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
     if values.get("algorithm", "ppo") == "ppo" and values.get("use_peft") and distributed.is_distributed():
         problems.append(PPO_DISTRIBUTED)
+    if sharding := distributed.sharding():
+        problems.append(RL_SHARDED.format(sharding))
     if values.get("algorithm") in ("rloo", "grpo"):
         problems.extend(_vllm_problems(values))
         batch = (values.get("per_device_train_batch_size") or 1) * (
@@ -131,6 +133,10 @@ def _check(values: dict[str, Any]) -> list[str]:
 
 
 VLLM_MODES = ("colocate", "server")
+RL_SHARDED = (
+    "the RL stages run under DDP (torchrun, or accelerate's multi-GPU configs), not {}: the policy adapter "
+    "is saved from the main process's copy, which a sharded model does not hold whole"
+)
 # Measured here with 2 CPU processes: TRL's experimental PPOTrainer reaches `self.model.policy` through the
 # DDP wrapper when it switches the LoRA adapter off for the reference, and fails.
 PPO_DISTRIBUTED = (
@@ -419,6 +425,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         heldout_every=extras.heldout_every,
         rollout_stats=stats,
         step_offset=getattr(trainer, "hftune_steps_done", 0),
+        resumed_at=stage.checkpoint_step(resume_from),
     )
     trainer.add_callback(guardrails)
     return Prepared(trainer, guardrails, scorer, reward_fn, data, recipe, tokenizer, final_dir, resume_from)
@@ -445,7 +452,7 @@ def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_f
         gradient_checkpointing=args.gradient_checkpointing,
     )
     cls = RLOOTrainer if extras.algorithm == "rloo" else GRPOTrainer
-    return cls(
+    trainer = cls(
         model=policy,
         reward_funcs=reward_fn,
         args=args,
@@ -454,6 +461,9 @@ def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_f
         processing_class=tokenizer,
         peft_config=modeling.lora_config(model_args),
     )
+    # TRL moves the models it is given; a reward *function* keeps its model where it was loaded (the CPU).
+    reward_fn.scorer.model.to(trainer.accelerator.device)
+    return trainer
 
 
 def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:

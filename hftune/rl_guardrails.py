@@ -61,6 +61,11 @@ class RolloutStats:
     ended: list[bool] = field(default_factory=list)
 
     def drain(self) -> dict[str, float]:
+        # Each process scored its own share of the completions: the statistics are over all of them.
+        self.lengths, self.ended = (
+            distributed.gather_lists(self.lengths),
+            distributed.gather_lists(self.ended),
+        )
         if not self.lengths:
             return {}
         out = {
@@ -84,6 +89,7 @@ class Guardrails(TrainerCallback):
         heldout_every: int = 0,
         rollout_stats: RolloutStats | None = None,
         step_offset: int = 0,
+        resumed_at: int = 0,
     ):
         self.out_dir = out_dir
         self.bounds = bounds
@@ -91,7 +97,7 @@ class Guardrails(TrainerCallback):
         self.heldout = heldout  # callable(policy) -> (mean reward, sample rows), or None
         self.heldout_every = heldout_every
         self.rollout_stats = rollout_stats
-        self.step_offset = step_offset  # steps done before a resume
+        self.step_offset = step_offset  # steps done before a resume that the trainer counts from 0 again
         self.snapshots: list[dict[str, torch.Tensor]] = []
         self.last_good: dict[str, torch.Tensor] | None = None
         self.last_train_reward: float | None = None
@@ -102,7 +108,7 @@ class Guardrails(TrainerCallback):
         self.writes = distributed.is_main_process()
         for name in ("metrics.jsonl", "samples.jsonl"):
             if self.writes:
-                self._keep_rows_up_to(out_dir / name, step_offset)
+                self._keep_rows_up_to(out_dir / name, max(step_offset, resumed_at))
 
     @staticmethod
     def _keep_rows_up_to(path: Path, step: int) -> None:
@@ -148,7 +154,9 @@ class Guardrails(TrainerCallback):
         # These metrics describe rollouts of the policy as it was before this step's update.
         self.snapshots.append(self.adapter_state())
         self.snapshots = self.snapshots[-2:]
-        reason = self._crossed(logs)
+        # One decision for every process (each computed its own held-out reward), so that they all stop
+        # at the same step or none does: a process left training alone would wait for the others forever.
+        reason = distributed.broadcast(self._crossed(logs))
         if reason:
             self.alarm = AlarmStop(reason, step)
             logger.warning("guardrail alarm at step %d: %s; keeping the last good policy", step, reason)

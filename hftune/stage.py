@@ -157,6 +157,15 @@ def last_complete_checkpoint(work: Path) -> str | None:
     return None
 
 
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The global step a checkpoint was saved at (0 for none)."""
+    if not checkpoint:
+        return 0
+    import json
+
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
+
+
 def checkpoint_to_resume(work: Path, resume: bool) -> str | None:
     """The last checkpoint of an interrupted run in `work`, when the user asked to resume."""
     last = last_complete_checkpoint(work) if work.is_dir() else None

@@ -128,18 +128,26 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     assert report["accuracy"] > 0.8  # it learnt the preferences, and it scores after reloading:
     assert len(scorer.score([[{"role": "user", "content": "What is 2 + 2?"}]], ["4"])) == 1
 
-    # RLOO on both: the RL logs the guardrails keep are written once, by the main process.
+    # RLOO on both, with a held-out check every step and a length alarm that must fire at the first one:
+    # both processes stop at the same step (one left training would wait for the other forever), and the
+    # RL logs are written once, by the main process, from the rollouts of both.
     rloo_out = tmp_path / "runs" / "rloo"
     run = torchrun(
         ["ppo", "--config", str(REPO / "configs/tiny/ppo.yaml"), "--algorithm", "rloo",
          "--model_name_or_path", str(sft_out), "--reward_model_path", str(reward_out),
-         "--output_dir", str(rloo_out), "--max_steps", "3", "--max_mean_length", "1000"],
+         "--output_dir", str(rloo_out), "--max_steps", "3", "--heldout_every", "1",
+         "--max_mean_length", "0.5"],
         tmp_path / "rloo-record",
     )  # fmt: skip
     assert_one_artifact(rloo_out)
-    steps = [json.loads(line)["step"] for line in (rloo_out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3], steps
-    assert run.stdout.count("saved: ") == 1
+    assert "alarm" in artifacts.read_manifest(rloo_out)["metrics"]
+    rows = [json.loads(line) for line in (rloo_out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1], rows
+    # The response statistics cover both processes' completions, as TRL's own gathered ones do.
+    assert rows[0]["response/mean_length"] == pytest.approx(rows[0]["completions/mean_length"])
+    samples = (rloo_out / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 16  # the 16 held-out prompts, once
+    assert run.stdout.count("saved: ") == 1 and run.stdout.count("ALARM") == 1
 
 
 @pytest.mark.slow
@@ -212,9 +220,10 @@ def test_an_accelerate_config_alone_keeps_its_process_count(tmp_path):
     assert "accelerate_config" not in plan[0].values  # a pipeline key, not a key of the SFT config
 
 
-def test_ppo_with_lora_is_refused_on_several_processes(tmp_path, monkeypatch):
-    """TRL's experimental PPOTrainer fails under DDP with a LoRA policy (measured with 2 processes here):
-    refused before anything loads, whether launched by hand or by the pipeline; RLOO is accepted."""
+def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
+    """TRL's experimental PPOTrainer fails under DDP with a LoRA policy (measured with 2 processes here), and
+    an RL policy sharded by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
+    loads, whether launched by hand or by the pipeline; RLOO on DDP is accepted."""
     from hftune import rl
     from hftune.errors import UserError
 
@@ -230,6 +239,18 @@ def test_ppo_with_lora_is_refused_on_several_processes(tmp_path, monkeypatch):
     stage.update(model_name_or_path="tiny:llama", reward_model_path=str(tmp_path / "rm"))
     plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
     with pytest.raises(UserError, match="one process only"):
+        pipeline.run(str(plan), dry_run=True)
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(UserError, match="not FSDP"):
+        rl.parse(str(config), ["--algorithm", "rloo"])
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    stage.update(
+        stage="rloo", num_processes=None, accelerate_config=str(REPO / "configs/accelerate/fsdp.yaml")
+    )
+    del stage["num_processes"]
+    plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
+    with pytest.raises(UserError, match="not FSDP"):
         pipeline.run(str(plan), dry_run=True)
 
 

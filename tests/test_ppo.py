@@ -316,3 +316,21 @@ def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatc
     # Steps 1-2 come from before the crash (step 3 was lost with it); the resumed run did steps 3 and 4.
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert result.metrics["steps"] == len(rows)
+
+
+def test_resumed_group_runs_keep_their_logs_up_to_the_checkpoint(tmp_path):
+    """RLOO / GRPO resume with the Trainer's own step count: the RL logs keep the rows up to the checkpoint's
+    step and drop the ones written after it (they will be written again)."""
+    from hftune import stage
+    from hftune.rl_guardrails import Bounds, Guardrails
+
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    assert stage.checkpoint_step(str(checkpoint)) == 3 and stage.checkpoint_step(None) == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)))
+    Guardrails(work, Bounds(), policy_fn=lambda: None, resumed_at=stage.checkpoint_step(str(checkpoint)))
+    steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
