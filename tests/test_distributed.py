@@ -151,8 +151,32 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
 
 
 @pytest.mark.slow
+def test_a_data_error_on_the_main_process_ends_the_whole_job(tmp_path):
+    """The main process finds the problem while preparing the data (the other waits for it): one readable
+    error, the launcher ends the waiting process, and nothing is written."""
+    out = tmp_path / "sft"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [
+        "-m",
+        "hftune",
+        "sft",
+        "--config",
+        str(REPO / "configs/tiny/sft.yaml"),
+        "--output_dir",
+        str(out),
+    ]
+    command += ["--data_files", str(REPO / "data_recipes/fixtures/bad_chats.jsonl")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    assert run.stderr.count("hftune: error: column `instruction` not found") == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr.split("hftune: error:")[0]  # no traceback of ours before it
+    assert not out.exists() and not any(p.name.startswith(".sft") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_pipeline_launches_stages_on_two_processes(tmp_path, capsys):
-    """Pretraining from scratch (a tokenizer and initial weights built once, by the main process) and SFT
+    """Pretraining from scratch (the tokenizer and initial weights built by the main process first) and SFT
     on its output, each started by the pipeline in 2 processes; a second run launches nothing."""
     config = tmp_path / "pipeline.yaml"
     stages = [
