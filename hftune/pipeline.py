@@ -79,6 +79,7 @@ class Launch:
 
     num_processes: int
     accelerate_config: Path | None = None
+    sharding: str | None = None  # 'FSDP' / 'DeepSpeed' when the accelerate config shards the model
 
     def command(self, stage_name: str, config_file: Path, *, resume: bool) -> list[str]:
         hftune = ["-m", "hftune", "ppo" if stage_name in RL else stage_name, "--config", str(config_file)]
@@ -89,13 +90,6 @@ class Launch:
         # --standalone: a free rendezvous port on this machine, so two pipelines never collide.
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.num_processes}"]
         return [sys.executable, *launcher, *hftune]
-
-    def sharding(self) -> str | None:
-        """'FSDP' / 'DeepSpeed' when the accelerate config shards the model."""
-        if self.accelerate_config is None:
-            return None
-        kind = str(load_yaml_mapping(self.accelerate_config).get("distributed_type", "")).upper()
-        return {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind)
 
     def fingerprint(self) -> dict[str, Any]:
         # More processes train on a larger global batch: a different run, not the same one resumed.
@@ -122,19 +116,27 @@ def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, prob
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         problems.append(f"{where}: `num_processes` must be a whole number >= 1, got {n!r}")
         return None
-    file = None
-    if accelerate_config is not None:
-        file = Path(str(accelerate_config))
-        if not file.is_absolute() and not file.is_file():
-            file = Path(config_path).parent / file
-        if not file.is_file():
-            problems.append(f"{where}: `accelerate_config`: file not found: {accelerate_config}")
-            return None
-    if n == 1 and file is None:
-        return None  # one process: run in-process as usual
-    if n is None:  # the accelerate config's own count
-        n = int((load_yaml_mapping(file) or {}).get("num_processes") or 1)
-    return Launch(n, file.resolve() if file else None)
+    if accelerate_config is None:
+        return Launch(n) if n > 1 else None  # one process: run in-process as usual
+    file = _beside(config_path, accelerate_config)
+    if not file.is_file():
+        problems.append(f"{where}: `accelerate_config`: file not found: {accelerate_config}")
+        return None
+    launch = load_yaml_mapping(file) or {}
+    kind = str(launch.get("distributed_type", "")).upper()
+    return Launch(
+        n or int(launch.get("num_processes") or 1),  # without `num_processes`, the config's own count
+        file.resolve(),
+        {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind),
+    )
+
+
+def _beside(config_path: str, value: Any) -> Path:
+    """A file a pipeline config names: as given if it exists from here, else beside the pipeline config."""
+    file = Path(str(value))
+    if not file.is_absolute() and not file.is_file():
+        file = Path(config_path).parent / file
+    return file
 
 
 def _role(name: str) -> str:
@@ -174,9 +176,7 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
         values: dict[str, Any] = {}
         source = f"{config_path} ({where}: {name})"
         if entry.get("config"):
-            file = Path(str(entry.pop("config")))
-            if not file.is_absolute() and not file.is_file():
-                file = Path(config_path).parent / file
+            file = _beside(config_path, entry.pop("config"))
             values.update(load_yaml_mapping(file))
             source = f"{file} (pipeline {config_path}, stage {name})"
         roles = {_role(s.get("stage", "")) for s in stages[:i] if isinstance(s, dict)}
@@ -309,8 +309,8 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
             rl = modules[stage.name]
             if stage.name == "ppo" and stage.cfg.model.use_peft and stage.launch.num_processes > 1:
                 raise UserError(f"{stage.source}: {rl.PPO_DISTRIBUTED}")
-            if sharding := stage.launch.sharding():
-                raise UserError(f"{stage.source}: {rl.RL_SHARDED.format(sharding)}")
+            if stage.launch.sharding:
+                raise UserError(f"{stage.source}: {rl.RL_SHARDED.format(stage.launch.sharding)}")
     first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
     if dry_run:
         # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.

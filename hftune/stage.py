@@ -5,6 +5,7 @@ to bottom and calls these for the parts that are the same everywhere."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -161,8 +162,6 @@ def checkpoint_step(checkpoint: str | None) -> int:
     """The global step a checkpoint was saved at (0 for none)."""
     if not checkpoint:
         return 0
-    import json
-
     return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
 
 
