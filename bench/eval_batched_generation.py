@@ -31,12 +31,13 @@ def main() -> None:
     import torch
     from trl import ModelConfig
 
-    from hftune import generation, modeling
     from hftune.data import prepare_dataset
+    from hftune.models import generation, loading
+    from hftune.models.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
-    tok = modeling.load_tokenizer(args.model, chat_template="chatml")
-    model = modeling.load_model(args.model, ModelConfig(dtype="auto"), for_training=False).eval()
+    tok = load_tokenizer(args.model, chat_template="chatml")
+    model = loading.load_model(args.model, ModelConfig(dtype="auto"), for_training=False).eval()
     rows = list(prepare_dataset("tiny_alpaca").train)[: args.prompts]
     encoded = [
         tok.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, return_dict=True)["input_ids"]

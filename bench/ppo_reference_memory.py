@@ -27,7 +27,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CHILD = r"""
 import functools, json, resource, sys
 import torch
-from hftune import ppo, rl
+from hftune.stages.rl import ppo
+from hftune.stages.rl import stage as rl
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if sys.argv[2] == "separate":
     ppo.build_trainer = functools.partial(ppo.build_trainer, separate_reference=True)
@@ -57,8 +58,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     ns = parser.parse_args()
 
-    from hftune import reward
-    from hftune.tiny import build_tiny_model
+    from hftune.models.tiny import build_tiny_model
+    from hftune.stages import reward
 
     with tempfile.TemporaryDirectory() as tmp:
         base = build_tiny_model(Path(tmp) / "base", hidden_size=ns.hidden, num_layers=ns.layers)

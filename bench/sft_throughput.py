@@ -45,8 +45,8 @@ def build_model(folder: Path, architecture: Path, num_layers: int | None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hftune import modeling
-    from hftune.tiny import default_corpus, train_tokenizer
+    from hftune.models.tiny import default_corpus, train_tokenizer
+    from hftune.models.tokenizer import load_tokenizer
 
     values = json.loads(architecture.read_text())
     if num_layers:  # before the config derives per-layer settings from the count
@@ -60,7 +60,7 @@ def build_model(folder: Path, architecture: Path, num_layers: int | None):
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     # Sized with the tokenizer as hftune loads it (transformers picks the tokenizer class by model type).
-    return sum(p.numel() for p in model.parameters()), modeling.load_tokenizer(
+    return sum(p.numel() for p in model.parameters()), load_tokenizer(
         str(folder), chat_template="chatml"
     )
 
@@ -68,7 +68,7 @@ def build_model(folder: Path, architecture: Path, num_layers: int | None):
 def write_chats(path: Path, tokenizer, rows: int, length: int, seed: int = 0) -> None:
     """Multi-turn chats in UltraChat's schema that each fill `length` tokens (95-100% of it, rendered with
     the chat template): hftune drops rows over `max_length` rather than cutting them."""
-    from hftune.tiny import default_corpus
+    from hftune.models.tiny import default_corpus
 
     rng = random.Random(seed)
     words = sorted({w for line in default_corpus() for w in line.split()})
@@ -131,7 +131,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from hftune import sft
+    from hftune.stages import sft
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -67,7 +67,7 @@ def raw_trl(model_path: str, rows: list[dict], steps: int, out: str) -> tuple[fl
 
 
 def hftune_sft(model_path: str, data_file: str, steps: int, out: str) -> tuple[float, int]:
-    from hftune import sft
+    from hftune.stages import sft
 
     argv = [
         "--model_name_or_path",
@@ -113,7 +113,7 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from hftune.tiny import resolve_tiny
+    from hftune.models.tiny import resolve_tiny
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)

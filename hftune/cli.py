@@ -6,16 +6,16 @@ User mistakes (`UserError`) print one readable message and exit 2; `--debug` sho
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable
 
 from hftune import __version__
 from hftune.errors import UserError
+from hftune.stages import registry
+from hftune.stages.common import HARDWARE_DEFAULTS
 
 logger = logging.getLogger("hftune")
 
@@ -48,34 +48,35 @@ def _setup_logging(debug: bool) -> None:
         )
 
 
-def _stage_help(schema_fn: Callable, command: str) -> str:
-    """The epilog of a stage's --help: hftune's own options and the defaults hftune changes."""
+def _stage_help(module, command: str) -> str:
+    """The epilog of a stage's --help: hftune's own options and the defaults hftune changes. Built from the
+    stage module's EXTRAS / DEFAULTS / TRL_CONFIGS, so it needs neither TRL nor torch."""
     from hftune.config import describe_fields
 
-    schema = schema_fn()
     lines = ["hftune options (config keys or --flags):"]
-    for name, kind, help_text in describe_fields(schema.classes["hftune"]):
+    for name, kind, help_text in describe_fields(module.EXTRAS):
         lines.append(f"  --{name}  ({kind})")
         lines.extend("      " + w for w in textwrap.wrap(help_text, 88))
-    trl_names = ", ".join(cls.__name__ for sec, cls in schema.classes.items() if sec != "hftune")
-    if not trl_names:  # an hftune-only config (eval suites)
+    if not module.TRL_CONFIGS:  # an hftune-only config (eval suites)
         return "\n".join(lines)
     lines.append("")
     lines.append("defaults hftune sets differently from TRL:")
-    for key, value in schema.defaults.items():
+    for key, value in module.DEFAULTS.items():
         lines.append(f"  {key}: {value!r}")
+    for key, how in HARDWARE_DEFAULTS.items():
+        lines.append(f"  {key}: {how}")
     lines.append("")
     lines.append(
-        f"Every field of TRL's {trl_names} is also a config key / flag (TRL's docs apply); "
-        f"`hftune {command} --help-all` lists them all."
+        f"Every field of TRL's {', '.join(module.TRL_CONFIGS)} is also a config key / flag (TRL's docs "
+        f"apply); `hftune {command} --help-all` lists them all."
     )
     return "\n".join(lines)
 
 
-def _print_all_fields(schema_fn: Callable) -> None:
+def _print_all_fields(schema) -> None:
     from hftune.config import describe_fields
 
-    for section, cls in schema_fn().classes.items():
+    for section, cls in schema.classes.items():
         print(f"\n== {cls.__name__} ({section}) ==")
         for name, kind, help_text in describe_fields(cls):
             print(f"  --{name}  ({kind})")
@@ -83,55 +84,10 @@ def _print_all_fields(schema_fn: Callable) -> None:
                 print("      " + w)
 
 
-# Training stages: `hftune <stage> --config FILE [--key value ...]`; each module offers the same
-# parse / run / summary / schema functions.
-STAGES = {
-    "pretrain": (
-        "pretrain a base model on plain text, from scratch or continued",
-        "Pretraining on plain text with TRL's SFTTrainer: from scratch (`init_architecture`: a tokenizer "
-        "trained on the data and random weights) or continued from `model_name_or_path`. Config keys are "
-        "TRL's SFTConfig and ModelConfig fields plus the hftune options below.",
-    ),
-    "sft": (
-        "supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
-        "Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and ModelConfig "
-        "fields plus the hftune options below; `--key value` flags override the file.",
-    ),
-    "reward": (
-        "reward modelling on preference pairs with TRL's RewardTrainer",
-        "Reward modelling with TRL's RewardTrainer on top of an SFT output. Config keys are TRL's "
-        "RewardConfig and ModelConfig fields plus the hftune options below; `--key value` flags override the "
-        "file. Prints and saves a held-out report (pairwise accuracy with a 95% CI, margins, score "
-        "statistics, score/length correlation).",
-    ),
-    "ppo": (
-        "RLHF: PPO (or RLOO / GRPO) against the reward model, KL-anchored to the SFT policy",
-        "RLHF against a frozen reward model with TRL's PPOTrainer (`algorithm: ppo`) or its maintained "
-        "RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are the chosen trainer's config "
-        "and ModelConfig fields plus the hftune options below; `--key value` flags override the file. "
-        "Per-step metrics go to metrics.jsonl; alarms (max_kl, min/max_mean_length, held-out reward) stop "
-        "a run and keep its last good policy.",
-    ),
-    "eval": (
-        "compare base, SFT, RLHF and best-of-N side by side, with confidence intervals",
-        "Evaluate model variants on the same held-out prompts with the same decoding: reward, win rates, "
-        "KL to SFT, length, loops, diversity, reference metrics and task verifiers, each with a paired "
-        "bootstrap CI over prompts. Config: an eval suite (eval/suites/*.yaml); `--key value` flags override "
-        "it. Writes results.json, samples.jsonl, report.md and report.html.",
-    ),
-}
-# Commands whose module is not named after them.
-_MODULES = {"eval": "hftune.evaluation.harness"}
-
-
-def _stage_module(name: str):
-    return importlib.import_module(_MODULES.get(name, f"hftune.{name}"))
-
-
 def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:
-    module = _stage_module(ns.command)
+    module = registry.load(ns.command)
     if ns.help_all:
-        _print_all_fields(module.schema)
+        _print_all_fields(module.schema())
         return 0
     cfg = module.parse(ns.config, rest)
     result = module.run(cfg, resume=ns.resume)
@@ -161,17 +117,17 @@ def _cmd_data(ns: argparse.Namespace, rest: list[str]) -> int:
             recipe = data.load_recipe(name)
             print(f"{name:24s} {getattr(recipe, 'description', '') or ''}")
         return 0
-    from hftune import modeling
-    from hftune.preview import preview
+    from hftune.data.preview import preview
+    from hftune.models.tokenizer import load_tokenizer
 
-    tokenizer = modeling.load_tokenizer(ns.model, chat_template=ns.chat_template)
+    tokenizer = load_tokenizer(ns.model, chat_template=ns.chat_template)
     recipe = data.load_recipe(ns.recipe)
     print(preview(recipe, tokenizer, n=ns.n, max_length=ns.max_length, data_files=ns.data_files))
     return 0
 
 
 def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
-    from hftune.tiny import build_tiny_model
+    from hftune.models.tiny import build_tiny_model
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
@@ -189,7 +145,7 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_card(ns: argparse.Namespace, rest: list[str]) -> int:
-    from hftune import card
+    from hftune.publish import card
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
@@ -202,7 +158,7 @@ def _cmd_card(ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
-    from hftune import hub
+    from hftune.publish import hub
 
     if rest:
         raise UserError(
@@ -227,7 +183,7 @@ def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_merge(ns: argparse.Namespace, rest: list[str]) -> int:
-    from hftune import merge
+    from hftune.publish import merge
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
@@ -236,10 +192,33 @@ def _cmd_merge(ns: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hftune.tiny import TINY_PRETRAIN_STEPS
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help text may be computed when it is shown (`help_text=callable` returning
+    (description, epilog)): `hftune --help` then imports no stage, and `hftune sft --help` only sft's."""
 
-    parser = argparse.ArgumentParser(
+    def __init__(self, *args, help_text=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._help_text = help_text
+
+    def format_help(self) -> str:
+        if self._help_text is not None:
+            description, epilog = self._help_text()
+            self.description = description or self.description
+            self.epilog = epilog or self.epilog
+            self._help_text = None
+        return super().format_help()
+
+
+def _pipeline_help() -> tuple[str, None]:
+    from hftune import pipeline
+
+    return (pipeline.__doc__ or "").strip(), None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hftune.models.tiny import TINY_PRETRAIN_STEPS
+
+    parser = _Parser(
         prog="hftune",
         description="Align open language models from config files: SFT → reward model → RLHF → eval, "
         "on TRL, PEFT and transformers.",
@@ -253,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pipeline",
         help="run the whole recipe (pretrain -> sft -> reward -> ppo/rloo/grpo -> eval) from one config",
-        description=(importlib.import_module("hftune.pipeline").__doc__ or "").strip(),
+        help_text=_pipeline_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", required=True, help="pipeline config YAML")
@@ -266,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_pipeline)
 
-    for name, (short, description) in STAGES.items():
+    for name, spec in registry.COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=short,
-            description=description,
-            epilog=_stage_help(_stage_module(name).schema, name),
+            help=spec.short,
+            description=spec.description,
+            help_text=lambda name=name: (None, _stage_help(registry.options(name), name)),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,  # `--res` must not silently mean `--resume`; unknown flags go to the config
         )

@@ -207,12 +207,14 @@ class StageSchema:
 
 @dataclass
 class StageConfig:
-    """A parsed, validated stage config: one object per section plus the raw user values."""
+    """A parsed, validated stage config: one object per section."""
 
     stage: str
     source: str
     sections: dict[str, Any]
-    user_values: dict[str, Any]  # what the user set (file + flags), after coercion
+    # What the saved config reports instead of a section's live value: while a stage trains, TRL's
+    # `output_dir` points at the work folder, but the artifact lives (and is recorded) elsewhere.
+    reported: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -228,6 +230,7 @@ class StageConfig:
             data = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
             for key, value in data.items():
                 flat.setdefault(key, value)
+        flat.update(self.reported)
         return strip_secrets(_jsonable(flat))
 
     def config_hash(self, ignore: tuple[str, ...] = ("output_dir", "logging_dir", "run_name")) -> str:
@@ -389,7 +392,7 @@ def parse_stage_config(
         except (ValueError, TypeError) as err:
             # TRL/transformers validate combinations in __post_init__; surface them as config errors.
             raise ConfigError(source, [str(err).strip()]) from None
-    return StageConfig(stage=schema.name, source=source, sections=sections, user_values=coerced)
+    return StageConfig(stage=schema.name, source=source, sections=sections)
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:

@@ -18,7 +18,6 @@ launch --config_file FILE` (FSDP, DeepSpeed; `num_processes` then overrides the 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -33,28 +32,14 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts, modeling
+from hftune import artifacts
 from hftune.config import ConfigError, load_yaml_mapping
 from hftune.errors import StageFailed, UserError, did_you_mean
+from hftune.stages import registry
+from hftune.stages.registry import STAGES
 
 logger = logging.getLogger(__name__)
 
-# stage -> (module, the config keys the pipeline fills from earlier stages: key -> earlier stage role)
-STAGES: dict[str, tuple[str, dict[str, str]]] = {
-    "pretrain": ("hftune.pretrain", {}),
-    "sft": ("hftune.sft", {"model_name_or_path": "pretrain"}),
-    "reward": ("hftune.reward", {"model_name_or_path": "sft"}),
-    "ppo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
-    "rloo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
-    "grpo": ("hftune.rl", {"model_name_or_path": "sft", "reward_model_path": "reward"}),
-    "eval": (
-        "hftune.evaluation.harness",
-        {"base_model": "pretrain", "sft_model": "sft", "rlhf_models": "rl", "reward_model": "reward"},
-    ),
-}
-# Handoffs taken only when the pipeline has that stage (SFT may start from a model named in its config).
-OPTIONAL = {("sft", "model_name_or_path"), ("eval", "base_model")}
-RL = ("ppo", "rloo", "grpo")
 LEDGER = "pipeline.json"
 # config.json of the Hub models the shipped configs start from (architecture only), for offline plans.
 ARCHITECTURES = Path(__file__).parent / "architectures"
@@ -82,7 +67,7 @@ class Launch:
     sharding: str | None = None  # 'FSDP' / 'DeepSpeed' when the accelerate config shards the model
 
     def command(self, stage_name: str, config_file: Path, *, resume: bool) -> list[str]:
-        hftune = ["-m", "hftune", "ppo" if stage_name in RL else stage_name, "--config", str(config_file)]
+        hftune = ["-m", "hftune", STAGES[stage_name].command, "--config", str(config_file)]
         hftune += ["--resume"] if resume else []
         if self.accelerate_config is not None:
             launcher = ["-m", "accelerate.commands.launch", "--config_file", str(self.accelerate_config)]
@@ -100,9 +85,6 @@ class Launch:
         }
 
 
-TRAINING_STAGES = ("pretrain", "sft", "reward", *RL)
-
-
 def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, problems: list[str]):
     """Pop the keys of a stage entry that say how the pipeline runs it (`num_processes`,
     `accelerate_config`; not keys of the stage's config) and check them; None for an in-process stage."""
@@ -110,7 +92,7 @@ def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, prob
     accelerate_config = entry.pop("accelerate_config", None)
     if n is None and accelerate_config is None:
         return None
-    if name not in TRAINING_STAGES:
+    if not STAGES[name].trains:
         problems.append(f"{where}: `num_processes` / `accelerate_config` are for training stages, not {name}")
         return None
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -139,10 +121,6 @@ def _beside(config_path: str, value: Any) -> Path:
     return file
 
 
-def _role(name: str) -> str:
-    return "rl" if name in RL else name
-
-
 def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
     raw = load_yaml_mapping(config_path)
     problems = [
@@ -168,7 +146,7 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
             problems.append(f"{where}: unknown stage {name!r}{did_you_mean(name, STAGES)}")
             continue
         launch = _launch(entry, name, where, config_path, problems)
-        role = _role(name)
+        role = STAGES[name].role
         if role in seen:
             problems.append(f"{where}: a second {role} stage (one of each per pipeline)")
             continue
@@ -179,20 +157,23 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
             file = _beside(config_path, entry.pop("config"))
             values.update(load_yaml_mapping(file))
             source = f"{file} (pipeline {config_path}, stage {name})"
-        roles = {_role(s.get("stage", "")) for s in stages[:i] if isinstance(s, dict)}
-        for key, role in STAGES[name][1].items():
+        roles = {
+            STAGES[s["stage"]].role for s in stages[:i] if isinstance(s, dict) and s.get("stage") in STAGES
+        }
+        for key, role in STAGES[name].handoff.items():
             if key in entry and role in roles:
                 problems.append(f"{where}: `{key}` is filled in by the pipeline from the {role} stage")
         values.update(entry)
-        if name in RL:
-            values["algorithm"] = name
+        if STAGES[name].algorithm:
+            values["algorithm"] = STAGES[name].algorithm
         values["output_dir"] = str(root / name)
         plan.append(PlannedStage(name, values, source, root / name, launch=launch))
     for stage in plan:
-        for key, role in STAGES[stage.name][1].items():
-            earlier = next((s for s in plan if _role(s.name) == role), None)
+        spec = STAGES[stage.name]
+        for key, role in spec.handoff.items():
+            earlier = next((s for s in plan if STAGES[s.name].role == role), None)
             if earlier is None:
-                if key not in stage.values and (stage.name, key) not in OPTIONAL:
+                if key not in stage.values and key not in spec.optional_handoff:
                     problems.append(f"stage {stage.name}: no {role} stage before it to take `{key}` from")
                 continue
             if plan.index(earlier) > plan.index(stage):
@@ -205,7 +186,7 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
 
 def _parse_stage(stage: PlannedStage, work: Path):
     """Parse a stage's merged config with the stage's own strict parser (from a file it can name)."""
-    module = importlib.import_module(STAGES[stage.name][0])
+    module = registry.load(stage.name)
     work.mkdir(parents=True, exist_ok=True)
     resolved = work / f"{stage.name}.yaml"
     resolved.write_text(
@@ -223,13 +204,13 @@ def _data_fingerprint(cfg) -> str | None:
     recipe_name = getattr(extras, "data_recipe", None)
     if not recipe_name:
         return None
-    from hftune.data import _resolve_source_path, load_recipe
+    from hftune.data import load_recipe, resolve_source_path
 
     recipe = load_recipe(recipe_name)
     if getattr(extras, "data_files", None):
         path = Path(extras.data_files)
     elif recipe.source.path:
-        path = _resolve_source_path(recipe)
+        path = resolve_source_path(recipe)
     else:
         return recipe.source.describe()  # a Hub dataset: its id, split, config and revision
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)
@@ -237,7 +218,7 @@ def _data_fingerprint(cfg) -> str | None:
 
 def _parents(stage: PlannedStage) -> dict[str, str | None]:
     out = {}
-    for key in STAGES[stage.name][1]:
+    for key in STAGES[stage.name].handoff:
         if key in stage.values:
             # A path that is not (yet) a finished artifact, or a Hub id, has no manifest: None.
             out[key] = artifacts.manifest_sha256(str(stage.values[key]))
@@ -305,7 +286,7 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
         modules[stage.name], stage.cfg = _parse_stage(stage, scratch)
     _check_recipes(plan)
     for stage in plan:
-        if stage.launch and stage.name in RL:
+        if stage.launch and STAGES[stage.name].role == "rl":
             rl = modules[stage.name]
             if stage.name == "ppo" and stage.cfg.model.use_peft and stage.launch.num_processes > 1:
                 raise UserError(f"{stage.source}: {rl.PPO_DISTRIBUTED}")
@@ -392,9 +373,9 @@ def root_model_config(plan: list[PlannedStage]):
     first = plan[0].cfg
     extras = first.hftune
     if getattr(extras, "init_architecture", None):
-        from hftune.tiny import _model_config
+        from hftune.models.tiny import model_config
 
-        return _model_config(
+        return model_config(
             extras.init_architecture, extras.init_vocab_size, extras.init_hidden_size,
             extras.init_num_layers, extras.init_num_heads, 1024, {"pad": 0, "eos": 1},
         )  # fmt: skip
@@ -403,15 +384,17 @@ def root_model_config(plan: list[PlannedStage]):
         return None
     from transformers import AutoConfig
 
-    from hftune.tiny import TINY_PREFIX
+    from hftune.models.tiny import TINY_PREFIX
 
     if name.startswith(TINY_PREFIX):
-        from hftune.tiny import tiny_path
+        from hftune.models.tiny import tiny_path
 
         folder = tiny_path(name)  # only if already built: a dry run builds nothing
         return AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
     try:
-        base = modeling.resolve_source(name).base
+        from hftune.models.loading import resolve_source
+
+        base = resolve_source(name).base
     except UserError:
         return None
     # Only config.json: a local folder or the Hub cache first, then hftune's copy of a shipped config's
@@ -443,7 +426,7 @@ def describe(plan: list[PlannedStage]) -> str:
     lines = ["pipeline plan:"]
     model_config = root_model_config(plan)
     for stage in plan:
-        handoff = ", ".join(f"{k}={stage.values[k]}" for k in STAGES[stage.name][1] if k in stage.values)
+        handoff = ", ".join(f"{k}={stage.values[k]}" for k in STAGES[stage.name].handoff if k in stage.values)
         launch = f" [{stage.launch.num_processes} processes]" if stage.launch else ""
         lines.append(
             f"  {stage.name:7s} {stage.action:7s} -> {stage.output_dir}{launch}"

@@ -27,7 +27,7 @@ def hftune_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llama(hftune_cache) -> str:
-    from hftune.tiny import resolve_tiny
+    from hftune.models.tiny import resolve_tiny
 
     return resolve_tiny("tiny:llama")
 
@@ -35,7 +35,7 @@ def tiny_llama(hftune_cache) -> str:
 @pytest.fixture(scope="session")
 def chat_tokenizer():
     """The tiny models' tokenizer (byte-level BPE, ChatML template with generation markers), no model."""
-    from hftune.tiny import default_corpus, train_tokenizer
+    from hftune.models.tiny import default_corpus, train_tokenizer
 
     return train_tokenizer(default_corpus(), 1024)
 
@@ -43,7 +43,7 @@ def chat_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """One untrained tiny model per supported architecture (loading and LoRA targeting tests)."""
-    from hftune.tiny import ARCHITECTURES, build_tiny_model
+    from hftune.models.tiny import ARCHITECTURES, build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-archs")
     return {arch: str(build_tiny_model(root / arch, arch=arch)) for arch in ARCHITECTURES}
@@ -52,7 +52,7 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
     """The tiny RLHF chain's first two stages: full-FT SFT and a LoRA reward model on top of it."""
-    from hftune import reward, sft
+    from hftune.stages import reward, sft
 
     root = tmp_path_factory.mktemp("rl-chain")
     sft.run(sft.parse(str(REPO / "configs/tiny/sft_full.yaml"), ["--output_dir", str(root / "sft")]))
@@ -69,7 +69,7 @@ def chain(tmp_path_factory, tiny_llama) -> dict[str, str]:
 def lora_sft(tmp_path_factory, tiny_llama) -> Path:
     """A 2-step LoRA SFT adapter on tiny:llama, for tests of what consumes an SFT folder (card, push,
     merge)."""
-    from hftune import sft
+    from hftune.stages import sft
 
     out = tmp_path_factory.mktemp("lora-sft") / "sft"
     argv = ["--output_dir", str(out), "--max_steps", "2", "--max_samples", "32"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hftune import cli
+from hftune.stages import registry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,9 +70,9 @@ def test_data_list_works_outside_the_checkout(tmp_path):
     assert {"alpaca", "dolly", "ultrachat", "tiny_alpaca", "tiny_dolly", "tiny_ultrachat"} <= names
 
 
-@pytest.mark.parametrize("stage", sorted(cli.STAGES))
+@pytest.mark.parametrize("stage", sorted(registry.COMMANDS))
 def test_stage_help_documents_every_hftune_option(capsys, stage):
-    module = cli._stage_module(stage)
+    module = registry.load(stage)
     with pytest.raises(SystemExit) as exit_info:
         cli.main([stage, "--help"])
     assert exit_info.value.code == 0

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from hftune import sft
 from hftune.config import ConfigError, parse_overrides, strip_secrets
+from hftune.stages import sft
 
 
 def write(tmp_path, text: str):
@@ -149,7 +149,7 @@ def test_parse_overrides_bare_flag_and_equals():
 
 @pytest.mark.parametrize("key", ["pad_token", "eos_token", "chat_template_path"])
 def test_keys_that_would_change_the_tokenizer_are_refused(tmp_path, key):
-    from hftune import reward
+    from hftune.stages import reward
 
     for stage in (sft, reward):
         with pytest.raises(ConfigError) as err:

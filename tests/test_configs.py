@@ -10,6 +10,7 @@ import pytest
 from hftune import pipeline
 from hftune.config import load_yaml_mapping
 from hftune.evaluation import suite
+from hftune.stages import registry
 
 REPO = Path(__file__).resolve().parent.parent
 # configs/accelerate/ holds accelerate launch configs, not stage configs (their own test parses them).
@@ -31,7 +32,7 @@ def test_every_config_parses_or_dry_runs(path, capsys):
         plan = pipeline.run(str(path), dry_run=True)
         assert plan and "pipeline plan" in capsys.readouterr().out
     else:
-        module = pipeline.importlib.import_module(pipeline.STAGES[kind][0])
+        module = registry.load(kind)
         assert module.parse(str(path)).hftune.data_recipe
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import datasets
 import pytest
+import synthetic
 
-from hftune import data, synthetic
+from hftune import data
 from hftune.data import FORMATS, Recipe, Source, load_recipe, prepare_dataset
 from hftune.errors import UserError
 
@@ -38,7 +39,9 @@ def test_write_fixtures_reproduces_committed_files_byte_for_byte(tmp_path):
     committed = {p.name for p in FIXTURES.iterdir() if p.is_file()}
     assert set(written) == committed
     for name, path in written.items():
-        assert path.read_bytes() == (FIXTURES / name).read_bytes(), f"{name}: run python -m hftune.synthetic"
+        assert path.read_bytes() == (FIXTURES / name).read_bytes(), (
+            f"{name}: run python tests/synthetic.py data_recipes/fixtures"
+        )
 
 
 def test_fixture_sizes_and_row_counts():

@@ -22,8 +22,9 @@ import pytest
 import torch
 import yaml
 
-from hftune import artifacts, modeling, pipeline
+from hftune import artifacts, pipeline
 from hftune.config import ConfigError
+from hftune.models import loading
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -97,8 +98,8 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     from trl import ModelConfig
 
     ids = torch.tensor([[5, 6, 7, 8, 9]])
-    tuned = modeling.load_model(str(sft_out), ModelConfig(dtype="float32"), for_training=False).eval()
-    base = modeling.load_model(tiny_llama, ModelConfig(dtype="float32"), for_training=False).eval()
+    tuned = loading.load_model(str(sft_out), ModelConfig(dtype="float32"), for_training=False).eval()
+    base = loading.load_model(tiny_llama, ModelConfig(dtype="float32"), for_training=False).eval()
     with torch.no_grad():
         assert (tuned(ids).logits - base(ids).logits).abs().max() > 1e-3
 
@@ -121,7 +122,7 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     # hashes differently in each process, so both run it: a cheap pass over token counts).
     assert len(loaded) == 2 and loaded <= cached, (cached, loaded)
 
-    from hftune.scoring import load_scorer
+    from hftune.models.scoring import load_scorer
 
     scorer = load_scorer(str(reward_out))
     report = json.loads((reward_out / "reward_report.json").read_text())
@@ -248,8 +249,8 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     """TRL's experimental PPOTrainer fails under DDP with a LoRA policy (measured with 2 processes here), and
     an RL policy sharded by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
     loads, whether launched by hand or by the pipeline; RLOO on DDP is accepted."""
-    from hftune import rl
     from hftune.errors import UserError
+    from hftune.stages.rl import stage as rl
 
     config = REPO / "configs/tiny/ppo.yaml"
     with monkeypatch.context() as patch:  # as under torchrun, without starting a process group here

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from hftune import modeling, rl, scoring
 from hftune.errors import UserError
 from hftune.evaluation import harness, stats, variants
+from hftune.models import loading, scoring
+from hftune.models.tokenizer import load_tokenizer
+from hftune.stages.rl import stage as rl
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = str(REPO / "eval/suites/tiny.yaml")
@@ -137,7 +139,7 @@ def test_variants_share_one_model_and_really_differ(chain, ppo_policy):
 
     loaded = variants.load_variants({"sft": chain["sft"], "rlhf": ppo_policy}, ModelConfig(dtype="auto"))
     assert loaded["sft"].model is loaded["rlhf"].model, "the PPO adapter must sit on the SFT weights"
-    tok = modeling.load_tokenizer(chain["sft"])
+    tok = load_tokenizer(chain["sft"])
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
     ids = torch.tensor(
         [tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]]
@@ -147,7 +149,7 @@ def test_variants_share_one_model_and_really_differ(chain, ppo_policy):
             sft_logits = m(input_ids=ids).logits
         with loaded["rlhf"].active() as m:
             rlhf_logits = m(input_ids=ids).logits
-        separate = modeling.load_model(chain["sft"], ModelConfig(dtype="auto"), for_training=False).eval()
+        separate = loading.load_model(chain["sft"], ModelConfig(dtype="auto"), for_training=False).eval()
         alone = separate(input_ids=ids).logits
     assert (sft_logits - alone).abs().max() < 1e-5, "adapter off must be exactly the SFT model"
     assert (sft_logits - rlhf_logits).abs().max() > 1e-3, "the PPO adapter must change the policy"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftune import card, cli, hub
+from hftune import cli
+from hftune.publish import card, hub
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_" + "FakeT0kenForTests" * 2  # shaped like a real token, so the value patterns apply too

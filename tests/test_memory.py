@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hftune import memory, pipeline, reward, sft
+from hftune import memory, pipeline
 from hftune.config import load_yaml_mapping
+from hftune.stages import reward, sft
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,12 +55,12 @@ def test_4bit_estimate_matches_a_real_quantized_load(tiny_llama):
     estimate says, within 10% (NF4's scales are the approximate part)."""
     from transformers import AutoConfig
 
-    from hftune import modeling
+    from hftune.models import loading
 
     cfg = sft.parse(str(REPO / "configs/tiny/sft_qlora.yaml"))
     est = memory.estimate("sft", cfg, AutoConfig.from_pretrained(tiny_llama))
     assert est.dtype.startswith("4-bit NF4")
-    model = modeling.load_model(tiny_llama, cfg.model, for_training=False)
+    model = loading.load_model(tiny_llama, cfg.model, for_training=False)
     actual = model.get_memory_footprint()
     assert est.weights == pytest.approx(actual, rel=0.1)
     assert est.weights < 4 * est.params  # less than fp32 (the tiny model is mostly embeddings, kept fp32)

@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from hftune import artifacts, card, cli, modeling
+from hftune import artifacts, cli
+from hftune.models import loading
+from hftune.models.tokenizer import load_tokenizer
+from hftune.publish import card
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,10 +30,10 @@ def add_adapter(base: Path, out: Path, *, reward: bool) -> Path:
     torch.manual_seed(0)
     args = ModelConfig(dtype="float32")
     if reward:  # the SFT adapter merged in, a fresh one-output score head trained in full
-        model = modeling.load_reward_model(str(base), args, for_training=True)
+        model = loading.load_reward_model(str(base), args, for_training=True)
         lora = LoraConfig(task_type="SEQ_CLS", r=4, target_modules="all-linear", modules_to_save=["score"])
     else:
-        model = modeling.load_model(str(base), args, for_training=True)
+        model = loading.load_model(str(base), args, for_training=True)
         lora = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules="all-linear")
     lora.init_lora_weights = False  # random A and B: the adapter changes the model from the start
     peft_model = get_peft_model(model, lora)
@@ -55,7 +58,7 @@ def add_adapter(base: Path, out: Path, *, reward: bool) -> Path:
 
 
 def probe(folder: Path) -> torch.Tensor:
-    tokenizer = modeling.load_tokenizer(str(folder))
+    tokenizer = load_tokenizer(str(folder))
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": "12 + 30 = 42."}],
         tokenize=False,
@@ -71,7 +74,7 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 def adapter_logits(folder: Path, ids: torch.Tensor, *, reward: bool = False) -> torch.Tensor:
     from trl import ModelConfig
 
-    load = modeling.load_reward_model if reward else modeling.load_model
+    load = loading.load_reward_model if reward else loading.load_model
     return logits(load(str(folder), ModelConfig(dtype="float32"), for_training=False), ids)
 
 
@@ -107,7 +110,7 @@ def test_merged_lora_sft_reproduces_the_adapter_logits(lora_sft, tiny_llama, tmp
     base = logits(AutoModelForCausalLM.from_pretrained(tiny_llama), ids)
     assert (expected - base).abs().max().item() > 1e-3
     assert_full_model_folder(out, lora_sft)
-    assert modeling.load_tokenizer(str(out)).chat_template  # the chat template travels with the model
+    assert load_tokenizer(str(out)).chat_template  # the chat template travels with the model
     assert AutoModelForCausalLM.from_pretrained(str(out)).dtype == torch.float32
 
 
@@ -134,7 +137,7 @@ def test_merged_reward_adapter_is_a_sequence_classifier_with_the_same_scores(lor
     expected = adapter_logits(rm, ids, reward=True)
     assert expected.shape == (1, 1)
     assert (expected - merged_logits(out, ids, reward=True)).abs().max().item() < 1e-4
-    assert modeling.resolve_source(str(out)).is_reward_model
+    assert loading.resolve_source(str(out)).is_reward_model
     assert_full_model_folder(out, rm)
 
     # The merge runs in float32 whatever --dtype says; --dtype is what is saved.
@@ -177,12 +180,12 @@ def test_stages_that_merge_a_qlora_adapter_into_full_precision_say_so(lora_sft, 
     shutil.copytree(lora_sft, qlora)
     config = yaml.safe_load((qlora / "config.hftune.yaml").read_text())
     (qlora / "config.hftune.yaml").write_text(yaml.safe_dump({**config, "load_in_4bit": True}))
-    with caplog.at_level("WARNING", logger="hftune.modeling"):
-        modeling.load_reward_model(str(qlora), ModelConfig(dtype="float32"), for_training=True)
+    with caplog.at_level("WARNING", logger="hftune.models.loading"):
+        loading.load_reward_model(str(qlora), ModelConfig(dtype="float32"), for_training=True)
     assert "trained on a 4-bit base" in caplog.text and "approximation" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hftune.modeling"):
-        modeling.load_reward_model(str(lora_sft), ModelConfig(dtype="float32"), for_training=True)
+    with caplog.at_level("WARNING", logger="hftune.models.loading"):
+        loading.load_reward_model(str(lora_sft), ModelConfig(dtype="float32"), for_training=True)
     assert "4-bit" not in caplog.text  # an adapter trained in full precision merges without a word
 
 

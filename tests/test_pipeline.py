@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftune import artifacts, modeling, pipeline
+from hftune import artifacts, pipeline
 from hftune.config import ConfigError
+from hftune.models import loading
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny"
@@ -85,7 +86,7 @@ def test_pipeline_runs_every_stage_with_handoff_and_lineage(first_run):
 
 def test_second_run_skips_every_stage(first_run, monkeypatch):
     _, config, _ = first_run
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("a skipped stage loaded a model"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a skipped stage loaded a model"))
     started = time.time()
     plan = pipeline.run(str(config))
     assert set(actions(plan).values()) == {"skip"}
@@ -94,7 +95,7 @@ def test_second_run_skips_every_stage(first_run, monkeypatch):
 
 def test_dry_run_plans_without_loading_weights(first_run, monkeypatch, capsys):
     tmp, _, _ = first_run
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: pytest.fail("dry-run loaded a model"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("dry-run loaded a model"))
     changed = write_pipeline(tmp, "changed.yaml", learning_rate=2.0e-3)
     plan = pipeline.run(str(changed), dry_run=True)
     # A changed SFT hyper-parameter re-runs SFT and everything that depends on it, not pretraining.
@@ -192,11 +193,11 @@ def test_an_interrupted_stage_resumes_only_with_the_inputs_it_started_with(first
 
 
 def test_a_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
-    from hftune import stage
+    from hftune.stages import common
 
     (tmp_path / "checkpoint-10").mkdir()
     (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-20").mkdir()  # killed before the Trainer wrote its state (it writes it last)
     (tmp_path / "checkpoint-20" / "model.safetensors").write_text("partial")
-    assert stage.checkpoint_to_resume(tmp_path, resume=True) == str(tmp_path / "checkpoint-10")
+    assert common.checkpoint_to_resume(tmp_path, resume=True) == str(tmp_path / "checkpoint-10")
     assert not (tmp_path / "checkpoint-20").exists()

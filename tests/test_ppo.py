@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from hftune import modeling, ppo, rl, scoring
 from hftune.errors import UserError
+from hftune.models import loading, scoring
+from hftune.models.tokenizer import load_tokenizer
+from hftune.stages.rl import ppo
+from hftune.stages.rl import stage as rl
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/ppo.yaml")
@@ -73,7 +76,7 @@ def test_ppo_writes_policy_adapter_metrics_samples_and_manifest(ppo_run, chain):
     assert manifest["parents"][1]["stage"] == "reward" and manifest["metrics"]["algorithm"] == "ppo"
     # The saved policy reloads (SFT weights + the PPO adapter) to the trained policy's logits.
     policy = rl._policy(ppo_run.trainer).eval()
-    tok = modeling.load_tokenizer(str(out))
+    tok = load_tokenizer(str(out))
     ids = torch.tensor(
         [
             tok.apply_chat_template(
@@ -86,7 +89,7 @@ def test_ppo_writes_policy_adapter_metrics_samples_and_manifest(ppo_run, chain):
     )
     from trl import ModelConfig
 
-    reloaded = modeling.load_model(str(out), ModelConfig(dtype="auto"), for_training=False).eval()
+    reloaded = loading.load_model(str(out), ModelConfig(dtype="auto"), for_training=False).eval()
     with torch.no_grad():
         assert (policy(input_ids=ids).logits - reloaded(input_ids=ids).logits).abs().max() < 1e-4
 
@@ -147,8 +150,8 @@ def test_mismatched_reward_tokenizer_fails_before_training(chain, tmp_path, monk
     shutil.copytree(chain["rm"], other)
     (other / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     loaded = []
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: loaded.append(a))
-    with pytest.raises(UserError, match="different chat templates"):
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loaded.append(a))
+    with pytest.raises(UserError, match="chat template differs"):
         rl.prepare(
             rl.parse(
                 CONFIG,
@@ -233,10 +236,10 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
     from trl import ModelConfig
 
     from hftune.data import load_recipe, prepare_dataset
-    from hftune.rl_guardrails import RolloutStats
+    from hftune.stages.rl.guardrails import RolloutStats
 
     cfg = rl.parse(CONFIG, ["--model_name_or_path", chain["sft"], "--reward_model_path", chain["rm"]])
-    tok = modeling.load_tokenizer(chain["sft"])
+    tok = load_tokenizer(chain["sft"])
     data = prepare_dataset(
         load_recipe(cfg.hftune.data_recipe), eval_fraction=cfg.hftune.eval_fraction, seed=cfg.training.seed
     )
@@ -251,7 +254,7 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
         missing_eos_penalty=cfg.hftune.missing_eos_penalty,
         stats=RolloutStats(),
     )
-    policy = modeling.load_model(policy_path, ModelConfig(dtype="auto"), for_training=False)
+    policy = loading.load_model(policy_path, ModelConfig(dtype="auto"), for_training=False)
     per_sample = []
     for seed in range(samples):
         texts, ended, lengths = rl.generate(
@@ -286,7 +289,7 @@ def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorith
 
 
 def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatch):
-    from hftune.rl_guardrails import Guardrails
+    from hftune.stages.rl.guardrails import Guardrails
 
     out = tmp_path / "ppo"
     argv = ["--max_steps", "4", "--save_steps", "2", "--heldout_every", "0"]
@@ -321,16 +324,16 @@ def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatc
 def test_resumed_group_runs_keep_their_logs_up_to_the_checkpoint(tmp_path):
     """RLOO / GRPO resume with the Trainer's own step count: the RL logs keep the rows up to the checkpoint's
     step and drop the ones written after it (they will be written again)."""
-    from hftune import stage
-    from hftune.rl_guardrails import Bounds, Guardrails
+    from hftune.stages import common
+    from hftune.stages.rl.guardrails import Bounds, Guardrails
 
     checkpoint = tmp_path / "checkpoint-3"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
-    assert stage.checkpoint_step(str(checkpoint)) == 3 and stage.checkpoint_step(None) == 0
+    assert common.checkpoint_step(str(checkpoint)) == 3 and common.checkpoint_step(None) == 0
     work = tmp_path / "work"
     work.mkdir()
     (work / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)))
-    Guardrails(work, Bounds(), policy_fn=lambda: None, resumed_at=stage.checkpoint_step(str(checkpoint)))
+    Guardrails(work, Bounds(), policy_fn=lambda: None, resumed_at=common.checkpoint_step(str(checkpoint)))
     steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
+import synthetic
 import yaml
 
-from hftune import synthetic
 from hftune.data import Recipe, Source, load_recipe, prepare_dataset
 from hftune.errors import UserError
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hftune import modeling, pretrain
 from hftune.errors import UserError
+from hftune.models.tokenizer import load_tokenizer
+from hftune.stages import pretrain
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/pretrain.yaml")
@@ -26,7 +27,7 @@ def test_pretrain_from_scratch_trains_a_tokenizer_and_lowers_the_loss(tmp_path):
     assert manifest["stage"] == "pretrain"
     assert manifest["parents"] == [{"role": "init", "from_scratch": "llama"}]
     assert not (tmp_path / "pt.work").exists(), "the initial weights go with the work folder"
-    tok = modeling.load_tokenizer(str(out))
+    tok = load_tokenizer(str(out))
     assert len(tok) <= 512 + 8 and tok.eos_token == "<|im_end|>" and tok.pad_token != tok.eos_token
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
 

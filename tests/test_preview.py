@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hftune import synthetic
+import synthetic
+
 from hftune.data import load_recipe, prepare_dataset
-from hftune.preview import GREEN, NO_MASK_NOTE, RESET, preview
+from hftune.data.preview import GREEN, NO_MASK_NOTE, RESET, preview
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "data_recipes" / "fixtures"
@@ -74,7 +75,7 @@ def test_prompt_completion_marks_only_the_final_answer(chat_tokenizer, tmp_path)
 
 
 def test_template_without_generation_markers_is_explained_not_a_crash():
-    from hftune.tiny import default_corpus, train_tokenizer
+    from hftune.models.tiny import default_corpus, train_tokenizer
 
     tokenizer = train_tokenizer(default_corpus(), 1024)
     for marker in ("{% generation %}", "{% endgeneration %}"):
@@ -87,7 +88,7 @@ def test_template_without_generation_markers_is_explained_not_a_crash():
 
 
 def test_preference_pairs_render_as_the_reward_model_scores_them(chat_tokenizer):
-    from hftune.scoring import encode
+    from hftune.models.scoring import encode
 
     out = preview("tiny_ranked", chat_tokenizer, n=1, color=False)
     body = out.split("\n--- example ", 1)[1]

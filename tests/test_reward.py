@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hftune import reward, scoring, sft
 from hftune.errors import UserError
+from hftune.models import scoring
+from hftune.stages import reward, sft
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/reward.yaml")
@@ -109,16 +110,16 @@ def test_full_fine_tuned_reward_model_reloads_identically(tmp_path, sft_model):
 
 def test_a_different_chat_template_is_refused(tmp_path, sft_model):
     other = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    with pytest.raises(UserError, match="chat template that differs"):
+    with pytest.raises(UserError, match="chat template differs"):
         reward.prepare(reward_config(sft_model, tmp_path / "rm", "--chat_template", other))
 
 
 def test_a_different_tokenizer_is_refused(tmp_path, sft_model):
-    from hftune.tiny import default_corpus, train_tokenizer
+    from hftune.models.tiny import default_corpus, train_tokenizer
 
     folder = tmp_path / "other-tokenizer"
     train_tokenizer(default_corpus()[:500], 600).save_pretrained(folder)
-    with pytest.raises(UserError, match="vocabulary differs"):
+    with pytest.raises(UserError, match=r"their vocabulary( and [a-z ]+)? differs?"):
         reward.prepare(reward_config(sft_model, tmp_path / "rm", "--tokenizer_name_or_path", str(folder)))
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hftune import modeling, sft, stage
 from hftune.errors import UserError
+from hftune.models import loading
+from hftune.models.tokenizer import load_tokenizer
+from hftune.stages import common, sft
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_" + "T3stT0ken" * 4  # looks like a real token, so both redaction paths are exercised
@@ -30,7 +32,7 @@ def assert_reload_matches(result, model_args) -> None:
     ids = probe_ids(result.trainer.processing_class)
     with torch.no_grad():
         expected = trained(input_ids=ids.to(trained.device)).logits.float().cpu()
-        reloaded = modeling.load_model(str(out), model_args, for_training=False).eval()
+        reloaded = loading.load_model(str(out), model_args, for_training=False).eval()
         got = reloaded(input_ids=ids.to(reloaded.device)).logits.float().cpu()
     diff = (expected - got).abs().max().item()
     assert diff < 1e-4, f"reloaded adapter logits differ by {diff}"
@@ -96,7 +98,7 @@ def test_output_folder_is_complete_and_safe(lora_run):
     assert manifest["stage"] == "sft" and manifest["data"]["fingerprint"]
     assert manifest["parents"][0]["role"] == "base_model"
     # The chat template travels with the adapter, so later stages render prompts the same way.
-    tok = modeling.load_tokenizer(str(out))
+    tok = load_tokenizer(str(out))
     assert tok.chat_template == lora_run.trainer.processing_class.chat_template
     assert tok.eos_token == "<|im_end|>" and tok.pad_token != tok.eos_token
 
@@ -259,10 +261,10 @@ def test_rows_trl_drops_after_truncation_are_counted():
 
     data = SimpleNamespace(train=list(range(10)), dropped={"too_long": 2})
     trainer = SimpleNamespace(train_dataset=list(range(7)))
-    stage.count_rows_trl_dropped(trainer, data, SimpleNamespace(packing=False))
+    common.count_rows_trl_dropped(trainer, data, SimpleNamespace(packing=False))
     assert data.dropped == {"too_long": 2, "no_trained_tokens_after_truncation": 3}
     with pytest.raises(UserError, match="no training rows left"):
-        stage.count_rows_trl_dropped(SimpleNamespace(train_dataset=[]), data, SimpleNamespace(packing=False))
+        common.count_rows_trl_dropped(SimpleNamespace(train_dataset=[]), data, SimpleNamespace(packing=False))
 
 
 def test_preference_data_is_refused_for_sft(tmp_path, tiny_llama):

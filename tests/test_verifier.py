@@ -9,17 +9,17 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from hftune.data import CONVERTERS
-from hftune.synthetic import (
+from synthetic import (
     _split_instruction,
     alpaca_rows,
     corrupt_answer,
     dolly_rows,
     preference_rows,
     ultrachat_rows,
-    verify_answer,
 )
+
+from hftune.data import CONVERTERS
+from hftune.evaluation.verifiers import verify_answer
 
 
 def _user_message(converter: str, row: dict) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hftune import artifacts, distributed, modeling, scoring
+from hftune import artifacts, distributed
 from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.evaluation import report, stats, text_metrics
@@ -30,6 +30,8 @@ from hftune.evaluation.measures import aggregate, reply_metrics, run_judge, samp
 from hftune.evaluation.prompts import last_user, load_prompts
 from hftune.evaluation.suite import Suite, rlhf_variants
 from hftune.evaluation.variants import Decoding, load_variants, logprobs, replies
+from hftune.models import loading, scoring
+from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def schema():
 
 def _base_of(sft_model: str) -> str:
     """The model the SFT model was trained from: the base of its adapter chain, or its manifest's parent."""
-    source = modeling.resolve_source(sft_model)
+    source = loading.resolve_source(sft_model)
     if source.adapters:
         return source.base
     manifest = artifacts.read_manifest(sft_model) or {}
@@ -84,15 +86,18 @@ def model_paths(suite: Suite) -> dict[str, str]:
 
 def check_tokenizers(tokenizer, paths: dict[str, str], reward_model: str | None, reference: str) -> None:
     """Invariant: one tokenizer and chat template across SFT, RLHF, the reward model and eval."""
-    from hftune.rl import check_same_tokenizer
-
     others = {name: p for name, p in paths.items() if name != "base" and p != reference}
     if reward_model:
         others["reward_model"] = reward_model
+    fix = "evaluate models trained in one lineage (SFT -> reward model -> RL)"
     for path in others.values():
-        check_same_tokenizer(tokenizer, modeling.load_tokenizer(path), reference, path)
-    if "base" in paths and modeling.load_tokenizer(paths["base"]).get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"the base model ({paths['base']}) and {reference} use different vocabularies")
+        check_same_tokenizer(tokenizer, load_tokenizer(path), reference, path, fix=fix)
+    if "base" in paths:
+        # A base model may lack the template SFT added: its vocabulary must still be the same.
+        base = load_tokenizer(paths["base"])
+        check_same_tokenizer(
+            tokenizer, base, reference, f"the base model ({paths['base']})", fix=fix, rendering=False
+        )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -119,7 +124,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     reference_path = suite.sft_model or next(iter(paths.values()), None)
     if reference_path is None:
         raise UserError("nothing to evaluate: no model variant in `variants`")
-    tokenizer = modeling.load_tokenizer(reference_path, trust_remote_code=suite.trust_remote_code)
+    tokenizer = load_tokenizer(reference_path, trust_remote_code=suite.trust_remote_code)
     scoring.check_pad_token(tokenizer, reference_path)
     check_tokenizers(tokenizer, paths, suite.reward_model, reference_path)
     prompts = load_prompts(suite)

@@ -164,6 +164,11 @@ def _check(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+EXTRAS = Suite
+DEFAULTS: dict[str, Any] = {}
+TRL_CONFIGS: tuple[str, ...] = ()  # a suite is hftune's own config
+
+
 def schema() -> StageSchema:
     return StageSchema(name="eval", classes={"hftune": Suite}, defaults={}, check=_check)
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hftune import generation, modeling
 from hftune.evaluation.cache import Cache, fingerprint, key
+from hftune.models import generation, loading
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ModelVariant:
             yield model
 
 
-def source_fingerprint(source: modeling.ModelSource) -> str:
+def source_fingerprint(source: loading.ModelSource) -> str:
     return key([fingerprint(source.base), *(fingerprint(a) for a in source.adapters)])
 
 
@@ -56,17 +56,17 @@ def load_variants(
     paths: dict[str, str], model_args, *, trust_remote_code: bool = False
 ) -> dict[str, ModelVariant]:
     """Load `name -> model path`: variants that differ only by their last adapter are one model."""
-    groups: dict[modeling.ModelSource, dict[str, str | None]] = {}
-    sources = {name: modeling.resolve_source(path) for name, path in paths.items()}
+    groups: dict[loading.ModelSource, dict[str, str | None]] = {}
+    sources = {name: loading.resolve_source(path) for name, path in paths.items()}
     for name, source in sources.items():
         # The shared part is everything but the last adapter; a variant without adapters is the shared
         # part itself (adapters off).
-        shared = modeling.ModelSource(source.base, source.adapters[:-1])
+        shared = loading.ModelSource(source.base, source.adapters[:-1])
         groups.setdefault(shared, {})[name] = source.adapter
     variants: dict[str, ModelVariant] = {}
     for shared, members in groups.items():
         adapters = {name: folder for name, folder in members.items() if folder is not None}
-        model = modeling.load_adapter_group(shared, adapters, model_args, trust_remote_code=trust_remote_code)
+        model = loading.load_adapter_group(shared, adapters, model_args, trust_remote_code=trust_remote_code)
         if len(members) > 1:
             logger.info("variants %s share one model in memory (adapters switched)", ", ".join(members))
         for name, folder in members.items():

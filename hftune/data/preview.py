@@ -62,7 +62,7 @@ PAIR_FORMATS = ("preference", "implicit_preference")
 
 def _render_pair(row: dict[str, Any], tokenizer, color: bool) -> str:
     """Chosen and rejected, encoded exactly as reward training and scoring encode them."""
-    from hftune.scoring import encode, prompt_length
+    from hftune.models.scoring import encode, prompt_length
 
     if row.get("prompt") is not None:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]

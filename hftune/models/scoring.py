@@ -1,7 +1,7 @@
 """Scoring (prompt, response) pairs with a reward model: the one path that reward training, PPO and the
 eval harness all go through, so the same pair always gets the same reward.
 
-    from hftune.scoring import load_scorer
+    from hftune.models.scoring import load_scorer
     scorer = load_scorer("runs/reward")             # reward model + its tokenizer and score statistics
     scorer.score([[{"role": "user", "content": "2+2?"}]], ["4."])   # tensor([1.73])
 
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from hftune.errors import UserError
+from hftune.models.tokenizer import load_tokenizer
 
 Prompt = str | list[dict[str, str]]
 REPORT_FILE = "reward_report.json"
@@ -120,16 +121,16 @@ def load_scorer(path: str, model_args=None, *, trust_remote_code: bool = False) 
     """A saved reward model (folder written by `hftune reward`), ready to score."""
     from trl import ModelConfig
 
-    from hftune import modeling
+    from hftune.models import loading
 
-    source = modeling.resolve_source(path)
+    source = loading.resolve_source(path)
     if not source.is_reward_model:
         raise UserError(
             f"{path} is not a reward model (no sequence-classification head); train one with `hftune reward`"
         )
-    tokenizer = modeling.load_tokenizer(path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     check_pad_token(tokenizer, path)
-    model = modeling.load_reward_model(
+    model = loading.load_reward_model(
         path, model_args or ModelConfig(dtype="auto"), trust_remote_code=trust_remote_code
     ).eval()
     model.config.pad_token_id = tokenizer.pad_token_id

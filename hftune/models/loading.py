@@ -1,4 +1,4 @@
-"""Loading models and tokenizers: Hub ids, local folders, LoRA adapter folders, tiny models.
+"""Loading models: Hub ids, local folders, LoRA adapter folders, tiny models.
 
 One path for all of them, so tests on tiny local models exercise the code users run on Hub models.
 """
@@ -16,13 +16,9 @@ import yaml
 
 from hftune.artifacts import manifest_sha256
 from hftune.errors import UserError
-from hftune.templates import BUILTIN_TEMPLATES, resolve_chat_template
-from hftune.tiny import TINY_PREFIX, resolve_tiny
+from hftune.models.tiny import TINY_PREFIX, resolve_tiny
 
 logger = logging.getLogger(__name__)
-
-# Pad tokens that many tokenizers ship but do not declare as pad.
-_PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|fim_pad|>")
 
 
 @dataclass(frozen=True)
@@ -122,71 +118,6 @@ def auto_dtype(requested: str | None) -> torch.dtype | str:
 
 def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def load_tokenizer(
-    name_or_path: str,
-    *,
-    chat_template: str | None = None,
-    trust_remote_code: bool = False,
-    revision: str = "main",
-):
-    """Load a tokenizer, set its chat template (config wins) and a pad token distinct from eos."""
-    from transformers import AutoTokenizer
-
-    folder = Path(name_or_path)
-    if folder.is_dir() and (folder / "tokenizer_config.json").is_file():
-        path = str(folder)  # a tokenizer folder (with or without a model)
-    else:
-        path = resolve_source(name_or_path).tokenizer_path
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-    except OSError as err:
-        raise UserError(f"could not load a tokenizer from {path!r}: {err}") from None
-
-    if chat_template:
-        template, end_of_turn = resolve_chat_template(chat_template)
-        tok.chat_template = template
-        if end_of_turn:
-            if end_of_turn not in tok.get_vocab():
-                raise UserError(
-                    f"chat_template {chat_template!r} needs the token {end_of_turn!r}, which the tokenizer "
-                    f"of {name_or_path} does not have; pick a template that uses its own special tokens "
-                    "(a Jinja string or .jinja file) or a model that has them"
-                )
-            # The token that ends an assistant turn is where generation must stop.
-            tok.eos_token = end_of_turn
-    set_pad_token(tok)
-    return tok
-
-
-def set_pad_token(tok) -> None:
-    """pad != eos where possible: a pad that equals eos gets masked out of the labels, so the model
-    never learns to stop."""
-    if tok.pad_token is not None and tok.pad_token != tok.eos_token:
-        return
-    vocab = tok.get_vocab()
-    for candidate in _PAD_CANDIDATES:
-        if candidate in vocab and candidate != tok.eos_token:
-            tok.pad_token = candidate
-            return
-    if tok.unk_token is not None and tok.unk_token != tok.eos_token:
-        tok.pad_token = tok.unk_token
-        return
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    logger.warning(
-        "tokenizer has no pad token distinct from eos (%r); padding with eos. Labels still keep each eos "
-        "that ends a turn, but check generations stop.",
-        tok.eos_token,
-    )
-
-
-def chat_template_name(template: str | None) -> str | None:
-    for name, (source, _) in BUILTIN_TEMPLATES.items():
-        if template == source:
-            return name
-    return None
 
 
 def load_model(

@@ -37,10 +37,10 @@ import math
 import os
 import random
 import re
-import sysconfig
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +58,9 @@ EXAMPLES_PER_REASON = 5  # source row indices kept per drop reason, for the log 
 
 
 def builtin_dir(name: str) -> Path:
-    """A folder of built-in files (`data_recipes`, `eval`, ...), from a checkout or a plain `pip install .`.
-
-    A checkout wins so that edits to the repo's recipes take effect without reinstalling; an install puts
-    the folder under the data path (`<prefix>/share/hftune/<name>`, setup.cfg's `data_files`).
-    """
-    candidates = [Path(__file__).resolve().parent.parent / name]
-    schemes = [sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")]
-    for scheme in dict.fromkeys(schemes):
-        candidates.append(Path(sysconfig.get_path("data", scheme)) / "share" / "hftune" / name)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    return candidates[0]
+    """A folder of built-in files (`data_recipes`, `eval`) shipped as package data: `hftune/resources/` links
+    to the repo's folders in a checkout, and holds copies of them in an installed package."""
+    return Path(str(resources.files("hftune") / "resources" / name))
 
 
 BUILTIN_RECIPES_DIR = builtin_dir("data_recipes")
@@ -822,7 +812,7 @@ def _resolve_transform(spec: str, recipe_dir: Path | None) -> Callable[[dict], d
 # --- loading -------------------------------------------------------------------------------------------
 
 
-def _resolve_source_path(recipe: Recipe) -> Path:
+def resolve_source_path(recipe: Recipe) -> Path:
     path = Path(recipe.source.path)
     if path.is_absolute():
         return path
@@ -865,7 +855,7 @@ def _load(recipe: Recipe, data_files: str | os.PathLike | None) -> tuple[dataset
     if data_files is not None:
         return _load_local(Path(data_files)), str(data_files)
     if recipe.source.path:
-        path = _resolve_source_path(recipe)
+        path = resolve_source_path(recipe)
         return _load_local(path), str(path)
     return _load_hub(recipe.source), recipe.source.describe()
 

@@ -16,13 +16,12 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
-
-import torch
 
 from hftune.artifacts import atomic_dir
 from hftune.errors import UserError
-from hftune.templates import CHATML, CHATML_SPECIAL_TOKENS
+from hftune.models.templates import CHATML, CHATML_SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ TINY_PREFIX = "tiny:"
 TINY_PRETRAIN_STEPS = 300  # `tiny:ARCH` models are briefly pretrained (about 10 s on 2 CPU cores)
 
 
-def _model_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int, ids: dict):
+def model_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int, ids: dict):
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab_size, pad_token_id=ids["pad"], eos_token_id=ids["eos"], bos_token_id=None)
@@ -81,9 +80,10 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int):
 
 
 def default_corpus() -> list[str]:
-    from hftune import synthetic
-
-    return synthetic.corpus_lines(2000, seed=0)
+    """The text `tiny:ARCH` tokenizers and models learn from: 2,000 lines of the synthetic tasks, shipped as
+    package data (`tests/synthetic.py` generates it; a test checks the two agree)."""
+    text = (resources.files("hftune.models") / "tiny_corpus.txt").read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def build_tiny_model(
@@ -107,6 +107,7 @@ def build_tiny_model(
     """
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    import torch
     from transformers import AutoModelForCausalLM
 
     out = Path(out_dir)
@@ -114,7 +115,7 @@ def build_tiny_model(
     with atomic_dir(out) as tmp:
         tokenizer = train_tokenizer(lines, vocab_size)
         ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
-        config = _model_config(
+        config = model_config(
             arch, len(tokenizer), hidden_size, num_layers, num_heads, max_position_embeddings, ids
         )
         torch.manual_seed(seed)
@@ -144,6 +145,7 @@ def build_tiny_model(
 
 def _pretrain(model, tokenizer, lines: list[str], steps: int, seed: int, block: int = 128) -> None:
     """A few hundred steps of next-token prediction on the corpus, packed into fixed-length blocks."""
+    import torch
     from tqdm.auto import tqdm
 
     stream: list[int] = []

@@ -26,9 +26,10 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts, card
+from hftune import artifacts
 from hftune.config import strip_secrets
 from hftune.errors import UserError
+from hftune.publish import card
 
 logger = logging.getLogger(__name__)
 

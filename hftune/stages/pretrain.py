@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftune import artifacts, distributed, sft
+from hftune import distributed
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.errors import UserError
-from hftune.stage import DataExtras, common_checks
-from hftune.tiny import ARCHITECTURES
+from hftune.models.tiny import ARCHITECTURES
+from hftune.stages import causal_lm, common
+from hftune.stages.causal_lm import TRL_CONFIGS  # noqa: F401 (the stage interface, for --help)
+from hftune.stages.common import DataExtras, common_checks
 
 
 @dataclass
@@ -54,17 +56,21 @@ def _check(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+EXTRAS = PretrainExtras
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/pretrain",
+    "use_peft": False,  # pretraining changes every weight
+    "lora_target_modules": "all-linear",  # (for continued pretraining with `use_peft: true`)
+    "assistant_only_loss": False,  # plain text: every token is trained
+    **common.TRAINING_DEFAULTS,
+}
+
+
 def schema() -> StageSchema:
-    base = sft.schema()
     return StageSchema(
         name="pretrain",
-        classes={**base.classes, "hftune": PretrainExtras},
-        defaults={
-            **base.defaults,
-            "output_dir": "runs/pretrain",
-            "use_peft": False,  # pretraining changes every weight
-            "assistant_only_loss": False,  # plain text: every token is trained
-        },
+        classes={**causal_lm.trl_classes(), "hftune": PretrainExtras},
+        defaults={**DEFAULTS, **common.hardware_defaults()},
         check=_check,
     )
 
@@ -85,7 +91,7 @@ def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig
 def _init_model(cfg: StageConfig, folder: Path) -> str:
     """A new tokenizer (trained on the data's text) and randomly initialised weights, saved to `folder`."""
     from hftune.data import prepare_dataset
-    from hftune.tiny import build_tiny_model
+    from hftune.models.tiny import build_tiny_model
 
     extras = cfg.hftune
     rows = prepare_dataset(extras.data_recipe, data_files=extras.data_files, max_rows=extras.max_samples)
@@ -104,21 +110,22 @@ def _init_model(cfg: StageConfig, folder: Path) -> str:
     return str(folder)
 
 
-def run(cfg: StageConfig, *, resume: bool = False) -> sft.SFTResult:
+def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
     extras = cfg.hftune
+    dirs = common.run_dirs(cfg)
     parents = None
     if extras.init_architecture:
         # The initial weights live in the work folder (so --resume finds them) and go with it afterwards:
         # the finished artifact is a full model that needs nothing else.
         # Built once a machine, each in a folder of its own (machines may share a filesystem); the other
         # processes load it. The same seed makes the same weights everywhere.
-        init = artifacts.work_dir(cfg.training.output_dir) / f"init-node{distributed.node_rank()}"
+        init = dirs.work / f"init-node{distributed.node_rank()}"
         with distributed.local_main_first():
             if not (init / "config.json").is_file():
                 _init_model(cfg, init)
         cfg.model.model_name_or_path = str(init)
         parents = [{"role": "init", "from_scratch": extras.init_architecture}]
-    return sft.run(cfg, resume=resume, stage_name="pretrain", parents=parents)
+    return causal_lm.train(cfg, formats=("language_modeling",), parents=parents, resume=resume, dirs=dirs)
 
 
-summary = sft.summary
+summary = causal_lm.summary

@@ -25,7 +25,7 @@ import yaml
 from hftune import artifacts
 from hftune.config import strip_secrets
 from hftune.errors import UserError
-from hftune.tiny import TINY_PREFIX
+from hftune.models.tiny import TINY_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftune import artifacts, modeling
+from hftune import artifacts
 from hftune.errors import UserError
+from hftune.models import loading
+from hftune.models.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +51,14 @@ class MergeResult:
     max_abs_logit_diff: float
 
 
-def _check_source(src: Path, from_full_precision: bool) -> modeling.ModelSource:
+def _check_source(src: Path, from_full_precision: bool) -> loading.ModelSource:
     if not src.is_dir():
         raise UserError(f"{src}: no such folder")
     if not artifacts.is_complete(src):
         raise UserError(f"{src} has no manifest.json: it is not a finished hftune stage; finish it first")
     if not (src / "adapter_config.json").is_file():
         raise UserError(f"{src} is not a LoRA adapter folder (no adapter_config.json): nothing to merge")
-    source = modeling.resolve_source(str(src))
+    source = loading.resolve_source(str(src))
     base_config = Path(source.base) / "config.json"
     if base_config.is_file() and json.loads(base_config.read_text()).get("quantization_config"):
         raise UserError(
@@ -64,7 +66,7 @@ def _check_source(src: Path, from_full_precision: bool) -> modeling.ModelSource:
             "merging into quantized weights loses precision. Merge onto the original full-precision base."
         )
     for folder in source.adapters:
-        bits = modeling.quantized_training(Path(folder))
+        bits = loading.quantized_training(Path(folder))
         if bits and not from_full_precision:
             raise UserError(
                 f"{folder} was trained on a {bits} quantized base (QLoRA: load_in_{bits[0]}bit in its "
@@ -126,13 +128,13 @@ def merge(
         raise UserError(f"{out}: the merged model must go to a new folder outside {src}")
     source = _check_source(src, from_full_precision)
     reward = source.is_reward_model
-    load = modeling.load_reward_model if reward else modeling.load_model
+    load = loading.load_reward_model if reward else loading.load_model
     logger.info("loading %s (base %s + %d adapter(s)) in float32", src, source.base, len(source.adapters))
     # The merge itself always runs in float32, never quantized: W + BA rounded once, at the end, to `dtype`.
     model = load(str(src), ModelConfig(dtype="float32"), for_training=False).eval()
     # Adapters saved in bf16 (QLoRA) are loaded in bf16; upcasting them is exact and keeps one dtype.
     model = model.to(torch.float32)
-    tokenizer = modeling.load_tokenizer(str(src))
+    tokenizer = load_tokenizer(str(src))
     ids = _probe_ids(tokenizer)
     before = _outputs(model, ids)
     merged = model.merge_and_unload().eval()

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from hftune import modeling
 from hftune.errors import UserError
-from hftune.rl import RewardFn, parse, run, schema, summary  # noqa: F401 (the CLI's stage interface)
+from hftune.models import loading
+from hftune.stages.rl.stage import RewardFn, parse, run, schema, summary  # noqa: F401 (the CLI's stage interface)
 
 VALUE_WEIGHTS = "value_model.safetensors"
 # hftune pins the TRL releases that ship experimental PPO; the "experimental API" notice is known.
@@ -69,14 +69,14 @@ def build_trainer(
     queries = [encode(p)["input_ids"] for p in prompts]
     heldout_queries = [encode(p)["input_ids"] for p in heldout] or queries[: args.per_device_eval_batch_size]
 
-    policy = modeling.load_model(model_args.model_name_or_path, model_args, for_training=True)
-    value = modeling.load_reward_model(extras.reward_model_path, model_args, for_training=True)
+    policy = loading.load_model(model_args.model_name_or_path, model_args, for_training=True)
+    value = loading.load_reward_model(extras.reward_model_path, model_args, for_training=True)
     value.config.pad_token_id = tokenizer.pad_token_id
     if reward_fn.normalize:
         _normalise_value_head(value, reward_fn.scorer.stats)
     reference = None
     if separate_reference:
-        reference = modeling.load_model(model_args.model_name_or_path, model_args, for_training=True).eval()
+        reference = loading.load_model(model_args.model_name_or_path, model_args, for_training=True).eval()
         reference.requires_grad_(False)
 
     trainer = ScoredPPOTrainer(
@@ -88,7 +88,7 @@ def build_trainer(
         train_dataset=Dataset.from_dict({"input_ids": queries}),
         value_model=value,
         eval_dataset=Dataset.from_dict({"input_ids": heldout_queries}),
-        peft_config=modeling.lora_config(model_args),
+        peft_config=loading.lora_config(model_args),
     )
     trainer.hftune_reward_fn = reward_fn
     trainer.hftune_prompt_of = {tuple(q): p for q, p in zip(queries, prompts, strict=True)}

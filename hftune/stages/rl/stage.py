@@ -19,14 +19,13 @@ import importlib.util
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hftune import artifacts, distributed, generation, modeling, scoring, stage
+from hftune import artifacts, distributed
 from hftune.config import (
     StageConfig,
     StageSchema,
@@ -36,8 +35,11 @@ from hftune.config import (
     parse_stage_config,
 )
 from hftune.errors import UserError, did_you_mean
-from hftune.rl_guardrails import AlarmStop, Bounds, Guardrails, RolloutStats
-from hftune.stage import DataExtras, common_checks
+from hftune.models import generation, loading, scoring
+from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
+from hftune.stages import common
+from hftune.stages.common import DataExtras, common_checks
+from hftune.stages.rl.guardrails import AlarmStop, Bounds, Guardrails, RolloutStats
 
 logger = logging.getLogger(__name__)
 
@@ -194,21 +196,26 @@ def _trl_config(algorithm: str):
         from trl import GRPOConfig
 
         return GRPOConfig
-    from hftune import ppo
+    from hftune.stages.rl import ppo
 
     return ppo.config_class()
+
+
+EXTRAS = RLExtras
+TRL_CONFIGS = ("PPOConfig (or RLOOConfig / GRPOConfig with `algorithm`)", "ModelConfig")
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/ppo",
+    "use_peft": True,
+    "lora_target_modules": "all-linear",
+    "eval_fraction": 0.1,
+    **common.TRAINING_DEFAULTS,
+}
 
 
 def schema(algorithm: str = "ppo") -> StageSchema:
     from trl import ModelConfig
 
-    defaults = {
-        "output_dir": "runs/ppo",
-        "use_peft": True,
-        "lora_target_modules": "all-linear",
-        "eval_fraction": 0.1,
-        **stage.training_defaults(),
-    }
+    defaults = {**DEFAULTS, **common.hardware_defaults()}
     if algorithm in ("rloo", "grpo"):
         defaults.update(log_completions=False, disable_dropout=True)
     return StageSchema(
@@ -237,20 +244,6 @@ class RLResult:
     trainer: Any
     scorer: scoring.Scorer
     alarm: str | None
-
-
-def check_same_tokenizer(policy_tok, reward_tok, policy_path: str, reward_path: str) -> None:
-    """The reward model must read text exactly as the policy writes it."""
-    if policy_tok.get_vocab() != reward_tok.get_vocab():
-        raise UserError(
-            f"the policy ({policy_path}) and the reward model ({reward_path}) use different tokenizers "
-            "(vocabularies differ); train the reward model on top of this SFT model"
-        )
-    if policy_tok.chat_template != reward_tok.chat_template:
-        raise UserError(
-            f"the policy ({policy_path}) and the reward model ({reward_path}) use different chat templates; "
-            "train the reward model on top of this SFT model"
-        )
 
 
 def prompt_rows(dataset) -> list[list[dict[str, str]]]:
@@ -357,27 +350,33 @@ class Prepared:
     data: Any
     recipe: Any
     tokenizer: Any
-    final_dir: Path
+    dirs: common.RunDirs
     resume_from: str | None
 
 
 def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
-    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
-    final_dir = Path(args.output_dir)
+    model_args, extras = cfg.model, cfg.hftune
+    dirs = common.run_dirs(cfg)
     policy_path = model_args.model_name_or_path
-    if modeling.resolve_source(policy_path).is_reward_model:
+    if loading.resolve_source(policy_path).is_reward_model:
         raise UserError(f"{policy_path} is a reward model; `model_name_or_path` is the SFT policy")
 
     # Tokenizers first: a mismatch fails before any weights load.
-    tokenizer = modeling.load_tokenizer(policy_path, revision=model_args.model_revision)
-    reward_tok = modeling.load_tokenizer(extras.reward_model_path)
-    check_same_tokenizer(tokenizer, reward_tok, policy_path, extras.reward_model_path)
+    tokenizer = load_tokenizer(policy_path, revision=model_args.model_revision)
+    reward_tok = load_tokenizer(extras.reward_model_path)
+    check_same_tokenizer(
+        tokenizer,
+        reward_tok,
+        f"the policy ({policy_path})",
+        f"the reward model ({extras.reward_model_path})",
+        fix="train the reward model on top of this SFT model",
+    )
     if extras.chat_template:
         raise UserError(
             "`chat_template`: the RL stage renders prompts with the SFT model's template; drop it"
         )
     scoring.check_pad_token(tokenizer, policy_path)
-    recipe, data = stage.load_data(cfg, tokenizer)
+    recipe, data = common.load_data(cfg, tokenizer, dirs)
     prompts = prompt_rows(data.train)
     heldout = prompt_rows(data.eval)[: extras.heldout_prompts] if data.eval is not None else []
 
@@ -395,25 +394,20 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         stats=stats,
     )
 
-    work = artifacts.work_dir(final_dir)
-    resume_from = stage.checkpoint_to_resume(work, resume)
-    args.output_dir = str(work)
-    try:
-        with stage.trl_settings_are_user_errors(cfg.source):
-            if extras.algorithm == "ppo":
-                from hftune import ppo
+    resume_from = common.checkpoint_to_resume(dirs.work, resume)
+    with common.trl_settings_are_user_errors(cfg.source):
+        if extras.algorithm == "ppo":
+            from hftune.stages.rl import ppo
 
-                trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn, resume_from)
-            else:
-                trainer = _build_group_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
-    finally:
-        args.output_dir = str(final_dir)
+            trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn, resume_from)
+        else:
+            trainer = _build_group_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
 
     evaluate = None
     if heldout:
         evaluate = heldout_evaluator(heldout, tokenizer, reward_fn, extras.response_length)
     guardrails = Guardrails(
-        work,
+        dirs.work,
         Bounds(
             max_kl=extras.max_kl,
             min_mean_length=extras.min_mean_length,
@@ -425,10 +419,10 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         heldout_every=extras.heldout_every,
         rollout_stats=stats,
         step_offset=getattr(trainer, "hftune_steps_done", 0),
-        resumed_at=stage.checkpoint_step(resume_from),
+        resumed_at=common.checkpoint_step(resume_from),
     )
     trainer.add_callback(guardrails)
-    return Prepared(trainer, guardrails, scorer, reward_fn, data, recipe, tokenizer, final_dir, resume_from)
+    return Prepared(trainer, guardrails, scorer, reward_fn, data, recipe, tokenizer, dirs, resume_from)
 
 
 def _policy(trainer):
@@ -445,7 +439,7 @@ def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_f
     args.max_completion_length = extras.response_length
     args.beta = extras.kl_coef
     args.num_generations = extras.num_generations
-    policy = modeling.load_model(
+    policy = loading.load_model(
         model_args.model_name_or_path,
         model_args,
         for_training=True,
@@ -459,7 +453,7 @@ def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_f
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         eval_dataset=Dataset.from_dict({"prompt": heldout}) if heldout else None,
         processing_class=tokenizer,
-        peft_config=modeling.lora_config(model_args),
+        peft_config=loading.lora_config(model_args),
     )
     # TRL moves the models it is given; a reward *function* keeps its model where it was loaded (the CPU).
     reward_fn.scorer.model.to(trainer.accelerator.device)
@@ -467,70 +461,49 @@ def _build_group_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_f
 
 
 def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
-    started = time.time()
     p = prepare(cfg, resume=resume)
     trainer, guardrails = p.trainer, p.guardrails
-    trainer.args.output_dir = str(guardrails.out_dir)  # checkpoints go to the work dir, never the artifact
     alarm = None
     try:
         trainer.train(**({"resume_from_checkpoint": p.resume_from} if cfg.hftune.algorithm != "ppo" else {}))
     except AlarmStop as stop:
         alarm = str(stop)
         guardrails.restore_last_good()
-    metrics = _summarise(guardrails.out_dir / "metrics.jsonl")
-    metrics.update(stage.parameter_counts(_policy(trainer)))
+    metrics = _summarise(p.dirs.work / "metrics.jsonl")
+    metrics.update(common.parameter_counts(_policy(trainer)))
     if alarm:
         metrics["alarm"] = alarm
 
-    source = modeling.resolve_source(cfg.model.model_name_or_path)
-    work = guardrails.out_dir
-    manifest: dict[str, Any] = {}
-    with artifacts.atomic_dir(p.final_dir, collective=True) as out:
-        if distributed.is_main_process():
-            manifest = _save(cfg, p, trainer, metrics, source, work, out, started)
-    if distributed.is_main_process():
-        shutil.rmtree(work, ignore_errors=True)
-    return RLResult(p.final_dir, metrics, manifest, trainer, p.scorer, alarm)
+    def write_extra(out: Path) -> None:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            if (p.dirs.work / name).is_file():
+                shutil.copy(p.dirs.work / name, out / name)
+        common.point_adapter_at_sft(out, cfg.model.model_name_or_path)
+        common.save_generation_config(_policy(trainer), p.tokenizer, out)
 
-
-def _save(cfg, p, trainer, metrics, source, work: Path, out: Path, started: float) -> dict[str, Any]:
-    """The policy adapter, tokenizer, config, metrics, samples and manifest (the main process's job)."""
-    trainer.args.output_dir = str(out)
-    _policy(trainer).save_pretrained(str(out))  # the policy adapter only (PPO's value model stays behind)
-    trainer.args.output_dir = str(p.final_dir)
     # Saved with the training default (right); generation code pads left itself.
     side, p.tokenizer.padding_side = p.tokenizer.padding_side, "right"
     try:
-        stage.save_common(out, cfg, trainer, p.tokenizer, metrics, save_model=False)
+        manifest = common.save_artifact(
+            p.dirs,
+            cfg,
+            stage="ppo",
+            trainer=trainer,
+            tokenizer=p.tokenizer,
+            metrics=metrics,
+            # The policy adapter only (PPO's value model stays behind).
+            save_model=lambda out: _policy(trainer).save_pretrained(str(out)),
+            parents=[
+                artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model"),
+                artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
+            ],
+            data=common.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
+            write_extra=write_extra,
+            manifest_metrics={**metrics, "algorithm": cfg.hftune.algorithm},
+        )
     finally:
         p.tokenizer.padding_side = side
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        if (work / name).is_file():
-            shutil.copy(work / name, out / name)
-    _point_adapter_at(out, source)
-    stage.save_generation_config(_policy(trainer), p.tokenizer, out)
-    return artifacts.write_manifest(
-        out,
-        stage="ppo",
-        config_hash=cfg.config_hash(),
-        parents=[
-            artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model"),
-            artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
-        ],
-        data=stage.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
-        metrics={**metrics, "algorithm": cfg.hftune.algorithm},
-        seed=cfg.training.seed,
-        started=started,
-    )
-
-
-def _point_adapter_at(out: Path, source: modeling.ModelSource) -> None:
-    """The SFT adapter was merged under the policy's: the saved adapter's base is the SFT folder."""
-    config_path = out / "adapter_config.json"
-    if source.adapters and config_path.is_file():
-        config = json.loads(config_path.read_text())
-        config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
-        artifacts.write_json(config_path, config)
+    return RLResult(p.dirs.final, metrics, manifest, trainer, p.scorer, alarm)
 
 
 def _summarise(metrics_file: Path) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""What every training stage shares: its data options and checks, the work folder that holds checkpoints,
-and the files every finished artifact carries. Each stage module (`sft.py`, `reward.py`, ...) reads top
-to bottom and calls these for the parts that are the same everywhere."""
+"""What every training stage shares: its data options and checks, where it writes (the artifact's folder
+and the work folder that holds checkpoints, computed once), resuming, and the one save path that writes
+every finished artifact's files and manifest. Each stage module (`sft.py`, `reward.py`, ...) reads top to
+bottom and calls these for the parts that are the same everywhere."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,29 +47,44 @@ class DataExtras:
     )
 
 
-def training_defaults() -> dict[str, Any]:
-    """hftune's defaults shared by every training stage where they differ from TRL's: precision picked for
-    the hardware (never fail because a default assumed a GPU), no surprise experiment trackers, bounded
-    checkpoints, and a fixed seed."""
+# hftune's defaults shared by every training stage where they differ from TRL's: no surprise experiment
+# trackers, bounded checkpoints, and a fixed seed.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "dtype": "auto",
+    "report_to": "none",
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "seed": 42,
+}
+# Defaults picked for the machine a stage runs on (never fail because a default assumed a GPU), as `--help`
+# describes them without importing torch.
+HARDWARE_DEFAULTS: dict[str, str] = {
+    "bf16": "true on a GPU that supports bf16, else false (fp32 on CPU)",
+    "use_cpu": "true when no GPU is visible (so torchrun / accelerate run DDP over gloo)",
+    "dataloader_pin_memory": "true only with a CUDA GPU",
+}
+
+
+def hardware_defaults() -> dict[str, Any]:
+    """The values behind HARDWARE_DEFAULTS on this machine."""
     import torch
 
-    from hftune.modeling import bf16_available
+    from hftune.models.loading import bf16_available
 
     return {
-        "dtype": "auto",
         "bf16": bf16_available(),
         # Without a GPU the Trainer runs torchrun / accelerate processes as DDP over gloo only when told
         # it is on CPU; otherwise each process would train alone on all the data.
         "use_cpu": not distributed.accelerator_available(),
-        "report_to": "none",
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
-        "logging_steps": 10,
-        "save_strategy": "steps",
-        "save_steps": 100,
-        "save_total_limit": 2,
-        "eval_strategy": "no",
-        "seed": 42,
     }
+
+
+def training_defaults() -> dict[str, Any]:
+    return {**TRAINING_DEFAULTS, **hardware_defaults()}
 
 
 TOKENIZER_KEYS = ("pad_token", "eos_token", "chat_template_path")
@@ -106,7 +123,24 @@ def common_checks(values: dict[str, Any], *, needs_model: bool = True) -> list[s
     return problems
 
 
-def load_data(cfg: StageConfig, tokenizer):
+@dataclass
+class RunDirs:
+    final: Path  # the finished artifact (replaced atomically at the end)
+    work: Path  # checkpoints, prepared data, logs: kept after a crash so `--resume` can continue
+    started: float  # wall-clock start, for the manifest
+
+
+def run_dirs(cfg: StageConfig) -> RunDirs:
+    """Where this run writes. TRL's trainers write checkpoints to `output_dir`, so it points at the work
+    folder for the whole run (nothing half-written ever lands in the artifact's folder); the saved config
+    keeps naming the artifact's folder. Safe to call again on the same config."""
+    final = Path(cfg.reported.setdefault("output_dir", cfg.training.output_dir))
+    work = artifacts.work_dir(final)
+    cfg.training.output_dir = str(work)
+    return RunDirs(final, work, time.time())
+
+
+def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
     """The stage's recipe and its prepared rows: every data problem surfaces before any weights load.
 
     In a multi-process run the data is prepared once per machine: the local main process prepares it and
@@ -134,7 +168,7 @@ def load_data(cfg: StageConfig, tokenizer):
     if not distributed.is_distributed():
         data = prepare()
     else:
-        folder = artifacts.work_dir(cfg.training.output_dir) / f"prepared-data-node{distributed.node_rank()}"
+        folder = dirs.work / f"prepared-data-node{distributed.node_rank()}"
         with distributed.local_main_first():
             if distributed.is_local_main_process():
                 save_prepared(prepare(), folder)
@@ -205,23 +239,89 @@ def count_rows_trl_dropped(trainer, data, args, reason: str = "no_trained_tokens
         )
 
 
-def save_common(
-    out: Path, cfg: StageConfig, trainer, tokenizer, metrics: dict[str, Any], *, save_model: bool = True
-) -> None:
-    """Model, tokenizer (with its chat template), resolved config, metrics and logs; no pickles."""
-    if save_model:
-        trainer.save_model(str(out))  # every process: a sharded (FSDP / ZeRO-3) model is gathered to save
-    if not distributed.is_main_process():
-        return
-    tokenizer.save_pretrained(str(out))
-    for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
-        unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle
-    # PEFT's placeholder card ("[More Information Needed]") says nothing true; hftune's cards are
-    # generated from the manifests when a model is pushed.
-    (out / "README.md").unlink(missing_ok=True)
-    (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
-    artifacts.write_json(out / "metrics.json", metrics)
-    artifacts.write_json(out / "log_history.json", trainer.state.log_history)
+def save_artifact(
+    dirs: RunDirs,
+    cfg: StageConfig,
+    *,
+    stage: str,
+    tokenizer,
+    metrics: dict[str, Any],
+    parents: list[dict[str, Any]],
+    data: dict[str, Any],
+    trainer=None,
+    save_model: Callable[[Path], None] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+    manifest_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one way a training stage finishes: weights, tokenizer (with its chat template), resolved config,
+    metrics, log history, anything stage-specific (`write_extra`) and the manifest, written to a temporary
+    folder that replaces the artifact only when complete; then the work folder goes. No pickles.
+
+    Weights come from `save_model(out)` when given (the RL policy adapter), else `trainer.save_model`, which
+    every process calls (a sharded FSDP / ZeRO-3 model is gathered to save). Returns the manifest (empty on
+    the other processes)."""
+    manifest: dict[str, Any] = {}
+    with artifacts.atomic_dir(dirs.final, collective=True) as out:
+        if save_model is None:
+            trainer.save_model(str(out))
+        if distributed.is_main_process():
+            if save_model is not None:
+                save_model(out)
+            tokenizer.save_pretrained(str(out))
+            for unsafe in list(out.glob("*.bin")) + list(out.glob("*.pt")):
+                unsafe.unlink()  # weights ship as safetensors only; training_args.bin is a pickle
+            # PEFT's placeholder card ("[More Information Needed]") says nothing true; hftune's cards are
+            # generated from the manifests when a model is pushed.
+            (out / "README.md").unlink(missing_ok=True)
+            (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
+            artifacts.write_json(out / "metrics.json", metrics)
+            if trainer is not None:
+                artifacts.write_json(out / "log_history.json", trainer.state.log_history)
+            if write_extra is not None:
+                write_extra(out)
+            manifest = artifacts.write_manifest(
+                out,
+                stage=stage,
+                config_hash=cfg.config_hash(),
+                parents=parents,
+                data=data,
+                metrics=manifest_metrics if manifest_metrics is not None else metrics,
+                seed=cfg.training.seed,
+                started=dirs.started,
+            )
+    if distributed.is_main_process():
+        shutil.rmtree(dirs.work, ignore_errors=True)
+    return manifest
+
+
+def point_adapter_at_sft(out: Path, model_name_or_path: str) -> None:
+    """A stage that trains a new adapter on an SFT adapter merges the SFT adapter under it, so the saved
+    adapter's base is the SFT folder: loading goes base -> SFT adapter -> this adapter."""
+    from hftune.models.loading import resolve_source
+
+    source = resolve_source(model_name_or_path)
+    config_path = out / "adapter_config.json"
+    if source.adapters and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
+        artifacts.write_json(config_path, config)
+
+
+def train_metrics(trainer, train_out) -> dict[str, Any]:
+    """The numeric metrics of `trainer.train()`, the step reached, and parameter counts."""
+    metrics = {k: v for k, v in train_out.metrics.items() if isinstance(v, int | float)}
+    metrics["global_step"] = trainer.state.global_step
+    metrics.update(parameter_counts(trainer.model))
+    return metrics
+
+
+def train_summary(metrics: dict[str, Any], output_dir: Path) -> list[str]:
+    """The last lines every training stage prints."""
+    return [
+        f"train loss {metrics.get('train_loss', float('nan')):.4f} over {metrics.get('global_step')} steps "
+        f"({metrics.get('train_steps_per_second', float('nan')):.2f} steps/s)",
+        f"saved: {output_dir}",
+    ]
 
 
 def save_generation_config(model, tokenizer, out: Path) -> None:

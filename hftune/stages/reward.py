@@ -11,22 +11,22 @@ adapter + score head + tokenizer + config + report + manifest atomically to `out
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from jinja2 import TemplateError
 
-from hftune import artifacts, distributed, modeling, scoring, stage
+from hftune import artifacts, distributed
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.errors import UserError
-from hftune.stage import DataExtras, common_checks
+from hftune.stages import common
+from hftune.stages.common import DataExtras, common_checks
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +75,28 @@ def _check(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+EXTRAS = RewardExtras
+TRL_CONFIGS = ("RewardConfig", "ModelConfig")
+# hftune's defaults where they differ from TRL's: LoRA with the score head saved, a held-out split for the
+# report, no surprise experiment trackers (and precision picked for the hardware).
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/reward",
+    "use_peft": True,
+    "lora_task_type": "SEQ_CLS",
+    "lora_target_modules": "all-linear",
+    "lora_modules_to_save": ["score"],
+    "eval_fraction": 0.1,
+    **common.TRAINING_DEFAULTS,
+}
+
+
 def schema() -> StageSchema:
     from trl import ModelConfig, RewardConfig
 
     return StageSchema(
         name="reward",
         classes={"training": RewardConfig, "model": ModelConfig, "hftune": RewardExtras},
-        # hftune's defaults where they differ from TRL's: LoRA with the score head saved, a held-out split
-        # for the report, precision picked for the hardware, no surprise experiment trackers.
-        defaults={
-            "output_dir": "runs/reward",
-            "use_peft": True,
-            "lora_task_type": "SEQ_CLS",
-            "lora_target_modules": "all-linear",
-            "lora_modules_to_save": ["score"],
-            "eval_fraction": 0.1,
-            **stage.training_defaults(),
-        },
+        defaults={**DEFAULTS, **common.hardware_defaults()},
         check=_check,
     )
 
@@ -113,44 +118,38 @@ class RewardResult:
 def load_matching_tokenizer(cfg: StageConfig):
     """The SFT model's tokenizer, or the configured one when it is the same: the reward model must read
     text exactly as the policy writes it."""
+    from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
+
     model_path = cfg.model.model_name_or_path
     extras = cfg.hftune
     trust = bool(cfg.training.trust_remote_code)
-    saved = modeling.load_tokenizer(model_path, trust_remote_code=trust, revision=cfg.model.model_revision)
+    saved = load_tokenizer(model_path, trust_remote_code=trust, revision=cfg.model.model_revision)
     if not extras.tokenizer_name_or_path and not extras.chat_template:
         return saved
-    chosen = modeling.load_tokenizer(
+    chosen = load_tokenizer(
         extras.tokenizer_name_or_path or model_path,
         chat_template=extras.chat_template,
         trust_remote_code=trust,
         revision=cfg.model.model_revision if not extras.tokenizer_name_or_path else "main",
     )
     what = "tokenizer_name_or_path" if extras.tokenizer_name_or_path else "chat_template"
-    if chosen.get_vocab() != saved.get_vocab():
-        raise UserError(
-            f"{cfg.source}: `{what}` gives a tokenizer whose vocabulary differs from the one saved with "
-            f"{model_path}; the reward model must use the SFT model's tokenizer (drop `{what}`)"
-        )
-    if not saved.chat_template:
-        return chosen  # a base model without a template: the config supplies it (checked like SFT's)
-    if chosen.chat_template != saved.chat_template:
-        raise UserError(
-            f"{cfg.source}: `{what}` gives a chat template that differs from the one {model_path} was "
-            f"trained with; the reward model would score text rendered differently from what the policy "
-            f"writes (drop `{what}`)"
-        )
-    for special in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        if getattr(chosen, special) != getattr(saved, special):
-            raise UserError(
-                f"{cfg.source}: `{what}` gives a tokenizer whose {special.removesuffix('_id')} differs from "
-                f"{model_path}'s; the reward model must use the SFT model's tokenizer (drop `{what}`)"
-            )
+    check_same_tokenizer(
+        chosen,
+        saved,
+        f"{cfg.source}: `{what}`",
+        f"the SFT model {model_path}",
+        fix=f"the reward model must score text exactly as the policy writes it (drop `{what}`)",
+        # A base model without a template: the config supplies it (checked like SFT's), so only the
+        # vocabulary must match.
+        rendering=bool(saved.chat_template),
+    )
     return chosen
 
 
 def encode_pairs(dataset, tokenizer):
     """Pre-tokenize pairs with `scoring.encode`, so training sees exactly what scoring will see; TRL
     skips its own tokenization for datasets that already carry `chosen_ids`/`rejected_ids`."""
+    from hftune.models import scoring
 
     def encode(row):
         if row.get("prompt") is not None:
@@ -181,16 +180,18 @@ class Prepared:
     tokenizer: Any
     eval_pairs: Any  # encoded held-out pairs, for the report
     checkpoint: str | None
-    final_dir: Path
+    dirs: common.RunDirs
 
 
 def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     from transformers import set_seed
     from trl import RewardTrainer
 
+    from hftune.models import loading, scoring
+
     args, model_args = cfg.training, cfg.model
-    final_dir = Path(args.output_dir)
-    source = modeling.resolve_source(model_args.model_name_or_path)
+    dirs = common.run_dirs(cfg)
+    source = loading.resolve_source(model_args.model_name_or_path)
     if source.is_reward_model:
         raise UserError(
             f"{model_args.model_name_or_path} is already a reward model; point "
@@ -199,7 +200,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
 
     tokenizer = load_matching_tokenizer(cfg)
     scoring.check_pad_token(tokenizer, model_args.model_name_or_path)
-    recipe, data = stage.load_data(cfg, tokenizer)
+    recipe, data = common.load_data(cfg, tokenizer, dirs)
     if recipe.format not in PREFERENCE_FORMATS:
         raise UserError(
             f"data_recipe {recipe.name}: format `{recipe.format}` is not preference data; a reward model "
@@ -215,7 +216,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         eval_pairs = encode_pairs(data.eval, tokenizer) if data.eval is not None else None
 
     set_seed(args.seed)  # the new score head is initialised randomly
-    model = modeling.load_reward_model(
+    model = loading.load_reward_model(
         model_args.model_name_or_path,
         model_args,
         trust_remote_code=bool(args.trust_remote_code),
@@ -229,26 +230,23 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         )
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    work = artifacts.work_dir(final_dir)
-    args.output_dir = str(work)
-    checkpoint = stage.checkpoint_to_resume(work, resume)
-    try:
-        with stage.trl_settings_are_user_errors(cfg.source):
-            trainer = RewardTrainer(
-                model=model,
-                args=args,
-                train_dataset=train,
-                eval_dataset=eval_pairs,
-                processing_class=tokenizer,
-                peft_config=modeling.lora_config(model_args),
-            )
-    finally:
-        args.output_dir = str(final_dir)
-    stage.count_rows_trl_dropped(trainer, data, args, reason="too_long_for_trl")
-    return Prepared(trainer, data, recipe, tokenizer, eval_pairs, checkpoint, final_dir)
+    checkpoint = common.checkpoint_to_resume(dirs.work, resume)
+    with common.trl_settings_are_user_errors(cfg.source):
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=eval_pairs,
+            processing_class=tokenizer,
+            peft_config=loading.lora_config(model_args),
+        )
+    common.count_rows_trl_dropped(trainer, data, args, reason="too_long_for_trl")
+    return Prepared(trainer, data, recipe, tokenizer, eval_pairs, checkpoint, dirs)
 
 
 def pair_scores(model, pairs, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from hftune.models import scoring
+
     chosen = scoring.score_ids(model, pairs["chosen_ids"], pad_token_id)
     rejected = scoring.score_ids(model, pairs["rejected_ids"], pad_token_id)
     return chosen, rejected
@@ -318,18 +316,13 @@ def _response_lengths(pairs, key: str) -> list[int]:
 
 
 def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
-    started = time.time()
     p = prepare(cfg, resume=resume)
     trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
     pad = tokenizer.pad_token_id
-    work = artifacts.work_dir(p.final_dir)
-    trainer.args.output_dir = str(work)
 
     before = pair_scores(trainer.model, p.eval_pairs, pad) if p.eval_pairs is not None else None
     train_out = trainer.train(resume_from_checkpoint=p.checkpoint)
-    metrics: dict[str, Any] = {k: v for k, v in train_out.metrics.items() if isinstance(v, int | float)}
-    metrics["global_step"] = trainer.state.global_step
-    metrics.update(stage.parameter_counts(trainer.model))
+    metrics = common.train_metrics(trainer, train_out)
 
     report: dict[str, Any] = {}
     if p.eval_pairs is not None:
@@ -350,43 +343,30 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
             logger.warning("score correlates with response length (r=%+.2f)", report["length_correlation"])
     else:
         logger.warning("eval_fraction is 0: no held-out report, and PPO cannot normalise this model's scores")
-    trainer.args.output_dir = str(p.final_dir)
 
-    source = modeling.resolve_source(cfg.model.model_name_or_path)
-    manifest: dict[str, Any] = {}
-    with artifacts.atomic_dir(p.final_dir, collective=True) as out:
-        stage.save_common(out, cfg, trainer, tokenizer, metrics)
-        if distributed.is_main_process():
-            if source.adapters and (out / "adapter_config.json").is_file():
-                # The SFT adapter was merged under this one: the adapter's base is the SFT folder, and
-                # loading goes base -> SFT adapter -> reward adapter.
-                config = json.loads((out / "adapter_config.json").read_text())
-                config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
-                artifacts.write_json(out / "adapter_config.json", config)
-            if report:
-                artifacts.write_json(out / scoring.REPORT_FILE, report)
-            manifest = artifacts.write_manifest(
-                out,
-                stage="reward",
-                config_hash=cfg.config_hash(),
-                parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model")],
-                data=stage.data_manifest(p.recipe, data, cfg.hftune.data_files, len(trainer.train_dataset)),
-                metrics={**metrics, **{k: v for k, v in report.items() if not isinstance(v, dict | list)}},
-                seed=cfg.training.seed,
-                started=started,
-            )
-    if distributed.is_main_process():
-        shutil.rmtree(work, ignore_errors=True)
-    return RewardResult(p.final_dir, metrics, report, manifest, trainer, p.eval_pairs)
+    def write_extra(out: Path) -> None:
+        from hftune.models.scoring import REPORT_FILE
+
+        common.point_adapter_at_sft(out, cfg.model.model_name_or_path)
+        if report:
+            artifacts.write_json(out / REPORT_FILE, report)
+
+    manifest = common.save_artifact(
+        p.dirs,
+        cfg,
+        stage="reward",
+        trainer=trainer,
+        tokenizer=tokenizer,
+        metrics=metrics,
+        parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model")],
+        data=common.data_manifest(p.recipe, data, cfg.hftune.data_files, len(trainer.train_dataset)),
+        write_extra=write_extra,
+        manifest_metrics={**metrics, **{k: v for k, v in report.items() if not isinstance(v, dict | list)}},
+    )
+    return RewardResult(p.dirs.final, metrics, report, manifest, trainer, p.eval_pairs)
 
 
 def summary(result: RewardResult) -> str:
     """What `hftune reward` prints when it finishes."""
     lines = [format_report(result.report)] if result.report else []
-    m = result.metrics
-    lines.append(
-        f"train loss {m.get('train_loss', float('nan')):.4f} over {m.get('global_step')} steps "
-        f"({m.get('train_steps_per_second', float('nan')):.2f} steps/s)"
-    )
-    lines.append(f"saved: {result.output_dir}")
-    return "\n".join(lines)
+    return "\n".join(lines + common.train_summary(result.metrics, result.output_dir))

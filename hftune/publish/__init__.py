@@ -1,0 +1,1 @@
+"""Publishing finished artifacts: model cards, Hub uploads and LoRA merges."""

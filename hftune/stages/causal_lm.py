@@ -1,0 +1,203 @@
+"""Causal-LM training with TRL's SFTTrainer, shared by `hftune sft` and `hftune pretrain` (the same training,
+on conversations or on plain text). Not a stage itself: the two stage modules parse their configs and call
+`train`, so neither imports the other.
+
+Reads top to bottom: load the tokenizer and data (all checks before any weights load), load the model,
+build TRL's trainer, check packing and loss masks, train, then write the model + tokenizer + resolved
+config + metrics + manifest atomically (`common.save_artifact`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hftune.config import StageConfig
+from hftune.errors import UserError
+from hftune.stages import common
+
+logger = logging.getLogger(__name__)
+
+TRL_CONFIGS = ("SFTConfig", "ModelConfig")
+
+
+def trl_classes() -> dict[str, type]:
+    from trl import ModelConfig, SFTConfig
+
+    return {"training": SFTConfig, "model": ModelConfig}
+
+
+def check_packing_isolation(model, tokenizer) -> None:
+    """Refuse packing when the attention implementation lets packed examples see each other.
+
+    TRL's BFD packing relies on position ids resetting at each example; only some attention kernels
+    honour that. One tiny forward pass on the real model settles it instead of a list of kernel names.
+    """
+    import torch
+
+    ids = tokenizer("one two three four five six seven", add_special_tokens=False)["input_ids"][:6]
+    a = torch.tensor([ids[:3]], device=model.device)
+    b = torch.tensor([ids[3:6]], device=model.device)
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]], device=model.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        alone = model(input_ids=b).logits.float()
+        together = model(input_ids=packed, position_ids=positions).logits[:, 3:].float()
+    model.train(was_training)
+    if not torch.allclose(alone, together, atol=1e-2, rtol=1e-2):
+        impl = getattr(model.config, "_attn_implementation", "?")
+        raise UserError(
+            f"packing: with attn_implementation={impl!r} packed examples attend to each other on this model "
+            "(checked with a forward pass), which would corrupt training. Use `attn_implementation: "
+            "flash_attention_2` on a GPU, or set `packing: false`."
+        )
+
+
+def check_loss_masks(dataset, name: str) -> None:
+    """Every example must train on something: an empty mask means a template or truncation bug."""
+    if "labels" not in dataset.column_names:
+        return
+    empty = [i for i, labels in enumerate(dataset["labels"]) if all(x == -100 for x in labels)]
+    if empty:
+        raise UserError(
+            f"{len(empty)} {name} example(s) have no trained tokens (rows {empty[:5]}): the chat template "
+            "marks no assistant tokens or truncation removed them. Check `hftune data preview`."
+        )
+
+
+def _conversational(dataset) -> bool:
+    return "messages" in dataset.column_names or (
+        "prompt" in dataset.column_names and isinstance(dataset[0]["prompt"], list)
+    )
+
+
+@dataclass
+class Prepared:
+    """Everything `train` trains with, built and checked but not yet trained."""
+
+    trainer: Any
+    data: Any
+    recipe: Any
+    tokenizer: Any
+    checkpoint: str | None
+    dirs: common.RunDirs
+
+
+@dataclass
+class Result:
+    output_dir: Path
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+    trainer: Any  # the TRL trainer, for tests and callers that keep working with the model
+
+
+def prepare(
+    cfg: StageConfig, *, formats: tuple[str, ...], resume: bool = False, dirs: common.RunDirs | None = None
+) -> Prepared:
+    from trl import SFTTrainer
+
+    from hftune.models import loading
+    from hftune.models.tokenizer import load_tokenizer
+
+    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    dirs = dirs or common.run_dirs(cfg)
+    trust = bool(args.trust_remote_code)
+
+    # Tokenizer, template and data first: every data problem surfaces before minutes of weight loading.
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        chat_template=extras.chat_template,
+        trust_remote_code=trust,
+        revision=model_args.model_revision,
+    )
+    recipe, data = common.load_data(cfg, tokenizer, dirs)
+    if recipe.format not in formats:
+        what = {"sft": "SFT"}.get(cfg.stage, cfg.stage)
+        raise UserError(
+            f"data_recipe {recipe.name}: format `{recipe.format}` is not {what} data; {what} trains on "
+            f"{', '.join(formats)} rows (preference data is for `hftune reward`, prompts for `hftune ppo`)"
+        )
+    if _conversational(data.train):
+        if not tokenizer.chat_template:
+            raise UserError(
+                f"{model_args.model_name_or_path} has no chat template and the data is conversational: "
+                "set `chat_template: chatml` (or a Jinja string / .jinja file) in the config"
+            )
+    elif args.assistant_only_loss:
+        # Prompt-completion data is masked by TRL's completion-only loss instead.
+        args.assistant_only_loss = False
+
+    model = loading.load_model(
+        model_args.model_name_or_path,
+        model_args,
+        trust_remote_code=trust,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    if args.packing:
+        check_packing_isolation(model, tokenizer)
+
+    checkpoint = common.checkpoint_to_resume(dirs.work, resume)
+    with common.trl_settings_are_user_errors(cfg.source):
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
+            peft_config=loading.lora_config(model_args),
+        )
+    common.count_rows_trl_dropped(trainer, data, args)
+    check_loss_masks(trainer.train_dataset, "training")
+    if trainer.eval_dataset is not None:
+        check_loss_masks(trainer.eval_dataset, "evaluation")
+    return Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
+
+
+def train(
+    cfg: StageConfig,
+    *,
+    formats: tuple[str, ...],
+    parents: list[dict[str, Any]] | None = None,
+    resume: bool = False,
+    dirs: common.RunDirs | None = None,
+) -> Result:
+    """Prepare, train and save; `cfg.stage` (sft / pretrain) is what the manifest records."""
+    from hftune import artifacts
+
+    p = prepare(cfg, formats=formats, resume=resume, dirs=dirs)
+    trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
+
+    metrics: dict[str, Any] = {}
+    if data.eval is not None:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    train_out = trainer.train(resume_from_checkpoint=p.checkpoint)
+    metrics.update(common.train_metrics(trainer, train_out))
+    if data.eval is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+
+    n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
+    manifest = common.save_artifact(
+        p.dirs,
+        cfg,
+        stage=cfg.stage,
+        trainer=trainer,
+        tokenizer=tokenizer,
+        metrics=metrics,
+        parents=parents or [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
+        data=common.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
+        write_extra=lambda out: common.save_generation_config(trainer.model, tokenizer, out),
+    )
+    return Result(p.dirs.final, metrics, manifest, trainer)
+
+
+def summary(result: Result) -> str:
+    """What `hftune sft` / `hftune pretrain` print when they finish."""
+    m = result.metrics
+    lines = []
+    if "eval_loss_before" in m:
+        lines.append(f"held-out loss: {m['eval_loss_before']:.4f} -> {m['eval_loss']:.4f}")
+    return "\n".join(lines + common.train_summary(m, result.output_dir))

@@ -1,0 +1,146 @@
+"""The one stage table: every step of the recipe that `hftune pipeline` can run, the module that implements
+it, the CLI command that runs it alone, and the keys the pipeline fills from earlier stages' outputs.
+
+Importing this module imports no stage: the CLI builds `hftune --help` from it in milliseconds, and a stage
+module (with torch, transformers and TRL behind it) loads only when that stage runs or shows its help.
+
+Every stage module offers the same interface (`Stage` below): its hftune-only options, the defaults hftune
+changes, a strict parser and `run` / `summary`. Stages never import each other; what they share lives in
+`hftune.stages.common`, `hftune.data` and `hftune.models`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Options(Protocol):
+    """What a stage's options module offers (module-level names), for `--help`. It imports neither torch
+    nor TRL, so `hftune X --help` answers at once; often it is the stage module itself."""
+
+    EXTRAS: type  # hftune's own config keys (a dataclass of `hftune_field`s)
+    DEFAULTS: dict[str, Any]  # hftune's defaults where they differ from TRL's
+    TRL_CONFIGS: tuple[str, ...]  # the TRL config classes whose fields are also config keys
+
+
+class Stage(Protocol):
+    """What a stage module offers (module-level functions)."""
+
+    def schema(self) -> Any: ...  # config.StageSchema (imports TRL)
+    def parse(self, config_path: str | None, argv: list[str] | None = None) -> Any: ...  # StageConfig
+    def run(self, cfg: Any, *, resume: bool = False) -> Any: ...
+    def summary(self, result: Any) -> str: ...
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str  # the pipeline's name for it (`stage: NAME`)
+    module: str  # the module implementing `Stage`
+    command: str  # the `hftune COMMAND` that runs it alone
+    role: str  # what later stages take from it (ppo, rloo and grpo are all the "rl" stage)
+    short: str = ""  # one line for `hftune --help`
+    description: str = ""  # the head of `hftune COMMAND --help`
+    handoff: dict[str, str] = field(default_factory=dict)  # config key -> role of the stage that fills it
+    optional_handoff: frozenset[str] = frozenset()  # keys taken only when the pipeline has that stage
+    algorithm: str | None = None  # the RL stages: the `algorithm` the pipeline sets
+    trains: bool = True  # a training stage (can run in several processes)
+    options: str | None = None  # the module offering `Options`, when it is not `module`
+
+
+_RL_HANDOFF = {"model_name_or_path": "sft", "reward_model_path": "reward"}
+_RL_DESCRIPTION = (
+    "RLHF against a frozen reward model with TRL's PPOTrainer (`algorithm: ppo`) or its maintained "
+    "RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are the chosen trainer's config "
+    "and ModelConfig fields plus the hftune options below; `--key value` flags override the file. "
+    "Per-step metrics go to metrics.jsonl; alarms (max_kl, min/max_mean_length, held-out reward) stop "
+    "a run and keep its last good policy."
+)
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in (
+        StageSpec(
+            "pretrain",
+            "hftune.stages.pretrain",
+            command="pretrain",
+            role="pretrain",
+            short="pretrain a base model on plain text, from scratch or continued",
+            description="Pretraining on plain text with TRL's SFTTrainer: from scratch "
+            "(`init_architecture`: a tokenizer trained on the data and random weights) or continued from "
+            "`model_name_or_path`. Config keys are TRL's SFTConfig and ModelConfig fields plus the hftune "
+            "options below.",
+        ),
+        StageSpec(
+            "sft",
+            "hftune.stages.sft",
+            command="sft",
+            role="sft",
+            short="supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
+            description="Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and "
+            "ModelConfig fields plus the hftune options below; `--key value` flags override the file.",
+            handoff={"model_name_or_path": "pretrain"},
+            optional_handoff=frozenset({"model_name_or_path"}),
+        ),
+        StageSpec(
+            "reward",
+            "hftune.stages.reward",
+            command="reward",
+            role="reward",
+            short="reward modelling on preference pairs with TRL's RewardTrainer",
+            description="Reward modelling with TRL's RewardTrainer on top of an SFT output. Config keys are "
+            "TRL's RewardConfig and ModelConfig fields plus the hftune options below; `--key value` flags "
+            "override the file. Prints and saves a held-out report (pairwise accuracy with a 95% CI, "
+            "margins, score statistics, score/length correlation).",
+            handoff={"model_name_or_path": "sft"},
+        ),
+        StageSpec(
+            "ppo",
+            "hftune.stages.rl.stage",
+            command="ppo",
+            role="rl",
+            short="RLHF: PPO (or RLOO / GRPO) against the reward model, KL-anchored to the SFT policy",
+            description=_RL_DESCRIPTION,
+            handoff=_RL_HANDOFF,
+            algorithm="ppo",
+        ),
+        StageSpec("rloo", "hftune.stages.rl.stage", "ppo", "rl", handoff=_RL_HANDOFF, algorithm="rloo"),
+        StageSpec("grpo", "hftune.stages.rl.stage", "ppo", "rl", handoff=_RL_HANDOFF, algorithm="grpo"),
+        StageSpec(
+            "eval",
+            "hftune.evaluation.harness",
+            command="eval",
+            role="eval",
+            short="compare base, SFT, RLHF and best-of-N side by side, with confidence intervals",
+            description="Evaluate model variants on the same held-out prompts with the same decoding: "
+            "reward, win rates, KL to SFT, length, loops, diversity, reference metrics and task verifiers, "
+            "each with a paired bootstrap CI over prompts. Config: an eval suite (a built-in name such as "
+            "`tiny`, or a YAML file); `--key value` flags override it. Writes results.json, samples.jsonl, "
+            "report.md and report.html.",
+            handoff={
+                "base_model": "pretrain",
+                "sft_model": "sft",
+                "rlhf_models": "rl",
+                "reward_model": "reward",
+            },
+            optional_handoff=frozenset({"base_model"}),
+            trains=False,
+            options="hftune.evaluation.suite",
+        ),
+    )
+}
+
+# `hftune COMMAND`: one command a module (rloo and grpo run as `hftune ppo --algorithm ...`).
+COMMANDS: dict[str, StageSpec] = {spec.command: spec for spec in STAGES.values() if spec.name == spec.command}
+
+
+def load(name: str) -> Stage:
+    """The module of stage `name`; imported only now."""
+    return importlib.import_module(STAGES[name].module)  # type: ignore[return-value]
+
+
+def options(name: str) -> Options:
+    """The light module with stage `name`'s `--help` information."""
+    spec = STAGES[name]
+    return importlib.import_module(spec.options or spec.module)  # type: ignore[return-value]

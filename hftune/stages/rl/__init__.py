@@ -1,0 +1,1 @@
+"""The RL stage (`hftune ppo`): PPO, RLOO and GRPO against a frozen reward model."""
