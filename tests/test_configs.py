@@ -9,6 +9,7 @@ import pytest
 
 from hftune import pipeline
 from hftune.config import load_yaml_mapping
+from hftune.errors import UserError
 from hftune.evaluation import suite
 from hftune.stages import registry
 
@@ -40,3 +41,11 @@ def test_every_config_parses_or_dry_runs(path, capsys):
 def test_every_eval_suite_parses(path):
     cfg = suite.parse(str(path), ["--sft_model", "m", "--rlhf_models", "p", "--reward_model", "r"])
     assert cfg.hftune.data_recipe
+
+
+def test_a_builtin_eval_suite_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # package data, not a path relative to the checkout
+    cfg = suite.parse("tiny", ["--sft_model", "m", "--rlhf_models", "p", "--reward_model", "r"])
+    assert Path(cfg.source).name == "tiny.yaml" and cfg.hftune.data_recipe
+    with pytest.raises(UserError, match=r"unknown eval suite `tiyn`.*tiny, ultrachat"):
+        suite.parse("tiyn")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-import sysconfig
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import datasets
 import pytest
 import synthetic
 
+import hftune
 from hftune import data
 from hftune.data import FORMATS, Recipe, Source, load_recipe, prepare_dataset
+from hftune.data import recipe as recipe_module
 from hftune.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,12 +92,58 @@ def test_builtin_recipes_are_listed_and_load():
     assert load_recipe("dolly").mapping["context"] == "context"
 
 
-def test_builtin_dir_falls_back_to_installed_data_path(tmp_path, monkeypatch):
-    installed = tmp_path / "share" / "hftune" / "some_suite"
-    installed.mkdir(parents=True)
-    monkeypatch.setattr(sysconfig, "get_path", lambda name, scheme=None: str(tmp_path))
-    assert data.builtin_dir("some_suite") == installed
-    assert data.builtin_dir("data_recipes") == REPO / "data_recipes"  # a checkout wins
+def test_builtin_recipes_and_eval_suites_are_found_through_builtin_dir():
+    recipes, evals = data.builtin_dir("data_recipes"), data.builtin_dir("eval")
+    assert (recipes / "tiny_alpaca.yaml").is_file() and (recipes / "fixtures" / "alpaca.jsonl").is_file()
+    assert data.list_recipes() == sorted(p.stem for p in recipes.glob("*.yaml"))
+    assert load_recipe("tiny_alpaca").path == (recipes / "tiny_alpaca.yaml").resolve()
+    assert (evals / "suites" / "tiny.yaml").is_file() and (evals / "metrics" / "bleu" / "bleu.py").is_file()
+    if Path(hftune.__file__).resolve().is_relative_to(REPO):
+        # In a checkout hftune/resources/ links to the repo's own folders, so edits there are seen at once.
+        assert recipes.resolve() == REPO / "data_recipes" and evals.resolve() == REPO / "eval"
+
+
+WHEEL_FILES = (
+    "hftune/resources/data_recipes/tiny_alpaca.yaml",
+    "hftune/resources/data_recipes/fixtures/alpaca.jsonl",
+    "hftune/resources/eval/suites/tiny.yaml",
+    "hftune/resources/eval/metrics/bleu/bleu.py",
+    "hftune/models/tiny_corpus.txt",
+)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_builtin_files(tmp_path):
+    # Built from a copy, so the build leaves nothing (build/, egg-info) in the checkout.
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("hftune", "data_recipes", "eval"):
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels)]
+    subprocess.run([*build, str(src)], check=True, capture_output=True)
+    (wheel,) = wheels.glob("hftune-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert not [f for f in WHEEL_FILES if f not in shipped]
+
+
+def test_a_recipe_file_is_parsed_once_until_its_text_changes(tmp_path, monkeypatch):
+    parsed = []
+    load_yaml = recipe_module.load_yaml
+    monkeypatch.setattr(recipe_module, "load_yaml", lambda text: parsed.append(text) or load_yaml(text))
+    path = write_recipe(tmp_path / "r.yaml", source={"path": "a.jsonl"}, converter="alpaca")
+    first = load_recipe(str(path))
+    assert load_recipe(str(path)) is first and load_recipe(path) is first and len(parsed) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.strict = True  # shared by every caller, so nobody may change it
+    # The same size, and maybe the same mtime: the text decides.
+    write_recipe(path, source={"path": "b.jsonl"}, converter="alpaca")
+    assert load_recipe(str(path)).source.path == "b.jsonl" and len(parsed) == 2
+    write_recipe(path, source={"path": "b.jsonl"}, converter="alpaca", system_prompt="Be brief.")
+    assert load_recipe(str(path)).system_prompt == "Be brief." and first.system_prompt is None
+    assert len(parsed) == 3
 
 
 def test_unknown_recipe_keys_are_all_reported_with_suggestions(tmp_path):

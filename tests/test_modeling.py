@@ -106,3 +106,27 @@ def test_trust_remote_code_is_off_by_default():
 
     assert SFTConfig.__dataclass_fields__["trust_remote_code"].default is False
     assert "trust_remote_code" not in sft.schema().defaults
+
+
+def test_tiny_corpus_shipped_with_the_package_is_the_generated_one():
+    import synthetic
+
+    from hftune.models.tiny import default_corpus
+
+    # `tiny:ARCH` models learn from package data, so the runtime needs no fixture generator; the file must
+    # stay what the generator makes (regenerate: see tests/synthetic.py).
+    assert default_corpus() == synthetic.corpus_lines(2000, seed=0)
+
+
+def test_tokenizer_parity_names_what_differs(tiny_llama, tmp_path):
+    from hftune.models.tokenizer import check_same_tokenizer, differences
+
+    a = load_tokenizer(tiny_llama)
+    b = load_tokenizer(tiny_llama)
+    assert differences(a, b) == []
+    b.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    b.pad_token = b.eos_token
+    assert differences(a, b) == ["chat template", "pad_token"]
+    assert differences(a, b, rendering=False) == []  # a base model: only its vocabulary must match
+    with pytest.raises(UserError, match=r"the SFT model and the policy .* their chat template and pad_token"):
+        check_same_tokenizer(a, b, "the SFT model", "the policy", fix="retrain")

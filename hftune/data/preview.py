@@ -14,7 +14,8 @@ import re
 import sys
 from typing import Any
 
-from hftune.data import Recipe, load_recipe, prepare_dataset
+from hftune.data.prepare import prepare_dataset
+from hftune.data.recipe import Recipe, load_recipe
 
 GREEN = "\x1b[42m\x1b[30m"
 RESET = "\x1b[0m"

@@ -13,6 +13,7 @@ from typing import Any
 
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.errors import UserError, did_you_mean
+from hftune.resources import eval_suite
 
 VARIANT_KINDS = ("base", "sft", "rlhf", "best_of_n", "reference")
 METRICS = (
@@ -174,6 +175,9 @@ def schema() -> StageSchema:
 
 
 def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+    """`config_path` is a suite file or the name of a built-in suite (`tiny`, `ultrachat`)."""
+    if config_path:
+        config_path = eval_suite(config_path)
     cfg = parse_stage_config(schema(), config_path, argv)
     suite = cfg.hftune
     if suite.judge is not None:

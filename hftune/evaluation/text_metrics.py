@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from hftune.data import builtin_dir
 from hftune.errors import UserError
+from hftune.resources import builtin_dir
 
 METRICS_DIR = builtin_dir("eval") / "metrics"
 

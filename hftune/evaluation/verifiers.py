@@ -51,8 +51,8 @@ _CAPITAL_OF = dict(CAPITALS)
 _EXPR = r"(\d+) ([-+*]) (\d+)"
 _LIST = r"(\d+(?:, \d+)*)"
 # One pattern per task form, matched against the whole prompt with whitespace collapsed (the split forms
-# join instruction and input with a blank line, see data._instruction_turns). Each solver returns a
-# checker for the response.
+# join instruction and input with a blank line: the alpaca/dolly converters in hftune.data.converters).
+# Each solver returns a checker for the response.
 _TASK_FORMS: tuple[tuple[re.Pattern, str], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), kind)
     for pattern, kind in (

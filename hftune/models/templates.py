@@ -47,6 +47,3 @@ def resolve_chat_template(spec: str) -> tuple[str, str | None]:
         "a .jinja file, nor a Jinja template string"
     )
 
-
-def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and "{% generation %}" in template.replace("{%-", "{%").replace("-%}", "%}")

@@ -83,10 +83,6 @@ def hardware_defaults() -> dict[str, Any]:
     }
 
 
-def training_defaults() -> dict[str, Any]:
-    return {**TRAINING_DEFAULTS, **hardware_defaults()}
-
-
 TOKENIZER_KEYS = ("pad_token", "eos_token", "chat_template_path")
 
 

@@ -1,0 +1,339 @@
+"""Preparing: a recipe's rows converted, checked, counted by drop reason, split and fingerprinted.
+
+Rows flow: raw row -> optional `transform` hook -> converter -> checks -> format -> `datasets.Dataset`.
+A row that fails a check is dropped and counted by reason (or, with `strict`, is an error that names it);
+a preference pair can be left out on its own and is counted in `dropped_pairs`. `PreparedData` carries
+the rows and that bookkeeping, and is saved and read back so one process can prepare for the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from jinja2 import TemplateError
+
+from hftune.data.converters import CONVERTERS
+from hftune.data.formats import FORMATS, KINDS, Format, format_mismatch
+from hftune.data.problems import PairProblem, RowProblem, format_counts
+from hftune.data.recipe import Recipe, load_recipe
+from hftune.data.sources import check_columns, load_rows
+from hftune.errors import UserError
+
+# The package's name: users and tests filter drop reports on "hftune.data", whichever module logs them.
+logger = logging.getLogger("hftune.data")
+
+EXAMPLES_PER_REASON = 5  # source row indices kept per drop reason, for the log and the manifest
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    dropped: dict[str, int]  # reason -> count of source rows
+    examples: dict[str, list[int]]  # reason -> first few source row indices (0-based)
+    n_source_rows: int
+    fingerprint: str  # sha256 of the converted rows, train then eval, in order
+    source: str = ""  # the file or hub dataset the rows came from
+    train_indices: list[int] = field(default_factory=list)  # source row index of each train row
+    eval_indices: list[int] = field(default_factory=list)
+    # Token length of every row (every pair, for preference data) that passed the content checks (before
+    # too_long), in source order; None without a tokenizer. Preview reports on these so the user sees
+    # what max_length cuts.
+    token_lengths: list[int] | None = None
+    max_length: int | None = None
+    # Preference data only (None / empty otherwise): the pairs trained on, train and eval together, and the
+    # pairs left out of rows that were kept, by reason (a dropped row's pairs count under `dropped` only).
+    n_pairs: int | None = None
+    dropped_pairs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_kept(self) -> int:
+        """Source rows kept (for preference data, one row can give several training rows: its pairs)."""
+        if self.n_pairs is not None:
+            return len(set(self.train_indices) | set(self.eval_indices))
+        return len(self.train) + (len(self.eval) if self.eval is not None else 0)
+
+    def summary(self) -> str:
+        """One line: "kept 95 of 100 rows; dropped 5: empty_turn 3, too_long 2"; for preference data
+        "kept 95 of 100 rows -> 540 pairs (train 480, eval 60); dropped 5 rows: ...; dropped 36 pairs: ...".
+        """
+        split = f" (train {len(self.train)}, eval {len(self.eval)})" if self.eval is not None else ""
+        kept = f"kept {self.n_kept} of {self.n_source_rows} rows"
+        if self.n_pairs is None:
+            return f"{kept}{split}; {_dropped_line(self.dropped, '')}"
+        return (
+            f"{kept} -> {self.n_pairs} pairs{split}; {_dropped_line(self.dropped, ' rows')}; "
+            f"{_dropped_line(self.dropped_pairs, ' pairs')}"
+        )
+
+
+PREPARED_META = "prepared.json"
+
+
+def save_prepared(data: PreparedData, folder: Path) -> None:
+    """Write prepared rows (Arrow) and their bookkeeping (JSON) so other processes can read them back."""
+    import dataclasses
+
+    from hftune.artifacts import atomic_dir
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        data.train.save_to_disk(str(tmp / "train"))
+        if data.eval is not None:
+            data.eval.save_to_disk(str(tmp / "eval"))
+        meta = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+        del meta["train"], meta["eval"]
+        (tmp / PREPARED_META).write_text(json.dumps(meta))
+
+
+def load_prepared(folder: Path) -> PreparedData:
+    folder = Path(folder)
+    meta = json.loads((folder / PREPARED_META).read_text())
+    eval_dir = folder / "eval"
+    return PreparedData(
+        train=datasets.load_from_disk(str(folder / "train")),
+        eval=datasets.load_from_disk(str(eval_dir)) if eval_dir.is_dir() else None,
+        **meta,
+    )
+
+
+def _dropped_line(counts: Mapping[str, int], noun: str) -> str:
+    n = sum(counts.values())
+    return f"dropped {n}{noun}" + (f": {format_counts(counts)}" if n else "")
+
+
+def token_lengths(tokenizer, sequences: list[list[Any]], batch_size: int = 512) -> list[int]:
+    """Token count of each example: the longest of its sequences (conversations through the chat template)."""
+    flat = [(i, s) for i, seqs in enumerate(sequences) for s in seqs]
+    lengths = [0] * len(sequences)
+    chats = [(i, s) for i, s in flat if not isinstance(s, str)]
+    texts = [(i, s) for i, s in flat if isinstance(s, str)]
+    if chats and not getattr(tokenizer, "chat_template", None):
+        raise UserError("the tokenizer has no chat template; set `chat_template` in the config (e.g. chatml)")
+    for start in range(0, len(chats), batch_size):
+        batch = chats[start : start + batch_size]
+        try:
+            rendered = tokenizer.apply_chat_template([s for _, s in batch], tokenize=True, return_dict=True)
+        except TemplateError as err:
+            raise UserError(
+                f"the chat template cannot render these rows ({err}); a template that refuses some roles "
+                "(e.g. no system turn) needs data, or a recipe `system_prompt`, that fits it"
+            ) from None
+        ids = rendered["input_ids"]
+        for (i, _), row_ids in zip(batch, ids, strict=True):
+            lengths[i] = max(lengths[i], len(row_ids))
+    eos = getattr(tokenizer, "eos_token", None)
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        ids = tokenizer([s for _, s in batch])["input_ids"]
+        for (i, s), row_ids in zip(batch, ids, strict=True):
+            # TRL appends EOS to plain text before tokenizing, so count it.
+            extra = 1 if eos and not s.endswith(eos) else 0
+            lengths[i] = max(lengths[i], len(row_ids) + extra)
+    return lengths
+
+
+def _fingerprint(splits: list[tuple[str, list[dict]]]) -> str:
+    digest = hashlib.sha256()
+    for name, rows in splits:
+        digest.update(f"\x00{name}\x00".encode())
+        for row in rows:
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def prepare_dataset(
+    recipe: Recipe | str,
+    *,
+    tokenizer=None,
+    max_length: int | None = None,
+    strict: bool | None = None,
+    eval_fraction: float = 0.0,
+    seed: int = 0,
+    data_files: str | os.PathLike | None = None,
+    max_rows: int | None = None,
+) -> PreparedData:
+    """Load, convert and check a recipe's rows; split off a seeded eval set of source rows.
+
+    `data_files` replaces the recipe's source with a local file in the same schema. With `tokenizer` and
+    `max_length`, rows longer than `max_length` tokens after the chat template are dropped as too_long; for
+    preference data a pair's length is that of the longer of prompt+chosen and prompt+rejected, and a row
+    is dropped as too_long only when none of its pairs fits. `strict` (default: the recipe's) turns the
+    first bad row into an error; rows a transform returns None for are filtered on purpose and never an
+    error, and neither are pairs left out of a row that keeps others (ties are part of ranked data).
+    """
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe)
+    strict = recipe.strict if strict is None else strict
+    if not 0.0 <= eval_fraction < 1.0:
+        raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    if max_length is not None and max_length < 1:
+        raise UserError(f"max_length must be positive, got {max_length}")
+
+    raw, label = load_rows(recipe, data_files)
+    if max_rows is not None:
+        raw = raw.select(range(min(max_rows, len(raw))))
+    if len(raw) == 0:
+        raise UserError(f"{label} has no rows")
+    # With a transform the columns the converter sees are the transform's output, known only per row.
+    if recipe.transform_fn is None:
+        check_columns(recipe, raw.column_names, label)
+
+    spec, fmt = CONVERTERS[recipe.converter], FORMATS[recipe.format]
+    kind = KINDS[spec.yields]
+    # load_recipe refuses this; a Recipe built in code may still pair a converter with a wrong format.
+    if mismatch := format_mismatch(recipe.format, spec):
+        raise UserError(f"recipe {recipe.name}: {mismatch}")
+
+    # Each kept source row with its units: the example itself, or the good pairs of a preference row.
+    kept: list[tuple[int, list[Any]]] = []
+    problems: list[tuple[int, str, str]] = []  # (source row, reason, detail) of each dropped row
+    pair_problems: list[tuple[int, str, str]] = []  # the same for each pair left out of a row
+    for i, row in enumerate(raw):
+        try:
+            if recipe.transform_fn is not None:
+                row = _apply_transform(recipe, row, i, label)
+            example = kind.check(spec.fn(row, recipe.mapping), recipe)
+        except RowProblem as problem:
+            problems.append((i, problem.reason, problem.detail))
+            continue
+        units = example if kind.paired else [example]
+        pair_problems += [(i, u.reason, u.detail) for u in units if isinstance(u, PairProblem)]
+        kept.append((i, [u for u in units if not isinstance(u, PairProblem)]))
+
+    lengths = None
+    if tokenizer is not None and kept:
+        lengths = token_lengths(tokenizer, [kind.sequences(unit) for _, units in kept for unit in units])
+        if max_length is not None:
+            kept = _drop_too_long(kept, lengths, max_length, problems, pair_problems)
+    problems.sort()
+    # A dropped row is counted once, as a row, whatever its pairs' fate.
+    kept_rows = {i for i, _ in kept}
+    pair_problems = sorted(p for p in pair_problems if p[0] in kept_rows)
+
+    dropped = Counter(reason for _, reason, _ in problems)
+    bad = [p for p in problems if p[1] != "filtered"]
+    if strict and bad:
+        i, reason, detail = bad[0]
+        others = (
+            f"; {len(bad)} bad rows in all: {format_counts(Counter(r for _, r, _ in bad))}"
+            if len(bad) > 1
+            else ""
+        )
+        raise UserError(
+            f"{label}: row {i} (0-based) is bad: {reason}: {detail}{others}\n"
+            "strict mode stops at bad rows; set `strict: false` in the recipe to drop and count them instead"
+        )
+    if not kept:
+        first = "; ".join(f"row {i} {reason}: {detail}" for i, reason, detail in problems[:3])
+        raise UserError(
+            f"{label}: all {len(raw)} rows were dropped ({format_counts(dropped)}); first: {first}"
+        )
+
+    # Split source rows, not training rows, so the pairs of one row never straddle train and eval; for
+    # preference data, rows that share a prompt also go to one side, or held-out accuracy would be measured
+    # on prompts seen in training. Our own seeded pick (not Dataset.train_test_split) keeps the train rows in
+    # source order and the split independent of the datasets library's shuffling across versions.
+    groups: dict[str, list[int]] = {}
+    for pos, (_, units) in enumerate(kept):
+        key = json.dumps(units[0]["prompt"], sort_keys=True) if kind.paired else str(pos)
+        groups.setdefault(key, []).append(pos)
+    units_of_split = list(groups.values())
+    n_eval = max(1, round(len(units_of_split) * eval_fraction)) if eval_fraction > 0 else 0
+    if n_eval >= len(units_of_split):
+        raise UserError(f"eval_fraction {eval_fraction} leaves no training rows out of {len(kept)} kept rows")
+    picked = random.Random(seed).sample(range(len(units_of_split)), n_eval)
+    eval_pos = {pos for g in picked for pos in units_of_split[g]}
+    train_rows, train_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p not in eval_pos])
+    eval_rows, eval_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p in eval_pos])
+
+    examples = _examples(problems)
+    result = PreparedData(
+        train=datasets.Dataset.from_list(train_rows),
+        eval=datasets.Dataset.from_list(eval_rows) if n_eval else None,
+        dropped=dict(sorted(dropped.items())),
+        examples=examples,
+        n_source_rows=len(raw),
+        fingerprint=_fingerprint([("train", train_rows), ("eval", eval_rows)]),
+        source=label,
+        train_indices=train_indices,
+        eval_indices=eval_indices,
+        token_lengths=lengths,
+        max_length=max_length,
+        n_pairs=len(train_rows) + len(eval_rows) if kind.paired else None,
+        dropped_pairs=dict(sorted(Counter(reason for _, reason, _ in pair_problems).items())),
+    )
+    logger.info("recipe %s (%s rows from %s): %s", recipe.name, recipe.format, label, result.summary())
+    for unit, found in (("rows", problems), ("pairs", pair_problems)):
+        for reason, where in _examples(found).items():
+            n = sum(r == reason for _, r, _ in found)
+            detail = next(d for _, r, d in found if r == reason)
+            logger.warning("dropped %d %s as %s, e.g. rows %s (%s)", n, unit, reason, where, detail)
+    return result
+
+
+def _examples(problems: list[tuple[int, str, str]]) -> dict[str, list[int]]:
+    """reason -> the first few source rows (distinct) it was found in."""
+    examples: dict[str, list[int]] = {}
+    for i, reason, _ in problems:
+        where = examples.setdefault(reason, [])
+        if len(where) < EXAMPLES_PER_REASON and i not in where:
+            where.append(i)
+    return examples
+
+
+def _drop_too_long(
+    kept: list[tuple[int, list[Any]]],
+    lengths: list[int],
+    max_length: int,
+    problems: list[tuple[int, str, str]],
+    pair_problems: list[tuple[int, str, str]],
+) -> list[tuple[int, list[Any]]]:
+    """The rows and units within max_length; a unit left out is added to `pair_problems` (only a preference
+    row has more than one), a row with none left to `problems`, both as too_long."""
+    remaining = iter(lengths)  # one length per unit, in the order of `kept`
+    fitting = []
+    for i, units in kept:
+        ns = [next(remaining) for _ in units]
+        fits = [unit for unit, n in zip(units, ns, strict=True) if n <= max_length]
+        if not fits:
+            problems.append((i, "too_long", f"{min(ns)} tokens > max_length {max_length}"))
+            continue
+        pair_problems += [
+            (i, "too_long", f"{n} tokens > max_length {max_length}") for n in ns if n > max_length
+        ]
+        fitting.append((i, fits))
+    return fitting
+
+
+def _format_rows(fmt: Format, kept: list[tuple[int, list[Any]]]) -> tuple[list[dict], list[int]]:
+    """Training rows of these source rows, one per unit, with the source row index of each."""
+    rows = [(i, fmt.fn(unit)) for i, units in kept for unit in units]
+    return [row for _, row in rows], [i for i, _ in rows]
+
+
+def _apply_transform(recipe: Recipe, row: dict, index: int, label: str) -> dict:
+    try:
+        out = recipe.transform_fn(dict(row))
+    except Exception as err:
+        # The user's hook has a bug: keep its traceback, but say which row it choked on.
+        err.add_note(f"in transform {recipe.transform} on row {index} of {label}")
+        raise
+    if out is None:
+        raise RowProblem("filtered", f"transform {recipe.transform} returned None")
+    if not isinstance(out, Mapping):
+        raise UserError(
+            f"transform {recipe.transform} returned a {type(out).__name__} for row {index}, not a dict"
+        )
+    return out

@@ -1,0 +1,82 @@
+"""Sources: reading a recipe's raw rows, from a local file or a Hub dataset, and checking their columns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+
+from hftune.data.converters import CONVERTERS
+from hftune.data.recipe import LOCAL_BUILDERS, Recipe, Source
+from hftune.errors import UserError, did_you_mean
+
+
+def resolve_source_path(recipe: Recipe) -> Path:
+    """The recipe's local data file: as given when absolute, else next to the recipe file, then in the cwd."""
+    path = Path(recipe.source.path)
+    if path.is_absolute():
+        return path
+    tried = ([recipe.path.parent / path] if recipe.path else []) + [Path.cwd() / path]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        f"recipe {recipe.name}: data file `{recipe.source.path}` not found (looked in "
+        + ", ".join(str(p) for p in tried)
+        + ")"
+    )
+
+
+def _load_local(path: Path) -> datasets.Dataset:
+    if not path.is_file():
+        raise UserError(f"data file {path} not found")
+    builder = LOCAL_BUILDERS.get(path.suffix)
+    if builder is None:
+        raise UserError(
+            f"data file {path}: unsupported type `{path.suffix}`; use one of {', '.join(LOCAL_BUILDERS)}"
+        )
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except datasets.exceptions.DatasetGenerationError as err:
+        raise UserError(f"could not read {path}: {err.__cause__ or err}") from err
+
+
+def _load_hub(source: Source) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
+    except (ConnectionError, FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise UserError(
+            f"could not load {source.describe()}: {err}\n"
+            "Offline? Pass a local file in the same schema with `data_files` (json/jsonl/csv/parquet/txt)."
+        ) from err
+
+
+def load_rows(recipe: Recipe, data_files: str | os.PathLike | None) -> tuple[datasets.Dataset, str]:
+    """The raw rows and where they came from: `data_files` when given, else the recipe's own source."""
+    if data_files is not None:
+        return _load_local(Path(data_files)), str(data_files)
+    if recipe.source.path:
+        path = resolve_source_path(recipe)
+        return _load_local(path), str(path)
+    return _load_hub(recipe.source), recipe.source.describe()
+
+
+def check_columns(recipe: Recipe, columns: list[str], label: str) -> None:
+    """Refuse (one UserError for all) rows that lack a column the recipe's converter reads."""
+    spec = CONVERTERS[recipe.converter]
+    missing = [
+        (f, recipe.mapping[f])
+        for f in spec.columns
+        if recipe.mapping[f] not in columns and (f not in spec.optional or f in recipe.explicit_mapping)
+    ]
+    if missing:
+        lines = [
+            f"column `{column}` not found in {label} (the `{spec.name}` converter's `{f}` field)"
+            f"{did_you_mean(column, columns)}"
+            for f, column in missing
+        ]
+        raise UserError(
+            "\n".join(lines) + f"\ncolumns in {label}: {', '.join(columns)}\n"
+            f"Point the recipe's `mapping` at the right column, e.g. mapping: {{{missing[0][0]}: <column>}}"
+        )
