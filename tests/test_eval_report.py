@@ -181,6 +181,28 @@ def test_reports_are_complete_and_escaped(tmp_path, eval_output):
     assert 'src="http' not in page and "<link" not in page  # self-contained
 
 
+def test_a_variant_name_is_escaped_in_every_table(tmp_path, eval_output):
+    results, samples = eval_output
+    evil = "<img src=x onerror=alert(1)>"
+
+    def rename(mapping: dict) -> dict:
+        return {evil if k == "base" else k: v for k, v in mapping.items()}
+
+    results = {
+        **results,
+        "variants": rename(results["variants"]),
+        "win_rates": {evil if a == "base" else a: rename(row) for a, row in results["win_rates"].items()},
+    }
+    samples = [{**s, "variants": rename(s["variants"])} for s in samples]
+    write_reports(tmp_path, results, samples)
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    for text in (md, page):
+        assert "<img src=x" not in text and "onerror=alert(1)>" not in text
+    # Variants, metrics, paired differences, the win-rate matrix (a row and a column) and 5 examples.
+    assert md.count("&lt;img src=x onerror=alert(1)&gt;") == 10
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;") == 10
+
+
 def test_plots_degrade_without_data(tmp_path, eval_output):
     results, _ = eval_output
     results = {**results, "win_rates": {}, "judge": None, "baseline": None}

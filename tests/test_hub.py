@@ -151,12 +151,44 @@ def test_card_tabulates_an_eval_folder_with_intervals(lora_sft, tmp_path):
     (eval_dir / "results.json").write_text(json.dumps(results))
     text = card.render(lora_sft, eval_dir=eval_dir)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "0.9 [0.8, 1]" in rows["reward"] and "0.2 [0.1, 0.3]" in rows["reward"]
-    assert "0.7 [0.6, 0.8]" in rows["win rate vs sft"]
-    assert "1.1 [1, 1.2]" in rows["kl_to_sft"] and rows["kl_to_sft"].count("| - |") == 1
-    assert list(rows).index("reward") < list(rows).index("win rate vs sft") < list(rows).index("verifier")
+    # The report's formatting: one precision per cell, from its largest magnitude.
+    assert "0.900 [0.800, 1.000]" in rows["reward"] and "0.200 [0.100, 0.300]" in rows["reward"]
+    assert "0.700 [0.600, 0.800]" in rows["win vs sft ↑"]
+    assert "1.100 [1.000, 1.200]" in rows["kl_to_sft"] and rows["kl_to_sft"].count("| - |") == 1
+    assert list(rows).index("reward") < list(rows).index("win vs sft ↑") < list(rows).index("verifier")
     assert "n (prompts per cell): 40" in text
     assert "does not list" in text  # this eval did not compare the SFT folder itself
+
+
+def test_card_shows_the_reports_metrics_table_escaped(lora_sft, tmp_path):
+    from hftune.evaluation.report import render_markdown
+
+    evil = "<img src=x onerror=alert(1)>"
+
+    def stat(mean):
+        return {"mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1, "n": 8}
+
+    metrics = ("zz_custom", "length", "kl_to_sft", "verifier", "reward", "expected_reward", "aa_custom")
+    results = {
+        "baseline": "sft",
+        "metric_info": {"reward": {"decoding": "greedy", "higher_is_better": True, "description": "score"}},
+        "variants": {name: {"metrics": {m: stat(0.5) for m in metrics}} for name in ("sft", evil)},
+        "win_rates": {evil: {"sft": stat(0.6)}, "sft": {evil: stat(0.4)}},
+    }
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "results.json").write_text(json.dumps(results))
+    text = card.render(lora_sft, eval_dir=eval_dir)
+    report = render_markdown(results, [])
+    for page in (text, report):
+        assert "<img" not in page and "onerror=alert(1)&gt;" in page
+
+    evaluation = text[text.index("## Evaluation") : text.index("## How to load")].splitlines()
+    card_rows = [line.split(" | ")[0].removeprefix("| ") for line in evaluation if line.startswith("| ")]
+    assert card_rows[0] == "metric"
+    report_header = next(line for line in report.splitlines() if line.startswith("| variant | reward"))
+    assert card_rows[1:] == report_header.strip("| ").split(" | ")[1:]
+    assert card_rows[1:3] == ["reward ↑", "win vs sft ↑"] and card_rows[-2:] == ["aa_custom", "zz_custom"]
 
 
 @pytest.mark.slow  # the `chain` fixture trains a full SFT and a reward model (shared with the RL tests)

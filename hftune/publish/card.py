@@ -25,6 +25,9 @@ import yaml
 from hftune import artifacts
 from hftune.config import strip_secrets
 from hftune.errors import UserError
+from hftune.evaluation.report import markdown
+from hftune.evaluation.report import results as eval_results
+from hftune.evaluation.report.sections import metrics_table
 from hftune.models.tiny import TINY_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,6 @@ _KEY_METRICS = {
     ),
     "merge": ("dtype", "merged_adapters", "max_abs_logit_diff"),
 }
-# Eval rows first in this order (what a reader asks first: is it better, and at what KL cost), then the rest.
-_EVAL_FIRST = ("reward", "win_rate", "verifier", "kl_to_sft", "expected_reward", "exact_match")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -271,9 +272,10 @@ def _key_metrics(node: Node) -> str:
     return ", ".join(f"{k} {_fmt(metrics[k])}" for k in keys) or "-"
 
 
-def _md(text: Any) -> str:
-    """A table cell: no pipes or newlines from names and messages."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _code(text: Any) -> str:
+    """A name as a code span in a table cell: escapes do not work in a code span, except a pipe's (the
+    table is split into cells first), and a newline would end the row."""
+    return "`" + str(text).replace("|", "\\|").replace("\n", " ") + "`"
 
 
 def _lineage_section(info: CardInfo) -> list[str]:
@@ -290,10 +292,17 @@ def _lineage_section(info: CardInfo) -> list[str]:
         stage = _STAGE_NAMES.get(node.stage, node.stage)
         if node.stage == "ppo":
             stage = f"RLHF ({((node.manifest or {}).get('metrics') or {}).get('algorithm', 'ppo')})"
-        where = f"`{_md(node.name)}`" + ("" if node.manifest or is_hub_id(node.name) else " (local)")
+        where = _code(node.name) + ("" if node.manifest or is_hub_id(node.name) else " (local)")
         if node.note:
-            where += f" ⚠ {_md(node.note)}"
-        lines.append(f"| {i} | {stage} | {where} | {_md(node.role or '-')} | {_md(_key_metrics(node))} |")
+            where += f" ⚠ {markdown.escape(node.note)}"
+        cells = [
+            str(i),
+            markdown.escape(stage),
+            where,
+            markdown.escape(node.role or "-"),
+            markdown.escape(_key_metrics(node)),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 
@@ -394,53 +403,37 @@ def _usage(info: CardInfo, repo_id: str | None) -> list[str]:
     return head + code + tail
 
 
-def _cell(stat: Any) -> str:
-    if not isinstance(stat, dict) or "mean" not in stat:
-        return "-"
-    text = _fmt(stat["mean"])
-    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
-        text += f" [{_fmt(stat['ci_low'])}, {_fmt(stat['ci_high'])}]"
-    return text
-
-
 def _eval_section(eval_dir: str | os.PathLike | None, folder: Path) -> list[str]:
+    """The eval's metrics table, as report.md shows it but turned on its side (a row per metric fits a card
+    better than a column per metric), so both list the same metrics in the same order, formatted alike."""
     title = ["## Evaluation", ""]
     if eval_dir is None:
         return [*title, "No evaluation was given for this card (`--eval EVAL_DIR` adds one).", ""]
     results = _read_results(Path(eval_dir))
-    variants: dict[str, Any] = results.get("variants") or {}
-    baseline = results.get("baseline") if results.get("baseline") in variants else None
-    win_rates = results.get("win_rates") or {}
-    rows: dict[str, dict[str, Any]] = {}
-    for name, variant in variants.items():
-        for metric, stat in (variant.get("metrics") or {}).items():
-            rows.setdefault(metric, {})[name] = stat
-        if baseline and isinstance(win_rates.get(name), dict) and baseline in win_rates[name]:
-            rows.setdefault("win_rate", {})[name] = win_rates[name][baseline]
-    order = [m for m in _EVAL_FIRST if m in rows] + sorted(m for m in rows if m not in _EVAL_FIRST)
-    names = list(variants)
-    lines = [
-        *title,
-        f"From `{eval_dir}`: each cell is the mean and its paired bootstrap 95% CI over the same held-out "
-        "prompts, with the same decoding for every variant."
-        + (f" `win_rate` is P(reward beats {baseline}'s), ties half." if "win_rate" in rows else ""),
-        "",
-        "| metric | " + " | ".join(_md(n) for n in names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for metric in order:
-        label = f"win rate vs {baseline}" if metric == "win_rate" else metric
-        lines.append(f"| {_md(label)} | " + " | ".join(_cell(rows[metric].get(n)) for n in names) + " |")
-    n = {_stat_n(s) for stats in rows.values() for s in stats.values()} - {None}
+    level = eval_results.confidence(results)
+    note = (
+        f"From `{eval_dir}`: each cell is the mean and its paired bootstrap {level} CI over the same "
+        "held-out prompts, with the same decoding for every variant; ↑ higher is better, ↓ lower is better."
+    )
+    if "win_rate" in eval_results.metric_names(results):
+        win = eval_results.info(results, "win_rate")["description"]
+        note += f" **{markdown.escape(eval_results.label(results, 'win_rate'))}**: {markdown.escape(win)}"
+    lines = [*title, note, "", *markdown.table(metrics_table(results).transposed("metric"))]
+    n = _prompt_counts(results)
     if n:
-        lines += ["", f"n (prompts per cell): {', '.join(str(x) for x in sorted(n))}"]
+        lines += [f"n (prompts per cell): {', '.join(str(x) for x in sorted(n))}", ""]
     if not _evaluated(Path(eval_dir), folder):
-        lines += ["", f"Note: this evaluation does not list `{folder}` among the models it compared."]
-    return [*lines, ""]
+        lines += [f"Note: this evaluation does not list `{folder}` among the models it compared.", ""]
+    return lines
 
 
-def _stat_n(stat: Any) -> int | None:
-    return stat.get("n") if isinstance(stat, dict) else None
+def _prompt_counts(results: dict[str, Any]) -> set[int]:
+    cells = (
+        eval_results.stat(results, variant, metric)
+        for variant in eval_results.variant_names(results)
+        for metric in eval_results.metric_names(results)
+    )
+    return {cell["n"] for cell in cells if isinstance(cell, dict) and cell.get("n") is not None}
 
 
 def _read_results(eval_dir: Path) -> dict[str, Any]:

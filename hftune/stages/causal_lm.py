@@ -9,16 +9,14 @@ config + metrics + manifest atomically (`common.save_artifact`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hftune import artifacts
 from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.stages import common
-
-logger = logging.getLogger(__name__)
 
 TRL_CONFIGS = ("SFTConfig", "ModelConfig")
 
@@ -166,8 +164,6 @@ def train(
     dirs: common.RunDirs | None = None,
 ) -> Result:
     """Prepare, train and save; `cfg.stage` (sft / pretrain) is what the manifest records."""
-    from hftune import artifacts
-
     p = prepare(cfg, formats=formats, resume=resume, dirs=dirs)
     trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
 

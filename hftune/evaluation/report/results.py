@@ -1,0 +1,150 @@
+"""Reading results.json: which variants and metrics there are, in the order every table lists them, and the
+statistics and descriptions recorded for each. Nothing here computes a number results.json does not hold.
+
+`win_rate` is the one column that is not a metric of results.json: it is each variant's win rate against
+the baseline, read from the win-rate matrix, so it can sit in the metric tables next to the reward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+# Column order of every metric table (the reports, the terminal summary and the model card): what a reader
+# asks first (is it better, by how much against the baseline), then the other outcome metrics, then cost /
+# health metrics, then any metric this module does not know (alphabetically), so a new metric shows up
+# without a change here.
+METRIC_ORDER = (
+    "reward",
+    "win_rate",
+    "expected_reward",
+    "verifier",
+    "exact_match",
+    "rouge_l",
+    "bleu",
+    "kl_to_sft",
+    "length",
+    "eos_rate",
+    "loop_rate",
+    "repeated_ngram_fraction",
+    "distinct_1",
+    "distinct_2",
+)
+# The terminal summary keeps to these so it stays readable.
+HEADLINE = ("reward", "win_rate", "verifier", "exact_match", "kl_to_sft", "length", "eos_rate", "loop_rate")
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def variant_names(results: dict) -> list[str]:
+    return list(results.get("variants") or {})
+
+
+def baseline(results: dict) -> str | None:
+    name = results.get("baseline")
+    return name if name in (results.get("variants") or {}) else None
+
+
+def baseline_win_rates(results: dict) -> dict[str, dict]:
+    """variant -> P(variant beats the baseline), from the win-rate matrix."""
+    name = baseline(results)
+    if name is None:
+        return {}
+    rows = results.get("win_rates") or {}
+    return {a: row[name] for a, row in rows.items() if isinstance(row, dict) and name in row}
+
+
+def metric_names(results: dict) -> list[str]:
+    """Every metric any variant has (and `win_rate` when there is a baseline to win against), known ones in
+    METRIC_ORDER, then the rest alphabetically."""
+    found = {m for v in (results.get("variants") or {}).values() for m in (v.get("metrics") or {})}
+    if baseline_win_rates(results):
+        found.add("win_rate")
+    return [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
+
+
+def diff_metric_names(results: dict) -> list[str]:
+    """Every metric with a paired difference against the baseline, in the same order."""
+    found = {m for v in (results.get("variants") or {}).values() for m in (v.get("vs_baseline") or {})}
+    known = metric_names(results)
+    return [m for m in known if m in found] + sorted(found - set(known))
+
+
+def stat(results: dict, variant: str, metric: str) -> dict | None:
+    """The {mean, ci_low, ci_high, n} of one cell."""
+    if metric == "win_rate":
+        return baseline_win_rates(results).get(variant)
+    return ((results.get("variants") or {}).get(variant, {}).get("metrics") or {}).get(metric)
+
+
+def info(results: dict, metric: str) -> dict:
+    """What the harness recorded about a metric: decoding, higher_is_better, description."""
+    if metric == "win_rate":
+        reward = (results.get("metric_info") or {}).get("reward") or {}
+        return {
+            "decoding": reward.get("decoding", "greedy"),
+            "higher_is_better": True,
+            "description": f"P(reward of this variant's reply > {baseline(results)}'s), ties count half.",
+        }
+    return (results.get("metric_info") or {}).get(metric) or {}
+
+
+def label(results: dict, metric: str) -> str:
+    return f"win vs {baseline(results)}" if metric == "win_rate" else metric
+
+
+def direction(results: dict, metric: str, difference: dict | None) -> str | None:
+    """'better' / 'worse' for a difference whose CI excludes 0 (by the metric's direction), 'changed' when
+    the metric has no preferred direction, None when the difference is not significant."""
+    if not difference or not (finite(difference.get("ci_low")) and finite(difference.get("ci_high"))):
+        return None
+    if difference["ci_low"] <= 0 <= difference["ci_high"]:
+        return None
+    higher = info(results, metric).get("higher_is_better")
+    if higher is None:
+        return "changed"
+    return "better" if (difference["mean"] > 0) == bool(higher) else "worse"
+
+
+def confidence(results: dict) -> str:
+    level = (results.get("suite") or {}).get("confidence", 0.95)
+    return f"{level:.0%}" if finite(level) else "95%"
+
+
+def decoding_settings(results: dict) -> list[tuple[str, str]]:
+    """(mode, "key=value, ...") for each recorded decoding mode, in the order the harness wrote them."""
+    out = []
+    for mode, settings in (results.get("decoding") or {}).items():
+        if isinstance(settings, dict):
+            out.append((str(mode), ", ".join(f"{k}={_json_scalar(v)}" for k, v in settings.items())))
+        else:
+            out.append((str(mode), _json_scalar(settings)))
+    return out
+
+
+def _json_scalar(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def win_rate_names(results: dict) -> list[str]:
+    """The rows (and columns) of the win-rate matrix, in variant order."""
+    matrix = results.get("win_rates") or {}
+    known = variant_names(results)
+    return [n for n in known if n in matrix] + [n for n in matrix if n not in known]
+
+
+def judged_pairs(results: dict) -> list[tuple[str, str, dict, dict | None]]:
+    """(A, B, judge's P(A beats B), reward model's P(A beats B)) once per judged pair."""
+    judge = results.get("judge") or {}
+    seen: set[frozenset] = set()
+    out = []
+    for a, row in (judge.get("win_rates") or {}).items():
+        for b, judged in (row or {}).items():
+            if a == b or frozenset((a, b)) in seen:
+                continue
+            seen.add(frozenset((a, b)))
+            out.append((a, b, judged, ((results.get("win_rates") or {}).get(a) or {}).get(b)))
+    return out

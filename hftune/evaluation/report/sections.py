@@ -1,0 +1,243 @@
+"""The sections of an eval report, built from results.json and samples.jsonl: one builder per section,
+shared by report.md and report.html, and (the metrics table) by the model card.
+
+Means, intervals and win rates are only formatted here, never recomputed, so nothing a report says can
+disagree with results.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import replace
+from typing import Any
+
+from hftune.evaluation.report.results import (
+    baseline,
+    confidence,
+    decoding_settings,
+    diff_metric_names,
+    direction,
+    finite,
+    info,
+    judged_pairs,
+    label,
+    metric_names,
+    stat,
+    variant_names,
+    win_rate_names,
+)
+from hftune.evaluation.report.table import (
+    MARKS,
+    Cell,
+    Definition,
+    Example,
+    Reply,
+    Section,
+    Table,
+    number,
+    stat_cell,
+)
+
+EXAMPLES = 5
+MAX_EXAMPLE_CHARS = 600
+HOW_TO_READ = [
+    "Every number is the mean over the evaluated prompts with a {conf} confidence interval from a paired "
+    "bootstrap over prompts: all variants answer the same prompts and share the same resamples, so "
+    "prompt-to-prompt variation cancels in the differences.",
+    "Differences are variant minus baseline, per prompt, then bootstrapped; a marked difference has an "
+    "interval that excludes 0 (▲ better, ▼ worse by the metric's direction, ● changed where the metric has "
+    "no preferred direction).",
+    "Win rate (row beats column) is the fraction of prompts on which the reward model scores the row's "
+    "reply above the column's; ties count half, so 0.5 means no difference and w(A,B) + w(B,A) = 1.",
+    "Each metric is measured on greedy replies, on sampled replies or analytically, as listed under "
+    "Metrics; the decoding settings are those recorded for this eval, not a checkpoint's generation config.",
+]
+
+
+def report(results: dict, samples: list[dict]) -> list[Section]:
+    """Every section of report.md and report.html, in order; a section with nothing to say is left out."""
+    parts = [
+        variants(results),
+        decoding(results),
+        metrics(results),
+        diffs(results),
+        win_rates(results),
+        judge(results),
+        how_to_read(results),
+        examples(results, samples),
+    ]
+    return [part for part in parts if part is not None]
+
+
+def variants(results: dict) -> Section:
+    rows = [
+        [
+            Cell(name, tag="baseline" if name == baseline(results) else None),
+            Cell(str(v.get("kind", ""))),
+            Cell(str(v.get("model") or "-"), code=True),
+        ]
+        for name, v in (results.get("variants") or {}).items()
+    ]
+    return Section("variants", "Variants", table=Table(_header("variant", "kind", "model"), rows, "narrow"))
+
+
+def decoding(results: dict) -> Section:
+    items = [
+        [Cell(mode, strong=True), Cell(": "), Cell(settings, code=True)]
+        for mode, settings in decoding_settings(results)
+    ]
+    return Section("decoding", "Decoding", items=items or [[Cell("not recorded")]])
+
+
+def _metric_header(results: dict, metric: str) -> Cell:
+    about = info(results, metric)
+    return Cell(
+        label(results, metric),
+        higher_is_better=about.get("higher_is_better"),
+        title=str(about.get("description", "")),
+        detail=str(about["decoding"]) if about.get("decoding") else None,
+    )
+
+
+def metrics_table(results: dict, only: Collection[str] | None = None) -> Table:
+    """One row per variant, one column per metric (`only` those, if given): mean [CI] in each cell."""
+    columns = [m for m in metric_names(results) if only is None or m in only]
+    header = [Cell("variant"), *(_metric_header(results, m) for m in columns)]
+    rows = [[Cell(n), *(stat_cell(stat(results, n, m)) for m in columns)] for n in variant_names(results)]
+    return Table(header, rows, "stats")
+
+
+def metrics(results: dict) -> Section:
+    columns = metric_names(results)
+    if not columns:
+        return Section("metrics", "Metrics", empty="No metrics were computed.")
+    level = confidence(results)
+    note = f"Each cell: mean and {level} CI; ↑ higher is better, ↓ lower is better; - not measured."
+    glossary = [
+        Definition(
+            label(results, m),
+            str(info(results, m).get("decoding", "?")),
+            str(info(results, m).get("description", "")),
+        )
+        for m in columns
+    ]
+    return Section(
+        "metrics",
+        "Metrics",
+        note=[Cell(note)],
+        table=metrics_table(results),
+        glossary_title="What each metric is",
+        glossary=glossary,
+    )
+
+
+def diffs(results: dict) -> Section:
+    base = baseline(results)
+    columns = diff_metric_names(results)
+    title = f"Paired differences vs {base}" if base else "Paired differences"
+    if base is None or not columns:
+        return Section("diffs", title, empty="No baseline or no paired differences were computed.")
+    rows = []
+    for name in variant_names(results):
+        differences = (results["variants"][name].get("vs_baseline") or {}) if name != base else {}
+        if differences:
+            rows.append([Cell(name), *(_difference(results, m, differences.get(m)) for m in columns)])
+    note = (
+        f"Variant minus {base}, paired per prompt; marked where the {confidence(results)} CI excludes 0: "
+        f"{MARKS['better']} better, {MARKS['worse']} worse, {MARKS['changed']} changed (for metrics without "
+        "a preferred direction)."
+    )
+    header = [Cell("variant"), *(_metric_header(results, m) for m in columns)]
+    return Section("diffs", title, note=[Cell(note)], table=Table(header, rows, "stats"))
+
+
+def _difference(results: dict, metric: str, difference: dict | None) -> Cell:
+    return stat_cell(difference, signed=True, mark=direction(results, metric, difference))
+
+
+def win_rates(results: dict) -> Section:
+    matrix = results.get("win_rates") or {}
+    names = win_rate_names(results)
+    if len(names) < 2:
+        return Section(
+            "win_rates", "Win rates", empty="Not computed (needs a reward model and two variants)."
+        )
+    rows = [[Cell(a), *(_win_rate((matrix.get(a) or {}).get(b)) for b in names)] for a in names]
+    note = "P(row beats column) by the reward model; ties count half."
+    table = Table(_header("row \\ column", *names), rows, "stats matrix")
+    return Section("win_rates", "Win rates (row beats column)", note=[Cell(note)], table=table)
+
+
+def _win_rate(rate: dict | None) -> Cell:
+    cell = stat_cell(rate)
+    return replace(cell, shade=rate["mean"]) if isinstance(rate, dict) and finite(rate.get("mean")) else cell
+
+
+def judge(results: dict) -> Section | None:
+    verdicts = results.get("judge")
+    if not verdicts:
+        return None
+    rows = [[Cell(a), Cell(b), stat_cell(j), stat_cell(rm)] for a, b, j, rm in judged_pairs(results)]
+    note = [
+        Cell("Judge model: "),
+        Cell(str(verdicts.get("model", "?")), code=True),
+        Cell(f"; disagreements with the reward model: {verdicts.get('n_disagreements', '-')}"),
+    ]
+    header = _header("A", "B", "judge: P(A beats B)", "reward model: P(A beats B)")
+    return Section("judge", "LLM judge", note=note, table=Table(header, rows, "stats narrow"))
+
+
+def how_to_read(results: dict) -> Section:
+    items = [[Cell(text.format(conf=confidence(results)))] for text in HOW_TO_READ]
+    return Section("how_to_read", "How to read this", items=items)
+
+
+def examples(results: dict, samples: list[dict]) -> Section | None:
+    if not samples:
+        return None
+    shown = [_example(results, sample) for sample in samples[:EXAMPLES]]
+    return Section("examples", f"Examples (first {len(shown)} prompts, greedy replies)", examples=shown)
+
+
+def _example(results: dict, sample: dict) -> Example:
+    replies = sample.get("variants") or {}
+    known = variant_names(results)
+    order = [n for n in known if n in replies] + [n for n in replies if n not in known]
+    reference = sample.get("reference")
+    return Example(
+        index=str(sample.get("prompt_index", "?")),
+        prompt=_clip(sample.get("prompt")),
+        reference=None if reference is None else _clip(reference),
+        replies=[_reply(name, replies[name] or {}) for name in order],
+    )
+
+
+def _reply(name: str, reply: dict) -> Reply:
+    facts = [f"reward {number(reply.get('reward'), 3)}"] if finite(reply.get("reward")) else []
+    if reply.get("length") is not None:
+        facts.append(f"{reply['length']} tokens")
+    if reply.get("ended") is False:
+        facts.append("no EOS")
+    if finite(reply.get("verified")):
+        score = reply["verified"]
+        facts.append("✔ correct" if score >= 1 else "✘ wrong" if score <= 0 else f"verifier {score:.2f}")
+    return Reply(
+        variant=name,
+        reward=number(reply.get("reward"), 3),
+        tokens="-" if reply.get("length") is None else str(reply["length"]),
+        facts=facts,
+        response=_clip(reply.get("response")),
+    )
+
+
+def _clip(text: Any) -> str:
+    text = "" if text is None else str(text)
+    return (
+        text
+        if len(text) <= MAX_EXAMPLE_CHARS
+        else text[:MAX_EXAMPLE_CHARS] + (f"… [{len(text) - MAX_EXAMPLE_CHARS} more characters]")
+    )
+
+
+def _header(*texts: str) -> list[Cell]:
+    return [Cell(t) for t in texts]
