@@ -249,12 +249,13 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     """TRL's experimental PPOTrainer fails under DDP with a LoRA policy (measured with 2 processes here), and
     an RL policy sharded by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
     loads, whether launched by hand or by the pipeline; RLOO on DDP is accepted."""
+    from hftune import distributed
     from hftune.errors import UserError
     from hftune.stages.rl import stage as rl
 
     config = REPO / "configs/tiny/ppo.yaml"
     with monkeypatch.context() as patch:  # as under torchrun, without starting a process group here
-        patch.setattr(rl.distributed, "is_distributed", lambda: True)
+        patch.setattr(distributed, "is_distributed", lambda: True)
         with pytest.raises(UserError, match="huggingface/trl#2375"):
             rl.parse(str(config))
         assert rl.parse(str(config), ["--algorithm", "rloo"]).hftune.algorithm == "rloo"

@@ -1,10 +1,14 @@
-"""The RL stage on the tiny chain (full-FT SFT -> LoRA reward model -> PPO/RLOO): what it writes, that
-rewards go through the shared scoring path with the missing-EOS penalty, padding sides, alarms, and
-refusing a reward model that reads text differently."""
+"""The RL stage on the tiny chain (full-FT SFT -> LoRA reward model -> PPO/RLOO): what it writes and
+prints, that rewards go through the shared scoring path with the missing-EOS penalty, padding sides,
+alarms, and refusing a reward model that reads text differently."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,9 +17,10 @@ import pytest
 import torch
 
 from hftune.errors import UserError
-from hftune.models import loading, scoring
+from hftune.models import generation, loading, scoring
 from hftune.models.tokenizer import load_tokenizer
-from hftune.stages.rl import ppo
+from hftune.stages.rl import config as rl_keys
+from hftune.stages.rl import ppo, rewards
 from hftune.stages.rl import stage as rl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,8 +44,22 @@ def rl_config(chain, out: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def ppo_run(chain, tmp_path_factory):
-    return rl.run(rl_config(chain, tmp_path_factory.mktemp("ppo") / "ppo"))
+def ppo_run_printed(chain, tmp_path_factory):
+    """The short PPO run, and what it printed to stdout and stderr."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        result = rl.run(rl_config(chain, tmp_path_factory.mktemp("ppo") / "ppo"))
+    return result, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ppo_run(ppo_run_printed):
+    return ppo_run_printed[0]
+
+
+def step_lines(printed: str, algorithm: str) -> list[str]:
+    """The progress lines of a run's output (the progress bar redraws itself after a carriage return)."""
+    return [line for line in re.split(r"[\r\n]", printed) if line.startswith(f"[{algorithm}] step ")]
 
 
 def test_ppo_writes_policy_adapter_metrics_samples_and_manifest(ppo_run, chain):
@@ -75,7 +94,7 @@ def test_ppo_writes_policy_adapter_metrics_samples_and_manifest(ppo_run, chain):
     assert [p["role"] for p in manifest["parents"]] == ["sft_model", "reward_model"]
     assert manifest["parents"][1]["stage"] == "reward" and manifest["metrics"]["algorithm"] == "ppo"
     # The saved policy reloads (SFT weights + the PPO adapter) to the trained policy's logits.
-    policy = rl._policy(ppo_run.trainer).eval()
+    policy = rl.trained_policy(ppo_run.trainer).eval()
     tok = load_tokenizer(str(out))
     ids = torch.tensor(
         [
@@ -104,12 +123,24 @@ def test_reward_is_the_shared_scoring_path_with_eos_penalty(ppo_run):
     ended = list(query) + reply + [eos] + [pad] * (width - len(reply) - 1)
     unended = list(query) + reply + [pad] * (width - len(reply))
     batch = torch.tensor([ended, unended])
-    _, scores, _ = ppo._score_through_hftune(trainer, None, trainer.reward_model, batch, pad, len(query))
+    _, scores, _ = ppo.score_through_hftune(trainer, None, trainer.reward_model, batch, pad, len(query))
     scorer = ppo_run.scorer
     expected = scorer.normalise(scorer.score([prompt], ["The answer is 5."]))[0]
     penalty = ppo_run.trainer.hftune_reward_fn.penalty
     assert torch.allclose(scores[0], expected, atol=1e-5)
     assert torch.allclose(scores[1], expected - penalty, atol=1e-5)
+
+
+def test_ppo_prints_one_short_line_a_step_instead_of_the_raw_metrics(ppo_run_printed):
+    _, printed = ppo_run_printed
+    lines = step_lines(printed, "ppo")
+    assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"], printed[-2000:]
+    number = r"-?\d+\.\d+"
+    pattern = rf"\[ppo\] step \d/4  reward {number}  kl {number}  length {number}  eos {number}"
+    assert all(re.fullmatch(rf"{pattern}(  heldout {number})?", line) for line in lines), lines
+    assert sum("heldout" in line for line in lines) == 2  # the held-out check ran at steps 2 and 4
+    # TRL's raw metrics dict (18 keys a step) is not printed; metrics.jsonl keeps every number.
+    assert "'objective/entropy'" not in printed and "{'eps'" not in printed
 
 
 def test_generation_pads_left_and_scoring_pads_right(ppo_run, monkeypatch):
@@ -169,7 +200,7 @@ def test_mismatched_reward_tokenizer_fails_before_training(chain, tmp_path, monk
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
-def test_group_algorithms_run_on_the_same_reward_and_keys(chain, tmp_path, algorithm):
+def test_group_algorithms_run_on_the_same_reward_and_keys(chain, tmp_path, algorithm, capfd):
     result = rl.run(
         rl_config(
             chain,
@@ -189,6 +220,12 @@ def test_group_algorithms_run_on_the_same_reward_and_keys(chain, tmp_path, algor
     rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows and all("reward" in r and "response/mean_length" in r for r in rows)
     assert (result.output_dir / "adapter_model.safetensors").is_file()
+    # One short line a logged step on the console, not TRL's raw metrics dict.
+    printed = "".join(capfd.readouterr())
+    lines = step_lines(printed, algorithm)
+    assert len(lines) == len(rows) and lines[-1].startswith(f"[{algorithm}] step 4/4  reward "), lines
+    assert all(" kl " in line and " length " in line and " eos " in line for line in lines)
+    assert "'completions/mean_length'" not in printed and "'reward_std'" not in printed
 
 
 def test_rl_config_keys_and_help():
@@ -210,15 +247,15 @@ def test_vllm_options_are_checked_before_any_weights_load(monkeypatch):
         rl.parse(CONFIG, [*rloo, "--vllm_mode", "colocat", "--vllm_gpu_memory_utilization", "1.5"])
     assert "did you mean `colocate`" in str(err.value) and "`vllm_gpu_memory_utilization`" in str(err.value)
     # No vLLM installed (as here), or no GPU for it: said at parse time, not when the trainer starts.
-    monkeypatch.setattr(rl.importlib.util, "find_spec", lambda name: None if name == "vllm" else object())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else object())
     with pytest.raises(UserError, match="vLLM is not installed"):
         rl.parse(CONFIG, rloo)
-    monkeypatch.setattr(rl.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(rl, "_cuda_for_vllm", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(rl_keys, "cuda_for_vllm", lambda: False)
     with pytest.raises(UserError, match="none is visible"):
         rl.parse(CONFIG, rloo)
     # On a GPU machine with vLLM, TRL's own options reach TRL's config: colocated or on a server.
-    monkeypatch.setattr(rl, "_cuda_for_vllm", lambda: True)
+    monkeypatch.setattr(rl_keys, "cuda_for_vllm", lambda: True)
     cfg = rl.parse(CONFIG, [*rloo, "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.3"])
     assert (cfg.training.use_vllm, cfg.training.vllm_mode, cfg.training.vllm_gpu_memory_utilization) == (
         True, "colocate", 0.3,
@@ -243,12 +280,9 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
     data = prepare_dataset(
         load_recipe(cfg.hftune.data_recipe), eval_fraction=cfg.hftune.eval_fraction, seed=cfg.training.seed
     )
-    prompts = rl.prompt_rows(data.eval)
-    encoded = [
-        tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        for p in prompts
-    ]
-    reward_fn = rl.RewardFn(
+    prompts = rewards.prompt_rows(data.eval)
+    encoded = rewards.encode_prompts(tok, prompts)
+    reward_fn = rewards.RewardFn(
         scoring.load_scorer(chain["rm"]),
         normalize=True,
         missing_eos_penalty=cfg.hftune.missing_eos_penalty,
@@ -257,7 +291,7 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
     policy = loading.load_model(policy_path, ModelConfig(dtype="auto"), for_training=False)
     per_sample = []
     for seed in range(samples):
-        texts, ended, lengths = rl.generate(
+        replies = generation.generate(
             policy,
             tok,
             encoded,
@@ -265,7 +299,7 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
             temperature=cfg.training.temperature,
             seed=1000 + seed,
         )
-        per_sample.append(reward_fn.rewards(prompts, texts, ended, lengths, record=False).numpy())
+        per_sample.append(reward_fn.score_replies(prompts, replies).numpy())
     return np.mean(per_sample, axis=0)
 
 

@@ -50,6 +50,7 @@ class StageSpec:
 
 
 _RL_HANDOFF = {"model_name_or_path": "sft", "reward_model_path": "reward"}
+_RL_OPTIONS = "hftune.stages.rl.config"  # the RL stage's keys and checks, without torch or TRL
 _RL_DESCRIPTION = (
     "RLHF against a frozen reward model with TRL's PPOTrainer (`algorithm: ppo`) or its maintained "
     "RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are the chosen trainer's config "
@@ -104,9 +105,26 @@ STAGES: dict[str, StageSpec] = {
             description=_RL_DESCRIPTION,
             handoff=_RL_HANDOFF,
             algorithm="ppo",
+            options=_RL_OPTIONS,
         ),
-        StageSpec("rloo", "hftune.stages.rl.stage", "ppo", "rl", handoff=_RL_HANDOFF, algorithm="rloo"),
-        StageSpec("grpo", "hftune.stages.rl.stage", "ppo", "rl", handoff=_RL_HANDOFF, algorithm="grpo"),
+        StageSpec(
+            "rloo",
+            "hftune.stages.rl.stage",
+            "ppo",
+            "rl",
+            handoff=_RL_HANDOFF,
+            algorithm="rloo",
+            options=_RL_OPTIONS,
+        ),
+        StageSpec(
+            "grpo",
+            "hftune.stages.rl.stage",
+            "ppo",
+            "rl",
+            handoff=_RL_HANDOFF,
+            algorithm="grpo",
+            options=_RL_OPTIONS,
+        ),
         StageSpec(
             "eval",
             "hftune.evaluation.harness",

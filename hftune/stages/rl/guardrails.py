@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,14 @@ class Bounds:
     heldout_tolerance: float = 0.1  # ... by more than this (sampling noise on a small prompt set)
 
 
-# What each trainer calls the quantities the guardrails read.
+# What each trainer calls the quantities the guardrails read (the first key present wins).
 KL_KEYS = ("objective/kl", "kl")
 REWARD_KEYS = ("objective/scores", "reward")
 LENGTH_KEYS = ("response/mean_length", "completions/mean_length")
 
 
-def _first(logs: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+def first_value(logs: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    """The value of the first of `keys` that `logs` has."""
     for key in keys:
         if key in logs and logs[key] is not None:
             return float(logs[key])
@@ -90,6 +92,7 @@ class Guardrails(TrainerCallback):
         rollout_stats: RolloutStats | None = None,
         step_offset: int = 0,
         resumed_at: int = 0,
+        report: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.out_dir = out_dir
         self.bounds = bounds
@@ -98,6 +101,8 @@ class Guardrails(TrainerCallback):
         self.heldout_every = heldout_every
         self.rollout_stats = rollout_stats
         self.step_offset = step_offset  # steps done before a resume that the trainer counts from 0 again
+        # Shown each step's full row (the console's step line), before any alarm can stop the run.
+        self.report = report
         self.snapshots: list[dict[str, torch.Tensor]] = []
         self.last_good: dict[str, torch.Tensor] | None = None
         self.last_train_reward: float | None = None
@@ -150,6 +155,8 @@ class Guardrails(TrainerCallback):
             self._append("samples.jsonl", [{"step": step, **row} for row in samples])
         logs["step"] = step
         self._append("metrics.jsonl", [logs])
+        if self.writes and self.report is not None:
+            self.report(logs)
 
         # These metrics describe rollouts of the policy as it was before this step's update.
         self.snapshots.append(self.adapter_state())
@@ -165,15 +172,15 @@ class Guardrails(TrainerCallback):
 
     def _crossed(self, logs: dict[str, Any]) -> str | None:
         b = self.bounds
-        kl = _first(logs, KL_KEYS)
+        kl = first_value(logs, KL_KEYS)
         if b.max_kl is not None and kl is not None and kl > b.max_kl:
             return f"KL to the SFT policy {kl:.4f} exceeds max_kl {b.max_kl}"
-        length = _first(logs, LENGTH_KEYS)
+        length = first_value(logs, LENGTH_KEYS)
         if b.min_mean_length is not None and length is not None and length < b.min_mean_length:
             return f"mean response length {length:.1f} fell below min_mean_length {b.min_mean_length}"
         if b.max_mean_length is not None and length is not None and length > b.max_mean_length:
             return f"mean response length {length:.1f} exceeds max_mean_length {b.max_mean_length}"
-        reward, heldout = _first(logs, REWARD_KEYS), logs.get("heldout/reward")
+        reward, heldout = first_value(logs, REWARD_KEYS), logs.get("heldout/reward")
         if b.heldout_drop and heldout is not None and reward is not None:
             rising = self.last_train_reward is not None and reward > self.last_train_reward
             falling = self.last_heldout is not None and heldout < self.last_heldout - b.heldout_tolerance

@@ -1,7 +1,10 @@
-"""`hftune ppo`: the RL stage (see `hftune/rl.py`), and the one module that imports TRL's experimental PPO.
+"""`algorithm: ppo` (the RL stage's default, see `stage.py`): TRL's experimental PPOTrainer, and the one
+module that imports `trl.experimental`.
 
 TRL removed PPOTrainer in 1.13; 1.10-1.12 ship it as `trl.experimental.ppo`. Keeping every use of it here
-means a future TRL bump touches one file, and `algorithm: rloo` / `grpo` keep working without it.
+means a future TRL bump touches one file, and `algorithm: rloo` / `grpo` (`group.py`) keep working without
+it. hftune adds what TRL's PPO lacks: rewards scored through hftune's path (`RewardFn`), the value model
+saved with each checkpoint, and `--resume`.
 
     hftune ppo --config configs/tiny/ppo.yaml
 """
@@ -18,7 +21,7 @@ from transformers import TrainerCallback
 
 from hftune.errors import UserError
 from hftune.models import loading
-from hftune.stages.rl.stage import RewardFn, parse, run, schema, summary  # noqa: F401 (the CLI's stage interface)
+from hftune.stages.rl.rewards import RewardFn, encode_prompts
 
 VALUE_WEIGHTS = "value_model.safetensors"
 # hftune pins the TRL releases that ship experimental PPO; the "experimental API" notice is known.
@@ -63,11 +66,8 @@ def build_trainer(
         args.num_sample_generations = 0  # hftune writes samples itself (heldout_every), to samples.jsonl
 
     tokenizer.padding_side = "left"  # queries are left padded so generation continues each prompt directly
-    encode = functools.partial(
-        tokenizer.apply_chat_template, add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    queries = [encode(p)["input_ids"] for p in prompts]
-    heldout_queries = [encode(p)["input_ids"] for p in heldout] or queries[: args.per_device_eval_batch_size]
+    queries = encode_prompts(tokenizer, prompts)
+    heldout_queries = encode_prompts(tokenizer, heldout) or queries[: args.per_device_eval_batch_size]
 
     policy = loading.load_model(model_args.model_name_or_path, model_args, for_training=True)
     value = loading.load_reward_model(extras.reward_model_path, model_args, for_training=True)
@@ -114,9 +114,9 @@ def _normalise_value_head(value, stats: dict[str, float]) -> None:
     value.score = scaled
 
 
-def _score_through_hftune(trainer, original, model, query_responses, pad_token_id, context_length):
-    """TRL's `get_reward`, except for the reward model: its scores come from `hftune.scoring` on the decoded
-    (prompt, response), exactly as the reward stage and the eval harness score them."""
+def score_through_hftune(trainer, original, model, query_responses, pad_token_id, context_length):
+    """TRL's `get_reward`, except for the reward model: its scores come from `hftune.models.scoring` on the
+    decoded (prompt, response), exactly as the reward stage and the eval harness score them."""
     if model is not trainer.reward_model:
         return original(model, query_responses, pad_token_id, context_length)
     tokenizer = trainer.processing_class
@@ -146,7 +146,7 @@ class ScoredPPOTrainer(_trainer_class()):
         import trl.experimental.ppo.ppo_trainer as ppo_module
 
         original = ppo_module.get_reward
-        ppo_module.get_reward = functools.partial(_score_through_hftune, self, original)
+        ppo_module.get_reward = functools.partial(score_through_hftune, self, original)
         try:
             return super().train()
         finally:

@@ -1,0 +1,222 @@
+"""The RL stage's config: hftune's own keys (one spelling for PPO, RLOO and GRPO), the defaults hftune
+changes, the checks run before anything loads, and the parser, whose TRL section depends on `algorithm`.
+
+Imports neither torch nor TRL at module level (TRL's config classes load inside `schema`), so that
+`hftune ppo --help` answers at once and the pipeline can read the launch rules below cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from hftune import distributed
+from hftune.config import (
+    StageConfig,
+    StageSchema,
+    hftune_field,
+    load_yaml_mapping,
+    parse_overrides,
+    parse_stage_config,
+)
+from hftune.errors import did_you_mean
+from hftune.stages import common
+from hftune.stages.common import DataExtras, common_checks
+
+ALGORITHMS = ("ppo", "rloo", "grpo")
+# TRL fields hftune's own keys stand for (so one key means one thing whichever trainer runs).
+OWNED = frozenset(
+    {
+        "reward_model_path",
+        "sft_model_path",
+        "response_length",
+        "kl_coef",
+        "missing_eos_penalty",
+        "beta",
+        "max_completion_length",
+        "num_generations",
+    }
+)
+
+
+@dataclass
+class RLExtras(DataExtras):
+    """What the RL trainers' configs lack or name differently. Names never clash with TRL's."""
+
+    algorithm: str = hftune_field(
+        "ppo",
+        "`ppo` (TRL's experimental PPOTrainer, value model from the reward model), or `rloo` / `grpo` "
+        "(TRL's maintained RLOOTrainer / GRPOTrainer; no value model, vLLM-capable).",
+        choices=ALGORITHMS,
+    )
+    reward_model_path: str | None = hftune_field(
+        None, "Reward model folder written by `hftune reward`. Required."
+    )
+    response_length: int = hftune_field(
+        64,
+        "Most tokens generated per response (PPO's `response_length`, GRPO/RLOO's `max_completion_length`).",
+    )
+    kl_coef: float = hftune_field(0.05, "Weight of the KL penalty to the SFT policy (GRPO/RLOO's `beta`).")
+    missing_eos_penalty: float | None = hftune_field(
+        1.0, "Subtracted from the reward of a response that never emits the end-of-turn token (null: none)."
+    )
+    normalize_rewards: bool = hftune_field(
+        True,
+        "Score rewards on the reward stage's held-out scale (zero mean, unit std; from reward_report.json).",
+    )
+    max_kl: float | None = hftune_field(None, "Alarm: stop when KL to the SFT policy exceeds this.")
+    min_mean_length: float | None = hftune_field(
+        None, "Alarm: stop when mean response length (tokens) falls below."
+    )
+    max_mean_length: float | None = hftune_field(
+        None, "Alarm: stop when mean response length (tokens) exceeds."
+    )
+    heldout_every: int = hftune_field(
+        0,
+        "Every N steps, greedy completions of the held-out prompts are scored (`heldout/reward`, samples to "
+        "samples.jsonl); the run stops if the train reward rises while the held-out reward falls. 0: off.",
+    )
+    num_generations: int = hftune_field(
+        8, "rloo/grpo: completions sampled per prompt, compared with each other (PPO samples one a prompt)."
+    )
+    heldout_prompts: int = hftune_field(16, "How many held-out prompts the held-out check uses.")
+    heldout_tolerance: float = hftune_field(
+        0.1, "How far (in reward units) the held-out reward may fall between checks before the alarm fires."
+    )
+
+
+EXTRAS = RLExtras
+TRL_CONFIGS = ("PPOConfig (or RLOOConfig / GRPOConfig with `algorithm`)", "ModelConfig")
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/ppo",
+    "use_peft": True,
+    "lora_target_modules": "all-linear",
+    "eval_fraction": 0.1,
+    **common.TRAINING_DEFAULTS,
+}
+
+# Launches the RL stage refuses, whether started by hand (`check`) or by the pipeline (before it launches).
+RL_SHARDED = (
+    "the RL stages run under DDP (torchrun, or accelerate's multi-GPU configs), not {}: the policy adapter "
+    "is saved from the main process's copy, which a sharded model does not hold whole"
+)
+# Measured here with 2 CPU processes: TRL's experimental PPOTrainer reaches `self.model.policy` through the
+# DDP wrapper when it switches the LoRA adapter off for the reference, and fails.
+PPO_DISTRIBUTED = (
+    "`algorithm: ppo` with a LoRA policy runs in one process only: TRL's experimental PPOTrainer fails under "
+    "DDP when it switches the adapter off for the reference (huggingface/trl#2375). Use `algorithm: rloo` "
+    "or `grpo` on several processes, or run PPO in one"
+)
+VLLM_MODES = ("colocate", "server")
+
+
+def _check(values: dict[str, Any]) -> list[str]:
+    problems = common_checks(values)
+    if not values.get("reward_model_path"):
+        problems.append("`reward_model_path`: required (the output folder of `hftune reward`)")
+    if values.get("response_length") is not None and values["response_length"] <= 0:
+        problems.append(f"`response_length`: must be positive, got {values['response_length']}")
+    if (values.get("kl_coef") or 0) < 0:
+        problems.append(f"`kl_coef`: must be >= 0, got {values['kl_coef']}")
+    if values.get("max_kl") is not None and values["max_kl"] <= 0:
+        problems.append(f"`max_kl`: must be positive, got {values['max_kl']}")
+    if values.get("load_in_4bit") or values.get("load_in_8bit"):
+        problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
+    if values.get("algorithm", "ppo") == "ppo" and values.get("use_peft") and distributed.is_distributed():
+        problems.append(PPO_DISTRIBUTED)
+    if sharding := distributed.sharding():
+        problems.append(RL_SHARDED.format(sharding))
+    if values.get("algorithm") in ("rloo", "grpo"):
+        problems.extend(_vllm_problems(values))
+        batch = (values.get("per_device_train_batch_size") or 1) * (
+            values.get("gradient_accumulation_steps") or 1
+        )
+        if batch % (values.get("num_generations") or 1):
+            problems.append(
+                f"`num_generations`: {values['num_generations']} completions a prompt must divide the batch "
+                f"(per_device_train_batch_size x gradient_accumulation_steps = {batch})"
+            )
+    return problems
+
+
+def _vllm_problems(values: dict[str, Any]) -> list[str]:
+    """TRL's vLLM generation options (RLOO / GRPO), checked before any weights load: TRL would only fail
+    once the trainer starts, or quietly ignore options that `use_vllm: false` switches off."""
+    options = sorted(k for k in values if k.startswith("vllm_"))
+    if not values.get("use_vllm"):
+        return [f"`{k}`: a vLLM option, but `use_vllm` is false (set `use_vllm: true`)" for k in options]
+    problems = []
+    mode = values.get("vllm_mode", "colocate")
+    if mode not in VLLM_MODES:
+        problems.append(
+            f"`vllm_mode`: one of {', '.join(VLLM_MODES)}, got {mode!r}{did_you_mean(str(mode), VLLM_MODES)}"
+        )
+    if mode == "colocate" and any(k.startswith("vllm_server_") for k in options):
+        problems.append("`vllm_server_*`: options of `vllm_mode: server`, but `vllm_mode` is colocate")
+    utilization = values.get("vllm_gpu_memory_utilization")
+    if utilization is not None and not 0 < utilization <= 1:
+        problems.append(f"`vllm_gpu_memory_utilization`: a fraction in (0, 1], got {utilization}")
+    if importlib.util.find_spec("vllm") is None:
+        problems.append(
+            "`use_vllm`: vLLM is not installed; `pip install 'hftune[vllm]'` installs a version TRL supports"
+        )
+    elif not cuda_for_vllm():
+        problems.append("`use_vllm`: vLLM generates on CUDA GPUs and none is visible here")
+    return problems
+
+
+def cuda_for_vllm() -> bool:
+    """Whether vLLM has a CUDA GPU here (a function of its own, so tests can stand in for either answer)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _unknown_key_hint(key: str) -> str | None:
+    """PPO's error for a vLLM key: where vLLM generation is."""
+    if key == "use_vllm" or key.startswith("vllm_"):
+        return (
+            "PPO generates with the model it trains, without vLLM; vLLM generation is for "
+            "`algorithm: rloo` or `grpo`"
+        )
+    return None
+
+
+def _trl_config(algorithm: str) -> type:
+    """The TRL config class of `algorithm` (imports TRL)."""
+    if algorithm == "rloo":
+        from trl import RLOOConfig
+
+        return RLOOConfig
+    if algorithm == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    from hftune.stages.rl import ppo
+
+    return ppo.config_class()
+
+
+def schema(algorithm: str = "ppo") -> StageSchema:
+    from trl import ModelConfig
+
+    defaults = {**DEFAULTS, **common.hardware_defaults()}
+    if algorithm in ("rloo", "grpo"):
+        defaults.update(log_completions=False, disable_dropout=True)
+    return StageSchema(
+        name="ppo",
+        classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": RLExtras},
+        defaults=defaults,
+        check=_check,
+        owned=OWNED,
+        unknown_key_hint=_unknown_key_hint if algorithm == "ppo" else None,
+    )
+
+
+def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+    # The TRL section depends on the algorithm, so read it first (a bad value is reported by the parse).
+    values = load_yaml_mapping(config_path) if config_path else {}
+    values.update(parse_overrides(list(argv or []))[0])
+    algorithm = values.get("algorithm", "ppo")
+    return parse_stage_config(schema(algorithm if algorithm in ALGORITHMS else "ppo"), config_path, argv)
