@@ -8,6 +8,7 @@ secret, impossible combination — is collected and reported at once, each with 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import hashlib
@@ -375,7 +376,9 @@ def parse_stage_config(
                 continue
             coerced[key] = value
 
-    merged = {**schema.defaults, **coerced}
+    # A copy: TRL and PEFT extend some settings in place (PEFT appends to `lora_modules_to_save`), which must
+    # not leak into the next config parsed in this process (a pipeline parses every stage, then runs them).
+    merged = {**copy.deepcopy(schema.defaults), **coerced}
     if schema.check:
         # Cross-field rules see the valid values (bad ones fall back to defaults), so one run of the
         # checker reports combination problems alongside unknown keys and wrong types.

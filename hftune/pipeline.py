@@ -287,11 +287,12 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
     _check_recipes(plan)
     for stage in plan:
         if stage.launch and STAGES[stage.name].role == "rl":
-            rl = modules[stage.name]
+            from hftune.stages.rl.config import PPO_DISTRIBUTED, RL_SHARDED
+
             if stage.name == "ppo" and stage.cfg.model.use_peft and stage.launch.num_processes > 1:
-                raise UserError(f"{stage.source}: {rl.PPO_DISTRIBUTED}")
+                raise UserError(f"{stage.source}: {PPO_DISTRIBUTED}")
             if stage.launch.sharding:
-                raise UserError(f"{stage.source}: {rl.RL_SHARDED.format(stage.launch.sharding)}")
+                raise UserError(f"{stage.source}: {RL_SHARDED.format(stage.launch.sharding)}")
     first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
     if dry_run:
         # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.
@@ -308,9 +309,11 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
             logger.info("stage %s: up to date (%s), skipped", stage.name, stage.output_dir)
             continue
         logger.info("stage %s: %s -> %s", stage.name, stage.action, stage.output_dir)
-        work = artifacts.work_dir(stage.output_dir)
-        if stage.action == "run":
+        if stage.action == "run" and STAGES[stage.name].trains:
             # A forced or changed stage starts over: an old run's checkpoints must not be resumed into it.
+            # The stage's work folder is the stage's own (it removes it when it finishes); the pipeline only
+            # clears it and records there which inputs this run started with.
+            work = artifacts.work_dir(stage.output_dir)
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             artifacts.write_json(work / STARTED, stage.fingerprint)
@@ -324,7 +327,6 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
             del result
             _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
         _record(root, stage, time.time() - started)
-        shutil.rmtree(work, ignore_errors=True)  # stages that keep no checkpoints (eval) leave it behind
     print(describe(plan))
     return plan
 

@@ -35,12 +35,25 @@ def _resolve(importer: str, node: ast.ImportFrom) -> str:
     return f"{package}.{node.module}" if node.module else package
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (imports for type hints, never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+
+
 def _imports(name: str) -> dict[str, set[str]]:
     """hftune modules `name` imports (anywhere in the file, function-level imports included) -> the names
     it takes from each (empty for `import x` / `from pkg import submodule`)."""
-    tree = ast.parse(MODULES[name].read_text())
     found: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(ast.parse(MODULES[name].read_text())):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in MODULES:
