@@ -371,3 +371,13 @@ def test_resumed_group_runs_keep_their_logs_up_to_the_checkpoint(tmp_path):
     Guardrails(work, Bounds(), policy_fn=lambda: None, resumed_at=common.checkpoint_step(str(checkpoint)))
     steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_step_line_shows_the_numbers_worth_watching_in_a_fixed_order():
+    from hftune.stages.rl.progress import step_line
+
+    row = {"step": 1, "objective/kl": -1e-7, "objective/scores": 0.5, "objective/entropy": 11.9}
+    assert step_line("ppo", row, 60) == "[ppo] step 1/60  reward 0.500  kl 0.000"  # never "-0.000"
+    row = {"step": 7, "reward": 0.774, "kl": 0.021, "completions/mean_length": 10.5, "heldout/reward": 0.4}
+    expected = "[rloo] step 7/?  reward 0.774  kl 0.021  length 10.5  heldout 0.400"
+    assert step_line("rloo", row, None) == expected

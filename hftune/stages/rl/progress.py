@@ -32,7 +32,8 @@ def step_line(algorithm: str, row: dict[str, Any], total: int | None) -> str:
     for label, keys, spec in COLUMNS:
         value = first_value(row, keys)
         if value is not None:
-            parts.append(f"{label} {value:{spec}}")
+            text = f"{value:{spec}}"
+            parts.append(f"{label} {text.lstrip('-') if float(text) == 0 else text}")  # never "-0.000"
     return "  ".join(parts)
 
 
