@@ -60,9 +60,7 @@ def build_model(folder: Path, architecture: Path, num_layers: int | None):
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     # Sized with the tokenizer as hftune loads it (transformers picks the tokenizer class by model type).
-    return sum(p.numel() for p in model.parameters()), load_tokenizer(
-        str(folder), chat_template="chatml"
-    )
+    return sum(p.numel() for p in model.parameters()), load_tokenizer(str(folder), chat_template="chatml")
 
 
 def write_chats(path: Path, tokenizer, rows: int, length: int, seed: int = 0) -> None:

@@ -46,4 +46,3 @@ def resolve_chat_template(spec: str) -> tuple[str, str | None]:
         f"chat_template: {spec!r} is neither a built-in ({', '.join(BUILTIN_TEMPLATES)}), "
         "a .jinja file, nor a Jinja template string"
     )
-
