@@ -31,7 +31,7 @@ from hftune.evaluation.prompts import last_user, load_prompts
 from hftune.evaluation.suite import Suite, rlhf_variants
 from hftune.evaluation.variants import Decoding, load_variants, logprobs, replies
 from hftune.models import loading, scoring
-from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
+from hftune.models.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +141,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     scorer = scoring.load_scorer(suite.reward_model, model_args) if suite.reward_model else None
     scorer_fingerprint = fingerprint(suite.reward_model) if suite.reward_model else ""
 
-    chat_ids = [
-        list(
-            tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
-        for m in prompts.messages
-    ]
+    chat_ids = [encode_prompt(tokenizer, m) for m in prompts.messages]
     prefix = "".join(suite.few_shot_format.format(prompt=q, response=a) for q, a in prompts.few_shot)
     cue = suite.few_shot_format.split("{response}")[0]
     base_ids = [tokenizer(prefix + cue.format(prompt=last_user(m)))["input_ids"] for m in prompts.messages]

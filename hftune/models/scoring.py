@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from hftune.errors import UserError
-from hftune.models.tokenizer import load_tokenizer
+from hftune.models.tokenizer import encode_prompt, load_tokenizer
 
 Prompt = str | list[dict[str, str]]
 REPORT_FILE = "reward_report.json"
@@ -45,10 +45,7 @@ def encode(tokenizer, prompt: Prompt, response: str) -> list[int]:
 
 def prompt_length(tokenizer, prompt: Prompt) -> int:
     """How many leading tokens of `encode(tokenizer, prompt, reply)` are the prompt; the rest is the reply."""
-    ids = tokenizer.apply_chat_template(
-        as_messages(prompt), tokenize=True, return_dict=True, add_generation_prompt=True
-    )["input_ids"]
-    return len(ids)
+    return len(encode_prompt(tokenizer, as_messages(prompt)))
 
 
 def check_pad_token(tokenizer, where: str) -> None:

@@ -77,6 +77,13 @@ def set_pad_token(tok) -> None:
     )
 
 
+def encode_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation through the chat template up to where the assistant's reply starts: the ids
+    generation continues from (RL rollouts, the eval) and the prompt part scoring measures."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(ids["input_ids"])
+
+
 def differences(a, b, *, rendering: bool = True) -> list[str]:
     """How two tokenizers would read or render text differently: "vocabulary", and unless
     `rendering=False` (a base model without a template, compared by its vocabulary alone) "chat template"

@@ -11,6 +11,7 @@ import torch
 
 from hftune.errors import UserError
 from hftune.models import generation, scoring
+from hftune.models.tokenizer import encode_prompt
 from hftune.stages.rl.guardrails import RolloutStats
 
 
@@ -76,14 +77,7 @@ class RewardFn:
 
 def encode_prompts(tokenizer, prompts) -> list[list[int]]:
     """Each prompt through the chat template, up to where the assistant's reply starts."""
-    return [
-        list(
-            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
-        for p in prompts
-    ]
+    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def heldout_evaluator(prompts, tokenizer, reward_fn: RewardFn, max_new_tokens: int):
