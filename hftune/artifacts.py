@@ -81,10 +81,19 @@ def is_complete(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically: a reader (or a crash) never sees half of it, and no temporary file is left
+    behind; the pid keeps concurrent writers apart."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(strip_secrets(data), indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(strip_secrets(data), indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ held-out prompts with the same decoding, every number with a paired bootstrap CI
 Reads top to bottom: parse the suite, load the one tokenizer every model must share, pick the held-out
 prompts, load the models (variants that differ by an adapter share one model), generate greedy replies
 (reference metrics, verifier, win rates) and seeded samples (expected reward, KL to SFT, diversity, the
-best-of-N pool), score everything through `hftune.scoring` (the reward stage's and PPO's path), compute
+best-of-N pool), score everything through `hftune.models.scoring` (the reward stage's and PPO's path), compute
 per-prompt metrics, aggregate, and write results.json, samples.jsonl, report.md and report.html atomically.
 """
 

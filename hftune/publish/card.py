@@ -383,7 +383,8 @@ def _usage(info: CardInfo, repo_id: str | None) -> list[str]:
             "```",
             "",
             "The score is read at the reply's last token (its end-of-turn token), with the conversation "
-            "rendered by the tokenizer's chat template; `hftune.scoring.load_scorer` does exactly that.",
+            "rendered by the tokenizer's chat template; `hftune.models.scoring.load_scorer` does exactly "
+            "that.",
             "",
         ]
     else:
@@ -519,8 +520,6 @@ def write(folder: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -
     text = render(folder, **kwargs)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(output)
+    artifacts.write_text(output, text)
     logger.info("wrote model card %s", output)
     return output

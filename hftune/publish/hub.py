@@ -4,13 +4,12 @@
     hftune push runs/tiny/sft --repo-id ORG/NAME --dry-run staged/     # write the folder, upload nothing
     hftune push runs/tiny/ppo --repo-id ORG/NAME --base-model-id ORG/SFT  # adapter on a base pushed before
 
-The upload is assembled in a staging folder from an allowlist: the weights (a LoRA adapter, or a full model's
-safetensors and config), the tokenizer with its chat template, a model card rendered from the manifests
-(`hftune.card`), and the manifest, resolved config and metrics. Nothing else ever leaves the machine: no
-pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs. The token comes only from `HF_TOKEN` or
-the Hub login cache (`hf auth login`), is handed to `HfApi` and nowhere else, and every staged file is
-checked not to contain it before anything is sent.
-"""
+The upload is assembled in a staging folder from an allowlist: the weights (a LoRA adapter, or a full
+model's safetensors and config), the tokenizer with its chat template, a model card rendered from the
+manifests (`hftune.publish.card`), and the manifest, resolved config and metrics. Nothing else ever leaves
+the machine: no pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs. The token comes only
+from `HF_TOKEN` or the Hub login cache (`hf auth login`), is handed to `HfApi` and nowhere else, and every
+staged file is checked not to contain it before anything is sent."""
 
 from __future__ import annotations
 

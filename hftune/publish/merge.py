@@ -4,13 +4,12 @@
     hftune merge runs/tiny/ppo runs/tiny/ppo-merged          # base -> SFT adapter -> PPO adapter
     hftune merge runs/tiny/reward runs/tiny/reward-merged    # a reward adapter -> a sequence classifier
 
-The adapter folder is loaded exactly as every stage loads it (`hftune.modeling`: inner adapters merged, the
-last one attached), then PEFT's `merge_and_unload` folds it in. The merge always runs in full precision
-(float32); `--dtype` is the dtype the merged weights are saved in (float32 by default). The merged model's
-logits on a probe prompt are compared with the adapter model's before saving, and the difference is
-recorded in the manifest. The output holds
-safetensors weights, the tokenizer with its chat template, the generation config and a manifest (stage
-`merge`, the adapter folder as parent), written atomically.
+The adapter folder is loaded exactly as every stage loads it (`hftune.models.loading`: inner adapters
+merged, the last one attached), then PEFT's `merge_and_unload` folds it in. The merge always runs in full
+precision (float32); `--dtype` is the dtype the merged weights are saved in (float32 by default). The merged
+model's logits on a probe prompt are compared with the adapter model's before saving, and the difference is
+recorded in the manifest. The output holds safetensors weights, the tokenizer with its chat template, the
+generation config and a manifest (stage `merge`, the adapter folder as parent), written atomically.
 
 An adapter trained on a 4-bit or 8-bit base (QLoRA) learnt corrections to the quantized weights: merged
 into the full-precision base it computes something else, and merged into quantized weights it loses

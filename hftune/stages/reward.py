@@ -4,7 +4,7 @@
 
 Reads top to bottom: parse the config, load the tokenizer the SFT model was trained with (a different
 tokenizer or chat template is refused), load and check the preference data, encode each pair through
-`hftune.scoring` (the path PPO and eval score with), build the reward model (SFT weights merged, a new
+`hftune.models.scoring` (the path PPO and eval score with), build the reward model (SFT weights merged, a new
 one-output score head, LoRA with the head saved), train, measure the held-out report, and write the
 adapter + score head + tokenizer + config + report + manifest atomically to `output_dir`.
 """

@@ -14,9 +14,9 @@ The model card (hftune.publish.card) shows the same metrics table through the sa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from hftune.artifacts import write_text
 from hftune.evaluation.report.html import render_html
 from hftune.evaluation.report.markdown import render_markdown
 from hftune.evaluation.report.results import HEADLINE
@@ -27,11 +27,11 @@ __all__ = ["render_html", "render_markdown", "summary_table", "write_reports"]
 
 
 def write_reports(out_dir: Path, results: dict, samples: list[dict]) -> None:
-    """Write out_dir/report.md and out_dir/report.html (each written to a temp file then os.replace'd)."""
+    """Write out_dir/report.md and out_dir/report.html (each written atomically)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "report.md", render_markdown(results, samples))
-    _write_atomic(out_dir / "report.html", render_html(results, samples))
+    write_text(out_dir / "report.md", render_markdown(results, samples))
+    write_text(out_dir / "report.html", render_html(results, samples))
 
 
 def summary_table(results: dict) -> str:
@@ -43,13 +43,3 @@ def summary_table(results: dict) -> str:
     widths = [max(len(row[i]) for row in grid) for i in range(len(table.header))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in grid)
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A reader (or a crash) never sees half a report; the pid keeps concurrent writers apart.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -46,8 +46,8 @@ def build_trainer(
 ):
     """TRL's PPOTrainer: the policy is the SFT model with a fresh LoRA adapter (the adapter switched off is
     the reference policy), the value model starts from the reward model, the reward model is frozen and
-    scored through `hftune.scoring`. `separate_reference` loads a second copy as reference instead (only
-    for measuring what the shared reference saves)."""
+    scored through `hftune.models.scoring`. `separate_reference` loads a second copy as reference instead
+    (only for measuring what the shared reference saves)."""
     from datasets import Dataset
 
     args, model_args, extras = cfg.training, cfg.model, cfg.hftune

@@ -30,7 +30,15 @@ from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
 from hftune.stages import common
 from hftune.stages.rl import group
 from hftune.stages.rl.config import parse, schema  # noqa: F401 (the Stage interface the registry loads)
-from hftune.stages.rl.guardrails import AlarmStop, Bounds, Guardrails, RolloutStats
+from hftune.stages.rl.guardrails import (
+    KL_KEYS,
+    LENGTH_KEYS,
+    REWARD_KEYS,
+    AlarmStop,
+    Bounds,
+    Guardrails,
+    RolloutStats,
+)
 from hftune.stages.rl.progress import RLProgress, replace_progress_callback
 from hftune.stages.rl.rewards import RewardFn, heldout_evaluator, prompt_rows
 
@@ -200,7 +208,8 @@ def _summarise(metrics_file: Path) -> dict[str, Any]:
         return {}
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     out: dict[str, Any] = {"steps": len(rows)}
-    for key in ("objective/scores", "reward", "objective/kl", "kl", "response/mean_length", "heldout/reward"):
+    # The guardrails' keys (PPO's and RLOO/GRPO's names); the length as PPO logs it.
+    for key in (*REWARD_KEYS, *KL_KEYS, LENGTH_KEYS[0], "heldout/reward"):
         values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
         if values:
             out[f"{key} first"] = values[0]
