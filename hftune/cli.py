@@ -11,6 +11,7 @@ import os
 import sys
 import textwrap
 import warnings
+from contextlib import nullcontext
 
 from hftune import __version__
 from hftune.errors import UserError
@@ -90,12 +91,23 @@ def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:
         _print_all_fields(module.schema())
         return 0
     cfg = module.parse(ns.config, rest)
-    result = module.run(cfg, resume=ns.resume)
-    from hftune import distributed
+    cfg.overwrite = ns.overwrite
+    from hftune import artifacts, distributed
 
+    # One run at a time per output folder (the launcher's other processes write through the main one).
+    lock = artifacts.output_lock(_output_dir(cfg)) if distributed.is_main_process() else nullcontext()
+    with lock:
+        result = module.run(cfg, resume=getattr(ns, "resume", False))
     if distributed.is_main_process():
         print(module.summary(result))
     return 0
+
+
+def _output_dir(cfg) -> str:
+    """The folder a parsed stage config writes (TRL's `output_dir`, or the eval suite's)."""
+    return next(
+        s.output_dir for s in cfg.sections.values() if isinstance(getattr(s, "output_dir", None), str)
+    )
 
 
 def _cmd_pipeline(ns: argparse.Namespace, rest: list[str]) -> int:
@@ -103,7 +115,9 @@ def _cmd_pipeline(ns: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)} (stage keys go in the pipeline config)")
-    pipeline.run(ns.config, dry_run=ns.dry_run, force=ns.force)
+    pipeline.run(
+        ns.config, dry_run=ns.dry_run, force=ns.force, output_dir=ns.output_dir, overwrite=ns.overwrite
+    )
     return 0
 
 
@@ -131,6 +145,25 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
+    from hftune.models.tiny import NUM_HEADS
+
+    problems = [
+        f"--{name}: must be {'at least 1' if low else 'at least 0'}, got {value}"
+        for name, value, low in (
+            ("vocab_size", ns.vocab_size, 1),
+            ("hidden_size", ns.hidden_size, 1),
+            ("num_layers", ns.num_layers, 1),
+            ("pretrain_steps", ns.pretrain_steps, 0),
+            ("seed", ns.seed, 0),
+        )
+        if value < low
+    ]
+    if ns.hidden_size >= 1 and ns.hidden_size % NUM_HEADS:
+        problems.append(
+            f"--hidden_size: must be a multiple of {NUM_HEADS} (the attention heads), got {ns.hidden_size}"
+        )
+    if problems:
+        raise UserError("\n".join(problems))
     path = build_tiny_model(
         ns.output_dir,
         arch=ns.arch,
@@ -139,6 +172,7 @@ def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
         num_layers=ns.num_layers,
         pretrain_steps=ns.pretrain_steps,
         seed=ns.seed,
+        overwrite=ns.overwrite,
     )
     print(f"saved tiny {ns.arch} model: {path}")
     return 0
@@ -151,7 +185,7 @@ def _cmd_card(ns: argparse.Namespace, rest: list[str]) -> int:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
     kwargs = dict(eval_dir=ns.eval, repo_id=ns.repo_id, base_model_id=ns.base_model_id)
     if ns.output:
-        print(f"wrote {card.write(ns.dir, ns.output, **kwargs)}")
+        print(f"wrote {card.write(ns.dir, ns.output, overwrite=ns.overwrite, **kwargs)}")
     else:
         print(card.render(ns.dir, **kwargs))
     return 0
@@ -177,6 +211,7 @@ def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
         revision=ns.revision,
         commit_message=ns.commit_message,
         base_model_id=ns.base_model_id,
+        overwrite=ns.overwrite,
     )
     print(hub.summary(result))
     return 0
@@ -187,7 +222,12 @@ def _cmd_merge(ns: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
-    result = merge.merge(ns.dir, ns.out, dtype=ns.dtype, from_full_precision=ns.from_full_precision)
+    from hftune import artifacts
+
+    with artifacts.output_lock(ns.out):
+        result = merge.merge(
+            ns.dir, ns.out, dtype=ns.dtype, from_full_precision=ns.from_full_precision, overwrite=ns.overwrite
+        )
     print(merge.summary(result))
     return 0
 
@@ -224,10 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
         "on TRL, PEFT and transformers.",
     )
     parser.add_argument("--version", action="version", version=f"hftune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--debug", action="store_true", help="show Python tracebacks and debug logs")
+    def common(p: argparse.ArgumentParser, *, writes: str | None = None) -> None:
+        # SUPPRESS: a subcommand's default must not undo `hftune --debug COMMAND`.
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show Python tracebacks and debug logs",
+        )
+        if writes:
+            p.add_argument(
+                "--overwrite",
+                action="store_true",
+                help=f"replace {writes} even if hftune did not write it (by default only a new, empty or "
+                "hftune-written one is replaced; anything else is refused and left untouched)",
+            )
 
     p = sub.add_parser(
         "pipeline",
@@ -242,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="resolve and validate every stage, print the plan, load no weights",
     )
     p.add_argument("--force", metavar="STAGE", help="re-run STAGE and every stage after it")
-    common(p)
+    p.add_argument(
+        "--output_dir", "--output-dir", metavar="DIR", help="write the run here (overrides the config's)"
+    )
+    common(p, writes="the output folder and its stage folders")
     p.set_defaults(func=_cmd_pipeline)
 
     for name, spec in registry.COMMANDS.items():
@@ -255,11 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
             allow_abbrev=False,  # `--res` must not silently mean `--resume`; unknown flags go to the config
         )
         p.add_argument("--config", metavar="FILE", help="stage config YAML")
-        p.add_argument(
-            "--resume", action="store_true", help="continue from the last checkpoint of an interrupted run"
-        )
+        if spec.trains:  # the eval has no checkpoints: its cache of generations is what continues a run
+            p.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue from the last checkpoint of an interrupted run (made with the same config)",
+            )
         p.add_argument("--help-all", action="store_true", help="list every accepted config key with its help")
-        common(p)
+        common(p, writes="output_dir")
         p.set_defaults(func=_cmd_stage)
 
     p = sub.add_parser("data", help="inspect data recipes")
@@ -282,8 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(pp)
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("tiny", help="build a tiny local model + tokenizer (for tests and offline runs)")
-    p.add_argument("output_dir")
+    p = sub.add_parser(
+        "tiny",
+        help="build a tiny local model + tokenizer (for tests and offline runs)",
+        description="Build a tiny causal language model and its tokenizer in OUTPUT_DIR, with no download: a "
+        "byte-level BPE tokenizer with a ChatML template trained on a built-in corpus, random weights of the "
+        "chosen architecture, then a short language-model pretraining on that corpus so it behaves like a "
+        "(very small) base model. `model_name_or_path: tiny:ARCH` in a config builds and caches the same "
+        "model; this command puts one where you want it.",
+    )
+    p.add_argument(
+        "output_dir", metavar="OUTPUT_DIR", help="folder to create (new, empty, or an earlier tiny model)"
+    )
     p.add_argument("--arch", default="llama", help="llama, qwen2, mistral or gpt2 (default llama)")
     p.add_argument("--vocab_size", type=int, default=1024)
     p.add_argument("--hidden_size", type=int, default=64)
@@ -296,10 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {TINY_PRETRAIN_STEPS}; 0 leaves the weights random)",
     )
     p.add_argument("--seed", type=int, default=0)
-    common(p)
+    common(p, writes="OUTPUT_DIR")
     p.set_defaults(func=_cmd_tiny)
 
-    def publishing(p: argparse.ArgumentParser) -> None:
+    def publishing(p: argparse.ArgumentParser, writes: str) -> None:
         p.add_argument("--eval", metavar="EVAL_DIR", help="an `hftune eval` folder to tabulate in the card")
         p.add_argument(
             "--base-model-id",
@@ -307,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="the Hub id of the adapter's base, for adapters trained on a local folder (rewrites "
             "base_model_name_or_path in the uploaded adapter_config.json and the card's base_model)",
         )
-        common(p)
+        common(p, writes=writes)
 
     p = sub.add_parser(
         "card",
@@ -319,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="a finished stage folder (with manifest.json)")
     p.add_argument("--output", metavar="FILE", help="write the card here instead of printing it")
     p.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub repo named in the loading snippet")
-    publishing(p)
+    publishing(p, writes="the --output file")
     p.set_defaults(func=_cmd_card)
 
     p = sub.add_parser(
@@ -340,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", default="main", help="branch to commit to (created if missing)")
     p.add_argument("--commit-message", metavar="TEXT", help="default: Upload hftune STAGE artifact")
-    publishing(p)
+    publishing(p, writes="the --dry-run OUTDIR")
     p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser(
@@ -354,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         "precision.",
     )
     p.add_argument("dir", metavar="DIR", help="a finished LoRA adapter folder")
-    p.add_argument("out", metavar="OUT", help="folder for the merged model (replaced atomically)")
+    p.add_argument(
+        "out", metavar="OUT", help="folder for the merged model (new, empty or an earlier hftune output)"
+    )
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -367,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge a QLoRA (4/8-bit trained) adapter into the unquantized base anyway; the result "
         "approximates the trained model (the adapter was fitted to the quantized weights)",
     )
-    common(p)
+    common(p, writes="OUT")
     p.set_defaults(func=_cmd_merge)
     return parser
 
@@ -395,3 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hftune: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        from hftune.artifacts import no_space_message
+
+        message = no_space_message(err)
+        if message is None or debug:
+            raise
+        print(f"hftune: error: {message}", file=sys.stderr)
+        return 1

@@ -13,8 +13,10 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,6 +74,22 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in tp)
     return getattr(tp, "__name__", str(tp))
+
+
+_SHOWN = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+_SHOWN.maxtuple = _SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN_CHARS = 80
+
+
+def _cut(text: str, limit: int = _SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show(value: Any) -> str:
+    """`repr(value)` for an error message, cut to about 80 characters. Bounded however big the value is:
+    a long string or a deeply nested (aliased) structure never floods the terminal or takes long to print."""
+    return _cut(_SHOWN.repr(value))
 
 
 class _Mismatch(Exception):
@@ -216,6 +234,9 @@ class StageConfig:
     # What the saved config reports instead of a section's live value: while a stage trains, TRL's
     # `output_dir` points at the work folder, but the artifact lives (and is recorded) elsewhere.
     reported: dict[str, Any] = field(default_factory=dict)
+    # `--overwrite`: the run may replace an output folder hftune did not write (a run option, not a setting:
+    # it is not saved and does not change what is trained).
+    overwrite: bool = False
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -267,13 +288,171 @@ def strip_secrets(data: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Value rules: settings that are the right type but impossible, refused before anything loads
+# ---------------------------------------------------------------------------------------------------
+
+# Fields where `.inf` means something: `max_grad_norm: .inf` is "never clip" (torch's `clip_grad_norm_`
+# spelling, which transformers itself uses to measure the norm when clipping is off, as `0` asks). NaN is
+# refused everywhere.
+INFINITY_ALLOWED = frozenset({"max_grad_norm"})
+
+# A per-device batch (or a count multiplying one) beyond this never fits in memory: a typo (`1e11`),
+# refused now rather than after minutes of loading.
+MAX_COUNT = 2**20
+# numpy (which transformers seeds with the Trainer's `seed`) takes seeds in [0, 2**32).
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a good value of one key is: `ok(value)` for a number (or, with `kind=str`, a string)."""
+
+    ok: typing.Callable[[Any], bool]
+    expect: str  # completes "`key`: must be ...", e.g. "positive"
+    kind: type = float  # which values the rule looks at (None and other types are the type check's)
+
+    def applies(self, value: Any) -> bool:
+        if self.kind is str:
+            return isinstance(value, str)
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(what: str) -> Rule:
+    return Rule(lambda v: 1 <= v <= MAX_COUNT, f"{what} from 1 to {MAX_COUNT:,}")
+
+
+_POSITIVE = Rule(lambda v: v > 0, "positive")
+_NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
+_PROBABILITY = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+_UNIT = Rule(lambda v: 0 <= v <= 1, "in [0, 1]")
+_SEED = Rule(lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
+# `save_steps: 0.1` is a fraction of the run (TRL's convention), `save_steps: 100` a step count.
+_INTERVAL = Rule(lambda v: v > 0, "positive (a number of steps, or a fraction of the run below 1)")
+
+# Key -> its rule, applied to whichever keys a stage's schema has. Keys a stage's own checks already bound
+# (`learning_rate`, `lora_r`, `max_length`, `eval_fraction`, `kl_coef`, ...) are not repeated here.
+RANGE_RULES: dict[str, Rule] = {
+    # Optimisation: a bad value trains garbage (NaN weights, no update at all) or crashes in torch late.
+    "max_steps": Rule(
+        lambda v: v == -1 or v >= 1, "a positive number of steps, or -1 (train for `num_train_epochs`)"
+    ),
+    "num_train_epochs": _POSITIVE,
+    "warmup_steps": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "max_grad_norm": Rule(lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    "adam_beta1": _PROBABILITY,
+    "adam_beta2": _PROBABILITY,
+    "adam_epsilon": _POSITIVE,
+    "label_smoothing_factor": _PROBABILITY,
+    "neftune_noise_alpha": _NON_NEGATIVE,
+    "lora_alpha": _POSITIVE,
+    "lora_dropout": _PROBABILITY,
+    # Batches and counts that multiply them.
+    "per_device_train_batch_size": _count("a batch size"),
+    "per_device_eval_batch_size": _count("a batch size"),
+    "gradient_accumulation_steps": _count("a number of steps"),
+    "eval_accumulation_steps": _count("a number of steps"),
+    "generation_batch_size": _count("a batch size"),
+    "local_rollout_forward_batch_size": _count("a batch size"),
+    "batch_size": _count("a batch size"),  # the eval suite's
+    "steps_per_generation": _count("a number of steps"),
+    "num_generations": _count("a number of completions"),
+    "num_generations_eval": _count("a number of completions"),
+    "num_mini_batches": _count("a number of mini-batches"),
+    "num_ppo_epochs": _count("a number of epochs"),
+    "num_iterations": _count("a number of iterations"),
+    "total_episodes": Rule(lambda v: v >= 1, ">= 1"),
+    "response_length": _count("a number of tokens"),
+    "max_new_tokens": _count("a number of tokens"),
+    "heldout_prompts": _count("a number of prompts"),
+    # Schedules: a step interval of 0 or below divides by zero or never fires.
+    "save_steps": _INTERVAL,
+    "logging_steps": _INTERVAL,
+    "eval_steps": _INTERVAL,
+    "heldout_every": Rule(lambda v: v >= 0, ">= 0 (0 turns the held-out check off)"),
+    "heldout_tolerance": _NON_NEGATIVE,
+    # Sampling (the RL stages generate with these).
+    "temperature": Rule(lambda v: v > 0, "positive (the logits are divided by it)"),
+    "top_p": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "top_k": _NON_NEGATIVE,
+    "min_p": _UNIT,
+    "gamma": _UNIT,
+    "lam": _UNIT,
+    "vf_coef": _NON_NEGATIVE,
+    "cliprange": _POSITIVE,
+    "cliprange_value": _POSITIVE,
+    "epsilon": _POSITIVE,
+    # Data and reproducibility.
+    "seed": _SEED,
+    "data_seed": _SEED,
+    "split_seed": _SEED,
+    "max_samples": Rule(lambda v: v >= 1, ">= 1 (or null for every row)"),
+    "dataloader_num_workers": _NON_NEGATIVE,
+    # `output_dir: ""` would be the current folder.
+    "output_dir": Rule(lambda v: v.strip() != "", "a folder name, not empty", kind=str),
+}
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a float anywhere in `value` (a number, or inside a list or mapping) is inf or NaN."""
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, list | tuple | dict) and id(item) not in seen:
+            seen.add(id(item))  # aliased YAML shares objects: each is looked at once
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return False
+
+
+def value_problem(key: str, value: Any) -> str | None:
+    """Why `value` (already of the right type) is impossible for `key`, or None."""
+    if _non_finite(value) and not (key in INFINITY_ALLOWED and value == math.inf):
+        what = "hold finite numbers only" if isinstance(value, list | tuple | dict) else "be a finite number"
+        return f"must {what}, got {show(value)}"
+    rule = RANGE_RULES.get(key)
+    if rule is not None and rule.applies(value) and not rule.ok(value):
+        return f"must be {rule.expect}, got {show(value)}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------------
 
 
+# Aliases (`*name`) may make a document this many values bigger than it is written: plenty for sharing
+# settings, while a "billion laughs" document (aliases of aliases, 10**9 values from a few lines) is refused
+# before anything walks it (type checks, error messages and the config hash would otherwise never end).
+MAX_ALIAS_EXPANSION = 100_000
+
+
 class _Yaml12Loader(yaml.SafeLoader):
     """YAML with only `true`/`false` as booleans (as in YAML 1.2): PyYAML's YAML 1.1 also reads `no`, `off`
-    and `yes` as booleans, which turns `save_strategy: no` into `False`."""
+    and `yes` as booleans, which turns `save_strategy: no` into `False`.
+
+    Stricter than PyYAML where its leniency loses a user's settings or hangs: a key given twice in one
+    mapping is an error (PyYAML keeps the last silently), and so are aliases that expand too far or refer
+    to themselves."""
+
+    anchors_used = False  # whether the document has an alias (`*name`) at all
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        _refuse_duplicate_keys(node)
+        return node
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None and self.anchors_used:
+            _refuse_alias_bomb(node)
+        return node
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.anchors_used = True
+        return super().compose_node(parent, index)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -285,20 +464,126 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    first: dict[tuple[str, str], yaml.Node] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` merges are meant to be overridden by the keys beside them
+        seen = first.setdefault((key.tag, key.value), key)
+        if seen is not key:
+            raise yaml.composer.ComposerError(
+                "while reading a mapping",
+                node.start_mark,
+                f"duplicate key `{_cut(key.value)}` (line {seen.start_mark.line + 1} and again on line "
+                f"{key.start_mark.line + 1}); give it once",
+                key.start_mark,
+            )
+
+
+def _refuse_alias_bomb(root: yaml.Node) -> None:
+    """Count the values the document holds once its aliases are expanded, without expanding them (each
+    node is visited once; an alias adds the size of what it names), and refuse an alias that contains
+    itself or a document that grows by more than MAX_ALIAS_EXPANSION values."""
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are being counted: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children(node))
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a collection that contains it (endless)", node.start_mark
+            )
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in size)
+    if size[id(root)] - len(size) > MAX_ALIAS_EXPANSION:
+        raise yaml.composer.ComposerError(
+            None,
+            None,
+            f"its aliases (`*name`) expand it to about {size[id(root)]:.3g} values, more than "
+            f"{MAX_ALIAS_EXPANSION:,} beyond what is written; write the settings out instead",
+            None,
+        )
+
+
+class YamlTooDeep(yaml.YAMLError):
+    def __str__(self) -> str:
+        return "nested too deeply"
+
+
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except RecursionError:  # PyYAML composes and constructs recursively: `[[[[...` thousands deep
+        raise YamlTooDeep() from None
+
+
+# A config is a few kilobytes of YAML; a file far bigger was named by mistake (a weights file, a dataset).
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
+def read_config_text(p: Path) -> str:
+    """The text of the config file `p`, or one readable UserError naming it."""
+    if not p.exists():
+        raise UserError(f"config file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, not a config file (a YAML file of `key: value` lines)")
+    if not p.is_file():
+        raise UserError(f"{p}: not a regular file; a config is a YAML file of `key: value` lines")
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(
+                f"{p}: {size / 2**20:,.0f} MiB is not a config (configs are small YAML files); "
+                "was another file named by mistake?"
+            )
+        data = p.read_bytes()
+    except PermissionError:
+        raise UserError(f"{p}: cannot read the config file: permission denied") from None
+    except OSError as err:
+        raise UserError(f"{p}: cannot read the config file: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{p}: not a text file (byte {data[err.start]:#04x} at offset {err.start} is not UTF-8); "
+            "a config is a YAML text file"
+        ) from None
+
+
+def yaml_problem(source: str | os.PathLike, err: yaml.YAMLError) -> str:
+    """One line for a YAML error in `source`: where, and what."""
+    if isinstance(err, yaml.reader.ReaderError):  # control characters, NUL bytes: a binary file
+        return (
+            f"{source}: not a YAML text file: character {err.character!r} at offset {err.position} "
+            "is not allowed"
+        )
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{source}{where}: not valid YAML: {getattr(err, 'problem', None) or err}"
 
 
 def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+    text = read_config_text(p)
     try:
-        data = load_yaml(p.read_text(encoding="utf-8"))
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{p}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        raise UserError(yaml_problem(p, err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -347,7 +632,7 @@ def parse_stage_config(
         for key, value in values.items():
             where = f"`{key}`" if origin == source else f"`--{key}` (command line)"
             if not isinstance(key, str):
-                problems.append(f"key {key!r}: keys must be strings")
+                problems.append(f"key {show(key)}: keys must be strings")
                 continue
             if is_secret_key(key):
                 problems.append(
@@ -368,11 +653,16 @@ def parse_stage_config(
             try:
                 value = coerce(value, tp)
             except _Mismatch:
-                problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+                problems.append(f"{where}: expected {_type_name(tp)}, got {show(value)}")
                 continue
             choices = f.metadata.get("choices") if f.metadata else None
             if choices and value is not None and value not in choices:
-                problems.append(f"{where}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+                problems.append(f"{where}: must be one of {', '.join(map(str, choices))}; got {show(value)}")
+                continue
+            # Right type, impossible value (`learning_rate: .inf`, `max_steps: 0`): refused like a wrong type,
+            # so the cross-field checks below see the default instead.
+            if (problem := value_problem(key, value)) is not None:
+                problems.append(f"{where}: {problem}")
                 continue
             coerced[key] = value
 

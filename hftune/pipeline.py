@@ -121,7 +121,9 @@ def _beside(config_path: str, value: Any) -> Path:
     return file
 
 
-def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
+def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, list[PlannedStage]]:
+    """The stages of a pipeline config in order, with their merged values; `output_dir` overrides the
+    config's."""
     raw = load_yaml_mapping(config_path)
     problems = [
         f"`{k}`: unknown key{did_you_mean(str(k), PIPELINE_KEYS)}" for k in raw if k not in PIPELINE_KEYS
@@ -130,8 +132,13 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
     if not isinstance(stages, list) or not stages:
         problems.append("`stages`: required, a list of {stage: NAME, config: FILE, ...keys}")
         stages = []
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
     if not raw.get("output_dir"):
         problems.append("`output_dir`: required (each stage writes to <output_dir>/<stage>)")
+    elif not isinstance(raw["output_dir"], str):
+        problems.append(f"`output_dir`: expected a folder path (a string), got {raw['output_dir']!r:.80}")
+        raw["output_dir"] = None
     root = Path(str(raw.get("output_dir") or "runs/pipeline"))
     plan: list[PlannedStage] = []
     seen: set[str] = set()
@@ -184,18 +191,32 @@ def load_plan(config_path: str) -> tuple[Path, list[PlannedStage]]:
     return root, plan
 
 
-def _parse_stage(stage: PlannedStage, work: Path):
-    """Parse a stage's merged config with the stage's own strict parser (from a file it can name)."""
-    module = registry.load(stage.name)
-    work.mkdir(parents=True, exist_ok=True)
-    resolved = work / f"{stage.name}.yaml"
-    resolved.write_text(
-        f"# {stage.source}, with the pipeline's handoff paths\n" + yaml.safe_dump(stage.values)
-    )
-    try:
-        return module, module.parse(str(resolved))
-    except ConfigError as err:
-        raise ConfigError(stage.source, err.problems) from None
+def _write_stage_config(stage: PlannedStage, folder: Path) -> Path:
+    """A stage's merged config as a file its parser (or its launched processes) can read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stage.name}.yaml"
+    path.write_text(f"# {stage.source}, with the pipeline's handoff paths\n" + yaml.safe_dump(stage.values))
+    return path
+
+
+def _parse_stages(plan: list[PlannedStage]) -> dict[str, Any]:
+    """Parse every stage's merged config with the stage's own strict parser; the problems of all stages
+    are reported together. Nothing is written beside the run (a refused config leaves no trace)."""
+    modules, errors = {}, []
+    with tempfile.TemporaryDirectory(prefix="hftune-plan-") as scratch:
+        for stage in plan:
+            module = modules[stage.name] = registry.load(stage.name)
+            try:
+                stage.cfg = module.parse(str(_write_stage_config(stage, Path(scratch))))
+            except ConfigError as err:
+                errors.append(ConfigError(stage.source, err.problems))
+                continue
+            stage.cfg.source = stage.source  # errors while it runs name the user's file, not a scratch copy
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise UserError("\n".join(str(err) for err in errors))
+    return modules
 
 
 def _data_fingerprint(cfg) -> str | None:
@@ -272,18 +293,20 @@ def _record(root: Path, stage: PlannedStage, wall_s: float) -> None:
     artifacts.write_json(root / LEDGER, ledger)
 
 
-def run(config_path: str, *, dry_run: bool = False, force: str | None = None) -> list[PlannedStage]:
-    root, plan = load_plan(config_path)
+def run(
+    config_path: str,
+    *,
+    dry_run: bool = False,
+    force: str | None = None,
+    output_dir: str | None = None,
+    overwrite: bool = False,
+) -> list[PlannedStage]:
+    root, plan = load_plan(config_path, output_dir)
     if force and force not in {s.name for s in plan}:
         raise UserError(
             f"--force {force}: no such stage in {config_path} ({', '.join(s.name for s in plan)})"
         )
-    modules = {}
-    # Each stage's merged config is written where its parser can name it: beside the run's outputs, or,
-    # for a dry run (which writes nothing there), in a temporary folder.
-    scratch = Path(tempfile.mkdtemp(prefix="hftune-plan-")) if dry_run else root / ".pipeline"
-    for stage in plan:
-        modules[stage.name], stage.cfg = _parse_stage(stage, scratch)
+    modules = _parse_stages(plan)
     _check_recipes(plan)
     for stage in plan:
         if stage.launch and STAGES[stage.name].role == "rl":
@@ -293,6 +316,7 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
                 raise UserError(f"{stage.source}: {PPO_DISTRIBUTED}")
             if stage.launch.sharding:
                 raise UserError(f"{stage.source}: {RL_SHARDED.format(stage.launch.sharding)}")
+    check_outputs(root, plan, overwrite=overwrite)
     first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
     if dry_run:
         # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.
@@ -302,33 +326,55 @@ def run(config_path: str, *, dry_run: bool = False, force: str | None = None) ->
                 decide(root, stage, forced=i >= first_forced, upstream_changed=changed) != "skip" or changed
             )
         print(describe(plan))
-        shutil.rmtree(scratch, ignore_errors=True)
         return plan
-    for i, stage in enumerate(plan):
-        if decide(root, stage, forced=i >= first_forced) == "skip":
-            logger.info("stage %s: up to date (%s), skipped", stage.name, stage.output_dir)
-            continue
-        logger.info("stage %s: %s -> %s", stage.name, stage.action, stage.output_dir)
-        if stage.action == "run" and STAGES[stage.name].trains:
-            # A forced or changed stage starts over: an old run's checkpoints must not be resumed into it.
-            # The stage's work folder is the stage's own (it removes it when it finishes); the pipeline only
-            # clears it and records there which inputs this run started with.
-            work = artifacts.work_dir(stage.output_dir)
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            artifacts.write_json(work / STARTED, stage.fingerprint)
-        started = time.time()
-        if stage.launch is not None:
-            print(f"== {stage.name} ({stage.launch.num_processes} processes) ==", flush=True)
-            _run_launched(stage, scratch / f"{stage.name}.yaml")
-        else:
-            result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
-            print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
-            del result
-            _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
-        _record(root, stage, time.time() - started)
+    with artifacts.output_lock(root):
+        for i, stage in enumerate(plan):
+            if decide(root, stage, forced=i >= first_forced) == "skip":
+                logger.info("stage %s: up to date (%s), skipped", stage.name, stage.output_dir)
+                continue
+            logger.info("stage %s: %s -> %s", stage.name, stage.action, stage.output_dir)
+            if stage.action == "run" and STAGES[stage.name].trains:
+                # A forced or changed stage starts over: an old run's checkpoints must not be resumed into
+                # it. The stage's work folder is the stage's own (it removes it when it finishes); the
+                # pipeline only clears it (check_outputs made sure it is hftune's) and records there which
+                # inputs this run started with.
+                work = artifacts.work_dir(stage.output_dir)
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                artifacts.write_json(work / STARTED, stage.fingerprint)
+            started = time.time()
+            stage.cfg.overwrite = overwrite
+            if stage.launch is not None:
+                print(f"== {stage.name} ({stage.launch.num_processes} processes) ==", flush=True)
+                config_file = _write_stage_config(stage, root / ".pipeline")
+                _run_launched(stage, config_file, overwrite=overwrite)
+            else:
+                with artifacts.output_lock(stage.output_dir):
+                    result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
+                print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
+                del result
+                _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
+            _record(root, stage, time.time() - started)
     print(describe(plan))
     return plan
+
+
+def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> None:
+    """Before any stage runs: the pipeline's folder is new, empty or an earlier pipeline run's, and no stage
+    would replace a folder hftune did not write (stage 3 must not refuse after stages 1 and 2 trained)."""
+    if root.is_dir() and any(root.iterdir()) and not (root / LEDGER).is_file() and not overwrite:
+        raise UserError(
+            f"output_dir {root}: the folder exists and is not an hftune pipeline's (it has no {LEDGER}; it "
+            f"holds {', '.join(sorted(p.name for p in root.iterdir())[:4])}). Nothing was changed. Choose a "
+            "new folder, or pass --overwrite to let the pipeline write its stage folders into it."
+        )
+    if root.exists() and not root.is_dir():
+        raise UserError(f"output_dir {root}: is a file, not a folder")
+    artifacts.check_output(root, overwrite=True)  # never the current folder, home or a symlink, even so
+    for stage in plan:
+        artifacts.check_output(
+            stage.output_dir, overwrite=overwrite, what=f"stage {stage.name}: output_dir", work=True
+        )
 
 
 def _release_memory() -> None:
@@ -341,9 +387,10 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _run_launched(stage: PlannedStage, config_file: Path) -> None:
+def _run_launched(stage: PlannedStage, config_file: Path, *, overwrite: bool = False) -> None:
     """Run a stage in processes of its own; they print their own progress and summary."""
     command = stage.launch.command(stage.name, config_file, resume=stage.action == "resume")
+    command += ["--overwrite"] if overwrite else []
     logger.info("launching: %s", " ".join(command))
     env = dict(os.environ)
     # The CPU threads this run may use, shared between its processes rather than taken by each.
@@ -381,7 +428,8 @@ def root_model_config(plan: list[PlannedStage]):
             extras.init_architecture, extras.init_vocab_size, extras.init_hidden_size,
             extras.init_num_layers, extras.init_num_heads, 1024, {"pad": 0, "eos": 1},
         )  # fmt: skip
-    name = getattr(first.model, "model_name_or_path", None)
+    model_section = first.sections.get("model")  # an eval-only pipeline starts from no model of its own
+    name = getattr(model_section, "model_name_or_path", None)
     if not name:
         return None
     from transformers import AutoConfig

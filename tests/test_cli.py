@@ -80,7 +80,11 @@ def test_stage_help_documents_every_hftune_option(capsys, stage):
     extras = module.schema().classes["hftune"]
     for field in dataclasses.fields(extras):
         assert f"--{field.name}" in text, f"--{field.name} missing from `hftune {stage} --help`"
-    assert "--resume" in text and "--help-all" in text
+    assert (
+        ("--resume" in text) == registry.STAGES[stage].trains
+        and "--help-all" in text
+        and "--overwrite" in text
+    )
     for key in module.schema().defaults:
         assert f"  {key}:" in text, f"hftune default for {key} not shown"
 

@@ -461,3 +461,67 @@ def test_push_user_errors_exit_2_with_one_line(artifact, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("hftune: error:") and expected in err[0], (argv, err)
     assert (artifact / "manifest.json").is_file()  # --dry-run never replaced the artifact itself
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ the quickstart's outputs
+
+
+@pytest.fixture(scope="module")
+def from_scratch(tmp_path_factory) -> Path:
+    """The quickstart's recipe (pretrain from scratch -> sft -> reward -> ppo -> eval), with
+    test_pipeline.py's short settings (about 20 s on 2 CPU cores)."""
+    from test_pipeline import write_pipeline
+
+    from hftune import pipeline
+
+    tmp = tmp_path_factory.mktemp("from-scratch")
+    pipeline.run(str(write_pipeline(tmp)))
+    return tmp / "run"
+
+
+LINEAGE = {
+    "pretrain": ["from scratch", "pretraining"],
+    "sft": ["from scratch", "pretraining", "supervised fine-tuning"],
+    "reward": ["from scratch", "pretraining", "supervised fine-tuning", "reward model"],
+    "ppo": ["from scratch", "pretraining", "supervised fine-tuning", "reward model", "RLHF (ppo)"],
+}
+
+
+@pytest.mark.slow  # runs the whole pipeline once for the module
+@pytest.mark.parametrize("stage", LINEAGE)
+def test_every_model_of_a_from_scratch_pipeline_gets_a_card_and_a_dry_run(
+    from_scratch, stage, tmp_path, capsys
+):
+    from huggingface_hub import ModelCard
+
+    folder = from_scratch / stage
+    assert cli.main(["card", str(folder)]) == 0
+    text = capsys.readouterr().out
+    summary = next(line for line in text.splitlines() if line.startswith("A "))
+    assert "trained from scratch" in summary and "llama weights initialised at random" in summary
+    assert ModelCard(text).data.base_model is None  # no bogus Hub link: there is no base model
+    lineage = text[text.index("## Lineage") : text.index("## Evaluation")]
+    rows = [
+        line.split(" | ")[1] for line in lineage.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert rows[1:] == LINEAGE[stage]
+
+    args = ["--eval", str(from_scratch / "eval")] if stage == "ppo" else []
+    out = tmp_path / "staged"
+    assert cli.main(["push", str(folder), "--repo-id", "me/x", "--dry-run", str(out), *args]) == 0
+    staged = (out / "README.md").read_text()
+    assert ModelCard(staged).data.base_model is None and "trained from scratch" in staged
+    assert {"README.md", "manifest.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert any(p.suffix == ".safetensors" for p in out.iterdir())
+    if stage == "ppo":  # the eval compared this very folder: its table, and no "does not list" note
+        assert "| reward ↑ |" in staged and "does not list" not in staged
+
+
+@pytest.mark.slow
+def test_the_eval_folder_of_a_pipeline_is_refused_as_a_model_naming_eval(from_scratch, tmp_path, capsys):
+    """An eval folder holds results, not a model: card and push say to pass it with --eval instead."""
+    folder = str(from_scratch / "eval")
+    for argv in (["card", folder], ["push", folder, "--repo-id", "me/x", "--dry-run", str(tmp_path / "o")]):
+        assert cli.main(argv) == 2
+        assert f"--eval {folder}" in error_line(capsys)
+    assert not (tmp_path / "o").exists()

@@ -177,10 +177,11 @@ def test_an_interrupted_stage_resumes_only_with_the_inputs_it_started_with(first
     else:
         pytest.fail("no config matches the finished run")
     ppo = next(s for s in plan if s.name == "ppo")
-    manifest = ppo.output_dir / "manifest.json"
-    hidden = manifest.with_name("manifest.hidden")
+    hidden = ppo.output_dir.with_name("ppo.hidden")
     work = artifacts.work_dir(ppo.output_dir)
-    manifest.rename(hidden)  # as if PPO had been killed before finishing
+    ppo.output_dir.rename(
+        hidden
+    )  # as if PPO had been killed before finishing (its folder is never half-made)
     try:
         work.mkdir()
         artifacts.write_json(work / pipeline.STARTED, ppo.fingerprint)
@@ -188,7 +189,7 @@ def test_an_interrupted_stage_resumes_only_with_the_inputs_it_started_with(first
         artifacts.write_json(work / pipeline.STARTED, {**ppo.fingerprint, "config_sha256": "another config"})
         assert actions(pipeline.run(str(config), dry_run=True))["ppo"] == "run"
     finally:
-        hidden.rename(manifest)
+        hidden.rename(ppo.output_dir)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -199,5 +200,5 @@ def test_a_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
     (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-20").mkdir()  # killed before the Trainer wrote its state (it writes it last)
     (tmp_path / "checkpoint-20" / "model.safetensors").write_text("partial")
-    assert common.checkpoint_to_resume(tmp_path, resume=True) == str(tmp_path / "checkpoint-10")
+    assert common.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert not (tmp_path / "checkpoint-20").exists()

@@ -19,6 +19,7 @@ import torch
 from hftune.errors import UserError
 from hftune.models import generation, loading, scoring
 from hftune.models.tokenizer import load_tokenizer
+from hftune.stages import common
 from hftune.stages.rl import config as rl_keys
 from hftune.stages.rl import ppo, rewards
 from hftune.stages.rl import stage as rl
@@ -381,3 +382,29 @@ def test_step_line_shows_the_numbers_worth_watching_in_a_fixed_order():
     row = {"step": 7, "reward": 0.774, "kl": 0.021, "completions/mean_length": 10.5, "heldout/reward": 0.4}
     expected = "[rloo] step 7/?  reward 0.774  kl 0.021  length 10.5  heldout 0.400"
     assert step_line("rloo", row, None) == expected
+
+
+def test_ppo_resumed_from_its_final_checkpoint_saves_without_training(chain, tmp_path, monkeypatch):
+    """Killed while saving, after the checkpoint of its last update: --resume saves that policy, and trains
+    no update more."""
+    out = tmp_path / "ppo"
+    argv = ["--max_steps", "2", "--save_steps", "2", "--heldout_every", "0"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "save_artifact", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rl.run(rl_config(chain, out, *argv))
+    final = tmp_path / "ppo.work" / "checkpoint-2"
+    assert final.is_dir() and not out.exists()
+    monkeypatch.undo()
+
+    from safetensors.torch import load_file
+
+    checkpointed = load_file(str(final / "adapter_model.safetensors"))
+    result = rl.run(rl_config(chain, out, *argv), resume=True)
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert all(torch.equal(saved[k], checkpointed[k]) for k in checkpointed)

@@ -13,10 +13,11 @@ counted in `dropped_pairs`, while the eval split still takes whole source rows:
 
 The modules, in the order a row meets them (each imports only those above it, bar type annotations):
 
-    problems.py    RowProblem / PairProblem: why a row or a pair is left out; format_counts
+    problems.py    RowProblem / PairProblem: why a row or a pair is left out; format_counts, is_blank
     converters.py  raw row -> conversation, text or preference pairs; the `converter` registry, CONVERTERS
     formats.py     checks per kind of converter output (KINDS); TRL formats (`trl_format`, FORMATS)
     recipe.py      the recipe YAML schema (Recipe, Source), strict parsing, built-ins; load_recipe (cached)
+    files.py       local json/jsonl/csv/txt files read as written (no type inference); JsonInt, JsonFloat
     sources.py     a recipe's raw rows from a local file or the Hub; resolve_source_path, column checks
     prepare.py     prepare_dataset: convert, check, drop accounting, split, fingerprint; PreparedData
     preview.py     `hftune data preview`: prepared rows rendered with their trained tokens marked

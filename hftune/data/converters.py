@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hftune.data.problems import PairProblem, RowProblem
+from hftune.data.problems import PairProblem, RowProblem, is_blank
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,21 @@ def converter(
 
 
 def _text(value: Any, what: str) -> str:
-    # CSV type inference turns an all-digit column into numbers; they are still text to us.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    """A text field's value exactly as the data wrote it.
+
+    A number where text is expected is taken as the text it was written as: a JSON number keeps its source
+    digits (`3.10`, `1e5`; see hftune.data.files), a typed number (parquet, Hub) its usual spelling.
+    true/false is refused, since a JSON boolean has no source text to keep.
+    """
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        raise RowProblem(
+            "malformed", f'{what} is a boolean (true/false), not text; quote it ("true") as text'
+        )
+    if not isinstance(value, int | float):
         raise RowProblem("malformed", f"{what} is a {type(value).__name__}, not text")
-    return str(value)
+    return getattr(value, "source", None) or str(value)
 
 
 def _value(row: Mapping[str, Any], key: str, *, optional: bool = False, where: str = "") -> str | None:
@@ -79,9 +90,9 @@ def _list(row: Mapping[str, Any], key: str, what: str = "a list") -> list:
 
 def _instruction_turns(instruction: str, context: str | None, answer: str) -> list[dict[str, str]]:
     # Checked here because joining a blank instruction with a non-blank context would hide it.
-    if not instruction.strip():
+    if is_blank(instruction):
         raise RowProblem("empty_turn", "the instruction is blank")
-    prompt = f"{instruction}\n\n{context}" if context and context.strip() else instruction
+    prompt = f"{instruction}\n\n{context}" if context and not is_blank(context) else instruction
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 

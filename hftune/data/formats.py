@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hftune.data.problems import PairProblem, RowProblem, format_counts
+from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blank
 
 if TYPE_CHECKING:  # annotations only: recipe.py imports this module
     from hftune.data.converters import Converter
@@ -32,7 +32,7 @@ def _check_turns(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[st
         if message["role"] not in ROLES:
             raise RowProblem("unknown_role", f"turn {i} has role `{message['role']}`")
     for i, message in enumerate(messages):
-        if not message["content"].strip():
+        if is_blank(message["content"]):
             raise RowProblem("empty_turn", f"turn {i} ({message['role']}) is blank")
     # The recipe's system prompt is a default: a conversation that brings its own keeps it, since two
     # system turns break most chat templates.
@@ -65,7 +65,7 @@ def _check_chat(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str
 
 
 def _check_text(value: str, recipe: Recipe) -> str:
-    if not value.strip():
+    if is_blank(value):
         raise RowProblem("empty_text", "the text is blank")
     return value
 
@@ -86,7 +86,7 @@ def _check_preference(pairs: list[dict | PairProblem], recipe: Recipe) -> list[d
             raise RowProblem("no_user_turn", "the prompt does not end with a user turn")
         _check_alternating(prompt)
         for side in ("chosen", "rejected"):
-            if not pair[side].strip():
+            if is_blank(pair[side]):
                 raise RowProblem("empty_turn", f"the {side} reply is blank")
         if pair["chosen"].strip() == pair["rejected"].strip():
             checked.append(PairProblem("identical", "the chosen and rejected replies are the same text"))

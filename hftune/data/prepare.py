@@ -87,7 +87,7 @@ def save_prepared(data: PreparedData, folder: Path) -> None:
     from hftune.artifacts import atomic_dir
 
     folder = Path(folder)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=True) as tmp:  # inside the stage's own work folder
         data.train.save_to_disk(str(tmp / "train"))
         if data.eval is not None:
             data.eval.save_to_disk(str(tmp / "eval"))
@@ -181,14 +181,12 @@ def prepare_dataset(
     if max_length is not None and max_length < 1:
         raise UserError(f"max_length must be positive, got {max_length}")
 
-    raw, label = load_rows(recipe, data_files)
-    if max_rows is not None:
-        raw = raw.select(range(min(max_rows, len(raw))))
+    raw, columns, label = load_rows(recipe, data_files, max_rows)
     if len(raw) == 0:
         raise UserError(f"{label} has no rows")
     # With a transform the columns the converter sees are the transform's output, known only per row.
     if recipe.transform_fn is None:
-        check_columns(recipe, raw.column_names, label)
+        check_columns(recipe, columns, label)
 
     spec, fmt = CONVERTERS[recipe.converter], FORMATS[recipe.format]
     kind = KINDS[spec.yields]

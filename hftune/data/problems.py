@@ -2,13 +2,23 @@
 
 A `RowProblem` (raised) drops a whole source row; a `PairProblem` (returned in a row's list of pairs)
 leaves out one preference pair of a row that may keep others. Both are counted by `reason` in
-`hftune.data.prepare`; `format_counts` writes such a tally as one line.
+`hftune.data.prepare`; `format_counts` writes such a tally as one line, and `is_blank` says what counts
+as an empty turn or text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+# Characters that show nothing and are not whitespace to str.strip(): zero-width space, non-joiner and joiner,
+# word joiner, byte-order mark (zero-width no-break space). A turn made of these and whitespace is blank.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def is_blank(text: str) -> bool:
+    """True for text with nothing visible: only whitespace and zero-width characters."""
+    return not text.translate(_INVISIBLE).strip()
 
 
 class RowProblem(Exception):

@@ -23,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from hftune.config import load_yaml
+from hftune.config import load_yaml, yaml_problem
 from hftune.data.converters import CONVERTERS
 from hftune.data.formats import FORMATS, format_mismatch
+from hftune.data.problems import is_blank
 from hftune.errors import UserError, did_you_mean
 from hftune.resources import builtin_dir
 
@@ -153,7 +154,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     parsed once per process (again when its text changes): callers share the returned, frozen Recipe.
     """
     path = _find_recipe(str(name_or_path))
-    text = path.read_text(encoding="utf-8")
+    text = _read_recipe_text(path)
     key = (path.resolve(), path.stem)
     cached = _PARSED.get(key)
     if cached is not None and cached[0] == text:
@@ -161,12 +162,27 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from err
+        raise UserError(yaml_problem(path, err)) from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a mapping of keys ({', '.join(RECIPE_KEYS)})")
     recipe = _parse_recipe(raw, path)
     _PARSED[key] = (text, recipe)
     return recipe
+
+
+def _read_recipe_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"could not read recipe {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"recipe {path} is not a UTF-8 text file (line {line} has the byte 0x{data[err.start]:02x}); "
+            "a recipe is a small YAML file, saved as UTF-8"
+        ) from None
 
 
 def _parse_recipe(raw: dict[str, Any], path: Path) -> Recipe:
@@ -218,7 +234,7 @@ def _parse_recipe(raw: dict[str, Any], path: Path) -> Recipe:
                 bad(f"mapping.{key}", "must be a column name")
 
     system_prompt = raw.get("system_prompt")
-    if system_prompt is not None and (not isinstance(system_prompt, str) or not system_prompt.strip()):
+    if system_prompt is not None and (not isinstance(system_prompt, str) or is_blank(system_prompt)):
         bad("system_prompt", "must be a non-empty string or null")
     elif system_prompt is not None and spec is not None and spec.yields == "text":
         bad("system_prompt", f"only applies to conversations; the `{spec.name}` converter yields plain text")

@@ -1,13 +1,21 @@
-"""Sources: reading a recipe's raw rows, from a local file or a Hub dataset, and checking their columns."""
+"""Sources: reading a recipe's raw rows, from a local file or a Hub dataset, and checking their columns.
+
+Local json/jsonl/csv/txt files are read by `hftune.data.files`, text exactly as written; parquet files and
+Hub datasets by `datasets`.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import datasets
+import pyarrow
 
 from hftune.data.converters import CONVERTERS
+from hftune.data.files import read_file
 from hftune.data.recipe import LOCAL_BUILDERS, Recipe, Source
 from hftune.errors import UserError, did_you_mean
 
@@ -28,7 +36,9 @@ def resolve_source_path(recipe: Recipe) -> Path:
     )
 
 
-def _load_local(path: Path) -> datasets.Dataset:
+def _load_local(path: Path, max_rows: int | None) -> tuple[Sequence[Mapping[str, Any]], list[str]]:
+    if path.is_dir():
+        raise UserError(f"data file {path} is a folder; give the file itself")
     if not path.is_file():
         raise UserError(f"data file {path} not found")
     builder = LOCAL_BUILDERS.get(path.suffix)
@@ -36,10 +46,21 @@ def _load_local(path: Path) -> datasets.Dataset:
         raise UserError(
             f"data file {path}: unsupported type `{path.suffix}`; use one of {', '.join(LOCAL_BUILDERS)}"
         )
+    if builder != "parquet":
+        # Read by hftune, not datasets: its type inference rewrites text (a CSV `007` trained as "7.0").
+        found = read_file(path, builder)
+        return found.rows[:max_rows], found.columns
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     except datasets.exceptions.DatasetGenerationError as err:
         raise UserError(f"could not read {path}: {err.__cause__ or err}") from err
+    except (pyarrow.ArrowException, OSError, ValueError) as err:  # empty, truncated, not parquet at all
+        raise UserError(f"could not read {path} as parquet: {err}") from None
+    return _first(dataset, max_rows), dataset.column_names
+
+
+def _first(dataset: datasets.Dataset, max_rows: int | None) -> datasets.Dataset:
+    return dataset if max_rows is None else dataset.select(range(min(max_rows, len(dataset))))
 
 
 def _load_hub(source: Source) -> datasets.Dataset:
@@ -52,14 +73,19 @@ def _load_hub(source: Source) -> datasets.Dataset:
         ) from err
 
 
-def load_rows(recipe: Recipe, data_files: str | os.PathLike | None) -> tuple[datasets.Dataset, str]:
-    """The raw rows and where they came from: `data_files` when given, else the recipe's own source."""
+def load_rows(
+    recipe: Recipe, data_files: str | os.PathLike | None, max_rows: int | None = None
+) -> tuple[Sequence[Mapping[str, Any]], list[str], str]:
+    """The raw rows (the first `max_rows`), their columns, and where they came from: `data_files` when given,
+    else the recipe's own source. Local json/jsonl/csv/txt rows hold the text exactly as the file wrote it
+    (see hftune.data.files); parquet and Hub rows are a `datasets.Dataset`."""
     if data_files is not None:
-        return _load_local(Path(data_files)), str(data_files)
+        return *_load_local(Path(data_files), max_rows), str(data_files)
     if recipe.source.path:
         path = resolve_source_path(recipe)
-        return _load_local(path), str(path)
-    return _load_hub(recipe.source), recipe.source.describe()
+        return *_load_local(path, max_rows), str(path)
+    dataset = _load_hub(recipe.source)
+    return _first(dataset, max_rows), dataset.column_names, recipe.source.describe()
 
 
 def check_columns(recipe: Recipe, columns: list[str], label: str) -> None:

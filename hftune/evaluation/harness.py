@@ -26,7 +26,14 @@ from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.evaluation import report, stats, text_metrics
 from hftune.evaluation.cache import Cache, fingerprint
-from hftune.evaluation.measures import aggregate, reply_metrics, run_judge, sample_table, score_cached
+from hftune.evaluation.measures import (
+    aggregate,
+    check_verifier,
+    reply_metrics,
+    run_judge,
+    sample_table,
+    score_cached,
+)
 from hftune.evaluation.prompts import last_user, load_prompts
 from hftune.evaluation.suite import Suite, rlhf_variants
 from hftune.evaluation.variants import Decoding, load_variants, logprobs, replies
@@ -121,6 +128,12 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     started = time.time()
     suite: Suite = cfg.hftune
     paths = model_paths(suite)
+    # Before any generation: finishing must not replace a folder of the user's or one of the models read.
+    artifacts.check_output(
+        suite.output_dir,
+        overwrite=cfg.overwrite,
+        inputs=[cfg.source if cfg.source != "command line" else None, *paths.values(), suite.reward_model],
+    )
     reference_path = suite.sft_model or next(iter(paths.values()), None)
     if reference_path is None:
         raise UserError("nothing to evaluate: no model variant in `variants`")
@@ -128,6 +141,8 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     scoring.check_pad_token(tokenizer, reference_path)
     check_tokenizers(tokenizer, paths, suite.reward_model, reference_path)
     prompts = load_prompts(suite)
+    if "verifier" in suite.metrics and suite.verifier:
+        check_verifier(suite.verifier, prompts)
     if "reference" in suite.variants and not any(prompts.references):
         raise UserError(f"`variants`: `reference` needs reference answers; {suite.data_recipe} has none")
     if "base" in suite.variants and not prompts.few_shot:
@@ -257,7 +272,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     if suite.judge:
         results["judge"] = run_judge(suite, prompts, shown, boot)
     samples = sample_table(prompts, shown, per_prompt, sample_rows)
-    with artifacts.atomic_dir(suite.output_dir) as out:
+    with artifacts.atomic_dir(suite.output_dir, overwrite=cfg.overwrite) as out:
         artifacts.write_json(out / "results.json", results)
         (out / "samples.jsonl").write_text("".join(_jsonl(row) for row in samples))
         report.write_reports(out, results, samples)

@@ -6,6 +6,8 @@ of samples.jsonl. `harness.run` calls these in order."""
 from __future__ import annotations
 
 import importlib
+import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,8 @@ from hftune.evaluation.cache import Cache
 from hftune.evaluation.prompts import Prompts, last_user
 from hftune.evaluation.suite import Suite
 from hftune.evaluation.variants import Decoding
+
+logger = logging.getLogger(__name__)
 
 METRIC_INFO = {
     "reward": ("greedy", True, "Reward model score of the greedy reply (best-of-N: of its pick)."),
@@ -88,21 +92,58 @@ def reply_metrics(name: str, shown, prompts: Prompts, suite: Suite, rewards) -> 
                 out[metric] = full
     if "verifier" in suite.metrics and suite.verifier:
         verify = load_verifier(suite.verifier)
-        out["verifier"] = spread(
-            [
-                float(verify(last_user(prompts.messages[i]), shown[i]["text"], prompts.references[i]))
-                for i in present
-            ]
-        )
+        failed: list[tuple[int, str]] = []
+        out["verifier"] = spread([_verify(verify, prompts, i, shown[i]["text"], failed) for i in present])
+        if failed:
+            # One reply the verifier cannot handle must not cost the whole eval (all generation is done):
+            # it counts as unverified (NaN, left out of the mean) and the user is told which.
+            i, error = failed[0]
+            logger.warning(
+                "%s: the verifier %s failed on %d of %d replies (left out of its mean); first: prompt %d: %s",
+                name, suite.verifier, len(failed), len(present), i, error,
+            )  # fmt: skip
     return out
+
+
+def _verify(verify, prompts: Prompts, i: int, text: str, failed: list[tuple[int, str]]) -> float:
+    try:
+        value = float(verify(last_user(prompts.messages[i]), text, prompts.references[i]))
+    except Exception as err:  # the user's code: any exception is its failure on this reply
+        failed.append((i, f"{type(err).__name__}: {err}"[:200]))
+        return float("nan")
+    if not math.isfinite(value):
+        failed.append((i, f"returned {value}"))
+        return float("nan")
+    return value
 
 
 def load_verifier(spec: str):
     module, _, name = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
+        verify = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
         raise UserError(f"`verifier`: cannot import {spec}: {err}") from None
+    except Exception as err:  # the user's module failed while importing
+        raise UserError(f"`verifier`: importing {spec} failed: {type(err).__name__}: {err}") from None
+    if not callable(verify):
+        raise UserError(f"`verifier`: {spec} is a {type(verify).__name__}, not a function")
+    return verify
+
+
+def check_verifier(spec: str, prompts: Prompts) -> None:
+    """Before any generation: the verifier imports, and scores the first reference answer (if there is
+    one) as a number; a broken verifier would otherwise fail only after every model had generated."""
+    verify = load_verifier(spec)
+    i = next((i for i, ref in enumerate(prompts.references) if ref is not None), None)
+    if i is None:
+        return
+    failed: list[tuple[int, str]] = []
+    _verify(verify, prompts, i, prompts.references[i], failed)
+    if failed:
+        raise UserError(
+            f"`verifier`: {spec} fails on prompt {i} with its own reference answer as the reply "
+            f"({failed[0][1]}); fix it before the eval generates anything"
+        )
 
 
 def aggregate(

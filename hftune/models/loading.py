@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class ModelSource:
             return _adapter_config(Path(self.adapters[-1])).get("task_type") == "SEQ_CLS"
         config = Path(self.base) / "config.json"
         if config.is_file():
-            architectures = json.loads(config.read_text()).get("architectures") or []
+            architectures = _json_object(config).get("architectures") or []
             return any(a.endswith("ForSequenceClassification") for a in architectures)
         return False
 
@@ -56,8 +57,19 @@ class ModelSource:
 _MAX_ADAPTER_CHAIN = 8
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON file that must hold an object (a model's or adapter's config, a manifest); UserError if not."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    return data
+
+
 def _adapter_config(folder: Path) -> dict:
-    return json.loads((folder / "adapter_config.json").read_text())
+    return _json_object(folder / "adapter_config.json")
 
 
 def _check_base_unchanged(adapter: Path, base: Path) -> None:
@@ -66,12 +78,18 @@ def _check_base_unchanged(adapter: Path, base: Path) -> None:
     own, theirs = adapter / "manifest.json", base / "manifest.json"
     if not (own.is_file() and theirs.is_file()):
         return
-    base_manifest = json.loads(theirs.read_text())
+    base_manifest = _json_object(theirs)
     digest = manifest_sha256(base)
-    for parent in json.loads(own.read_text()).get("parents", []):
-        if parent.get("stage") == base_manifest.get("stage") and parent.get("manifest_sha256") not in (
-            None,
-            digest,
+    parents = _json_object(own).get("parents")
+    for parent in parents if isinstance(parents, list) else []:
+        if (
+            isinstance(parent, dict)
+            and parent.get("stage") == base_manifest.get("stage")
+            and parent.get("manifest_sha256")
+            not in (
+                None,
+                digest,
+            )
         ):
             raise UserError(
                 f"{adapter} was trained on top of {base}, which has changed since (its manifest differs): "
@@ -105,6 +123,23 @@ def resolve_source(name_or_path: str, _depth: int = 0) -> ModelSource:
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model_name_or_path: folder not found: {name_or_path}")
     return ModelSource(name_or_path)
+
+
+_WARNED_REMOTE_CODE: set[str] = set()
+
+
+def warn_remote_code(name_or_path: str) -> None:
+    """With `trust_remote_code: true`, transformers imports and runs Python files shipped with the model:
+    say so once per model, naming it, where hftune loads one (model or tokenizer)."""
+    if name_or_path in _WARNED_REMOTE_CODE:
+        return
+    _WARNED_REMOTE_CODE.add(name_or_path)
+    logger.warning(
+        "trust_remote_code is on: loading %s runs the Python code that comes with it, with your permissions "
+        "and access to this machine. Keep it on only for a model whose code you trust (pin "
+        "`model_revision` to a commit you have read)",
+        name_or_path,
+    )
 
 
 def auto_dtype(requested: str | None) -> torch.dtype | str:
@@ -183,7 +218,13 @@ def quantized_training(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             continue
-        config = yaml.safe_load(path.read_text()) if name.endswith(".yaml") else json.loads(path.read_text())
+        if name.endswith(".yaml"):
+            try:
+                config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, yaml.YAMLError) as err:
+                raise UserError(f"{path}: not a readable YAML file ({err})") from None
+        else:
+            config = _json_object(path)
         config = config if isinstance(config, dict) else {}
         if config.get("load_in_4bit"):
             return "4-bit"
@@ -219,11 +260,22 @@ def _load(
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = kbit_device_map()
+    if trust_remote_code:
+        warn_remote_code(source.base)
     try:
         with _quiet_new_score_head():
             model = auto_cls.from_pretrained(source.base, **kwargs)
     except OSError as err:
         raise UserError(f"could not load model {source.base!r}: {err}") from None
+    except pickle.UnpicklingError:
+        # torch refuses (weights_only) a pickle that holds more than tensors: it could run code when loaded.
+        found = sorted(p.name for p in Path(source.base).glob("*.bin")) if Path(source.base).is_dir() else []
+        raise UserError(
+            f"could not load model {source.base!r}: {', '.join(found) or 'its weights file'} is a pickle "
+            "that holds Python objects besides weights, and unpickling those can run code, so it was not "
+            "loaded. Convert the model to safetensors where you trust the file (`save_pretrained` writes "
+            "safetensors)."
+        ) from None
 
     if quant is not None:
         _disable_bnb_cpu_inference_packing(model)

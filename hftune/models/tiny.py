@@ -31,6 +31,9 @@ TINY_PREFIX = "tiny:"
 TINY_PRETRAIN_STEPS = 300  # `tiny:ARCH` models are briefly pretrained (about 10 s on 2 CPU cores)
 
 
+NUM_HEADS = 4  # attention heads of every tiny model (hidden_size must be a multiple)
+
+
 def model_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int, ids: dict):
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -94,12 +97,14 @@ def build_tiny_model(
     vocab_size: int = 1024,
     hidden_size: int = 64,
     num_layers: int = 2,
-    num_heads: int = 4,
+    num_heads: int = NUM_HEADS,
     max_position_embeddings: int = 1024,
     pretrain_steps: int = 0,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
-    """Build and save a tiny model + tokenizer; returns the folder.
+    """Build and save a tiny model + tokenizer; returns the folder (new, empty or hftune's, unless
+    `overwrite`).
 
     With `pretrain_steps` > 0 the model is first trained briefly as a plain language model on the same
     corpus, so it behaves like a (very small) base model: LoRA on a random network barely moves the loss,
@@ -112,7 +117,7 @@ def build_tiny_model(
 
     out = Path(out_dir)
     lines = list(corpus_lines) if corpus_lines is not None else default_corpus()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
         tokenizer = train_tokenizer(lines, vocab_size)
         ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
         config = model_config(

@@ -34,6 +34,10 @@ def load_tokenizer(
         from hftune.models.loading import resolve_source
 
         path = resolve_source(name_or_path).tokenizer_path
+    if trust_remote_code:
+        from hftune.models.loading import warn_remote_code
+
+        warn_remote_code(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as err:

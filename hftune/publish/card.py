@@ -3,19 +3,26 @@
     hftune card runs/tiny/ppo [--eval runs/tiny/eval] [--output README.md]
 
 The card says what the folder is, where it came from (base -> SFT -> reward model -> PPO, walking the
-`parents` of each `manifest.json`, with each stage's key metrics), the resolved training config, how to
-load it, and the eval comparison when an eval folder is given. Its YAML front matter is written by
+`parents` of each `manifest.json`, with each stage's key metrics; a line pretrained from scratch starts at
+its random initialisation and names no Hub base model), the resolved training config, how to load it, and
+the eval comparison when an eval folder is given. Its YAML front matter is written by
 `huggingface_hub.ModelCardData`, so the Hub and `ModelCard` read it back. Everything is rendered from files
-already on disk; nothing is fetched, and the text goes through `strip_secrets` last.
+already on disk; nothing is fetched, and the text goes through `strip_secrets` last. Every name that comes
+from those files (paths, variants, metrics) is escaped or put in a code span it cannot leave: a viewer
+renders raw HTML. `--output` replaces only a card hftune wrote and nobody edited since (its marker line).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,8 @@ logger = logging.getLogger(__name__)
 _MAIN_ROLES = ("base_model", "sft_model", "model", "adapter", "policy")
 _STAGE_TAGS = {"sft": ["sft"], "reward": ["reward-model"], "ppo": ["rlhf"], "merge": ["merged"]}
 _STAGE_NAMES = {
+    "init": "from scratch",
+    "pretrain": "pretraining",
     "sft": "supervised fine-tuning",
     "reward": "reward model",
     "ppo": "RLHF",
@@ -44,6 +53,7 @@ _STAGE_NAMES = {
 }
 # The few numbers worth a line in the lineage table, per stage (the full set is in each manifest).
 _KEY_METRICS = {
+    "pretrain": ("eval_loss_before", "eval_loss", "train_loss", "global_step"),
     "sft": ("eval_loss_before", "eval_loss", "train_loss", "global_step"),
     "reward": ("accuracy", "accuracy_before", "mean_margin", "length_correlation", "global_step"),
     "ppo": (
@@ -60,6 +70,13 @@ _KEY_METRICS = {
     "merge": ("dtype", "merged_adapters", "max_abs_logit_diff"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# The first line after the metadata of every card hftune renders: which command wrote it (`card`, or `push`
+# for a staged upload) and the sha256 of the rest of the card. `write` replaces an existing file only if it
+# carries this line and is unchanged since; `push --dry-run` replaces only a folder it staged before.
+_MARKER = "<!-- written by hftune {by}; sha256 of the rest of this file: {digest} -->"
+_MARKER_LINE = re.compile(
+    r"<!-- written by hftune (card|push); sha256 of the rest of this file: ([0-9a-f]{64}) -->\n"
+)
 
 
 def is_hub_id(name: str) -> bool:
@@ -69,18 +86,60 @@ def is_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not name.endswith((".", "-"))
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """A JSON file of the user's folder, or a UserError that names it (never a traceback)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not readable as JSON{what} ({err})") from None
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's manifest.json, checked to be one hftune wrote (None: there is none)."""
+    path = Path(folder) / artifacts.MANIFEST
+    if not path.is_file():
+        return None
+    manifest = read_json(path, ", so not a manifest hftune wrote")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: {problem}, so not a manifest hftune wrote (was it edited by hand?)")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if not isinstance(manifest.get("stage"), str) or not manifest["stage"]:
+        return "no `stage` name"
+    for key in ("metrics", "data", "libraries"):
+        if not isinstance(manifest.get(key) or {}, dict):
+            return f"`{key}` is not an object"
+    parents = manifest.get("parents") or []
+    if not isinstance(parents, list) or not all(isinstance(p, dict) for p in parents):
+        return "`parents` is not a list of objects"
+    for ref in parents:
+        name = ref.get("from_scratch") or ref.get("name_or_path")
+        if not isinstance(name, str) or not name:
+            return "a parent has neither `name_or_path` nor `from_scratch`"
+    return None
+
+
 @dataclass
 class Node:
-    """One model of the lineage: a finished hftune stage (with its manifest) or a base model."""
+    """One model of the lineage: a finished hftune stage (with its manifest), a base model, or the random
+    initialisation a from-scratch pretraining started from."""
 
     name: str  # as the manifest that mentions it names it
     manifest: dict[str, Any] | None = None
     folder: Path | None = None
     role: str | None = None
     note: str | None = None  # e.g. "changed since" when the recorded manifest hash no longer matches
+    from_scratch: str | None = None  # the architecture, for the random initialisation of a pretraining
 
     @property
     def stage(self) -> str:
+        if self.from_scratch:
+            return "init"
         return (self.manifest or {}).get("stage") or "base"
 
 
@@ -90,18 +149,31 @@ class Lineage:
 
     @property
     def root(self) -> Node:
-        """The base model the policy line started from: follow the main parent until there is none."""
+        """The model the policy line started from: follow the main parent until there is none. For a line
+        pretrained from scratch, the pretraining stage (`from_scratch` says so)."""
         node = self.nodes[-1]
         by_name = {_key(n.name): n for n in self.nodes}
         while node.manifest:
-            parents = [p for p in node.manifest.get("parents", []) if p.get("role") in _MAIN_ROLES]
+            parents = [
+                p
+                for p in node.manifest.get("parents") or []
+                if p.get("role") in _MAIN_ROLES and p.get("name_or_path")
+            ]
             if not parents:
                 break
             node = by_name.get(_key(parents[0]["name_or_path"]), Node(parents[0]["name_or_path"]))
         return node
 
+    @property
+    def from_scratch(self) -> str | None:
+        """The architecture the root was initialised with at random, if it was pretrained from scratch."""
+        for ref in (self.root.manifest or {}).get("parents") or []:
+            if ref.get("from_scratch"):
+                return str(ref["from_scratch"])
+        return None
+
     def local_only(self) -> list[str]:
-        return [n.name for n in self.nodes if not n.manifest and not is_hub_id(n.name)]
+        return [n.name for n in self.nodes if not n.manifest and not n.from_scratch and not is_hub_id(n.name)]
 
 
 def _key(name: str) -> str:
@@ -111,7 +183,11 @@ def _key(name: str) -> str:
 def lineage(folder: str | os.PathLike) -> Lineage:
     """Every model behind `folder`, walking `parents` recursively (each model once)."""
     folder = Path(folder)
-    manifest = artifacts.read_manifest(folder)
+    if not folder.exists():
+        raise UserError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a stage folder (a folder with manifest.json)")
+    manifest = read_manifest(folder)
     if manifest is None:
         raise UserError(
             f"{folder}: no manifest.json, so not a finished hftune stage (still running, or failed?)"
@@ -122,8 +198,8 @@ def lineage(folder: str | os.PathLike) -> Lineage:
     def visit(node: Node, depth: int) -> None:
         if depth > 16:
             raise UserError(f"{folder}: manifests name each other as parents more than 16 deep (a cycle?)")
-        for ref in (node.manifest or {}).get("parents", []):
-            name = ref["name_or_path"]
+        for ref in (node.manifest or {}).get("parents") or []:
+            name = _ref_name(ref)
             if _key(name) in seen:
                 continue
             seen.add(_key(name))
@@ -135,12 +211,20 @@ def lineage(folder: str | os.PathLike) -> Lineage:
     return out
 
 
+def _ref_name(ref: dict[str, Any]) -> str:
+    if ref.get("from_scratch"):
+        return f"random {ref['from_scratch']} weights"
+    return ref["name_or_path"]
+
+
 def _parent_node(ref: dict[str, Any]) -> Node:
+    if ref.get("from_scratch"):
+        return Node(_ref_name(ref), role=ref.get("role"), from_scratch=str(ref["from_scratch"]))
     name = ref["name_or_path"]
     path = Path(name)
     node = Node(name, role=ref.get("role"))
     if (path / artifacts.MANIFEST).is_file():
-        node.manifest, node.folder = artifacts.read_manifest(path), path
+        node.manifest, node.folder = read_manifest(path), path
         recorded = ref.get("manifest_sha256")
         if recorded and recorded != artifacts.manifest_sha256(path):
             node.note = "changed since it was used (its manifest differs from the recorded hash)"
@@ -168,18 +252,32 @@ class CardInfo:
 def inspect_folder(folder: str | os.PathLike, base_model_id: str | None = None) -> CardInfo:
     folder = Path(folder)
     chain = lineage(folder)
+    if chain.nodes[-1].stage == "eval":
+        raise UserError(
+            f"{folder} is an `hftune eval` folder (results, no model): give it to the model's card as "
+            f"`--eval {folder}`, e.g. `hftune push MODEL_DIR --repo-id ORG/NAME --eval {folder}`"
+        )
     adapter_file = folder / "adapter_config.json"
-    adapter_config = json.loads(adapter_file.read_text()) if adapter_file.is_file() else {}
     is_adapter = adapter_file.is_file()
+    adapter_config = _json_object(adapter_file) if is_adapter else {}
     if is_adapter:
         is_rm = adapter_config.get("task_type") == "SEQ_CLS"
     else:
-        config = folder / "config.json"
-        archs = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
-        is_rm = any(a.endswith("ForSequenceClassification") for a in archs)
+        config = _json_object(folder / "config.json") if (folder / "config.json").is_file() else {}
+        archs = config.get("architectures") or []
+        is_rm = isinstance(archs, list) and any(str(a).endswith("ForSequenceClassification") for a in archs)
     is_rm = is_rm or chain.nodes[-1].stage == "reward"
     load_base = (base_model_id or adapter_config.get("base_model_name_or_path")) if is_adapter else None
+    if load_base is not None and not isinstance(load_base, str):
+        raise UserError(f"{adapter_file}: `base_model_name_or_path` is not a string")
     return CardInfo(folder, chain, is_adapter, is_rm, adapter_config, load_base)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a JSON {type(data).__name__}, expected an object")
+    return data
 
 
 def _datasets_and_recipes(chain: Lineage) -> tuple[list[str], list[str]]:
@@ -219,14 +317,17 @@ def _license(base: str) -> str | None:
                 cached = None
             if isinstance(cached, str):
                 readme, config = (Path(cached), config) if name == "README.md" else (readme, Path(cached))
-    if readme.is_file():
-        license_ = (metadata_load(readme) or {}).get("license")
-        if license_:
-            return str(license_)
-    if config.is_file():
-        license_ = json.loads(config.read_text()).get("license")
-        return str(license_) if license_ else None
-    return None
+    # Another project's files: one that cannot be read says nothing about the license; no reason to fail.
+    try:
+        license_ = (metadata_load(readme) or {}).get("license") if readme.is_file() else None
+    except Exception:
+        license_ = None
+    if not license_ and config.is_file():
+        try:
+            license_ = json.loads(config.read_text(encoding="utf-8")).get("license")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            license_ = None
+    return str(license_) if license_ and isinstance(license_, str | int | float) else None
 
 
 def _metadata(info: CardInfo, root_name: str) -> str:
@@ -272,10 +373,21 @@ def _key_metrics(node: Node) -> str:
     return ", ".join(f"{k} {_fmt(metrics[k])}" for k in keys) or "-"
 
 
-def _code(text: Any) -> str:
-    """A name as a code span in a table cell: escapes do not work in a code span, except a pipe's (the
-    table is split into cells first), and a newline would end the row."""
-    return "`" + str(text).replace("|", "\\|").replace("\n", " ") + "`"
+def _code(text: Any, *, cell: bool = False) -> str:
+    """A name (a path, an id) as a code span: nothing in it is Markdown or HTML, so a name cannot inject
+    either. Escapes do not work in a code span, so it is fenced with more backticks than the name holds in
+    a row; a newline would end a table row, and in a table cell a pipe is escaped (cells are split first)."""
+    text = " ".join(str(text).splitlines())
+    if cell:
+        text = text.replace("|", "\\|")
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run in `text`, so no line of it can close the block."""
+    return "`" * max(3, max(map(len, re.findall("`+", text)), default=0) + 1)
 
 
 def _lineage_section(info: CardInfo) -> list[str]:
@@ -292,7 +404,8 @@ def _lineage_section(info: CardInfo) -> list[str]:
         stage = _STAGE_NAMES.get(node.stage, node.stage)
         if node.stage == "ppo":
             stage = f"RLHF ({((node.manifest or {}).get('metrics') or {}).get('algorithm', 'ppo')})"
-        where = _code(node.name) + ("" if node.manifest or is_hub_id(node.name) else " (local)")
+        local = not (node.manifest or node.from_scratch or is_hub_id(node.name))
+        where = _code(node.name, cell=True) + (" (local)" if local else "")
         if node.note:
             where += f" ⚠ {markdown.escape(node.note)}"
         cells = [
@@ -312,7 +425,7 @@ def _warnings_section(info: CardInfo) -> list[str]:
     if info.is_adapter and info.load_base and not is_hub_id(info.load_base):
         lines += [
             f"> **Warning: this adapter cannot be loaded from the Hub as it is.** Its base "
-            f"(`base_model_name_or_path` in adapter_config.json) is `{info.load_base}`, a folder on the "
+            f"(`base_model_name_or_path` in adapter_config.json) is {_code(info.load_base)}, a folder on the "
             "machine that trained it, not a Hub model. Push that base too (or merge the chain with `hftune "
             "merge` and push the merged model), then push this adapter again with "
             "`--base-model-id ORG/NAME`.",
@@ -320,7 +433,7 @@ def _warnings_section(info: CardInfo) -> list[str]:
         ]
     local = [n for n in info.lineage.local_only() if n != info.load_base]
     if local:
-        names = ", ".join(f"`{n}`" for n in local)
+        names = ", ".join(map(_code, local))
         lines += [
             f"> **Note:** the lineage starts from local-only models a Hub user cannot load: {names}. "
             "They are named for provenance only.",
@@ -339,8 +452,12 @@ def _training_config(folder: Path, chain: Lineage) -> list[str]:
     path = source / "config.hftune.yaml"
     if not path.is_file():
         return ["## Training config", "", "No `config.hftune.yaml` was found.", ""]
-    config = strip_secrets(yaml.safe_load(path.read_text()) or {})
-    title = "" if source == folder else f" (of `{source}`, which this model was made from)"
+    try:
+        config = strip_secrets(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: not readable as YAML ({_first_line(err)})") from None
+    title = "" if source == folder else f" (of {_code(source)}, which this model was made from)"
+    text = yaml.safe_dump(config, sort_keys=True).rstrip()
     return [
         "## Training config",
         "",
@@ -348,13 +465,17 @@ def _training_config(folder: Path, chain: Lineage) -> list[str]:
         "",
         "<details><summary>config.hftune.yaml</summary>",
         "",
-        "```yaml",
-        yaml.safe_dump(config, sort_keys=True).rstrip(),
-        "```",
+        _fence(text) + "yaml",
+        text,
+        _fence(text),
         "",
         "</details>",
         "",
     ]
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
 
 
 def _usage(info: CardInfo, repo_id: str | None) -> list[str]:
@@ -367,7 +488,8 @@ def _usage(info: CardInfo, repo_id: str | None) -> list[str]:
             "from peft import PeftModel",
             f"from transformers import {auto}, AutoTokenizer",
             "",
-            f'base = {auto}.from_pretrained("{info.load_base}"{extra})',
+            # json.dumps: a Python string literal whatever the (local) path holds.
+            f"base = {auto}.from_pretrained({json.dumps(info.load_base)}{extra})",
             f'model = PeftModel.from_pretrained(base, "{repo}")',
             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # with its chat template',
         ]
@@ -413,7 +535,7 @@ def _eval_section(eval_dir: str | os.PathLike | None, folder: Path) -> list[str]
     results = _read_results(Path(eval_dir))
     level = eval_results.confidence(results)
     note = (
-        f"From `{eval_dir}`: each cell is the mean and its paired bootstrap {level} CI over the same "
+        f"From {_code(eval_dir)}: each cell is the mean and its paired bootstrap {level} CI over the same "
         "held-out prompts, with the same decoding for every variant; ↑ higher is better, ↓ lower is better."
     )
     if "win_rate" in eval_results.metric_names(results):
@@ -424,7 +546,7 @@ def _eval_section(eval_dir: str | os.PathLike | None, folder: Path) -> list[str]
     if n:
         lines += [f"n (prompts per cell): {', '.join(str(x) for x in sorted(n))}", ""]
     if not _evaluated(Path(eval_dir), folder):
-        lines += [f"Note: this evaluation does not list `{folder}` among the models it compared.", ""]
+        lines += [f"Note: this evaluation does not list {_code(folder)} among the models it compared.", ""]
     return lines
 
 
@@ -434,7 +556,7 @@ def _prompt_counts(results: dict[str, Any]) -> set[int]:
         for variant in eval_results.variant_names(results)
         for metric in eval_results.metric_names(results)
     )
-    return {cell["n"] for cell in cells if isinstance(cell, dict) and cell.get("n") is not None}
+    return {cell["n"] for cell in cells if isinstance(cell, dict) and isinstance(cell.get("n"), int)}
 
 
 def _read_results(eval_dir: Path) -> dict[str, Any]:
@@ -442,34 +564,67 @@ def _read_results(eval_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"--eval {eval_dir}: no results.json (is it an `hftune eval` output folder?)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"--eval {path}: not valid JSON ({err})") from None
+    problem = _results_problem(results)
+    if problem:
+        raise UserError(f"--eval {path}: not the results.json `hftune eval` writes ({problem})")
+    return results
+
+
+def _results_problem(results: Any) -> str | None:
+    """What keeps `results` from being read as results.json (the shape the report code relies on)."""
+    variants = results.get("variants") if isinstance(results, dict) else None
+    if not isinstance(variants, dict):
+        return "no `variants` mapping each variant to its `metrics`"
+    if not isinstance(results.get("baseline") or "", str):
+        return "`baseline` is not a variant name"
+    for key in ("suite", "metric_info", "win_rates", "decoding"):
+        if not isinstance(results.get(key) or {}, dict):
+            return f"`{key}` is not an object"
+    for key in ("metric_info", "win_rates"):
+        for name, entry in (results.get(key) or {}).items():
+            if not isinstance(entry, dict):
+                return f"`{key}` of {name!r} is not an object"
+    for variant, entry in variants.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics") or {}, dict):
+            return f"variant {variant!r} has no `metrics` object"
+        for metric, cell in (entry.get("metrics") or {}).items():
+            if cell is not None and not isinstance(cell, dict):
+                return f"variant {variant!r}, metric {metric!r} is {cell!r}, not its mean, CI and n"
+    return None
 
 
 def _evaluated(eval_dir: Path, folder: Path) -> bool:
-    manifest = artifacts.read_manifest(eval_dir) or {}
+    try:
+        manifest = read_manifest(eval_dir) or {}
+    except UserError as err:
+        raise UserError(f"--eval {eval_dir}: {err}") from None
     mine = os.path.realpath(folder)
-    return any(os.path.realpath(p.get("name_or_path", "")) == mine for p in manifest.get("parents", []))
+    names = (p.get("name_or_path") for p in manifest.get("parents") or [])
+    return any(isinstance(n, str) and os.path.realpath(n) == mine for n in names)
 
 
 def _provenance(info: CardInfo) -> list[str]:
     manifest = info.lineage.nodes[-1].manifest or {}
-    libs = ", ".join(f"{k} {v}" for k, v in (manifest.get("libraries") or {}).items())
+    esc = markdown.escape
+    libs = ", ".join(f"{esc(k)} {esc(v)}" for k, v in (manifest.get("libraries") or {}).items())
     lines = [
         "## Provenance",
         "",
         f"- manifest.json sha256: `{artifacts.manifest_sha256(info.folder)}`",
-        f"- created: {manifest.get('created', '?')}, seed {manifest.get('seed', '?')}, "
-        f"git revision {manifest.get('git_revision') or 'unknown'}",
+        f"- created: {esc(manifest.get('created', '?'))}, seed {esc(manifest.get('seed', '?'))}, "
+        f"git revision {esc(manifest.get('git_revision') or 'unknown')}",
     ]
     if libs:
         lines.append(f"- libraries: {libs}")
     data = manifest.get("data") or {}
     if data.get("recipe"):
         lines.append(
-            f"- data: recipe `{data['recipe']}`, {data.get('n_train', '?')} training rows, "
-            f"fingerprint `{data.get('fingerprint', '?')}`, dropped {json.dumps(data.get('dropped') or {})}"
+            f"- data: recipe {_code(data['recipe'])}, {esc(data.get('n_train', '?'))} training rows, "
+            f"fingerprint {_code(data.get('fingerprint', '?'))}, "
+            f"dropped {_code(json.dumps(data.get('dropped') or {}, default=str))}"
         )
     return [*lines, ""]
 
@@ -478,12 +633,22 @@ def _summary(info: CardInfo, root: str) -> str:
     last = info.lineage.nodes[-1]
     kind = "LoRA adapter (PEFT)" if info.is_adapter else "full model"
     what = {
+        "pretrain": "a language model pretrained on plain text",
         "sft": "a supervised fine-tune",
         "reward": "a reward model (one scalar score per reply, from TRL's RewardTrainer)",
         "ppo": "an RLHF policy, trained against a reward model with a KL penalty to its SFT model",
         "merge": "a LoRA adapter (chain) merged into its base weights",
-    }.get(last.stage, f"the output of the `{last.stage}` stage")
-    return f"A {kind} built on `{root}`: {what}. Trained with hftune on TRL, PEFT and transformers."
+    }.get(last.stage, f"the output of the {_code(last.stage)} stage")
+    arch = info.lineage.from_scratch
+    if arch is None:
+        base = f"built on {_code(root)}"
+    else:
+        where = "" if info.lineage.root is last else f", pretrained by hftune in {_code(root)}"
+        base = (
+            f"trained from scratch (no pretrained base model: {markdown.escape(arch)} weights initialised at "
+            f"random{where})"
+        )
+    return f"A {kind} {base}: {what}. Trained with hftune on TRL, PEFT and transformers."
 
 
 def render(
@@ -492,14 +657,20 @@ def render(
     eval_dir: str | os.PathLike | None = None,
     repo_id: str | None = None,
     base_model_id: str | None = None,
+    by: str = "card",
 ) -> str:
-    """The card (README.md text) for a finished artifact folder."""
+    """The card (README.md text) for a finished artifact folder. Its first line after the metadata is a
+    comment naming the command `by` (card or push) and the sha256 of the rest of the card (see `marker`)."""
+    if repo_id is not None and not (is_hub_id(repo_id) and "/" in repo_id):
+        raise UserError(f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, then a name)")
+    if base_model_id is not None and not is_hub_id(base_model_id):
+        raise UserError(f"--base-model-id {base_model_id!r}: expected a Hub model id such as ORG/NAME")
     info = inspect_folder(folder, base_model_id)
     root = info.lineage.root.name
     # With --base-model-id the Hub link is the model a user loads this adapter on; the body keeps the full
-    # local lineage either way.
-    meta_base = base_model_id or root
-    title = repo_id or info.folder.resolve().name
+    # local lineage either way. A model trained from scratch has no base model to link to.
+    meta_base = base_model_id or (None if info.lineage.from_scratch else root)
+    title = markdown.escape(repo_id or info.folder.resolve().name)
     body = [
         f"# {title}",
         "",
@@ -512,14 +683,81 @@ def render(
         *_training_config(info.folder, info.lineage),
         *_provenance(info),
     ]
-    text = f"---\n{_metadata(info, meta_base)}\n---\n\n" + "\n".join(body)
-    return strip_secrets(text)
+    text = strip_secrets(f"---\n{_metadata(info, meta_base)}\n---\n\n" + "\n".join(body))
+    head, sep, rest = text.partition("\n---\n\n")
+    return f"{head}{sep}{_MARKER.format(by=by, digest=_sha256(text))}\n{rest}"
 
 
-def write(folder: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> Path:
-    text = render(folder, **kwargs)
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def marker(path: Path) -> tuple[str, bool] | None:
+    """Which hftune command wrote the card at `path` ("card" or "push") and whether it is unchanged since
+    (the sha256 its marker line records is the rest of the file's); None for any other file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = _MARKER_LINE.search(text)
+    if not match:
+        return None
+    return match.group(1), _sha256(text[: match.start()] + text[match.end() :]) == match.group(2)
+
+
+def write(
+    folder: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False, **kwargs: Any
+) -> Path:
+    """Render the card and write it to `output` atomically. An existing file is replaced only if it is a card
+    hftune wrote and nobody edited since, or with `overwrite=True`; a failed write leaves nothing behind."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_text(output, text)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a file name (e.g. {output / 'README.md'})")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        found = marker(output)
+        if found is None or not found[1]:
+            what = "an hftune card edited since" if found else "not a card hftune wrote"
+            raise UserError(
+                f"--output {output} already exists and is {what}; not overwriting it. Choose another file, "
+                "or pass --overwrite to replace it."
+            )
+    text = render(folder, **kwargs)
+    with new_parents(output):
+        try:
+            artifacts.write_text(output, text)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise  # the CLI says the disk is full and exits 1: not the user's mistake
+            raise UserError(f"--output {output}: could not write the card ({err.strerror or err})") from None
     logger.info("wrote model card %s", output)
     return output
+
+
+@contextlib.contextmanager
+def new_parents(path: Path) -> Iterator[None]:
+    """Create the missing folders above `path`; if the block fails, remove those of them still empty, so a
+    failed write leaves nothing behind."""
+    made = []
+    parent = path.parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    try:
+        for folder in reversed(made):
+            folder.mkdir()
+    except OSError as err:
+        _remove_empty(made)
+        raise UserError(
+            f"{path}: could not create {made[-1] if made else path.parent} ({err.strerror or err})"
+        ) from None
+    try:
+        yield
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()

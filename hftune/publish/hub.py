@@ -7,18 +7,24 @@
 The upload is assembled in a staging folder from an allowlist: the weights (a LoRA adapter, or a full
 model's safetensors and config), the tokenizer with its chat template, a model card rendered from the
 manifests (`hftune.publish.card`), and the manifest, resolved config and metrics. Nothing else ever leaves
-the machine: no pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs. The token comes only
+the machine: no pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs, no symlinks or hard
+links (either may be a file from elsewhere on the machine). `--dry-run OUTDIR` replaces only a new, empty or
+earlier dry-run folder (unless `--overwrite`), and leaves nothing behind if it fails. The token comes only
 from `HF_TOKEN` or the Hub login cache (`hf auth login`), is handed to `HfApi` and nowhere else, and every
 staged file is checked not to contain it before anything is sent."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import shlex
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +70,10 @@ class PushResult:
 def check_artifact(folder: str | os.PathLike) -> Path:
     """A finished stage folder, or a UserError that says what it is instead."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise UserError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a stage folder (a folder with manifest.json)")
     if folder.name.endswith(".work"):
         raise UserError(f"{folder} is a stage's work folder (checkpoints of a run), not a finished artifact")
     if not artifacts.is_complete(folder):
@@ -73,6 +81,7 @@ def check_artifact(folder: str | os.PathLike) -> Path:
             f"{folder} has no manifest.json: it is not a finished hftune stage (still running, interrupted, "
             "or failed). Finish it first (e.g. `--resume`), then push the output folder."
         )
+    card.read_manifest(folder)  # one hftune wrote, or a UserError naming what is wrong with it
     return folder
 
 
@@ -81,22 +90,69 @@ def select_files(folder: Path) -> list[Path]:
     if (folder / "adapter_config.json").is_file():
         missing = [n for n in ADAPTER_FILES if not (folder / n).is_file()]
         if missing:
-            raise UserError(f"{folder}: adapter files missing: {', '.join(missing)}")
+            raise UserError(f"{folder}: adapter files missing: {', '.join(missing)}{_pickle_hint(folder)}")
         weights = [folder / n for n in ADAPTER_FILES]
     else:
         shards = sorted(folder.glob("*.safetensors"))
         if not shards:
-            raise UserError(f"{folder}: no adapter_config.json and no *.safetensors weights: nothing to push")
+            raise UserError(
+                f"{folder}: no adapter_config.json and no *.safetensors weights: nothing to push"
+                + _pickle_hint(folder)
+            )
         if not (folder / "config.json").is_file():
             raise UserError(f"{folder}: full-model weights without config.json")
         weights = shards + [folder / n for n in MODEL_FILES]
     names = [*weights, *(folder / n for n in TOKENIZER_FILES), *(folder / n for n in RECORD_FILES)]
     # A file only; a symlink could point anywhere on the machine.
-    return [p for p in dict.fromkeys(names) if p.is_file() and not p.is_symlink()]
+    files = [p for p in dict.fromkeys(names) if p.is_file() and not p.is_symlink()]
+    for path in files:
+        # A hard link is the same file as another name somewhere else on this file system (perhaps outside
+        # the artifact, perhaps not the user's to publish): nothing says which of the two hftune wrote.
+        links = path.stat().st_nlink
+        if links > 1:
+            raise UserError(
+                f"{path} is a hard link ({links} names for the same file, possibly outside {folder}); "
+                "refusing to upload it. If it is meant to be there, replace it by a plain copy "
+                f"({_copy_command(path)}) and push again."
+            )
+        if path.suffix == ".safetensors":
+            _check_safetensors(path)
+    return files
+
+
+def _copy_command(path: Path) -> str:
+    src, tmp = shlex.quote(str(path)), shlex.quote(f"{path}.copy")
+    return f"cp {src} {tmp} && mv {tmp} {src}"
+
+
+def _pickle_hint(folder: Path) -> str:
+    pickles = sorted(p.name for ext in ("bin", "pt", "pth", "pkl") for p in folder.glob(f"*.{ext}"))
+    if not pickles:
+        return ""
+    return (
+        f" ({', '.join(pickles)}: pickle files are never uploaded, since loading one can run code; save the "
+        "weights as safetensors, e.g. `save_pretrained(folder)` with transformers >= 4.35)"
+    )
+
+
+def _check_safetensors(path: Path) -> None:
+    """Only a whole safetensors file is uploaded: an 8-byte header length, then a JSON header that fits."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > min(size - 8, 100_000_000):
+                raise ValueError(f"its header claims {length} bytes of a {size}-byte file")
+            if not isinstance(json.loads(f.read(length)), dict):
+                raise ValueError("its header is not a JSON object")
+    except (OSError, struct.error, ValueError) as err:
+        raise UserError(f"{path}: not a valid safetensors file, truncated or corrupt? ({err})") from None
 
 
 def _copy_json(src: Path, dest: Path, edit: dict[str, Any] | None = None) -> None:
-    data = json.loads(src.read_text())
+    data = card.read_json(src)
+    if edit and not isinstance(data, dict):
+        raise UserError(f"{src}: a JSON {type(data).__name__}, expected an object")
     clean = strip_secrets(data)
     if clean != data:
         logger.warning("%s: removed secret-looking values from the uploaded copy", src.name)
@@ -109,7 +165,10 @@ def _copy_json(src: Path, dest: Path, edit: dict[str, Any] | None = None) -> Non
 
 
 def _copy_yaml(src: Path, dest: Path) -> None:
-    data = yaml.safe_load(src.read_text())
+    try:
+        data = yaml.safe_load(src.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{src}: not readable as YAML ({' '.join(str(err).split())[:300]})") from None
     clean = strip_secrets(data)
     if clean == data:
         shutil.copyfile(src, dest)
@@ -137,10 +196,9 @@ def stage_files(
     base_model_id: str | None = None,
     link_weights: bool = False,
 ) -> list[str]:
-    """Write into `dest` (an empty folder) exactly what is uploaded; returns the file names."""
-    if base_model_id is not None and not card.is_hub_id(base_model_id):
-        raise UserError(f"--base-model-id {base_model_id!r}: expected a Hub model id such as ORG/NAME")
-    text = card.render(folder, eval_dir=eval_dir, repo_id=repo_id, base_model_id=base_model_id)
+    """Write into `dest` (an empty folder) exactly what is uploaded; returns the file names. Everything is
+    checked (the card rendered, the files chosen) before the first file is written."""
+    text = card.render(folder, eval_dir=eval_dir, repo_id=repo_id, base_model_id=base_model_id, by="push")
     for src in select_files(folder):
         target = dest / src.name
         if src.name == "adapter_config.json":
@@ -284,36 +342,92 @@ def push(
     revision: str = "main",
     commit_message: str | None = None,
     base_model_id: str | None = None,
+    overwrite: bool = False,
 ) -> PushResult:
-    folder = check_artifact(folder)
+    """Upload `folder` to `repo_id`, or with `dry_run` stage it there and upload nothing. The dry-run folder
+    is replaced: it must be new, empty or an earlier dry run's, unless `overwrite`."""
     if not card.is_hub_id(repo_id) or "/" not in repo_id:
         raise UserError(f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, then a name)")
+    folder = check_artifact(folder)
     stage_kwargs = dict(repo_id=repo_id, eval_dir=eval_dir, base_model_id=base_model_id)
     if dry_run is not None:
         out = Path(dry_run)
-        _refuse_overlap(folder, out)
-        with artifacts.atomic_dir(out) as tmp:
+        _check_dry_run_folder(folder, out, overwrite)
+        with (
+            card.new_parents(out),
+            _disk_errors("--dry-run", out),
+            artifacts.atomic_dir(out, overwrite=overwrite, what="--dry-run") as tmp,
+        ):
             files = stage_files(folder, tmp, **stage_kwargs)
             assert_no_secret(tmp, _live_secrets(_token_if_any()))
         logger.info("dry run: wrote %s; nothing was uploaded", out)
         return PushResult(repo_id, files, out, None)
 
     token = _token()  # before any work: a missing login is the likeliest mistake
-    stage = (artifacts.read_manifest(folder) or {}).get("stage", "model")
+    stage = card.read_manifest(folder)["stage"]
     message = commit_message or f"Upload hftune {stage} artifact"
     with tempfile.TemporaryDirectory(prefix="hftune-push-") as tmp:
         staged = Path(tmp)
-        files = stage_files(folder, staged, link_weights=True, **stage_kwargs)
+        with _disk_errors("staging the upload in", staged):
+            files = stage_files(folder, staged, link_weights=True, **stage_kwargs)
         assert_no_secret(staged, _live_secrets(token))
         url = upload(staged, files, repo_id, token, private=private, revision=revision, message=message)
     return PushResult(repo_id, files, None, url)
 
 
-def _refuse_overlap(folder: Path, out: Path) -> None:
-    """--dry-run replaces OUTDIR: never let it be (or contain) the artifact being pushed."""
+@contextlib.contextmanager
+def _disk_errors(what: str, where: Path) -> Iterator[None]:
+    """A folder that cannot be written as one line (whatever was staged is gone by then). A full disk goes
+    on to the CLI, which says so and exits 1: not the user's mistake."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise
+        culprit = f": {err.filename}" if err.filename else ""
+        raise UserError(f"{what} {where}: {err.strerror or err}{culprit}; nothing was written") from None
+
+
+def _check_dry_run_folder(folder: Path, out: Path, overwrite: bool) -> None:
+    """--dry-run replaces OUTDIR: only a new or empty folder, or one an earlier dry run staged (unless
+    `overwrite`); never the artifact being pushed (nor a folder inside or around it). Stricter than
+    `artifacts.check_output`, which lets a stage replace any hftune folder: a dry run must not replace
+    another stage's artifact either."""
     src, dst = folder.resolve(), out.resolve()
     if dst == src or dst in src.parents or src in dst.parents:
         raise UserError(f"--dry-run {out}: must be a folder outside {folder} (it is replaced)")
+    if overwrite:
+        return
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"--dry-run {out}: not a folder; give a new folder for the staged files")
+    not_staged = _not_staged(out) if out.is_dir() else None
+    if not_staged:
+        raise UserError(
+            f"--dry-run {out}: the folder exists and hftune did not write it as a dry run ({not_staged}); a "
+            "dry run replaces its folder with everything in it, so nothing was changed. Give a new or empty "
+            "folder, or an earlier dry run's (or pass --overwrite to replace it)."
+        )
+
+
+def _not_staged(out: Path) -> str | None:
+    """What in the folder `out` a dry run did not write (None: nothing, `out` is empty or an earlier dry
+    run's, with only the files an upload holds and the card `push` wrote)."""
+    entries = sorted(out.iterdir())
+    if not entries:
+        return None
+    allowed = {*ADAPTER_FILES, *MODEL_FILES, *TOKENIZER_FILES, *RECORD_FILES, "README.md"}
+    foreign = [
+        p.name
+        for p in entries
+        if p.is_symlink() or not p.is_file() or (p.name not in allowed and p.suffix != ".safetensors")
+    ]
+    if foreign:
+        more = f" and {len(foreign) - 4} more" if len(foreign) > 4 else ""
+        return f"it holds {', '.join(foreign[:4])}{more}"
+    found = card.marker(out / "README.md")
+    if found is None or found[0] != "push":
+        return "it has no README.md written by `hftune push`"
+    return None
 
 
 def summary(result: PushResult) -> str:

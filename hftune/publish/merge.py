@@ -114,8 +114,10 @@ def merge(
     *,
     dtype: str = "float32",
     from_full_precision: bool = False,
+    overwrite: bool = False,
 ) -> MergeResult:
-    """Merge the adapter folder `src` into its base in float32; save the full model to `out` in `dtype`."""
+    """Merge the adapter folder `src` into its base in float32; save the full model to `out` in `dtype`.
+    `out` must be new, empty or an hftune output unless `overwrite`."""
     import torch
     from trl import ModelConfig
 
@@ -126,6 +128,8 @@ def merge(
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise UserError(f"{out}: the merged model must go to a new folder outside {src}")
     source = _check_source(src, from_full_precision)
+    inputs = [str(src), source.base, *source.adapters]
+    artifacts.check_output(out, overwrite=overwrite, what="OUT", inputs=inputs)
     reward = source.is_reward_model
     load = loading.load_reward_model if reward else loading.load_model
     logger.info("loading %s (base %s + %d adapter(s)) in float32", src, source.base, len(source.adapters))
@@ -141,7 +145,7 @@ def merge(
     logger.info("merged: max |logit difference| vs the adapter model on a probe prompt = %.3g", diff)
     merged = merged.to(getattr(torch, dtype))
 
-    with artifacts.atomic_dir(out) as tmp:
+    with artifacts.atomic_dir(out, overwrite=overwrite, what="OUT") as tmp:
         merged.save_pretrained(str(tmp), **_save_kwargs(merged))
         tokenizer.save_pretrained(str(tmp))
         if (src / "generation_config.json").is_file():

@@ -102,7 +102,7 @@ def prepare(
     from hftune.models.tokenizer import load_tokenizer
 
     args, model_args, extras = cfg.training, cfg.model, cfg.hftune
-    dirs = dirs or common.run_dirs(cfg)
+    dirs = dirs or common.run_dirs(cfg, resume)
     trust = bool(args.trust_remote_code)
 
     # Tokenizer, template and data first: every data problem surfaces before minutes of weight loading.
@@ -138,7 +138,7 @@ def prepare(
     if args.packing:
         check_packing_isolation(model, tokenizer)
 
-    checkpoint = common.checkpoint_to_resume(dirs.work, resume)
+    checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
     with common.trl_settings_are_user_errors(cfg.source):
         trainer = SFTTrainer(
             model=model,
@@ -148,6 +148,9 @@ def prepare(
             processing_class=tokenizer,
             peft_config=loading.lora_config(model_args),
         )
+    from hftune.stages.finite import StopOnNonFinite
+
+    trainer.add_callback(StopOnNonFinite())  # a diverged run stops at once, naming the step
     common.count_rows_trl_dropped(trainer, data, args)
     check_loss_masks(trainer.train_dataset, "training")
     if trainer.eval_dataset is not None:

@@ -58,6 +58,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "eval_strategy": "no",
     "seed": 42,
+    # A diverged step logs its NaN loss (transformers' default filter would log 0.0 and hide it).
+    "logging_nan_inf_filter": False,
 }
 # Defaults picked for the machine a stage runs on (never fail because a default assumed a GPU), as `--help`
 # describes them without importing torch.
@@ -126,14 +128,38 @@ class RunDirs:
     started: float  # wall-clock start, for the manifest
 
 
-def run_dirs(cfg: StageConfig) -> RunDirs:
+def run_dirs(cfg: StageConfig, resume: bool = False) -> RunDirs:
     """Where this run writes. TRL's trainers write checkpoints to `output_dir`, so it points at the work
     folder for the whole run (nothing half-written ever lands in the artifact's folder); the saved config
-    keeps naming the artifact's folder. Safe to call again on the same config."""
+    keeps naming the artifact's folder. Safe to call again on the same config.
+
+    The first call checks, before any work, that finishing the run loses nothing the user made: the
+    artifact folder and its work folder must be new, empty or hftune's (or `--overwrite` was given), and
+    must not hold one of the run's inputs; checkpoints of an interrupted run are not thrown away unless
+    asked (`--resume` continues them, `--overwrite` discards them)."""
+    first = "output_dir" not in cfg.reported
     final = Path(cfg.reported.setdefault("output_dir", cfg.training.output_dir))
     work = artifacts.work_dir(final)
+    if first and distributed.is_main_process():
+        artifacts.check_output(final, overwrite=cfg.overwrite, inputs=run_inputs(cfg), work=True)
+        if not resume and not cfg.overwrite and _checkpoints(work):
+            raise UserError(
+                f"{work} holds checkpoints of an interrupted run ({_checkpoints(work)[-1].name}): pass "
+                "--resume to continue it, or --overwrite to discard them and start over"
+            )
     cfg.training.output_dir = str(work)
     return RunDirs(final, work, time.time())
+
+
+def run_inputs(cfg: StageConfig) -> list[str]:
+    """The paths a run reads (its config, data and input models), which its output must never replace."""
+    found = [cfg.source if cfg.source != "command line" else None]
+    for section in cfg.sections.values():
+        for key in ("model_name_or_path", "reward_model_path", "sft_model_path", "data_files", "data_recipe"):
+            value = getattr(section, key, None)
+            if isinstance(value, str) and Path(value).exists():
+                found.append(value)
+    return found
 
 
 def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
@@ -173,14 +199,19 @@ def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
     return recipe, data
 
 
+def _checkpoints(work: Path) -> list[Path]:
+    """The checkpoint folders in `work`, oldest first (complete or not)."""
+    if not work.is_dir():
+        return []
+    found = [p for p in work.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 def last_complete_checkpoint(work: Path) -> str | None:
     """The newest checkpoint in `work` that was written to the end. The Trainer writes trainer_state.json
     last, so a folder without it was cut off mid-write (a `kill -9` while saving): it is removed, and the
     checkpoint before it is the one to resume."""
-    steps = sorted(
-        (int(p.name.split("-")[-1]), p) for p in work.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-    )
-    for _, folder in reversed(steps):
+    for folder in reversed(_checkpoints(work)):
         if (folder / "trainer_state.json").is_file():
             return str(folder)
         logger.warning("removing %s: the run was interrupted while writing it", folder)
@@ -195,18 +226,61 @@ def checkpoint_step(checkpoint: str | None) -> int:
     return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
 
 
-def checkpoint_to_resume(work: Path, resume: bool) -> str | None:
-    """The last checkpoint of an interrupted run in `work`, when the user asked to resume."""
-    last = last_complete_checkpoint(work) if work.is_dir() else None
-    if resume:
-        if last:
-            logger.info("resuming from %s", last)
-        else:
-            logger.warning("--resume: no checkpoint in %s; starting from the beginning", work)
-        return last
-    if last:
-        logger.warning("%s holds checkpoints of an interrupted run; pass --resume to continue it", work)
-    return None
+def checkpoint_to_resume(dirs: RunDirs, cfg: StageConfig, resume: bool, data=None) -> str | None:
+    """The last checkpoint of an interrupted run in the work folder, when the user asked to resume, and
+    only if that run had this very config and data: resuming another run's checkpoints would train a model
+    the saved config misreports. Records this run's config and data in the work folder for the next
+    `--resume` (and as the mark that the folder is hftune's)."""
+    work = dirs.work
+    last = last_complete_checkpoint(work) if resume else None
+    record = {
+        "config": {k: v for k, v in cfg.resolved().items() if k not in _RUN_PATHS},
+        "data_fingerprint": getattr(data, "fingerprint", None),
+    }
+    if resume and last:
+        _check_same_run(work, record, last)
+        logger.info("resuming from %s", last)
+    elif resume:
+        logger.warning("--resume: no checkpoint in %s; starting from the beginning", work)
+    if distributed.is_main_process():
+        if not resume:
+            for old in _checkpoints(work):  # only there with --overwrite (run_dirs refuses otherwise)
+                logger.warning("--overwrite: removing %s, a checkpoint of an earlier run", old)
+                shutil.rmtree(old, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(work / artifacts.RUN_RECORD, record)
+    return last
+
+
+_RUN_PATHS = ("output_dir", "logging_dir", "run_name")  # where a run writes does not change what it trains
+
+
+def _check_same_run(work: Path, record: dict[str, Any], checkpoint: str) -> None:
+    path = work / artifacts.RUN_RECORD
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("--resume: %s does not record the config it was made with; resuming it as is", work)
+        return
+    old, new = before.get("config", {}), record["config"]
+    changed = [
+        f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if before.get("data_fingerprint") != record["data_fingerprint"]:
+        changed.append("the training data (its rows differ)")
+    if changed:
+        raise UserError(
+            f"--resume: {checkpoint} was made with a different config, so resuming it would train a model "
+            f"this config does not describe. Changed: {'; '.join(changed)}. Run with the config it was "
+            f"made with, or without --resume to start over (the old checkpoints in {work} are then replaced)."
+        )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @contextlib.contextmanager
@@ -256,8 +330,12 @@ def save_artifact(
     Weights come from `save_model(out)` when given (the RL policy adapter), else `trainer.save_model`, which
     every process calls (a sharded FSDP / ZeRO-3 model is gathered to save). Returns the manifest (empty on
     the other processes)."""
+    if trainer is not None:  # a diverged run leaves no artifact (PPO: the policy it saves, after any restore)
+        from hftune.stages.finite import check_finite_weights
+
+        check_finite_weights(getattr(trainer.model, "policy", trainer.model))
     manifest: dict[str, Any] = {}
-    with artifacts.atomic_dir(dirs.final, collective=True) as out:
+    with artifacts.atomic_dir(dirs.final, collective=True, overwrite=cfg.overwrite) as out:
         if save_model is None:
             trainer.save_model(str(out))
         if distributed.is_main_process():

@@ -112,7 +112,7 @@ def _init_model(cfg: StageConfig, folder: Path) -> str:
 
 def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
     extras = cfg.hftune
-    dirs = common.run_dirs(cfg)
+    dirs = common.run_dirs(cfg, resume)
     parents = None
     if extras.init_architecture:
         # The initial weights live in the work folder (so --resume finds them) and go with it afterwards:

@@ -190,7 +190,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     from hftune.models import loading, scoring
 
     args, model_args = cfg.training, cfg.model
-    dirs = common.run_dirs(cfg)
+    dirs = common.run_dirs(cfg, resume)
     source = loading.resolve_source(model_args.model_name_or_path)
     if source.is_reward_model:
         raise UserError(
@@ -230,7 +230,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         )
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    checkpoint = common.checkpoint_to_resume(dirs.work, resume)
+    checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
     with common.trl_settings_are_user_errors(cfg.source):
         trainer = RewardTrainer(
             model=model,
@@ -240,6 +240,9 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
             processing_class=tokenizer,
             peft_config=loading.lora_config(model_args),
         )
+    from hftune.stages.finite import StopOnNonFinite
+
+    trainer.add_callback(StopOnNonFinite())  # a diverged run stops at once, naming the step
     common.count_rows_trl_dropped(trainer, data, args, reason="too_long_for_trl")
     return Prepared(trainer, data, recipe, tokenizer, eval_pairs, checkpoint, dirs)
 

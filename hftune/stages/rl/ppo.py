@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from transformers import TrainerCallback
 from hftune.errors import UserError
 from hftune.models import loading
 from hftune.stages.rl.rewards import RewardFn, encode_prompts
+
+logger = logging.getLogger(__name__)
 
 VALUE_WEIGHTS = "value_model.safetensors"
 # hftune pins the TRL releases that ship experimental PPO; the "experimental API" notice is known.
@@ -145,6 +148,9 @@ class ScoredPPOTrainer(_trainer_class()):
     def train(self):
         import trl.experimental.ppo.ppo_trainer as ppo_module
 
+        if self.args.num_total_batches == 0:
+            return  # resumed from the final checkpoint: nothing left to train, only the artifact to save
+
         original = ppo_module.get_reward
         ppo_module.get_reward = functools.partial(score_through_hftune, self, original)
         try:
@@ -187,6 +193,7 @@ def _resume(trainer, checkpoint: Path) -> None:
     args = trainer.args
     remaining = args.num_total_batches - done
     if remaining <= 0:
-        raise UserError(f"{checkpoint} already finished all {args.num_total_batches} updates")
-    args.num_total_batches = remaining
+        # Interrupted after its last checkpoint, while saving: the policy is final, only the save is left.
+        logger.info("%s holds all %d updates: saving it without training", checkpoint, done)
+    args.num_total_batches = max(remaining, 0)
     trainer.hftune_steps_done = done

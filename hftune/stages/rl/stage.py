@@ -28,6 +28,7 @@ from hftune.errors import UserError
 from hftune.models import loading, scoring
 from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
 from hftune.stages import common
+from hftune.stages.finite import StopOnNonFinite
 from hftune.stages.rl import group
 from hftune.stages.rl.config import parse, schema  # noqa: F401 (the Stage interface the registry loads)
 from hftune.stages.rl.guardrails import (
@@ -72,7 +73,7 @@ class Prepared:
 def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     """The trainer with its guardrails, built and checked but not trained (for tests and inspection)."""
     model_args, extras = cfg.model, cfg.hftune
-    dirs = common.run_dirs(cfg)
+    dirs = common.run_dirs(cfg, resume)
     policy_path = model_args.model_name_or_path
     if loading.resolve_source(policy_path).is_reward_model:
         raise UserError(f"{policy_path} is a reward model; `model_name_or_path` is the SFT policy")
@@ -110,7 +111,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         stats=stats,
     )
 
-    resume_from = common.checkpoint_to_resume(dirs.work, resume)
+    resume_from = common.checkpoint_to_resume(dirs, cfg, resume, data)
     with common.trl_settings_are_user_errors(cfg.source):
         if extras.algorithm == "ppo":
             # Only PPO needs TRL's experimental trainer: RLOO / GRPO keep working on a TRL without it.
@@ -142,6 +143,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         report=progress.write_step,
     )
     trainer.add_callback(guardrails)
+    trainer.add_callback(StopOnNonFinite())
     replace_progress_callback(trainer, progress)
     return Prepared(
         trainer, guardrails, scorer, reward_fn, data, recipe, tokenizer, dirs, resume_from, progress
