@@ -30,6 +30,7 @@ from hftune.config import strip_secrets
 from hftune.errors import UserError
 
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = {"stage", "created", "config_sha256", "libraries"}  # in every manifest hftune writes
 TINY_MARKER = "hftune_tiny.json"  # what `hftune tiny` writes instead of a manifest
 RUN_RECORD = "hftune-run.json"  # in a work folder: the config and data a run started with (see --resume)
 LIBRARIES = ("hftune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
@@ -40,8 +41,8 @@ _WORK_ENTRIES = re.compile(
 
 
 def is_hftune_folder(path: str | os.PathLike) -> bool:
-    """A folder hftune wrote: its manifest names a stage and the hftune that wrote it (a web app's
-    manifest.json is not one), or it is a tiny model built by `hftune tiny`."""
+    """A folder hftune wrote: its manifest.json is hftune's (a web app's manifest.json is not), or it is a
+    tiny model built by `hftune tiny`."""
     path = Path(path)
     if (path / TINY_MARKER).is_file():
         return True
@@ -49,10 +50,7 @@ def is_hftune_folder(path: str | os.PathLike) -> bool:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(manifest, dict) or "stage" not in manifest:
-        return False
-    libraries = manifest.get("libraries")
-    return isinstance(libraries, dict) and "hftune" in libraries
+    return isinstance(manifest, dict) and manifest.keys() >= MANIFEST_KEYS
 
 
 def _is_hftune_work(path: Path) -> bool:
@@ -306,7 +304,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    from hftune import __version__
+
+    # hftune's own version even when it runs from a checkout that was never pip-installed.
+    versions = {"python": platform.python_version(), "hftune": __version__}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)

@@ -36,7 +36,7 @@ def checkout(root: Path, name: str = "checkout") -> Path:
 
 def fake_artifact(folder: Path, stage: str = "sft") -> Path:
     """A folder with hftune's manifest (what a finished stage leaves)."""
-    manifest = {"stage": stage, "libraries": {"hftune": "0"}, "files": []}
+    manifest = {"stage": stage, "created": "2026-01-01T00:00:00Z", "config_sha256": "0", "libraries": {}}
     write(folder / "manifest.json", json.dumps(manifest))
     return folder
 
