@@ -33,10 +33,11 @@ from typing import Any
 import yaml
 
 from hftune import artifacts
-from hftune.config import ConfigError, load_yaml_mapping
+from hftune.config import ConfigError
 from hftune.errors import StageFailed, UserError, did_you_mean
 from hftune.stages import registry
 from hftune.stages.registry import STAGES
+from hftune.yaml_loading import load_yaml_mapping
 
 logger = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from typing import Any
 from hftune.errors import UserError
 
 
-class JsonInt(int):
-    """An integer from a JSON file that remembers how the file wrote it (`source`)."""
+class _AsWritten:
+    """A number from a JSON file that remembers how the file wrote it (`source`), and prints as that."""
 
     source: str
 
     def __new__(cls, text: str):
-        number = super().__new__(cls, text)
+        number = super().__new__(cls, text)  # int's or float's
         number.source = text
         return number
 
@@ -44,18 +44,12 @@ class JsonInt(int):
         return self.source
 
 
-class JsonFloat(float):
-    """A float (or NaN / Infinity) from a JSON file that remembers how the file wrote it (`source`)."""
+class JsonInt(_AsWritten, int):
+    """An integer from a JSON file, as written."""
 
-    source: str
 
-    def __new__(cls, text: str):
-        number = super().__new__(cls, text)
-        number.source = text
-        return number
-
-    def __str__(self) -> str:
-        return self.source
+class JsonFloat(_AsWritten, float):
+    """A float (or NaN / Infinity) from a JSON file, as written."""
 
 
 _DECODER = json.JSONDecoder(parse_int=JsonInt, parse_float=JsonFloat, parse_constant=JsonFloat)

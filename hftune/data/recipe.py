@@ -23,12 +23,12 @@ from typing import Any
 
 import yaml
 
-from hftune.config import load_yaml, yaml_problem
 from hftune.data.converters import CONVERTERS
 from hftune.data.formats import FORMATS, format_mismatch
 from hftune.data.problems import is_blank
 from hftune.errors import UserError, did_you_mean
 from hftune.resources import builtin_dir
+from hftune.yaml_loading import load_yaml, yaml_problem
 
 BUILTIN_RECIPES_DIR = builtin_dir("data_recipes")
 

@@ -34,7 +34,7 @@ import yaml
 from hftune import artifacts
 from hftune.config import strip_secrets
 from hftune.errors import UserError
-from hftune.publish import card
+from hftune.publish import card, lineage
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def check_artifact(folder: str | os.PathLike) -> Path:
             f"{folder} has no manifest.json: it is not a finished hftune stage (still running, interrupted, "
             "or failed). Finish it first (e.g. `--resume`), then push the output folder."
         )
-    card.read_manifest(folder)  # one hftune wrote, or a UserError naming what is wrong with it
+    lineage.read_manifest(folder)  # one hftune wrote, or a UserError naming what is wrong with it
     return folder
 
 
@@ -150,7 +150,7 @@ def _check_safetensors(path: Path) -> None:
 
 
 def _copy_json(src: Path, dest: Path, edit: dict[str, Any] | None = None) -> None:
-    data = card.read_json(src)
+    data = lineage.read_json(src)
     if edit and not isinstance(data, dict):
         raise UserError(f"{src}: a JSON {type(data).__name__}, expected an object")
     clean = strip_secrets(data)
@@ -217,7 +217,7 @@ def stage_files(
     size = sum((dest / n).stat().st_size for n in names)
     logger.info("staged %d files (%.1f MB): %s", len(names), size / 1e6, ", ".join(names))
     info = card.inspect_folder(folder, base_model_id)
-    if info.is_adapter and info.load_base and not card.is_hub_id(info.load_base):
+    if info.is_adapter and info.load_base and not lineage.is_hub_id(info.load_base):
         logger.warning(
             "the adapter's base %s is a local folder, so Hub users cannot load this adapter; push the base "
             "and pass --base-model-id ORG/BASE (the card says so too)",
@@ -346,7 +346,7 @@ def push(
 ) -> PushResult:
     """Upload `folder` to `repo_id`, or with `dry_run` stage it there and upload nothing. The dry-run folder
     is replaced: it must be new, empty or an earlier dry run's, unless `overwrite`."""
-    if not card.is_hub_id(repo_id) or "/" not in repo_id:
+    if not lineage.is_hub_id(repo_id) or "/" not in repo_id:
         raise UserError(f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, then a name)")
     folder = check_artifact(folder)
     stage_kwargs = dict(repo_id=repo_id, eval_dir=eval_dir, base_model_id=base_model_id)
@@ -364,7 +364,7 @@ def push(
         return PushResult(repo_id, files, out, None)
 
     token = _token()  # before any work: a missing login is the likeliest mistake
-    stage = card.read_manifest(folder)["stage"]
+    stage = lineage.read_manifest(folder)["stage"]
     message = commit_message or f"Upload hftune {stage} artifact"
     with tempfile.TemporaryDirectory(prefix="hftune-push-") as tmp:
         staged = Path(tmp)

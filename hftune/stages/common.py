@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from hftune import artifacts, distributed
-from hftune.config import StageConfig, hftune_field
+from hftune.config import StageConfig, hftune_field, show
 from hftune.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def _check_same_run(work: Path, record: dict[str, Any], checkpoint: str) -> None
         return
     old, new = before.get("config", {}), record["config"]
     changed = [
-        f"{key}: {_short(old.get(key))} -> {_short(new.get(key))}"
+        f"{key}: {show(old.get(key))} -> {show(new.get(key))}"
         for key in sorted(set(old) | set(new))
         if old.get(key) != new.get(key)
     ]
@@ -276,11 +276,6 @@ def _check_same_run(work: Path, record: dict[str, Any], checkpoint: str) -> None
             f"this config does not describe. Changed: {'; '.join(changed)}. Run with the config it was "
             f"made with, or without --resume to start over (the old checkpoints in {work} are then replaced)."
         )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @contextlib.contextmanager
