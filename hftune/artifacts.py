@@ -212,7 +212,12 @@ def output_lock(final: str | os.PathLike) -> Iterator[None]:
     when the run ends. Parent folders made only for the lock go too if the run left them empty."""
     import fcntl
 
-    final = Path(final)
+    final = Path(final).absolute()  # `.` and `..` locked by their real names (and refused by check_output)
+    if final.name in ("", ".", ".."):
+        final = final.resolve()
+    if not final.name:  # a filesystem root: nothing beside it to lock, and check_output refuses it
+        yield
+        return
     made = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     path = final.parent / f".{final.name}.lock"
