@@ -304,7 +304,7 @@ def test_eval_split_takes_whole_source_rows(name):
     train_prompts = {json.dumps(r["prompt"]) for r in prepared.train}
     eval_prompts = {json.dumps(r["prompt"]) for r in prepared.eval}
     assert not train_prompts & eval_prompts
-    assert len(eval_prompts) == round(len(train_prompts | eval_prompts) * 0.2)
+    assert 0.12 < len(eval_prompts) / len(train_prompts | eval_prompts) < 0.28  # each prompt on its own
     assert len(prepared.train_indices) == len(prepared.train) and len(prepared.eval_indices) == len(
         prepared.eval
     )

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from jinja2 import TemplateError
 from hftune.data.converters import CONVERTERS
 from hftune.data.formats import FORMATS, KINDS, Format, format_mismatch
 from hftune.data.problems import PairProblem, RowProblem, format_counts
+from hftune.data.prompt_keys import is_held_out, prompt_key, split_value
 from hftune.data.recipe import Recipe, load_recipe
 from hftune.data.sources import check_columns, load_rows
 from hftune.errors import UserError
@@ -55,6 +55,10 @@ class PreparedData:
     # pairs left out of rows that were kept, by reason (a dropped row's pairs count under `dropped` only).
     n_pairs: int | None = None
     dropped_pairs: dict[str, int] = field(default_factory=dict)
+    # The prompt key (`prompt_keys.prompt_key`) of each train / eval row, in row order: what an artifact
+    # records it trained on and held out, and what the eval audits against.
+    train_keys: list[str] = field(default_factory=list)
+    eval_keys: list[str] = field(default_factory=list)
 
     @property
     def n_kept(self) -> int:
@@ -163,8 +167,14 @@ def prepare_dataset(
     seed: int = 0,
     data_files: str | os.PathLike | None = None,
     max_rows: int | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> PreparedData:
     """Load, convert and check a recipe's rows; split off a seeded eval set of source rows.
+
+    A row is held out when its prompt's key falls under `eval_fraction` for `seed`
+    (`prompt_keys.is_held_out`): a property of the row alone, so no other row's fate can move it. Training
+    rows whose prompt key is in `exclude` (prompts an earlier stage held out) are dropped as
+    `held_out_upstream`: no stage ever trains on what the eval measures.
 
     `data_files` replaces the recipe's source with a local file in the same schema. With `tokenizer` and
     `max_length`, rows longer than `max_length` tokens after the chat template are dropped as too_long; for
@@ -239,22 +249,34 @@ def prepare_dataset(
             f"{label}: all {len(raw)} rows were dropped ({format_counts(dropped)}); first: {first}"
         )
 
-    # Split source rows, not training rows, so the pairs of one row never straddle train and eval; for
-    # preference data, rows that share a prompt also go to one side, or held-out accuracy would be measured
-    # on prompts seen in training. Our own seeded pick (not Dataset.train_test_split) keeps the train rows in
-    # source order and the split independent of the datasets library's shuffling across versions.
-    groups: dict[str, list[int]] = {}
-    for pos, (_, units) in enumerate(kept):
-        key = json.dumps(units[0]["prompt"], sort_keys=True) if kind.paired else str(pos)
-        groups.setdefault(key, []).append(pos)
-    units_of_split = list(groups.values())
-    n_eval = max(1, round(len(units_of_split) * eval_fraction)) if eval_fraction > 0 else 0
-    if n_eval >= len(units_of_split):
+    # Split source rows, not training rows, so the pairs of one row never straddle train and eval. The side is
+    # a function of the row's prompt key alone: rows that share a prompt land together, and dropping other
+    # rows (too long for this stage's max_length) never moves a row across the split.
+    keys = [prompt_key(units[0]) for _, units in kept]
+    eval_pos = {pos for pos, key in enumerate(keys) if is_held_out(key, eval_fraction, seed)}
+    if eval_fraction > 0 and not eval_pos:
+        # Too few rows for the fraction to catch one: hold out the prompt(s) nearest the threshold, still
+        # chosen by key alone among these rows.
+        first = min(keys, key=lambda k: split_value(k, seed))
+        eval_pos = {pos for pos, key in enumerate(keys) if key == first}
+        logger.warning(
+            "eval_fraction %s held out no row of %d; holding out 1 prompt", eval_fraction, len(kept)
+        )
+    if eval_pos and len(eval_pos) == len(kept):
         raise UserError(f"eval_fraction {eval_fraction} leaves no training rows out of {len(kept)} kept rows")
-    picked = random.Random(seed).sample(range(len(units_of_split)), n_eval)
-    eval_pos = {pos for g in picked for pos in units_of_split[g]}
-    train_rows, train_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p not in eval_pos])
-    eval_rows, eval_indices = _format_rows(fmt, [k for p, k in enumerate(kept) if p in eval_pos])
+    upstream = {pos for pos, key in enumerate(keys) if pos not in eval_pos and key in exclude}
+    for pos in sorted(upstream):
+        problems.append((kept[pos][0], "held_out_upstream", "an earlier stage held this prompt out"))
+    dropped.update(["held_out_upstream"] * len(upstream))
+    if len(upstream) + len(eval_pos) == len(kept):
+        raise UserError(
+            f"{label}: every training row's prompt was held out by an earlier stage ({len(upstream)} rows); "
+            "the eval measures those prompts, so this stage may not train on them"
+        )
+    train_pos = [pos for pos in range(len(kept)) if pos not in eval_pos and pos not in upstream]
+    train_rows, train_indices = _format_rows(fmt, [kept[pos] for pos in train_pos])
+    eval_rows, eval_indices = _format_rows(fmt, [kept[pos] for pos in sorted(eval_pos)])
+    n_eval = len(eval_pos)
 
     examples = _examples(problems)
     result = PreparedData(
@@ -271,6 +293,8 @@ def prepare_dataset(
         max_length=max_length,
         n_pairs=len(train_rows) + len(eval_rows) if kind.paired else None,
         dropped_pairs=dict(sorted(Counter(reason for _, reason, _ in pair_problems).items())),
+        train_keys=[keys[pos] for pos in train_pos for _ in kept[pos][1]],
+        eval_keys=[keys[pos] for pos in sorted(eval_pos) for _ in kept[pos][1]],
     )
     logger.info("recipe %s (%s rows from %s): %s", recipe.name, recipe.format, label, result.summary())
     for unit, found in (("rows", problems), ("pairs", pair_problems)):

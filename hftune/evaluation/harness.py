@@ -24,7 +24,7 @@ import numpy as np
 from hftune import artifacts, distributed
 from hftune.config import StageConfig
 from hftune.errors import UserError
-from hftune.evaluation import report, stats, text_metrics
+from hftune.evaluation import contamination, report, stats, text_metrics
 from hftune.evaluation.cache import Cache, fingerprint
 from hftune.evaluation.measures import (
     aggregate,
@@ -148,6 +148,10 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     if "base" in suite.variants and not prompts.few_shot:
         logger.warning("base variant without few-shot examples: a base model may not answer at all")
     n = len(prompts.messages)
+    # Before any generation: no number may come from prompts a stage behind these models trained on.
+    audited = contamination.audit(prompts.keys, {**paths, "reward_model": suite.reward_model})
+    contamination.refuse_if_contaminated(audited, suite.allow_contamination, cfg.source)
+    logger.info(contamination.summary_line(audited))
     logger.info("eval %s: %d prompts, variants %s", suite.name, n, ", ".join(suite.variants))
 
     cache = Cache(suite.cache_dir)
@@ -269,6 +273,17 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
 
     boot = stats.Bootstrap(n, suite.bootstrap_samples, suite.confidence, seed=suite.seed)
     results = aggregate(suite, per_prompt, boot, paths, greedy, sampled)
+    results["contamination"] = audited
+    results["held_out_by"] = prompts.held_out_by or f"the suite's rule (eval_fraction {suite.eval_fraction})"
+    if audited["contaminated_prompts"] and audited["clean_prompts"] >= 2:
+        # Allowed contamination: the same metrics on the prompts no stage trained on, beside the full ones.
+        clean = [i for i in range(n) if i not in set(audited["contaminated_prompts"])]
+        subset = {v: {k: np.asarray(a)[clean] for k, a in m.items()} for v, m in per_prompt.items()}
+        clean_boot = stats.Bootstrap(len(clean), suite.bootstrap_samples, suite.confidence, seed=suite.seed)
+        results["clean_subset"] = {
+            "n_prompts": len(clean),
+            "variants": aggregate(suite, subset, clean_boot, paths, greedy, sampled)["variants"],
+        }
     if suite.judge:
         results["judge"] = run_judge(suite, prompts, shown, boot)
     samples = sample_table(prompts, shown, per_prompt, sample_rows)
@@ -313,7 +328,10 @@ def _yaml(data: dict) -> str:
 
 
 def summary(result: EvalResult) -> str:
+    audited = result.results.get("contamination")
     return (
         f"{report.summary_table(result.results)}\n\n"
+        + (f"{contamination.summary_line(audited)}\n" if audited else "")
+        + f"held-out prompts: {result.results.get('held_out_by')}\n"
         f"report: {result.output_dir / 'report.html'}\nresults: {result.output_dir / 'results.json'}"
     )

@@ -111,6 +111,12 @@ class Suite:
         None, "Cache of generations and scores (default: $HFTUNE_CACHE/eval); adding a variant reuses it."
     )
     trust_remote_code: bool = hftune_field(False, "Allow model code from the Hub (off unless you trust it).")
+    allow_contamination: bool = hftune_field(
+        False,
+        "Evaluate even if some prompts were trained on by a stage behind a model (the contamination audit "
+        "otherwise stops the eval): the report flags the overlap and gives every metric on the clean "
+        "prompts.",
+    )
 
 
 def _check(values: dict[str, Any]) -> list[str]:

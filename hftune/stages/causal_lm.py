@@ -188,6 +188,7 @@ def train(
         metrics=metrics,
         parents=parents or [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
         data=common.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
+        prepared=data,
         write_extra=lambda out: common.save_generation_config(trainer.model, tokenizer, out),
     )
     return Result(p.dirs.final, metrics, manifest, trainer)

@@ -171,9 +171,13 @@ def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
     and also done once (TRL tokenizes with the main process first).
     """
     from hftune.data import load_prepared, load_recipe, prepare_dataset, save_prepared
+    from hftune.data.prompt_keys import held_out_upstream
 
     extras = cfg.hftune
     recipe = load_recipe(extras.data_recipe)
+
+    # Prompts an artifact behind this stage's model held out are what the eval measures: never train on them.
+    upstream = held_out_upstream(getattr(cfg.model, "model_name_or_path", None))
 
     def prepare():
         return prepare_dataset(
@@ -185,6 +189,7 @@ def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
             seed=cfg.training.seed,
             data_files=extras.data_files,
             max_rows=extras.max_samples,
+            exclude=upstream,
         )
 
     if not distributed.is_distributed():
@@ -317,14 +322,18 @@ def save_artifact(
     save_model: Callable[[Path], None] | None = None,
     write_extra: Callable[[Path], None] | None = None,
     manifest_metrics: dict[str, Any] | None = None,
+    prepared=None,
 ) -> dict[str, Any]:
     """The one way a training stage finishes: weights, tokenizer (with its chat template), resolved config,
-    metrics, log history, anything stage-specific (`write_extra`) and the manifest, written to a temporary
+    metrics, log history, anything stage-specific (`write_extra`), the prompt keys of `prepared` (the
+    stage's PreparedData) and the manifest, written to a temporary
     folder that replaces the artifact only when complete; then the work folder goes. No pickles.
 
     Weights come from `save_model(out)` when given (the RL policy adapter), else `trainer.save_model`, which
     every process calls (a sharded FSDP / ZeRO-3 model is gathered to save). Returns the manifest (empty on
     the other processes)."""
+    from hftune.data.prompt_keys import write_prompts
+
     if trainer is not None:  # a diverged run leaves no artifact (PPO: the policy it saves, after any restore)
         from hftune.stages.finite import check_finite_weights
 
@@ -348,6 +357,19 @@ def save_artifact(
                 artifacts.write_json(out / "log_history.json", trainer.state.log_history)
             if write_extra is not None:
                 write_extra(out)
+            if prepared is not None:
+                # What this stage trained on and held out, as prompt keys (no text): the eval's held-out
+                # prompts and its contamination audit read them.
+                data = {
+                    **data,
+                    **write_prompts(
+                        out,
+                        prepared.train_keys,
+                        prepared.eval_keys,
+                        seed=cfg.training.seed,
+                        eval_fraction=cfg.hftune.eval_fraction,
+                    ),
+                }
             manifest = artifacts.write_manifest(
                 out,
                 stage=stage,

@@ -363,6 +363,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
         metrics=metrics,
         parents=[artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model")],
         data=common.data_manifest(p.recipe, data, cfg.hftune.data_files, len(trainer.train_dataset)),
+        prepared=data,
         write_extra=write_extra,
         manifest_metrics={**metrics, **{k: v for k, v in report.items() if not isinstance(v, dict | list)}},
     )

@@ -196,6 +196,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
                 artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
             ],
             data=common.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
+            prepared=p.data,
             write_extra=write_extra,
             manifest_metrics={**metrics, "algorithm": cfg.hftune.algorithm},
         )

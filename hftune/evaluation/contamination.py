@@ -1,0 +1,95 @@
+"""The contamination audit: no eval number may come from a prompt any stage behind the evaluated models
+trained on.
+
+For every evaluated model (and the reward model that scores them) the audit walks its lineage (the
+`parents` of each `manifest.json`) and compares the evaluated prompts' keys with what each stage recorded
+it trained on (`prompts.json`: SFT rows, reward pairs, RL prompts, pretraining texts matched whole). It
+runs before anything is generated. An overlap is an error naming the stage and the count, unless the suite
+sets `allow_contamination: true`: then the eval runs, results.json and the report carry the overlap, and
+every metric is also given on the clean prompts alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hftune.data.prompt_keys import lineage_folders, read_prompts
+from hftune.errors import UserError
+
+
+def audit(keys: list[str], models: dict[str, str | None]) -> dict[str, Any]:
+    """Overlap of the evaluated prompt `keys` with the training prompts of each stage behind `models`
+    (name -> folder: the variants and the reward model). Stages without a record (a Hub model, a folder hftune
+    did not train) are listed as unaudited."""
+    stages: dict[str, dict[str, Any]] = {}
+    used_by: dict[str, list[str]] = {}
+    unaudited: set[str] = set()
+    for name, folder in models.items():
+        if not folder:
+            continue
+        chain = lineage_folders(folder)
+        if not chain:
+            unaudited.add(str(folder))
+        for stage_folder in chain:
+            label = str(stage_folder)
+            used_by.setdefault(label, [])
+            if name not in used_by[label]:
+                used_by[label].append(name)
+            if label in stages:
+                continue
+            record = read_prompts(stage_folder)
+            if record is None:
+                unaudited.add(label)
+                continue
+            seen = [i for i, k in enumerate(keys) if k in record["trained"]]  # evaluated prompts, repeats too
+            stages[label] = {"stage": _stage_name(stage_folder), "overlap": len(seen), "prompts": seen}
+    for label, entry in stages.items():
+        entry["used_by"] = used_by[label]
+    contaminated = sorted({i for entry in stages.values() for i in entry["prompts"]})
+    return {
+        "n_prompts": len(keys),
+        "stages": stages,
+        "contaminated_prompts": contaminated,
+        "clean_prompts": len(keys) - len(contaminated),
+        "unaudited": sorted(unaudited),
+    }
+
+
+def _stage_name(folder: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((folder / "manifest.json").read_text()).get("stage", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "?"
+
+
+def refuse_if_contaminated(result: dict[str, Any], allowed: bool, source: str) -> None:
+    """Exit 2 naming every stage that trained on evaluated prompts, unless the suite allows it."""
+    bad = {label: e for label, e in result["stages"].items() if e["overlap"]}
+    if not bad or allowed:
+        return
+    lines = [
+        f"  - stage {e['stage']} ({label}, behind {', '.join(e['used_by'])}) trained on {e['overlap']} of "
+        f"the {result['n_prompts']} evaluated prompts"
+        for label, e in bad.items()
+    ]
+    raise UserError(
+        f"{source}: the eval would score prompts the models trained on:\n" + "\n".join(lines) + "\n"
+        "Evaluate on held-out prompts (the SFT model's, the default when it records them), or set "
+        "`allow_contamination: true` to run anyway (the report then flags the overlap and also gives every "
+        "metric on the clean prompts alone)."
+    )
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    overlapping = [f"{e['stage']} {e['overlap']}" for e in result["stages"].values() if e["overlap"]]
+    audited = len(result["stages"])
+    if not overlapping:
+        return f"contamination audit: 0 of {result['n_prompts']} prompts seen in training ({audited} stages)"
+    return (
+        f"contamination audit: {len(result['contaminated_prompts'])} of {result['n_prompts']} prompts seen "
+        f"in training ({', '.join(overlapping)}); metrics on the {result['clean_prompts']} clean ones are "
+        "in results.json (`clean_subset`)"
+    )
