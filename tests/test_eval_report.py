@@ -7,6 +7,7 @@ opened in headless Chromium, which is the only way to know its inline plots deco
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from hftune.evaluation.report import summary_table, write_reports
+from hftune.evaluation.report.html import FOLD_AT
 
 VARIANTS = {"base": "base", "sft": "sft", "rlhf": "rlhf", "reference": "reference"}
 EVIL = "Sure | here you go:\n<script>alert(1)</script>\nline two | end"
@@ -198,9 +200,11 @@ def test_a_variant_name_is_escaped_in_every_table(tmp_path, eval_output):
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
     for text in (md, page):
         assert "<img src=x" not in text and "onerror=alert(1)>" not in text
-    # Variants, metrics, paired differences, the win-rate matrix (a row and a column) and 5 examples.
+    # Variants, metrics, paired differences, the win-rate matrix (a row and a column) and 5 examples; the
+    # HTML has every prompt in its browser instead: a column head and a choice for A and for B.
     assert md.count("&lt;img src=x onerror=alert(1)&gt;") == 10
-    assert page.count("&lt;img src=x onerror=alert(1)&gt;") == 10
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;") == 8
+    assert '<th data-v="0">&lt;img src=x onerror=alert(1)&gt;</th>' in page
 
 
 def test_plots_degrade_without_data(tmp_path, eval_output):
@@ -245,6 +249,13 @@ def _browser() -> str | None:
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
+def _chromium(tmp_path) -> list[str]:
+    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start. --enable-logging=stderr
+    # with --v=0 prints the page's console, so an uncaught JS error shows up as "Uncaught ..." there.
+    flags = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    return [*flags, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+
+
 @pytest.mark.skipif(_browser() is None, reason="no chromium / google-chrome binary")
 def test_html_renders_in_chromium(tmp_path, eval_output):
     from PIL import Image
@@ -252,10 +263,7 @@ def test_html_renders_in_chromium(tmp_path, eval_output):
     results, samples = eval_output
     write_reports(tmp_path, results, samples)
     url = (tmp_path / "report.html").as_uri()
-    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start. --enable-logging=stderr
-    # with --v=0 prints the page's console, so an uncaught JS error shows up as "Uncaught ..." there.
-    flags = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-    flags += [f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    flags = _chromium(tmp_path)
 
     started = time.monotonic()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True)
@@ -277,3 +285,129 @@ def test_html_renders_in_chromium(tmp_path, eval_output):
     saturated = (rgb.max(axis=2) - rgb.min(axis=2)) > 100
     assert saturated.sum() > 25_000, saturated.sum()
     assert time.monotonic() - started < 60
+
+
+def test_every_prompt_is_in_the_page(tmp_path, eval_output):
+    """The browser's rows are plain HTML: all there, escaped and readable without the script."""
+    results, samples = eval_output
+    long = "word " * 200
+    samples[2]["variants"]["sft"]["response"] = long
+    samples[4]["prompt"] = "<img src=x onerror=alert(1)> & friends"
+    write_reports(tmp_path, results, samples)
+    page = (tmp_path / "report.html").read_text()
+    body = page.split('<div id="browse">')[1].split("</tbody>")[0]
+
+    rows = re.findall(r'<tr data-r="([^"]*)">(.*?)</tr>', body, re.S)
+    assert len(rows) == N_PROMPTS
+    for (rewards, row), sample in zip(rows, samples, strict=True):
+        assert f'<td class="bi">{sample["prompt_index"]}</td>' in row
+        replies = sample["variants"]
+        assert rewards.split() == [repr(replies[v]["reward"]) for v in VARIANTS]  # read by the script
+        # The pair shown when the page opens: the RLHF policy against the baseline, computed in the page.
+        difference = replies["rlhf"]["reward"] - replies["sft"]["reward"]
+        assert f'">{difference:+.3f}</td>' in row
+    assert '<th class="bd">rlhf − sft</th>' in body
+
+    assert "<img src=x" not in page and "<script>alert(1)</script>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; friends" in body
+    assert "Sure | here you go:\n&lt;script&gt;alert(1)&lt;/script&gt;" in body  # the reply, as text
+    # A long reply: its start, and the rest a click away (all of it in the page).
+    fold = f"{long[:FOLD_AT]}</span><details><summary>… {1000 - FOLD_AT} more characters</summary>"
+    assert f'{fold}<span class="text">{long[FOLD_AT:]}</span></details>' in body
+    assert '<form class="controls" hidden>' in body  # controls only show once the script runs
+    # The reference has its own column, so it is not repeated under each prompt.
+    assert "Reference:" not in body
+
+
+DRIVER = """<script>
+(function () {
+  var form = document.querySelector("#browse form"), steps = STEPS, seen = [];
+  steps.forEach(function (step) {
+    Object.keys(step).forEach(function (name) {
+      var el = form.elements[name];
+      if (el.tagName === "SELECT") {
+        var chosen = Array.prototype.filter.call(el.options, function (o) { return o.text === step[name]; });
+        el.value = chosen.length ? chosen[0].value : step[name];
+      } else {
+        el.value = step[name];
+      }
+      el.dispatchEvent(new Event("input", {bubbles: true}));
+    });
+    var shown = Array.prototype.filter.call(document.querySelectorAll("#browse tbody tr"), function (tr) {
+      return tr.getClientRects().length > 0;
+    });
+    seen.push(shown.map(function (tr) { return tr.cells[0].textContent; }).join(","));
+  });
+  document.body.setAttribute("data-seen", seen.join(";"));
+  document.body.setAttribute("data-images", String(document.images.length));
+})();
+</script>"""
+
+
+def _drive(page: str, steps: list[dict[str, str]]) -> str:
+    """The page plus a script that, after the report's own script, sets the browser's controls as a reader
+    would (picks an option by its text, types in the box), firing the events a reader's input fires, and
+    records after each step the prompt index of each row the browser shows, top to bottom."""
+    return page.replace("</body>", DRIVER.replace("STEPS", json.dumps(steps)) + "\n</body>")
+
+
+@pytest.mark.skipif(_browser() is None, reason="no chromium / google-chrome binary")
+def test_browser_sorts_and_filters_in_chromium(tmp_path, eval_output):
+    results, samples = eval_output
+    evil = "<img src=x onerror=\"document.body.setAttribute('data-pwned', 1)\">"
+    samples[1]["variants"]["sft"]["response"] = evil
+    samples[6]["prompt"] = evil
+    samples[3]["variants"]["sft"]["reward"] = None  # no difference: never "loses", sorted last
+    samples[5]["variants"]["sft"]["reward"] = samples[5]["variants"]["rlhf"]["reward"]  # a tie
+    samples[7]["variants"]["sft"]["reward"] = samples[7]["variants"]["rlhf"]["reward"] + 1.0  # SFT wins
+    write_reports(tmp_path, results, samples)
+    page = (tmp_path / "report.html").read_text()
+
+    def difference(sample: dict) -> float | None:
+        a, b = sample["variants"]["sft"]["reward"], sample["variants"]["rlhf"]["reward"]
+        return None if a is None or b is None else a - b
+
+    # A = sft, B = rlhf (not the pair the page opens with): where does SFT lose to the RLHF policy?
+    loses = sorted(
+        (s for s in samples if (d := difference(s)) is not None and d < 0),
+        key=lambda s: (difference(s), s["prompt_index"]),
+    )
+    ranked = sorted(
+        (s for s in samples if difference(s) is not None), key=lambda s: (difference(s), s["prompt_index"])
+    )
+    needle = "WHAT IS " + loses[0]["prompt"].split()[2]  # case-insensitive, and a strict narrowing
+    narrowed = [s for s in loses if needle.lower() in s["prompt"].lower()]
+    assert 2 <= len(loses) < N_PROMPTS - 2 and 1 <= len(narrowed) < len(loses)
+    steps = [
+        {},  # as the page opens
+        {"a": "sft", "b": "rlhf", "sort": "A − B, ascending"},
+        {"only": "A loses to B (A − B < 0)"},
+        {"q": needle},
+        {"q": "", "only": "every prompt", "sort": "A − B, descending"},
+    ]
+    driven = tmp_path / "driven.html"
+    driven.write_text(_drive(page, steps))
+    dom = subprocess.run(
+        [*_chromium(tmp_path), "--dump-dom", driven.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Uncaught" not in dom.stderr
+    [seen] = re.findall(r'data-seen="([^"]*)"', dom.stdout)
+    opened, ascending, losing, filtered, descending = (step.split(",") for step in seen.split(";"))
+
+    def indexes(rows: list[dict]) -> list[str]:
+        return [str(s["prompt_index"]) for s in rows]
+
+    assert opened == indexes(samples)
+    assert ascending == [*indexes(ranked), "3"]  # the prompt without a difference last
+    assert losing == indexes(loses)
+    assert filtered == indexes(narrowed)
+    assert descending == [*indexes(sorted(ranked, key=lambda s: (-difference(s), s["prompt_index"]))), "3"]
+    # The header follows the choice, and the evil reply and prompt are text (4 plots, no other image).
+    assert re.search(r'<th class="bd">sft − rlhf</th>', dom.stdout)
+    assert re.search(r"<body[^>]* data-images=\"4\"", dom.stdout)
+    assert not re.search(r"<body[^>]* data-pwned", dom.stdout)
+    assert re.search(r"of 12 prompts shown", dom.stdout)

@@ -97,6 +97,7 @@ def test_an_eval_after_an_sft_that_dropped_rows_scores_no_training_prompt(short_
     (sft_stage,) = [s for s in results["contamination"]["stages"].values() if s["stage"] == "sft"]
     assert sft_stage["overlap"] == 0
     assert "0 of" in out and "contamination audit" in out
+    assert "None of the" in (root / "eval/report.md").read_text()
     # The SFT artifact records what it trained on and held out, as keys only.
     record = read_prompts(root / "sft")
     assert record["trained"] and record["held_out"] and not record["trained"] & record["held_out"]
@@ -147,6 +148,11 @@ def test_allowed_contamination_is_reported_with_the_clean_subset(short_sft, caps
         == audit["n_prompts"] - sft_stage["overlap"]
     )
     assert "prompts seen in training" in out
+    # The report flags the overlap (a red cell) and repeats the metrics on the clean prompts.
+    html = (root / "mixed/report.html").read_text()
+    assert "Held-out check" in html and f'class="worse">{sft_stage["overlap"]} of' in html
+    assert f"on the {audit['clean_prompts']} prompts no stage" in html
+    assert "Metrics on the clean prompts" in (root / "mixed/report.md").read_text()
 
 
 def test_rl_never_trains_on_the_prompts_sft_held_out(chain, tmp_path):

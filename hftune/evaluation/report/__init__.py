@@ -7,7 +7,8 @@ data flows:
 - `results`: reading results.json (variant and metric names in table order, statistics, metric info);
 - `table`: the format-free model of a report (sections, tables, cells with their marks and intervals);
 - `sections`: one builder per section, from results.json and samples.jsonl to that model;
-- `markdown`, `html`: the two renderers (and the one escaper each), `plots`: the figures of report.html.
+- `markdown`, `html`: the two renderers (and the one escaper each), `plots`: the figures of report.html,
+  `browse`: its prompt browser (every prompt's replies, sorted and filtered by a paired reward difference).
 
 The model card (hftune.publish.card) shows the same metrics table through the same Markdown renderer.
 """

@@ -1,9 +1,11 @@
-"""report.html: a report's sections as one self-contained page, with the plots.
+"""report.html: a report's sections as one self-contained page, with the plots and every prompt.
 
 The page has no external resources (its plots are inline PNGs) so it can be mailed or archived as one file;
 a small inline script checks on load that every plot decoded and records the outcome in the page title and
-a `data-plots-ok` attribute on <body>, which the tests read through headless Chromium. Every string is
-HTML-escaped, since model output is arbitrary text and the report is opened in a browser.
+a `data-plots-ok` attribute on <body>, which the tests read through headless Chromium. In place of the
+first few examples the page has the prompt browser (`browse`): every prompt's replies, all in the markup,
+which a second inline script sorts and filters. Every string is HTML-escaped, since model output is
+arbitrary text and the report is opened in a browser.
 """
 
 from __future__ import annotations
@@ -12,10 +14,24 @@ import json
 from html import escape as html_escape
 from typing import Any
 
-from hftune.evaluation.report import sections
+from hftune.evaluation.report import browse, sections
 from hftune.evaluation.report.plots import Plot, render_plots
 from hftune.evaluation.report.results import baseline, confidence
-from hftune.evaluation.report.table import MARKS, Cell, Definition, Example, Paragraph, Reply, Section, Table
+from hftune.evaluation.report.table import (
+    MARKS,
+    Cell,
+    Definition,
+    Example,
+    Paragraph,
+    Reply,
+    Section,
+    Table,
+    number,
+)
+
+# A longer reply or prompt in the prompt browser shows its first FOLD_AT characters, the rest behind a click.
+FOLD_AFTER = 300
+FOLD_AT = 220
 
 
 def _escape(text: Any) -> str:
@@ -28,6 +44,9 @@ def render_html(results: dict, samples: list[dict]) -> str:
     n_prompts = results.get("n_prompts", len(samples))
     body = []
     for part in sections.report(results, samples):
+        if part.name == "examples":  # the page has every prompt, in the browser, instead of the first few
+            body.append(_browser(browse.browser(results, samples)))
+            continue
         body.append(_section(part))
         if part.name == "diffs":  # the plots draw the numbers of the tables above them
             body.append(_plots(render_plots(results, samples)))
@@ -138,6 +157,88 @@ def _reply(reply: Reply) -> str:
     )
 
 
+def _browser(b: browse.Browser | None) -> str:
+    """Every prompt as a table row, all in the page; the script (hidden controls until it runs) sorts and
+    filters them. The script reads: `data-r` (each variant's reward, in column order, '-' where none), `.q`
+    (the prompt's text), `.bd` (the A - B cell) and `th[data-v]` (a variant's column)."""
+    if b is None:
+        return ""
+    pair = b.a is not None and b.b is not None
+    controls = ""
+    if pair:
+        controls = (
+            f'<label>A <select name="a">{_options(b, b.a)}</select></label>'
+            f'<label>B <select name="b">{_options(b, b.b)}</select></label>'
+            '<label>Show <select name="only"><option value="all">every prompt</option>'
+            '<option value="lt">A loses to B (A − B &lt; 0)</option>'
+            '<option value="gt">A beats B (A − B &gt; 0)</option>'
+            '<option value="eq">ties (A − B = 0)</option></select></label>'
+            '<label>Order <select name="sort"><option value="index">prompt order</option>'
+            '<option value="asc">A − B, ascending</option><option value="desc">A − B, descending</option>'
+            "</select></label>"
+        )
+    controls += '<label>Prompt contains <input type="search" name="q"></label><span class="count"></span>'
+    head = "<th>#</th><th>prompt</th>"
+    if pair:
+        head += f'<th class="bd">{_escape(b.variants[b.a])} − {_escape(b.variants[b.b])}</th>'
+    for i, name in enumerate(b.variants):
+        picked = ' class="pick-a"' if i == b.a else ' class="pick-b"' if i == b.b else ""
+        head += f'<th data-v="{i}"{picked}>{_escape(name)}</th>'
+    rows = "".join(_browser_row(b, row, pair) for row in b.rows)
+    # Each row lays itself out as a grid with these columns (see CSS), so rows out of view can skip layout.
+    columns = f"3.5em minmax(160px, 1.2fr){' 90px' * pair} repeat({len(b.variants)}, minmax(160px, 1fr))"
+    note = (
+        f"All {len(b.rows)} prompts, each variant's greedy reply side by side. Pick two variants A and B to "
+        "sort and filter the prompts by the paired reward difference reward(A) − reward(B); long texts are "
+        "folded (click to unfold)."
+        if pair
+        else f"All {len(b.rows)} prompts, each variant's greedy reply side by side; long texts are folded."
+    )
+    return (
+        f'<h2>All prompts</h2><p class="note">{_escape(note)}</p><div id="browse">'
+        f'<form class="controls" hidden>{controls}</form><div class="scroll">'
+        f'<table class="browse" style="--columns: {columns}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></div></div>"
+    )
+
+
+def _options(b: browse.Browser, chosen: int | None) -> str:
+    return "".join(
+        f'<option value="{i}"{" selected" if i == chosen else ""}>{_escape(b.variants[i])}</option>'
+        for i in b.rewarded
+    )
+
+
+def _browser_row(b: browse.Browser, row: browse.Row, pair: bool) -> str:
+    rewards = " ".join("-" if a is None or a.reward is None else repr(a.reward) for a in row.answers)
+    prompt = _folded(row.prompt, "text q")
+    if row.reference is not None:
+        prompt += f'<div class="refline"><b>Reference:</b> {_folded(row.reference, "text")}</div>'
+    out = f'<tr data-r="{rewards}"><td class="bi">{_escape(row.index)}</td><td>{prompt}</td>'
+    if pair:
+        difference = b.difference(row)
+        mark = "" if not difference else " worse" if difference < 0 else " better"
+        out += f'<td class="bd{mark}">{number(difference, 3, signed=difference != 0)}</td>'
+    for answer in row.answers:
+        if answer is None:
+            out += '<td class="none">no reply</td>'
+        else:
+            facts = f'<span class="facts">{_escape(" · ".join(answer.facts))}</span>'
+            out += f"<td>{facts}{_folded(answer.response, 'text')}</td>"
+    return out + "</tr>"
+
+
+def _folded(text: str, css: str) -> str:
+    """Text in full when short; else its start, and the rest in a <details> (unfolded by a click)."""
+    if len(text) <= FOLD_AFTER:
+        return f'<span class="{css}">{_escape(text)}</span>'
+    head, tail = text[:FOLD_AT], text[FOLD_AT:]
+    return (
+        f'<span class="{css}">{_escape(head)}</span><details><summary>… {len(tail)} more characters'
+        f'</summary><span class="{css}">{_escape(tail)}</span></details>'
+    )
+
+
 def _plots(plots: list[Plot]) -> str:
     figures = []
     for plot in plots:
@@ -198,6 +299,24 @@ details { margin: 8px 0; } summary { cursor: pointer; color: var(--accent); }
 .reply { background: var(--bg2); border-radius: 4px; padding: 6px 8px; font-size: 13px; }
 .reply .who { font-weight: 600; margin-bottom: 2px; } .reply .facts { font-weight: 400; font-size: 12px; }
 .reply .text { display: block; }
+.controls { display: flex; flex-wrap: wrap; gap: 6px 16px; align-items: center; font-size: 13px;
+            position: sticky; top: 0; z-index: 1; background: #fff; padding: 6px 0; }
+.count { color: var(--muted); }
+/* The prompt browser: a table whose rows are grids of the same columns rather than table rows, so that
+   `content-visibility: auto` can spare the browser laying out and painting the thousands of rows out of
+   view (a real table lays out every row on each sort and filter). */
+table.browse, table.browse thead, table.browse tbody { display: block; }
+table.browse { font-size: 12.5px; border-left: 1px solid var(--line); border-top: 1px solid var(--line); }
+table.browse tr { display: grid; grid-template-columns: var(--columns); }
+table.browse tbody tr { content-visibility: auto; contain-intrinsic-size: auto 120px; }
+table.browse th, table.browse td { border-width: 0 1px 1px 0; text-align: left; min-width: 0; }
+.controls[hidden], table.browse tr[hidden] { display: none; }
+table.browse td.bi, table.browse td.bd { text-align: right; }
+td.bd { font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.browse th.pick-a::after { content: " (A)"; } table.browse th.pick-b::after { content: " (B)"; }
+table.browse .facts { display: block; font-size: 11px; } td.none { color: var(--muted); }
+table.browse details { margin: 2px 0 0; } table.browse summary { font-size: 11px; }
+.refline { margin-top: 4px; color: var(--muted); }
 """
 
 # Run after load, when every data: image has decoded or failed; the tests read the title / attribute.
@@ -210,6 +329,69 @@ window.addEventListener("load", function () {
   document.title = status + " · " + document.title;
   document.body.setAttribute("data-plots-ok", broken ? "false" : "true");
 });
+
+// The prompt browser: every row is in the page; this only orders and hides them. A - B is recomputed when
+// the pair changes, the rows are moved only when their order changes, so typing in the filter stays fast.
+(function () {
+  var box = document.getElementById("browse");
+  if (!box) return;
+  var form = box.querySelector("form"), tbody = box.querySelector("tbody"), ctl = form.elements;
+  var rows = Array.prototype.slice.call(tbody.rows);
+  var texts = rows.map(function (tr) {
+    var parts = tr.querySelectorAll(".q");
+    return Array.prototype.map.call(parts, function (e) { return e.textContent; }).join("").toLowerCase();
+  });
+  var rewards = rows.map(function (tr) { return tr.getAttribute("data-r").split(" ").map(parseFloat); });
+  var cells = rows.map(function (tr) { return tr.querySelector("td.bd"); });
+  var heads = Array.prototype.slice.call(box.querySelectorAll("th[data-v]"));
+  var pair = null, order = "index", diff = rows.map(function () { return NaN; });
+  function name(select) { return select.options[select.selectedIndex].text; }
+  function update() {
+    var a = ctl.a ? +ctl.a.value : -1, b = ctl.b ? +ctl.b.value : -1;
+    var keep = ctl.only ? ctl.only.value : "all", how = ctl.sort ? ctl.sort.value : "index";
+    var needle = ctl.q.value.trim().toLowerCase(), shown = 0;
+    if (a >= 0 && pair !== a + " " + b) {
+      pair = a + " " + b;
+      diff = rewards.map(function (r) { return r[a] - r[b]; });
+      cells.forEach(function (td, i) {
+        var d = diff[i];
+        td.textContent = isNaN(d) ? "-" : (d > 0 ? "+" : "") + d.toFixed(3);
+        td.className = "bd" + (d < 0 ? " worse" : d > 0 ? " better" : "");
+      });
+      box.querySelector("th.bd").textContent = name(ctl.a) + " − " + name(ctl.b);
+      heads.forEach(function (th) {
+        var v = +th.getAttribute("data-v");
+        th.className = v === a ? "pick-a" : v === b ? "pick-b" : "";
+      });
+    }
+    rows.forEach(function (tr, i) {
+      var d = diff[i];
+      var ok = texts[i].indexOf(needle) >= 0 &&
+        (keep === "all" || (keep === "lt" ? d < 0 : keep === "gt" ? d > 0 : d === 0));
+      if (tr.hidden === ok) tr.hidden = !ok;
+      shown += ok ? 1 : 0;
+    });
+    var key = how === "index" ? how : how + " " + pair;
+    if (order !== key) {
+      order = key;
+      var sign = how === "asc" ? 1 : -1, idx = rows.map(function (_, i) { return i; });
+      if (how !== "index") {  // a stable sort: ties keep prompt order; prompts without a difference last
+        idx.sort(function (i, j) {
+          var x = diff[i], y = diff[j];
+          return isNaN(x) || isNaN(y) ? isNaN(x) - isNaN(y) : sign * (x - y);
+        });
+      }
+      var frag = document.createDocumentFragment();
+      idx.forEach(function (i) { frag.appendChild(rows[i]); });
+      tbody.appendChild(frag);
+    }
+    box.querySelector(".count").textContent = shown + " of " + rows.length + " prompts shown";
+  }
+  form.addEventListener("input", update);
+  form.addEventListener("submit", function (e) { e.preventDefault(); });
+  form.hidden = false;
+  update();
+})();
 """
 
 PAGE = """<!DOCTYPE html>

@@ -30,7 +30,10 @@ def render_markdown(results: dict, samples: list[dict]) -> str:
     out = [f"# Eval report: {suite} ({escape(results.get('n_prompts', len(samples)))} prompts)", ""]
     for part in sections.report(results, samples):
         out += _section(part)
-    out.append("Plots (reward and length distributions, win-rate heatmap, reward vs KL) are in report.html.")
+    out.append(
+        "Plots (reward and length distributions, win-rate heatmap, reward vs KL) and every prompt's replies "
+        "(sortable and filterable by the reward difference of two variants) are in report.html."
+    )
     return "\n".join(out) + "\n"
 
 

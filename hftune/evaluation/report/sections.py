@@ -58,6 +58,8 @@ def report(results: dict, samples: list[dict]) -> list[Section]:
     """Every section of report.md and report.html, in order; a section with nothing to say is left out."""
     parts = [
         variants(results),
+        held_out(results),
+        *clean_subset(results),
         decoding(results),
         metrics(results),
         diffs(results),
@@ -79,6 +81,55 @@ def variants(results: dict) -> Section:
         for name, v in (results.get("variants") or {}).items()
     ]
     return Section("variants", "Variants", table=Table(_header("variant", "kind", "model"), rows, "narrow"))
+
+
+def held_out(results: dict) -> Section | None:
+    """Where the prompts come from and the contamination audit: every stage behind the evaluated models,
+    and how many evaluated prompts it trained on (a non-zero count is flagged)."""
+    audit = results.get("contamination")
+    if not audit:
+        return None
+    n = audit.get("n_prompts", 0)
+    rows = [
+        [
+            Cell(str(stage.get("stage", "?"))),
+            Cell(folder, code=True),
+            Cell(", ".join(stage.get("used_by") or [])),
+            Cell(f"{stage.get('overlap', 0)} of {n}", mark="worse" if stage.get("overlap") else None),
+        ]
+        for folder, stage in (audit.get("stages") or {}).items()
+    ]
+    seen = len(audit.get("contaminated_prompts") or [])
+    verdict = (
+        f"{seen} of the {n} evaluated prompts were trained on by a stage below; the metrics on the "
+        f"{audit.get('clean_prompts')} clean prompts alone follow."
+        if seen
+        else f"None of the {n} evaluated prompts was trained on by any stage behind these models."
+    )
+    note = [
+        Cell(f"Prompts held out by {results.get('held_out_by') or 'the suite'}. "),
+        Cell(verdict, strong=bool(seen)),
+    ]
+    if audit.get("unaudited"):
+        note.append(
+            Cell(f" Not audited (no record of their training data): {', '.join(audit['unaudited'])}.")
+        )
+    table = Table(_header("stage", "folder", "behind", "evaluated prompts it trained on"), rows, "narrow")
+    return Section("held_out", "Held-out check", note=note, table=table)
+
+
+def clean_subset(results: dict) -> list[Section]:
+    """The metrics again on the prompts no stage trained on, when the suite allowed contamination."""
+    clean = results.get("clean_subset")
+    if not clean:
+        return []
+    table = metrics_table({**results, "variants": clean.get("variants") or {}})
+    note = [
+        Cell(
+            f"The same metrics on the {clean.get('n_prompts')} prompts no stage behind the models trained on."
+        )
+    ]
+    return [Section("clean_subset", "Metrics on the clean prompts", note=note, table=table)]
 
 
 def decoding(results: dict) -> Section:
@@ -213,21 +264,26 @@ def _example(results: dict, sample: dict) -> Example:
 
 
 def _reply(name: str, reply: dict) -> Reply:
-    facts = [f"reward {number(reply.get('reward'), 3)}"] if finite(reply.get("reward")) else []
-    if reply.get("length") is not None:
-        facts.append(f"{reply['length']} tokens")
-    if reply.get("ended") is False:
-        facts.append("no EOS")
-    if finite(reply.get("verified")):
-        score = reply["verified"]
-        facts.append("✔ correct" if score >= 1 else "✘ wrong" if score <= 0 else f"verifier {score:.2f}")
     return Reply(
         variant=name,
         reward=number(reply.get("reward"), 3),
         tokens="-" if reply.get("length") is None else str(reply["length"]),
-        facts=facts,
+        facts=facts(reply),
         response=_clip(reply.get("response")),
     )
+
+
+def facts(reply: dict) -> list[str]:
+    """What is shown above a reply (here and in the prompt browser): reward, length, EOS, verifier."""
+    out = [f"reward {number(reply.get('reward'), 3)}"] if finite(reply.get("reward")) else []
+    if reply.get("length") is not None:
+        out.append(f"{reply['length']} tokens")
+    if reply.get("ended") is False:
+        out.append("no EOS")
+    if finite(reply.get("verified")):
+        score = reply["verified"]
+        out.append("✔ correct" if score >= 1 else "✘ wrong" if score <= 0 else f"verifier {score:.2f}")
+    return out
 
 
 def _clip(text: Any) -> str:

@@ -7,4 +7,5 @@ ppo.py         TRL's experimental PPOTrainer (the only module importing `trl.exp
 group.py       TRL's RLOOTrainer / GRPOTrainer
 guardrails.py  metrics.jsonl, held-out checks and the alarms that stop a run going wrong
 progress.py    the console: a progress bar and one short line a logged step
+seeding.py     one seed for the run, before anything draws (what draws, what a GPU cannot repeat)
 """

@@ -151,6 +151,8 @@ class ScoredPPOTrainer(_trainer_class()):
         if self.args.num_total_batches == 0:
             return  # resumed from the final checkpoint: nothing left to train, only the artifact to save
 
+        # TRL orders minibatches with numpy's global generator and samples with torch's; the stage seeded
+        # both before the trainer was built (`seeding.seed_run`), so the same seed repeats the run.
         original = ppo_module.get_reward
         ppo_module.get_reward = functools.partial(score_through_hftune, self, original)
         try:
@@ -173,7 +175,9 @@ class SaveValueModel(TrainerCallback):
 
 def _resume(trainer, checkpoint: Path) -> None:
     """Continue an interrupted PPO run: policy adapter, value model, optimizer and scheduler from the
-    checkpoint, and only the updates still to do (TRL's PPOTrainer has no resume of its own)."""
+    checkpoint, and only the updates still to do (TRL's PPOTrainer has no resume of its own). The random
+    state is not restored: the resumed updates draw prompts, samples and minibatch order as a fresh run with
+    the same seed does, so resuming repeats itself but does not replay the uninterrupted run."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file, load_model
 

@@ -42,6 +42,7 @@ from hftune.stages.rl.guardrails import (
 )
 from hftune.stages.rl.progress import RLProgress, replace_progress_callback
 from hftune.stages.rl.rewards import RewardFn, heldout_evaluator, prompt_rows
+from hftune.stages.rl.seeding import seed_run
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Prepared:
 def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     """The trainer with its guardrails, built and checked but not trained (for tests and inspection)."""
     model_args, extras = cfg.model, cfg.hftune
+    # Before anything draws: the same seed then gives the same adapter init, rollouts and minibatch order.
+    seed_run(cfg.training)
     dirs = common.run_dirs(cfg, resume)
     policy_path = model_args.model_name_or_path
     if loading.resolve_source(policy_path).is_reward_model:
