@@ -13,6 +13,13 @@ interrupted stage (a crash, `kill -9`) resumes from its last checkpoint when the
 A training stage entry may also say how to run it: `num_processes: N` starts it in N processes with
 `torchrun --standalone` (DDP: gloo on CPU, NCCL on GPUs), and `accelerate_config: FILE` with `accelerate
 launch --config_file FILE` (FSDP, DeepSpeed; `num_processes` then overrides the file's).
+
+The RL stage entry may say `seeds: [1, 2, 3]`: the stage then runs once per seed (its `seed` set to each),
+into `<output_dir>/<stage>-seed<N>` (`ppo-seed1`, ...), each run skipped, resumed and recorded in the ledger
+on its own (adding a seed later trains only the new run), and the eval takes every run as the seeds of one
+variant (`rlhf_models: {rlhf: [<output_dir>/ppo-seed1, ...]}`) and reports a CI across seeds beside each
+number. Without `seeds` the stage runs once in `<output_dir>/<stage>` as always. `--force ppo` re-runs every
+seed run, `--force ppo-seed2` that one run (and what comes after the RL stage).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any
 import yaml
 
 from hftune import artifacts
-from hftune.config import ConfigError
+from hftune.config import ConfigError, value_problem
 from hftune.errors import StageFailed, UserError, did_you_mean
 from hftune.stages import registry
 from hftune.stages.registry import STAGES
@@ -45,6 +52,8 @@ LEDGER = "pipeline.json"
 # config.json of the Hub models the shipped configs start from (architecture only), for offline plans.
 ARCHITECTURES = Path(__file__).parent / "architectures"
 PIPELINE_KEYS = ("output_dir", "stages")
+# Keys a stage takes from a seeded stage (one run per seed): every run, as the seeds of one variant.
+SEEDED_HANDOFF = {"rlhf_models": "rlhf"}
 
 
 @dataclass
@@ -57,6 +66,12 @@ class PlannedStage:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     action: str = "run"  # run | skip | resume
     launch: Launch | None = None  # run in its own processes (torchrun / accelerate launch)
+    seed: int | None = None  # one run of a stage with `seeds`: the seed it sets
+
+    @property
+    def key(self) -> str:
+        """The run's name: its folder and ledger entry (`ppo`, or `ppo-seed1` for one of several seeds)."""
+        return self.name if self.seed is None else f"{self.name}-seed{self.seed}"
 
 
 @dataclass
@@ -114,6 +129,37 @@ def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, prob
     )
 
 
+def _seeds(entry: dict[str, Any], name: str, where: str, problems: list[str]) -> list[int] | None:
+    """Pop `seeds` (a key of the stage entry, not of the stage's config: the pipeline runs the stage once per
+    seed) and check it; None when the entry has none (or a bad one, reported)."""
+    if "seeds" not in entry:
+        return None
+    seeds = entry.pop("seeds")
+    if STAGES[name].role != "rl":
+        rl = ", ".join(n for n, spec in STAGES.items() if spec.role == "rl")
+        problems.append(f"{where}: `seeds` is for the RL stage ({rl}), not {name}")
+        return None
+    if not isinstance(seeds, list) or not seeds:
+        problems.append(f"{where}: `seeds`: expected a list of whole numbers ([1, 2, 3]), got {seeds!r:.80}")
+        return None
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        problems.append(f"{where}: `seeds`: expected whole numbers, got {bad[0]!r:.80}")
+        return None
+    for s in seeds:
+        if (problem := value_problem("seed", s)) is not None:
+            problems.append(f"{where}: `seeds`: {problem}")
+            return None
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        problems.append(f"{where}: `seeds`: {twice[0]} is listed twice (each seed is one run)")
+        return None
+    if "seed" in entry:
+        problems.append(f"{where}: `seed` and `seeds` both given (each run of `seeds` sets `seed`)")
+        return None
+    return seeds
+
+
 def _beside(config_path: str, value: Any) -> Path:
     """A file a pipeline config names: as given if it exists from here, else beside the pipeline config."""
     file = Path(str(value))
@@ -154,6 +200,7 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
             problems.append(f"{where}: unknown stage {name!r}{did_you_mean(name, STAGES)}")
             continue
         launch = _launch(entry, name, where, config_path, problems)
+        seeds = _seeds(entry, name, where, problems)
         role = STAGES[name].role
         if role in seen:
             problems.append(f"{where}: a second {role} stage (one of each per pipeline)")
@@ -174,19 +221,32 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
         values.update(entry)
         if STAGES[name].algorithm:
             values["algorithm"] = STAGES[name].algorithm
-        values["output_dir"] = str(root / name)
-        plan.append(PlannedStage(name, values, source, root / name, launch=launch))
+        for seed in seeds or [None]:
+            run = PlannedStage(name, dict(values), source, root / name, launch=launch, seed=seed)
+            if seed is not None:
+                run.values["seed"] = seed
+                run.output_dir = root / run.key
+            run.values["output_dir"] = str(run.output_dir)
+            plan.append(run)
     for stage in plan:
         spec = STAGES[stage.name]
         for key, role in spec.handoff.items():
-            earlier = next((s for s in plan if STAGES[s.name].role == role), None)
-            if earlier is None:
+            earlier = [s for s in plan if STAGES[s.name].role == role]
+            if not earlier:
                 if key not in stage.values and key not in spec.optional_handoff:
                     problems.append(f"stage {stage.name}: no {role} stage before it to take `{key}` from")
                 continue
-            if plan.index(earlier) > plan.index(stage):
-                problems.append(f"stage {stage.name}: must come after the {earlier.name} stage")
-            stage.values[key] = str(earlier.output_dir)
+            if plan.index(earlier[0]) > plan.index(stage):
+                problems.append(f"stage {stage.name}: must come after the {earlier[0].name} stage")
+            if earlier[0].seed is None:
+                stage.values[key] = str(earlier[0].output_dir)
+            elif key in SEEDED_HANDOFF:  # every seed run, as one variant
+                stage.values[key] = {SEEDED_HANDOFF[key]: [str(s.output_dir) for s in earlier]}
+            else:
+                problems.append(
+                    f"stage {stage.name}: takes one `{key}` from the {earlier[0].name} stage, which runs "
+                    "once per seed (`seeds`); run it without `seeds`"
+                )
     if problems:
         raise ConfigError(config_path, problems)
     return root, plan
@@ -195,7 +255,7 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
 def _write_stage_config(stage: PlannedStage, folder: Path) -> Path:
     """A stage's merged config as a file its parser (or its launched processes) can read."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stage.name}.yaml"
+    path = folder / f"{stage.key}.yaml"
     path.write_text(f"# {stage.source}, with the pipeline's handoff paths\n" + yaml.safe_dump(stage.values))
     return path
 
@@ -238,13 +298,23 @@ def _data_fingerprint(cfg) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)
 
 
-def _parents(stage: PlannedStage) -> dict[str, str | None]:
-    out = {}
+def _parents(stage: PlannedStage) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key in STAGES[stage.name].handoff:
         if key in stage.values:
             # A path that is not (yet) a finished artifact, or a Hub id, has no manifest: None.
-            out[key] = artifacts.manifest_sha256(str(stage.values[key]))
+            out[key] = _manifest_hashes(stage.values[key])
     return out
+
+
+def _manifest_hashes(value: Any) -> Any:
+    """The manifest hash of a handed-off folder, or of each folder of a mapping / list of them (the seed
+    runs of one variant)."""
+    if isinstance(value, dict):
+        return {str(k): _manifest_hashes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_manifest_hashes(v) for v in value]
+    return artifacts.manifest_sha256(str(value))
 
 
 def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: bool = False) -> str:
@@ -256,7 +326,7 @@ def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: b
     }
     if stage.launch is not None:
         stage.fingerprint["launch"] = stage.launch.fingerprint()
-    record = _read_ledger(root).get(stage.name, {})
+    record = _read_ledger(root).get(stage.key, {})
     up_to_date = (
         artifacts.is_complete(stage.output_dir)
         and record.get("inputs") == stage.fingerprint
@@ -286,7 +356,7 @@ def _read_ledger(root: Path) -> dict[str, Any]:
 
 def _record(root: Path, stage: PlannedStage, wall_s: float) -> None:
     ledger = _read_ledger(root)
-    ledger[stage.name] = {
+    ledger[stage.key] = {
         "inputs": stage.fingerprint,
         "manifest_sha256": artifacts.manifest_sha256(stage.output_dir),
         "wall_time_s": round(wall_s, 2),
@@ -303,10 +373,9 @@ def run(
     overwrite: bool = False,
 ) -> list[PlannedStage]:
     root, plan = load_plan(config_path, output_dir)
-    if force and force not in {s.name for s in plan}:
-        raise UserError(
-            f"--force {force}: no such stage in {config_path} ({', '.join(s.name for s in plan)})"
-        )
+    names = list(dict.fromkeys(n for s in plan for n in (s.name, s.key)))
+    if force and force not in names:
+        raise UserError(f"--force {force}: no such stage in {config_path} ({', '.join(names)})")
     modules = _parse_stages(plan)
     _check_recipes(plan)
     for stage in plan:
@@ -318,22 +387,23 @@ def run(
             if stage.launch.sharding:
                 raise UserError(f"{stage.source}: {RL_SHARDED.format(stage.launch.sharding)}")
     check_outputs(root, plan, overwrite=overwrite)
-    first_forced = next((i for i, s in enumerate(plan) if s.name == force), len(plan))
+    forced = _forced(plan, force)
     if dry_run:
-        # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too.
-        changed = False
+        # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too (not
+        # the other seed runs of the same stage: they take nothing from each other).
+        will_run: list[PlannedStage] = []
         for i, stage in enumerate(plan):
-            changed = (
-                decide(root, stage, forced=i >= first_forced, upstream_changed=changed) != "skip" or changed
-            )
+            changed = any(s.name != stage.name for s in will_run)
+            if decide(root, stage, forced=forced[i], upstream_changed=changed) != "skip":
+                will_run.append(stage)
         print(describe(plan))
         return plan
     with artifacts.output_lock(root):
         for i, stage in enumerate(plan):
-            if decide(root, stage, forced=i >= first_forced) == "skip":
-                logger.info("stage %s: up to date (%s), skipped", stage.name, stage.output_dir)
+            if decide(root, stage, forced=forced[i]) == "skip":
+                logger.info("stage %s: up to date (%s), skipped", stage.key, stage.output_dir)
                 continue
-            logger.info("stage %s: %s -> %s", stage.name, stage.action, stage.output_dir)
+            logger.info("stage %s: %s -> %s", stage.key, stage.action, stage.output_dir)
             if stage.action == "run" and STAGES[stage.name].trains:
                 # A forced or changed stage starts over: an old run's checkpoints must not be resumed into
                 # it. The stage's work folder is the stage's own (it removes it when it finishes); the
@@ -346,18 +416,32 @@ def run(
             started = time.time()
             stage.cfg.overwrite = overwrite
             if stage.launch is not None:
-                print(f"== {stage.name} ({stage.launch.num_processes} processes) ==", flush=True)
+                print(f"== {stage.key} ({stage.launch.num_processes} processes) ==", flush=True)
                 config_file = _write_stage_config(stage, root / ".pipeline")
                 _run_launched(stage, config_file, overwrite=overwrite)
             else:
                 with artifacts.output_lock(stage.output_dir):
                     result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
-                print(f"== {stage.name} ==\n{modules[stage.name].summary(result)}")
+                print(f"== {stage.key} ==\n{modules[stage.name].summary(result)}")
                 del result
                 _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
             _record(root, stage, time.time() - started)
     print(describe(plan))
     return plan
+
+
+def _forced(plan: list[PlannedStage], force: str | None) -> list[bool]:
+    """Which runs `--force` re-runs: the named stage (every seed run of it) or run (`ppo-seed2`), and every
+    stage after it, except the other seed runs of a forced run (they take nothing from it)."""
+    first = next((i for i, s in enumerate(plan) if force in (s.name, s.key)), len(plan))
+    if first == len(plan):
+        return [False] * len(plan)
+    named = plan[first]
+    one_run = force != named.name  # `--force ppo-seed2`
+    return [
+        i >= first and not (one_run and stage.name == named.name and stage.key != force)
+        for i, stage in enumerate(plan)
+    ]
 
 
 def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> None:
@@ -374,7 +458,7 @@ def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> N
     artifacts.check_output(root, overwrite=True)  # never the current folder, home or a symlink, even so
     for stage in plan:
         artifacts.check_output(
-            stage.output_dir, overwrite=overwrite, what=f"stage {stage.name}: output_dir", work=True
+            stage.output_dir, overwrite=overwrite, what=f"stage {stage.key}: output_dir", work=True
         )
 
 
@@ -476,13 +560,24 @@ def _memory_line(stage: PlannedStage, model_config) -> str | None:
 def describe(plan: list[PlannedStage]) -> str:
     lines = ["pipeline plan:"]
     model_config = root_model_config(plan)
+    width = max([7, *(len(s.key) for s in plan)])
     for stage in plan:
-        handoff = ", ".join(f"{k}={stage.values[k]}" for k in STAGES[stage.name].handoff if k in stage.values)
+        handoff = ", ".join(
+            f"{k}={_show_handoff(stage.values[k])}" for k in STAGES[stage.name].handoff if k in stage.values
+        )
         launch = f" [{stage.launch.num_processes} processes]" if stage.launch else ""
+        launch += f" [seed {stage.seed}]" if stage.seed is not None else ""
         lines.append(
-            f"  {stage.name:7s} {stage.action:7s} -> {stage.output_dir}{launch}"
+            f"  {stage.key:{width}s} {stage.action:7s} -> {stage.output_dir}{launch}"
             + (f"  ({handoff})" if handoff else "")
         )
         if line := _memory_line(stage, model_config):
-            lines.append(f"          {line}")
+            lines.append(f"  {'':{width}s} {line}")
     return "\n".join(lines)
+
+
+def _show_handoff(value: Any) -> str:
+    """A handed-off path, or the seed runs of one variant as `rlhf: [a, b]`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: [{', '.join(map(str, v))}]" for k, v in value.items())
+    return str(value)

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from hftune.errors import UserError
-from hftune.evaluation import stats, text_metrics
+from hftune.evaluation import seeds, stats, text_metrics
 from hftune.evaluation.cache import Cache
 from hftune.evaluation.prompts import Prompts, last_user
-from hftune.evaluation.suite import Suite
+from hftune.evaluation.suite import Suite, seed_runs
 from hftune.evaluation.variants import Decoding
 
 logger = logging.getLogger(__name__)
@@ -149,12 +149,22 @@ def check_verifier(spec: str, prompts: Prompts) -> None:
 def aggregate(
     suite: Suite, per_prompt, boot: stats.Bootstrap, paths, greedy: Decoding, sampled: Decoding
 ) -> dict:
+    """results.json from per-prompt metrics: per variant each metric's mean and bootstrap CI over prompts,
+    paired differences against the baseline, the win-rate matrix. `per_prompt` may hold the seed runs of a
+    variant under their own names (`suite.seed_runs`): they are folded into the one variant here, with a CI
+    across seeds beside each prompt-level one (`evaluation/seeds.py`)."""
+    groups = {
+        variant: [r for r in runs if r in per_prompt]
+        for variant, runs in seed_runs(suite).items()
+        if any(r in per_prompt for r in runs)
+    }
+    per_prompt, stacks = seeds.fold(per_prompt, groups)
     variants: dict[str, Any] = {}
     baseline = suite.baseline if suite.baseline in per_prompt else None
     for v, metrics in per_prompt.items():
         entry = {
             "kind": v if v in ("base", "sft", "best_of_n", "reference") else "rlhf",
-            "model": paths.get(v),
+            "model": [paths.get(r) for r in groups[v]] if v in groups else paths.get(v),
         }
         entry["metrics"] = {m: s for m, values in metrics.items() if (s := boot.summary(values)) is not None}
         entry["vs_baseline"] = {}
@@ -167,11 +177,15 @@ def aggregate(
         variants[v] = entry
     win_rates = {}
     if "win_rate" in suite.metrics:
-        win_rates = stats.win_rate_matrix(
-            {v: m["reward"] for v, m in per_prompt.items() if "reward" in m}, boot
-        )
-    return {
-        "suite": {"name": suite.name, "data_recipe": suite.data_recipe, "split": suite.split},
+        win_rates = stats.win_rate_matrix({v: s["reward"] for v, s in stacks.items() if "reward" in s}, boot)
+    seeds.annotate(variants, win_rates, stacks, groups, baseline, suite.confidence, paths)
+    results = {
+        "suite": {
+            "name": suite.name,
+            "data_recipe": suite.data_recipe,
+            "split": suite.split,
+            "confidence": suite.confidence,
+        },
         "n_prompts": int(boot.indices.shape[1]),
         "baseline": baseline,
         "decoding": {
@@ -188,6 +202,13 @@ def aggregate(
         "win_rates": win_rates,
         "judge": None,
     }
+    if any(len(members) > 1 for members in groups.values()):
+        results["seed_info"] = {
+            "confidence": suite.confidence,
+            "interval": seeds.INTERVAL,
+            "claim": seeds.CLAIM_RULE,
+        }
+    return results
 
 
 def run_judge(suite: Suite, prompts: Prompts, shown, boot: stats.Bootstrap) -> dict[str, Any]:

@@ -47,7 +47,11 @@ class Suite:
         None, "The base model for the `base` variant (default: the base the SFT model was trained from)."
     )
     rlhf_models: dict | list[str] | None = hftune_field(
-        None, "RLHF policies: a folder, a list of folders, or a mapping name -> folder (one variant each)."
+        None,
+        "RLHF policies: a folder, a list of folders, or a mapping name -> folder (one variant each). A "
+        "mapping name -> list of folders is one variant trained with several seeds "
+        "(`{rlhf: [runs/ppo-seed1, runs/ppo-seed2]}`): each run generates, the variant's per-prompt value is "
+        "the mean over its runs, and results.json adds a CI across seeds.",
     )
     reward_model: str | None = hftune_field(
         None, "Reward model folder (`hftune reward`): rewards and win rates."
@@ -137,6 +141,7 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append("`sft_model`: required for the sft / best_of_n variants and kl_to_sft")
     if "rlhf" in variants and not values.get("rlhf_models"):
         problems.append("`rlhf_models`: required for the rlhf variant")
+    problems += _rlhf_models_problems(values.get("rlhf_models"))
     if "base" in variants and not (values.get("base_model") or values.get("sft_model")):
         problems.append("`base_model`: required for the base variant (or an `sft_model` to find it from)")
     reward_users = {"reward", "win_rate", "expected_reward"} & set(values.get("metrics") or [])
@@ -171,6 +176,25 @@ def _check(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _rlhf_models_problems(models: Any) -> list[str]:
+    """A mapping's values are a folder, or a list of distinct folders (the seed runs of one variant)."""
+    if not isinstance(models, dict):
+        return []
+    problems = []
+    for name, folders in models.items():
+        where = f"`rlhf_models.{name}`"
+        if isinstance(folders, str) and folders:
+            continue
+        if not isinstance(folders, list) or not folders or not all(isinstance(f, str) and f for f in folders):
+            problems.append(
+                f"{where}: expected a folder, or a list of folders (the seed runs of one variant), got "
+                f"{folders!r:.80}"
+            )
+        elif len(set(folders)) < len(folders):
+            problems.append(f"{where}: a folder is listed twice (each seed run once)")
+    return problems
+
+
 EXTRAS = Suite
 DEFAULTS: dict[str, Any] = {}
 TRL_CONFIGS: tuple[str, ...] = ()  # a suite is hftune's own config
@@ -199,17 +223,47 @@ def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig
     return cfg
 
 
-def rlhf_variants(suite: Suite) -> dict[str, str]:
-    """Variant name -> folder for the RLHF policies (one name `rlhf` when there is a single one)."""
+SEED_RUN = "@"  # `rlhf@ppo-seed1`: one seed run of the variant `rlhf`
+
+
+def rlhf_runs(suite: Suite) -> dict[str, list[str]]:
+    """Variant name -> its folders: one folder is one run; several are the same recipe trained with
+    different seeds, evaluated as one variant (`rlhf_models: {rlhf: [runs/ppo-seed1, runs/ppo-seed2]}`)."""
     models = suite.rlhf_models
     if not models:
         return {}
     if isinstance(models, list):  # a single folder arrives as a one-item list (strict parsing)
         if len(models) == 1:
-            return {"rlhf": models[0]}
-        return {f"rlhf:{Path(m).name}": m for m in models}
+            return {"rlhf": [models[0]]}
+        return {f"rlhf:{Path(m).name}": [m] for m in models}
     taken = set(VARIANT_KINDS) - {"rlhf"}
     clash = taken & set(models)
     if clash:
         raise UserError(f"`rlhf_models`: {', '.join(sorted(clash))} already names another variant")
-    return {str(name): str(path) for name, path in models.items()}
+    return {str(name): [str(p)] if isinstance(p, str) else [str(x) for x in p] for name, p in models.items()}
+
+
+def seed_runs(suite: Suite) -> dict[str, dict[str, str]]:
+    """The variants trained with several seeds: variant -> {run name -> folder}. A run is named
+    `VARIANT@FOLDER` (`rlhf@ppo-seed1`), or `VARIANT@runK` when the folder names do not tell the runs apart
+    (or would not do as a name)."""
+    out = {}
+    for variant, folders in rlhf_runs(suite).items():
+        if len(folders) < 2:
+            continue
+        labels = [Path(f).name for f in folders]
+        if len(set(labels)) < len(labels) or not all(label and "." not in label for label in labels):
+            labels = [f"run{i + 1}" for i in range(len(folders))]  # a LoRA adapter's name may hold no "."
+        out[variant] = {f"{variant}{SEED_RUN}{label}": f for label, f in zip(labels, folders, strict=True)}
+    return out
+
+
+def rlhf_variants(suite: Suite) -> dict[str, str]:
+    """Name -> folder of every RLHF policy the eval generates with (one name `rlhf` when there is a single
+    one). A variant with several seed runs contributes each run under its own name (`seed_runs`); the
+    aggregation (`measures.aggregate`) folds them back into the one variant."""
+    seeded = seed_runs(suite)
+    out: dict[str, str] = {}
+    for variant, folders in rlhf_runs(suite).items():
+        out.update(seeded.get(variant) or {variant: folders[0]})
+    return out
