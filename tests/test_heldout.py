@@ -5,6 +5,7 @@ evaluated prompt against every stage behind every model."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,7 @@ def test_an_eval_on_training_prompts_is_refused_naming_the_stage(short_sft, caps
         mentions=["stage sft", "trained on", "allow_contamination"],
         allow_new=("cache",),
     )
-    n = json.loads((short_sft / "sft/manifest.json").read_text())["data"]["trained_prompts"]
-    assert f"trained on {n} of the" in err or "trained on" in err
+    assert re.search(r"stage sft \(sft, behind sft\) trained on \d+ of the \d+ evaluated prompts", err), err
 
 
 def test_allowed_contamination_is_reported_with_the_clean_subset(short_sft, capsys):

@@ -327,11 +327,30 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
+def seed_lines(results: dict[str, Any]) -> list[str]:
+    """For each variant trained with several seeds: its reward difference to the baseline per seed, the
+    interval across seeds, and whether the claim survives the seeds."""
+    lines = []
+    for name, variant in (results.get("variants") or {}).items():
+        diff = (variant.get("vs_baseline") or {}).get("reward") or {}
+        seeds = diff.get("seeds")
+        if not variant.get("seed_runs") or not seeds:
+            continue
+        per_seed = ", ".join(f"{x:+.3f}" for x in seeds.get("per_seed", []))
+        verdict = "survives the seeds" if diff.get("survives_seeds") else "does not survive the seeds"
+        lines.append(
+            f"{name} ({seeds['n']} seeds): reward vs {results.get('baseline')} per seed {per_seed}; across "
+            f"seeds {seeds['mean']:+.3f} [{seeds['ci_low']:+.3f}, {seeds['ci_high']:+.3f}]: {verdict}"
+        )
+    return lines
+
+
 def summary(result: EvalResult) -> str:
     audited = result.results.get("contamination")
     return (
         f"{report.summary_table(result.results)}\n\n"
         + (f"{contamination.summary_line(audited)}\n" if audited else "")
         + f"held-out prompts: {result.results.get('held_out_by')}\n"
-        f"report: {result.output_dir / 'report.html'}\nresults: {result.output_dir / 'results.json'}"
+        + "".join(f"{line}\n" for line in seed_lines(result.results))
+        + f"report: {result.output_dir / 'report.html'}\nresults: {result.output_dir / 'results.json'}"
     )

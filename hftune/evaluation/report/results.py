@@ -98,8 +98,11 @@ def label(results: dict, metric: str) -> str:
 
 def direction(results: dict, metric: str, difference: dict | None) -> str | None:
     """'better' / 'worse' for a difference whose CI excludes 0 (by the metric's direction), 'changed' when
-    the metric has no preferred direction, None when the difference is not significant."""
+    the metric has no preferred direction, None when the difference is not significant. A variant trained
+    with several seeds claims a difference only when it also survives the seeds (`survives_seeds`)."""
     if not difference or not (finite(difference.get("ci_low")) and finite(difference.get("ci_high"))):
+        return None
+    if difference.get("survives_seeds") is False:
         return None
     if difference["ci_low"] <= 0 <= difference["ci_high"]:
         return None

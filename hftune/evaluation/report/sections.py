@@ -76,11 +76,18 @@ def variants(results: dict) -> Section:
         [
             Cell(name, tag="baseline" if name == baseline(results) else None),
             Cell(str(v.get("kind", ""))),
-            Cell(str(v.get("model") or "-"), code=True),
+            Cell(_models(v.get("model")), code=True),
         ]
         for name, v in (results.get("variants") or {}).items()
     ]
     return Section("variants", "Variants", table=Table(_header("variant", "kind", "model"), rows, "narrow"))
+
+
+def _models(model: Any) -> str:
+    """A variant's model, or its seed runs' models (one variant trained with several seeds)."""
+    if isinstance(model, list):
+        return f"{len(model)} seeds: " + ", ".join(map(str, model))
+    return str(model or "-")
 
 
 def held_out(results: dict) -> Section | None:
@@ -198,6 +205,11 @@ def diffs(results: dict) -> Section:
         f"{MARKS['better']} better, {MARKS['worse']} worse, {MARKS['changed']} changed (for metrics without "
         "a preferred direction)."
     )
+    if any(v.get("seed_runs") for v in (results.get("variants") or {}).values()):
+        note += (
+            " For a variant trained with several seeds, a difference is marked only if its interval across "
+            "seeds (a t-interval over the per-seed means) excludes 0 as well."
+        )
     header = [Cell("variant"), *(_metric_header(results, m) for m in columns)]
     return Section("diffs", title, note=[Cell(note)], table=Table(header, rows, "stats"))
 
