@@ -47,13 +47,17 @@ def records(record: Path) -> list[dict]:
     return [json.loads((record / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
-def assert_epoch_split(ranks: list[dict], columns: tuple[str, ...]) -> None:
-    """Both processes together trained on every training row exactly once, half each."""
+def assert_epoch_split(ranks: list[dict], columns: tuple[str, ...], batch: int) -> None:
+    """Both processes together trained on every training row once, half each. The only repeats allowed are
+    the ones accelerate adds to fill the last step when the rows do not divide into 2 x `batch`."""
     rows = ranks[0]["training_rows"]
+    n = len(rows[columns[0]])
+    padding = -n % (2 * batch)
     expected = Counter(tuple(row) for key in columns for row in rows[key])
     seen = [Counter(tuple(row) for row in rank["seen"]) for rank in ranks]
-    assert seen[0] + seen[1] == expected
-    assert sum(seen[0].values()) == sum(seen[1].values()) == sum(expected.values()) // 2
+    assert not expected - (seen[0] + seen[1])  # every row seen
+    assert sum(((seen[0] + seen[1]) - expected).values()) == padding * len(columns)
+    assert sum(seen[0].values()) == sum(seen[1].values()) == (n + padding) * len(columns) // 2
 
 
 def assert_one_artifact(out: Path) -> None:
@@ -76,23 +80,25 @@ def tokenization_caches(run: subprocess.CompletedProcess) -> tuple[set[str], set
 
 @pytest.mark.slow
 def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
-    # 180 training rows, 2 processes x 6 a batch: 15 steps make one epoch with no batch padded.
+    # 176 training rows, 2 processes x 8 a batch: 11 steps make one epoch with no batch padded (accelerate
+    # would fill a short last batch with repeated rows).
     sft_out = tmp_path / "runs" / "sft"
     run = torchrun(
         ["sft", "--config", str(REPO / "configs/tiny/sft.yaml"), "--output_dir", str(sft_out),
-         "--max_steps", "-1", "--num_train_epochs", "1", "--per_device_train_batch_size", "6"],
+         "--max_steps", "-1", "--num_train_epochs", "1", "--per_device_train_batch_size", "8"],
         tmp_path / "sft-record",
     )  # fmt: skip
     ranks = records(tmp_path / "sft-record")
     assert [r["prepared"] for r in ranks] == [1, 0]  # the main process prepared the data; the other read it
-    assert len(ranks[0]["training_rows"]["input_ids"]) == 180
-    assert_epoch_split(ranks, ("input_ids",))
+    n_train = artifacts.read_manifest(sft_out)["data"]["n_train"]
+    assert len(ranks[0]["training_rows"]["input_ids"]) == n_train == 176
+    assert_epoch_split(ranks, ("input_ids",), batch=8)
     assert_one_artifact(sft_out)
     assert_logged_once(run)
     cached, loaded = tokenization_caches(run)
     assert cached and loaded == cached  # TRL tokenized once: whatever one process cached, the other read
     manifest = artifacts.read_manifest(sft_out)
-    assert manifest["metrics"]["global_step"] == 15 and manifest["metrics"]["epoch"] == 1
+    assert manifest["metrics"]["global_step"] == 11 and manifest["metrics"]["epoch"] == 1
 
     # The result loads, and its adapter changes the model.
     from trl import ModelConfig
@@ -103,7 +109,8 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     with torch.no_grad():
         assert (tuned(ids).logits - base(ids).logits).abs().max() > 1e-3
 
-    # The reward stage on top: 358 training pairs, 2 processes x 1 pair a batch (358 = 2 x 179).
+    # The reward stage on top: 351 training pairs (SFT's held-out prompts left out), 2 processes x 1 pair a
+    # batch: the last step repeats one pair.
     reward_out = tmp_path / "runs" / "reward"
     run = torchrun(
         ["reward", "--config", str(REPO / "configs/tiny/reward.yaml"), "--model_name_or_path", str(sft_out),
@@ -113,8 +120,8 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     )  # fmt: skip
     ranks = records(tmp_path / "reward-record")
     assert [r["prepared"] for r in ranks] == [1, 0]
-    assert len(ranks[0]["training_rows"]["chosen_ids"]) == 358
-    assert_epoch_split(ranks, ("chosen_ids", "rejected_ids"))  # each pair once: chosen and rejected rows
+    assert len(ranks[0]["training_rows"]["chosen_ids"]) == 351
+    assert_epoch_split(ranks, ("chosen_ids", "rejected_ids"), batch=1)  # a pair: its chosen and rejected rows
     assert_one_artifact(reward_out)
     assert_logged_once(run)
     cached, loaded = tokenization_caches(run)
@@ -192,8 +199,9 @@ def test_pipeline_launches_stages_on_two_processes(tmp_path, capsys):
     assert "== pretrain (2 processes) ==" in out and "== sft (2 processes) ==" in out
     assert out.count("[2 processes]") == 2  # the plan says so
     metrics = artifacts.read_manifest(tmp_path / "run" / "sft")["metrics"]
-    # 2 processes x 8 rows a step: an epoch of the 180 rows is 12 steps (one process would take 23).
-    assert metrics["global_step"] == 3 and metrics["epoch"] == pytest.approx(3 / math.ceil(180 / 16))
+    # 2 processes x 8 rows a step: an epoch is ceil(n / 16) steps (one process would take twice as many).
+    n_train = artifacts.read_manifest(tmp_path / "run" / "sft")["data"]["n_train"]
+    assert metrics["global_step"] == 3 and metrics["epoch"] == pytest.approx(3 / math.ceil(n_train / 16))
     parent = artifacts.read_manifest(tmp_path / "run" / "sft")["parents"][0]
     assert parent["stage"] == "pretrain" and Path(parent["name_or_path"]) == tmp_path / "run" / "pretrain"
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
