@@ -237,6 +237,14 @@ CLI_CASES = {
         ["pipeline", "--config", "p.yaml", "--force", "ppo", "--dry-run"],
         ["--force ppo"],
     ),
+    "rloo one generation": (
+        ["ppo", "--config", PPO, "--algorithm", "rloo", "--num_generations", "1"],
+        ["at least 2"],
+    ),
+    "grpo one generation": (
+        ["ppo", "--config", PPO, "--algorithm", "grpo", "--num_generations", "1"],
+        ["at least 2"],
+    ),
     "tiny unknown arch": (["tiny", "out", "--arch", "gpt5"], ["gpt5"]),
     "tiny zero vocab": (["tiny", "out", "--vocab_size", "0"], ["--vocab_size"]),
     "tiny no layers": (["tiny", "out", "--num_layers", "0"], ["--num_layers"]),

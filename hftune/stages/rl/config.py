@@ -132,7 +132,14 @@ def _check(values: dict[str, Any]) -> list[str]:
         batch = (values.get("per_device_train_batch_size") or 1) * (
             values.get("gradient_accumulation_steps") or 1
         )
-        if batch % (values.get("num_generations") or 1):
+        if (values.get("num_generations") or 0) < 2:
+            # RLOO's baseline is the other completions of the prompt, GRPO's the group's mean: with one
+            # completion there is nothing to compare it with, and every advantage is 0.
+            problems.append(
+                f"`num_generations`: {values['algorithm']} compares completions of a prompt with each other, "
+                f"so it needs at least 2; got {values.get('num_generations')}"
+            )
+        elif batch % values["num_generations"]:
             problems.append(
                 f"`num_generations`: {values['num_generations']} completions a prompt must divide the batch "
                 f"(per_device_train_batch_size x gradient_accumulation_steps = {batch})"
