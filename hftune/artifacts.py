@@ -303,6 +303,22 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(strip_secrets(data), indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """A JSON file of the user's folder, or a UserError that names it (never a traceback)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path}: not readable as JSON{what} ({err})") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (a config, an adapter config, a manifest); UserError if not."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a JSON {type(data).__name__}, expected an object")
+    return data
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     p = Path(path) / MANIFEST
     return json.loads(p.read_text()) if p.is_file() else None

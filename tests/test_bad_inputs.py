@@ -517,7 +517,7 @@ def test_a_diverging_run_stops_and_leaves_no_artifact(guard, tmp_path, capsys, m
     "file, content, mention",
     [
         ("adapter_config.json", "{not json", "adapter_config.json"),
-        ("adapter_config.json", "[1, 2]", "expected a JSON object"),
+        ("adapter_config.json", "[1, 2]", "a JSON list, expected an object"),
         ("adapter_config.json", b"\xff\xfe\x00", "adapter_config.json"),
         ("config.hftune.yaml", "a: [unclosed", "config.hftune.yaml"),
     ],

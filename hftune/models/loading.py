@@ -6,7 +6,6 @@ One path for all of them, so tests on tiny local models exercise the code users 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pickle
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from hftune.artifacts import manifest_sha256
+from hftune.artifacts import manifest_sha256, read_json_object
 from hftune.errors import UserError
 from hftune.models.tiny import TINY_PREFIX, resolve_tiny
 
@@ -49,7 +48,7 @@ class ModelSource:
             return _adapter_config(Path(self.adapters[-1])).get("task_type") == "SEQ_CLS"
         config = Path(self.base) / "config.json"
         if config.is_file():
-            architectures = _json_object(config).get("architectures") or []
+            architectures = read_json_object(config).get("architectures") or []
             return any(a.endswith("ForSequenceClassification") for a in architectures)
         return False
 
@@ -57,19 +56,8 @@ class ModelSource:
 _MAX_ADAPTER_CHAIN = 8
 
 
-def _json_object(path: Path) -> dict:
-    """A JSON file that must hold an object (a model's or adapter's config, a manifest); UserError if not."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise UserError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got a {type(data).__name__}")
-    return data
-
-
 def _adapter_config(folder: Path) -> dict:
-    return _json_object(folder / "adapter_config.json")
+    return read_json_object(folder / "adapter_config.json")
 
 
 def _check_base_unchanged(adapter: Path, base: Path) -> None:
@@ -78,9 +66,9 @@ def _check_base_unchanged(adapter: Path, base: Path) -> None:
     own, theirs = adapter / "manifest.json", base / "manifest.json"
     if not (own.is_file() and theirs.is_file()):
         return
-    base_manifest = _json_object(theirs)
+    base_manifest = read_json_object(theirs)
     digest = manifest_sha256(base)
-    parents = _json_object(own).get("parents")
+    parents = read_json_object(own).get("parents")
     for parent in parents if isinstance(parents, list) else []:
         if (
             isinstance(parent, dict)
@@ -224,7 +212,7 @@ def quantized_training(folder: Path) -> str | None:
             except (UnicodeDecodeError, yaml.YAMLError) as err:
                 raise UserError(f"{path}: not a readable YAML file ({err})") from None
         else:
-            config = _json_object(path)
+            config = read_json_object(path)
         config = config if isinstance(config, dict) else {}
         if config.get("load_in_4bit"):
             return "4-bit"

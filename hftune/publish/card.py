@@ -35,7 +35,7 @@ from hftune.errors import UserError
 from hftune.evaluation.report import markdown
 from hftune.evaluation.report import results as eval_results
 from hftune.evaluation.report.sections import metrics_table
-from hftune.publish.lineage import Lineage, Node, is_hub_id, lineage, read_json, read_manifest
+from hftune.publish.lineage import Lineage, Node, is_hub_id, lineage, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +101,13 @@ def inspect_folder(folder: str | os.PathLike, base_model_id: str | None = None) 
         )
     adapter_file = folder / "adapter_config.json"
     is_adapter = adapter_file.is_file()
-    adapter_config = _json_object(adapter_file) if is_adapter else {}
+    adapter_config = artifacts.read_json_object(adapter_file) if is_adapter else {}
     if is_adapter:
         is_rm = adapter_config.get("task_type") == "SEQ_CLS"
     else:
-        config = _json_object(folder / "config.json") if (folder / "config.json").is_file() else {}
+        config = (
+            artifacts.read_json_object(folder / "config.json") if (folder / "config.json").is_file() else {}
+        )
         archs = config.get("architectures") or []
         is_rm = isinstance(archs, list) and any(str(a).endswith("ForSequenceClassification") for a in archs)
     is_rm = is_rm or chain.nodes[-1].stage == "reward"
@@ -113,13 +115,6 @@ def inspect_folder(folder: str | os.PathLike, base_model_id: str | None = None) 
     if load_base is not None and not isinstance(load_base, str):
         raise UserError(f"{adapter_file}: `base_model_name_or_path` is not a string")
     return CardInfo(folder, chain, is_adapter, is_rm, adapter_config, load_base)
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a JSON {type(data).__name__}, expected an object")
-    return data
 
 
 def _datasets_and_recipes(chain: Lineage) -> tuple[list[str], list[str]]:

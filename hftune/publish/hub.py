@@ -150,7 +150,7 @@ def _check_safetensors(path: Path) -> None:
 
 
 def _copy_json(src: Path, dest: Path, edit: dict[str, Any] | None = None) -> None:
-    data = lineage.read_json(src)
+    data = artifacts.read_json(src)
     if edit and not isinstance(data, dict):
         raise UserError(f"{src}: a JSON {type(data).__name__}, expected an object")
     clean = strip_secrets(data)

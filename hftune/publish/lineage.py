@@ -5,7 +5,6 @@ UserError that names it."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,20 +27,12 @@ def is_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not name.endswith((".", "-"))
 
 
-def read_json(path: Path, what: str = "") -> Any:
-    """A JSON file of the user's folder, or a UserError that names it (never a traceback)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not readable as JSON{what} ({err})") from None
-
-
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The folder's manifest.json, checked to be one hftune wrote (None: there is none)."""
     path = Path(folder) / artifacts.MANIFEST
     if not path.is_file():
         return None
-    manifest = read_json(path, ", so not a manifest hftune wrote")
+    manifest = artifacts.read_json(path, ", so not a manifest hftune wrote")
     problem = _manifest_problem(manifest)
     if problem:
         raise UserError(f"{path}: {problem}, so not a manifest hftune wrote (was it edited by hand?)")
