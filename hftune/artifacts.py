@@ -205,22 +205,55 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
+def new_parents(path: Path) -> Iterator[None]:
+    """Create the missing folders above `path`; if the block fails, remove those of them still empty, so a
+    failed write leaves nothing behind."""
+    made = []
+    parent = path.parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    try:
+        for folder in reversed(made):
+            folder.mkdir()
+    except OSError as err:
+        _remove_empty(made)
+        raise UserError(
+            f"{path}: could not create {made[-1] if made else path.parent} ({err.strerror or err})"
+        ) from None
+    try:
+        yield
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
 def output_lock(final: str | os.PathLike) -> Iterator[None]:
     """Hold `.NAME.lock` beside `final` for the whole run: a second run on the same output path stops at
     once, naming the first one's process, instead of both writing one work folder (the last rename would
     win). The lock is the kernel's (flock), so a killed run never leaves a stale one behind; the file goes
-    when the run ends. Parent folders made only for the lock go too if the run left them empty."""
-    import fcntl
-
+    when the run ends. Parent folders made for the lock go again if the run fails (`new_parents`)."""
     final = Path(final).absolute()  # `.` and `..` locked by their real names (and refused by check_output)
     if final.name in ("", ".", ".."):
         final = final.resolve()
     if not final.name:  # a filesystem root: nothing beside it to lock, and check_output refuses it
         yield
         return
-    made = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    path = final.parent / f".{final.name}.lock"
+    with new_parents(final), _flock(final.parent / f".{final.name}.lock", final):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, final: Path) -> Iterator[None]:
+    import fcntl
+
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -244,9 +277,6 @@ def output_lock(final: str | os.PathLike) -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds while empty
 
 
 def no_space_message(err: BaseException) -> str | None:

@@ -14,7 +14,6 @@ renders raw HTML. `--output` replaces only a card hftune wrote and nobody edited
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -22,7 +21,6 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -559,7 +557,7 @@ def write(
                 "or pass --overwrite to replace it."
             )
     text = render(folder, **kwargs)
-    with new_parents(output):
+    with artifacts.new_parents(output):
         try:
             artifacts.write_text(output, text)
         except OSError as err:
@@ -568,33 +566,3 @@ def write(
             raise UserError(f"--output {output}: could not write the card ({err.strerror or err})") from None
     logger.info("wrote model card %s", output)
     return output
-
-
-@contextlib.contextmanager
-def new_parents(path: Path) -> Iterator[None]:
-    """Create the missing folders above `path`; if the block fails, remove those of them still empty, so a
-    failed write leaves nothing behind."""
-    made = []
-    parent = path.parent
-    while not parent.exists():
-        made.append(parent)
-        parent = parent.parent
-    try:
-        for folder in reversed(made):
-            folder.mkdir()
-    except OSError as err:
-        _remove_empty(made)
-        raise UserError(
-            f"{path}: could not create {made[-1] if made else path.parent} ({err.strerror or err})"
-        ) from None
-    try:
-        yield
-    except BaseException:
-        _remove_empty(made)
-        raise
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first
-        with contextlib.suppress(OSError):
-            folder.rmdir()

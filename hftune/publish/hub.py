@@ -354,7 +354,7 @@ def push(
         out = Path(dry_run)
         _check_dry_run_folder(folder, out, overwrite)
         with (
-            card.new_parents(out),
+            artifacts.new_parents(out),
             _disk_errors("--dry-run", out),
             artifacts.atomic_dir(out, overwrite=overwrite, what="--dry-run") as tmp,
         ):
