@@ -92,35 +92,17 @@ def read_prompts(folder: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def lineage_folders(folder: str | Path, *, depth: int = 0) -> list[Path]:
-    """`folder` and every hftune artifact behind it (the parents in each manifest, recursively), each once,
-    parents first."""
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if depth > 16 or not manifest_path.is_file():
-        return []
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    parents = manifest.get("parents") if isinstance(manifest, dict) else None
-    found: list[Path] = []
-    for ref in parents if isinstance(parents, list) else []:
-        name = ref.get("name_or_path") if isinstance(ref, dict) else None
-        if isinstance(name, str) and Path(name).is_dir():
-            for parent in lineage_folders(name, depth=depth + 1):
-                if parent.resolve() not in {f.resolve() for f in found}:
-                    found.append(parent)
-    found.append(folder)
-    return found
-
-
 def held_out_upstream(model_path: str | None) -> set[str]:
     """Every prompt an artifact behind `model_path` held out: a stage that trains on top of it must not
     train on them (they are what the eval measures)."""
+    from hftune.artifacts import is_complete
+    from hftune.lineage import lineage
+
     keys: set[str] = set()
-    for folder in lineage_folders(model_path) if model_path else []:
-        record = read_prompts(folder)
+    if not model_path or not is_complete(model_path):
+        return keys
+    for node in lineage(model_path).nodes:
+        record = read_prompts(node.folder) if node.folder is not None else None
         if record is not None:
             keys |= record["held_out"]
     return keys

@@ -11,11 +11,12 @@ every metric is also given on the clean prompts alone.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from hftune.data.prompt_keys import lineage_folders, read_prompts
+from hftune.artifacts import is_complete
+from hftune.data.prompt_keys import read_prompts
 from hftune.errors import UserError
+from hftune.lineage import lineage
 
 
 def audit(keys: list[str], models: dict[str, str | None]) -> dict[str, Any]:
@@ -28,22 +29,24 @@ def audit(keys: list[str], models: dict[str, str | None]) -> dict[str, Any]:
     for name, folder in models.items():
         if not folder:
             continue
-        chain = lineage_folders(folder)
-        if not chain:
+        if not is_complete(folder):  # a Hub id, or a folder hftune did not train
             unaudited.add(str(folder))
-        for stage_folder in chain:
-            label = str(stage_folder)
+            continue
+        for node in lineage(folder).nodes:
+            if node.folder is None:  # a base model or a random initialisation: nothing hftune trained
+                continue
+            label = str(node.folder)
             used_by.setdefault(label, [])
             if name not in used_by[label]:
                 used_by[label].append(name)
             if label in stages:
                 continue
-            record = read_prompts(stage_folder)
+            record = read_prompts(node.folder)
             if record is None:
                 unaudited.add(label)
                 continue
             seen = [i for i, k in enumerate(keys) if k in record["trained"]]  # evaluated prompts, repeats too
-            stages[label] = {"stage": _stage_name(stage_folder), "overlap": len(seen), "prompts": seen}
+            stages[label] = {"stage": node.stage, "overlap": len(seen), "prompts": seen}
     for label, entry in stages.items():
         entry["used_by"] = used_by[label]
     contaminated = sorted({i for entry in stages.values() for i in entry["prompts"]})
@@ -54,15 +57,6 @@ def audit(keys: list[str], models: dict[str, str | None]) -> dict[str, Any]:
         "clean_prompts": len(keys) - len(contaminated),
         "unaudited": sorted(unaudited),
     }
-
-
-def _stage_name(folder: Path) -> str:
-    import json
-
-    try:
-        return str(json.loads((folder / "manifest.json").read_text()).get("stage", "?"))
-    except (OSError, ValueError, AttributeError):
-        return "?"
 
 
 def refuse_if_contaminated(result: dict[str, Any], allowed: bool, source: str) -> None:

@@ -33,7 +33,7 @@ from hftune.errors import UserError
 from hftune.evaluation.report import markdown
 from hftune.evaluation.report import results as eval_results
 from hftune.evaluation.report.sections import metrics_table
-from hftune.publish.lineage import Lineage, Node, is_hub_id, lineage, read_manifest
+from hftune.lineage import Lineage, Node, is_hub_id, lineage, read_manifest
 
 logger = logging.getLogger(__name__)
 

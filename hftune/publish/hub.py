@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts
+from hftune import artifacts, lineage
 from hftune.config import strip_secrets
 from hftune.errors import UserError
-from hftune.publish import card, lineage
+from hftune.publish import card
 
 logger = logging.getLogger(__name__)
 
