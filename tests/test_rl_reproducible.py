@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_ppo import chain_args
 
 from hftune.stages.rl import stage as rl
 
@@ -21,12 +22,7 @@ WALL_CLOCK_KEYS = {"eps", "step_time"}
 def run_rl(chain, out: Path, algorithm: str, seed: int) -> tuple[bytes, list[dict]]:
     """A 2-step run on the tiny chain with a held-out check every step: its adapter bytes and metric rows."""
     argv = [
-        "--model_name_or_path",
-        chain["sft"],
-        "--reward_model_path",
-        chain["rm"],
-        "--output_dir",
-        str(out),
+        *chain_args(chain, out),
         "--algorithm",
         algorithm,
         "--seed",
