@@ -12,6 +12,7 @@ import sys
 import textwrap
 import warnings
 from contextlib import nullcontext
+from pathlib import Path
 
 from hftune import __version__
 from hftune.errors import UserError
@@ -67,9 +68,15 @@ def _stage_help(module, command: str) -> str:
     for key, how in HARDWARE_DEFAULTS.items():
         lines.append(f"  {key}: {how}")
     lines.append("")
-    lines.append(
-        f"Every field of TRL's {', '.join(module.TRL_CONFIGS)} is also a config key / flag (TRL's docs "
-        f"apply); `hftune {command} --help-all` lists them all."
+    lines += textwrap.wrap(
+        f"Every field of TRL's {', '.join(module.TRL_CONFIGS)} and ScriptArguments is also a config key / "
+        f"flag (TRL's docs apply); `hftune {command} --help-all` lists them all. From ScriptArguments: "
+        "`dataset_name` (a Hub id, a local data file or a folder, with `dataset_config` and "
+        "`dataset_train_split`) reads data already in a TRL format, its layout detected, or gives a "
+        "`data_recipe` its rows; `dataset_test_split` is not read: hftune holds out its own prompts "
+        "(`eval_fraction`), so that no prompt is both trained on and evaluated. A config file's `env:` "
+        "block sets environment variables, as TRL's CLI does.",
+        96,
     )
     return "\n".join(lines)
 
@@ -134,9 +141,59 @@ def _cmd_data(ns: argparse.Namespace, rest: list[str]) -> int:
     from hftune.data.preview import preview
     from hftune.models.tokenizer import load_tokenizer
 
+    if ns.config:
+        return _preview_config(ns)
+    if not ns.recipe or not ns.model:
+        raise UserError("data preview: give a RECIPE (or a data file) and --model, or --config FILE")
     tokenizer = load_tokenizer(ns.model, chat_template=ns.chat_template)
-    recipe = data.load_recipe(ns.recipe)
+    if Path(ns.recipe).exists() and Path(ns.recipe).suffix not in (".yaml", ".yml"):
+        from hftune.data.detect import dataset_recipe
+
+        recipe = dataset_recipe(ns.recipe)  # data in a TRL format: its layout is detected
+    else:
+        recipe = data.load_recipe(ns.recipe)
     print(preview(recipe, tokenizer, n=ns.n, max_length=ns.max_length, data_files=ns.data_files))
+    return 0
+
+
+# The TRL formats a stage reads data in a TRL format as (None: the layout's own format).
+_STAGE_FORMATS = {"pretrain": ("language_modeling",), "ppo": ("prompt_only",)}
+
+
+def _preview_config(ns: argparse.Namespace) -> int:
+    """`hftune data preview --config FILE --stage STAGE`: the rows that stage's config would train on
+    (one recipe, a mixture or `dataset_name`, with its max_length, too_long and held-out split)."""
+    from hftune.data.mixture import data_parts, prepare_parts
+    from hftune.data.preview import preview
+    from hftune.models.tokenizer import load_tokenizer
+
+    if ns.recipe or ns.data_files:
+        raise UserError("data preview --config: the config names the data; drop the RECIPE / --data_files")
+    cfg = registry.load(ns.stage).parse(ns.config, [])
+    model = ns.model or cfg.model.model_name_or_path
+    if not model:
+        raise UserError(f"{ns.config} names no model (`model_name_or_path`): pass --model for its tokenizer")
+    tokenizer = load_tokenizer(model, chat_template=ns.chat_template or cfg.hftune.chat_template)
+    args = cfg.training
+    max_length = ns.max_length or getattr(args, "max_length", None)
+    too_long = getattr(cfg.hftune, "too_long", "drop")
+    if ns.stage == "pretrain" and args.packing and args.packing_strategy in ("wrapped", "bfd_split"):
+        too_long = "keep"  # documents are concatenated and cut into blocks
+    parts = data_parts(cfg.hftune, cfg.script)
+    prepared = prepare_parts(
+        parts,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        strict=cfg.hftune.data_strict,
+        eval_fraction=cfg.hftune.eval_fraction,
+        seed=args.seed,
+        too_long=too_long,
+        formats=_STAGE_FORMATS.get(ns.stage),
+    )
+    recipe = parts[0].recipe.replaced(
+        converter=prepared.converter, format=prepared.format, name=" + ".join(part.name for part in parts)
+    )
+    print(preview(recipe, tokenizer, n=ns.n, max_length=max_length, prepared=prepared, too_long=too_long))
     return 0
 
 
@@ -331,8 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
         "preview",
         help="render examples through the chat template, marking trained tokens, with length statistics",
     )
-    pp.add_argument("recipe", help="built-in recipe name or recipe YAML path")
-    pp.add_argument("--model", required=True, help="model/tokenizer: Hub id, folder, or tiny:ARCH")
+    pp.add_argument(
+        "recipe",
+        nargs="?",
+        help="built-in recipe name, recipe YAML path, or a data file / folder in a TRL format (detected)",
+    )
+    pp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="preview what a stage config trains on (its recipe, mixture or dataset_name, max_length, "
+        "too_long)",
+    )
+    pp.add_argument(
+        "--stage",
+        default="sft",
+        choices=("pretrain", "sft", "reward", "ppo"),
+        help="the stage --config is for (default sft)",
+    )
+    pp.add_argument(
+        "--model", help="model/tokenizer: Hub id, folder, or tiny:ARCH (default with --config: its model)"
+    )
     pp.add_argument("--n", type=int, default=3, help="examples to render (default 3)")
     pp.add_argument("--max_length", type=int, default=None, help="flag rows longer than this many tokens")
     pp.add_argument(

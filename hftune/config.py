@@ -205,6 +205,15 @@ class StageSchema:
     # Why a key this stage does not have is not there (e.g. vLLM options under PPO), for its error.
     unknown_key_hint: typing.Callable[[str], str | None] | None = None
 
+    def __post_init__(self):
+        # A stage on TRL's configs also takes TRL's ScriptArguments (`dataset_name`, `dataset_streaming`,
+        # ...), as `trl sft --config` does, so a config written for TRL's CLI runs unchanged.
+        on_trl = any(cls.__module__.startswith("trl.") for cls in self.classes.values())
+        if on_trl and "script" not in self.classes:
+            from trl import ScriptArguments
+
+            self.classes = {**self.classes, "script": ScriptArguments}
+
     def skips(self, section: str, name: str) -> bool:
         return name in _OWNED_BY_HFTUNE or (section != "hftune" and name in self.owned)
 
@@ -232,6 +241,9 @@ class StageConfig:
     # `--overwrite`: the run may replace an output folder hftune did not write (a run option, not a setting:
     # it is not saved and does not change what is trained).
     overwrite: bool = False
+    # The config file's `env:` block (TRL's CLI convention), already set in os.environ when the config was
+    # read. Saved with the config, but not part of what a run computes (see config_hash).
+    env: dict[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -248,9 +260,11 @@ class StageConfig:
             for key, value in data.items():
                 flat.setdefault(key, value)
         flat.update(self.reported)
+        if self.env:
+            flat["env"] = dict(self.env)
         return strip_secrets(_jsonable(flat))
 
-    def config_hash(self, ignore: tuple[str, ...] = ("output_dir", "logging_dir", "run_name")) -> str:
+    def config_hash(self, ignore: tuple[str, ...] = ("output_dir", "logging_dir", "run_name", "env")) -> str:
         """Hash of the resolved config; the paths a run writes to do not change what it computes."""
         data = {k: v for k, v in self.resolved().items() if k not in ignore}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -451,6 +465,7 @@ def parse_stage_config(
     file_values = load_yaml_mapping(config_path) if config_path else {}
     flag_values, problems = parse_overrides(argv or [])
     source = str(config_path) if config_path else "command line"
+    env = _env_block(file_values.pop("env", None), problems) if "env" in file_values else {}
     known = schema.fields()
     coerced: dict[str, Any] = {}
 
@@ -501,6 +516,9 @@ def parse_stage_config(
         problems.extend(schema.check(merged))
     if problems:
         raise ConfigError(source, problems)
+    # Set as soon as the config is read, as TRL's CLI does, so variables that steer loading (HF_HOME,
+    # HF_HUB_OFFLINE, CUDA_VISIBLE_DEVICES, ...) apply to everything the run does.
+    os.environ.update(env)
 
     sections: dict[str, Any] = {}
     for section, cls in schema.classes.items():
@@ -511,7 +529,35 @@ def parse_stage_config(
         except (ValueError, TypeError) as err:
             # TRL/transformers validate combinations in __post_init__; surface them as config errors.
             raise ConfigError(source, [str(err).strip()]) from None
-    return StageConfig(stage=schema.name, source=source, sections=sections)
+    return StageConfig(stage=schema.name, source=source, sections=sections, env=env)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_block(raw: Any, problems: list[str]) -> dict[str, str]:
+    """The `env:` mapping of a config file as environment variables (values as text, as TRL's CLI sets
+    them); secrets are refused like secret config keys, since the block is saved with the model."""
+    if not isinstance(raw, dict):
+        problems.append(f"`env`: must be a mapping of environment variable -> value, got {show(raw)}")
+        return {}
+    env: dict[str, str] = {}
+    for key, value in raw.items():
+        where = f"`env.{key}`"
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            problems.append(f"`env`: {show(key)} is not an environment variable name")
+        elif is_secret_key(key) or (isinstance(value, str) and _TOKEN_VALUE.search(value)):
+            problems.append(
+                f"{where}: secrets do not belong in a config file (it is saved next to the model); "
+                "export it in your shell, or run `hf auth login` for the Hub token"
+            )
+        elif isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            env[key] = str(value)
+        else:
+            problems.append(f"{where}: must be a text or a number, got {show(value)}")
+    return env
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:

@@ -281,21 +281,37 @@ def _parse_stages(plan: list[PlannedStage]) -> dict[str, Any]:
 
 
 def _data_fingerprint(cfg) -> str | None:
-    """The data a stage reads, cheaply: a local file's content hash, or the Hub source's id."""
-    extras = cfg.hftune
-    recipe_name = getattr(extras, "data_recipe", None)
-    if not recipe_name:
+    """The data a stage reads, cheaply: each local file's content hash, or a Hub source's id."""
+    if not getattr(cfg.hftune, "data_recipe", None) and not getattr(
+        cfg.sections.get("script"), "dataset_name", None
+    ):
         return None
-    from hftune.data import load_recipe, resolve_source_path
+    from hftune.data import resolve_source_path
+    from hftune.data.mixture import data_parts
 
-    recipe = load_recipe(recipe_name)
-    if getattr(extras, "data_files", None):
-        path = Path(extras.data_files)
-    elif recipe.source.path:
-        path = resolve_source_path(recipe)
-    else:
-        return recipe.source.describe()  # a Hub dataset: its id, split, config and revision
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else str(path)
+    found = []
+    for part in data_parts(cfg.hftune, cfg.sections.get("script")):
+        if part.data_files:
+            path = Path(part.data_files)
+        elif part.recipe.source.path:
+            path = resolve_source_path(part.recipe)
+        else:
+            found.append(part.recipe.source.describe())  # a Hub dataset: its id, split, config and revision
+            continue
+        found.append(_file_hash(path))
+    return found[0] if len(found) == 1 else hashlib.sha256("\n".join(found).encode()).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    """A file's content hash; a folder's, over its files' names and contents."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}\n".encode() + hashlib.sha256(file.read_bytes()).digest())
+        return digest.hexdigest()
+    return str(path)
 
 
 def _parents(stage: PlannedStage) -> dict[str, Any]:
@@ -492,12 +508,12 @@ def _run_launched(stage: PlannedStage, config_file: Path, *, overwrite: bool = F
 
 
 def _check_recipes(plan: list[PlannedStage]) -> None:
-    from hftune.data import load_recipe
+    from hftune.data.mixture import data_parts
 
     for stage in plan:
-        recipe = getattr(stage.cfg.hftune, "data_recipe", None)
-        if recipe:
-            load_recipe(recipe)  # a missing or malformed recipe fails now, before any stage runs
+        extras, script = stage.cfg.hftune, stage.cfg.sections.get("script")
+        if getattr(extras, "data_recipe", None) or getattr(script, "dataset_name", None):
+            data_parts(extras, script)  # a missing or malformed recipe fails now, before any stage runs
 
 
 def root_model_config(plan: list[PlannedStage]):

@@ -16,6 +16,7 @@ from pathlib import Path
 import transformers
 
 from hftune import cli, data
+from hftune.data import mixture
 
 record_dir = Path(sys.argv[1])
 seen: list[list[int]] = []
@@ -46,7 +47,7 @@ def recording_step(self, model, inputs, *args, **kwargs):
     return training_step(self, model, inputs, *args, **kwargs)
 
 
-data.prepare_dataset = counting_prepare
+data.prepare_dataset = mixture.prepare_dataset = counting_prepare  # (stages prepare through mixture)
 transformers.Trainer.training_step = recording_step
 code = cli.main(sys.argv[2:])
 record = {"seen": seen, "training_rows": training_rows, "prepared": prepared}

@@ -16,6 +16,14 @@ model's ground truth is known:
   score_rejected
 - hh_rlhf (Anthropic/hh-rlhf): chosen, rejected ("\n\nHuman: ...\n\nAssistant: ..." transcripts)
 - ranked: prompt, completions (4), ranks (1 = best), a few with a tie
+- sharegpt_preferences (LLaMA-Factory's sharegpt ranking layout): conversations ({from, value}, ending with
+  a human turn), chosen / rejected ({from: gpt, value}), an optional system
+- orca_pairs (Intel/orca_dpo_pairs): system (often blank), question, chosen, rejected
+- unpaired (trl-lib/kto-mix-14k): prompt (turns), completion (one assistant turn), label (true = desirable)
+
+Tool use (OpenAI-style `messages` with a `tools` column):
+
+- tool_chats: messages with assistant `tool_calls` and `tool` results, tools as a list or a JSON string
 
 Regenerate the committed fixtures (a test checks that they match byte for byte):
 
@@ -520,6 +528,183 @@ def bad_preferences(seed: int = 0) -> list[dict]:
     return rows
 
 
+def _history(rng: random.Random) -> list[tuple[str, str]]:
+    """(question, answer) exchanges of one chat, 1-3 of them, later ones following up on earlier ones."""
+    task = _task(rng)
+    exchanges = [task[:2]]
+    for _ in range(rng.choices((0, 1, 2), weights=(6, 3, 1))[0]):
+        task = _next_task(rng, task, [q for q, _ in exchanges])
+        exchanges.append(task[:2])
+    return exchanges
+
+
+def sharegpt_preference_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in LLaMA-Factory's sharegpt ranking layout: `conversations` ({from, value} turns ending with
+    the human question; about 40% multi-turn), `chosen` / `rejected` ({from: gpt, value}), and on about a
+    third of the rows a `system` text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        *history, (question, answer) = _history(rng)
+        conversations = []
+        for q, a in history:
+            conversations += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        conversations.append({"from": "human", "value": question})
+        row = {
+            "conversations": conversations,
+            "chosen": {"from": "gpt", "value": answer},
+            "rejected": {"from": "gpt", "value": corrupt_answer(answer, rng)},
+        }
+        if rng.random() < 0.35:
+            row["system"] = rng.choice(SYSTEM_PROMPTS)
+        rows.append(row)
+    return rows
+
+
+def orca_pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the Intel/orca_dpo_pairs schema: system (blank on about 40% of rows, as in the real data),
+    question, chosen, rejected."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, _follow = _task(rng)
+        system = "" if rng.random() < 0.4 else rng.choice(SYSTEM_PROMPTS)
+        rows.append(
+            {
+                "system": system,
+                "question": question,
+                "chosen": answer,
+                "rejected": corrupt_answer(answer, rng),
+            }
+        )
+    return rows
+
+
+def unpaired_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows in the trl-lib/kto-mix-14k schema: prompt (user/assistant turns ending with the question;
+    about 40% multi-turn), completion (one assistant turn), label: true for the correct answer, false for a
+    corrupted one (about half each)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        *history, (question, answer) = _history(rng)
+        prompt = []
+        for q, a in history:
+            prompt += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        prompt.append({"role": "user", "content": question})
+        label = rng.random() < 0.5
+        reply = answer if label else corrupt_answer(answer, rng)
+        rows.append(
+            {"prompt": prompt, "completion": [{"role": "assistant", "content": reply}], "label": label}
+        )
+    return rows
+
+
+# --- tool use: the same tasks answered through a function call ------------------------------------------
+
+# JSON-schema function definitions (OpenAI / transformers `tools` layout); their parameters differ on
+# purpose, so a loader that unifies nested dicts across rows (Arrow) would show up as spurious null keys.
+TOOLS = {
+    "calculate": {
+        "description": "Evaluate an arithmetic expression.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+    },
+    "reverse_word": {
+        "description": "Reverse a word.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
+    },
+    "count_letter": {
+        "description": "Count a letter in a word.",
+        "parameters": {
+            "type": "object",
+            "properties": {"word": {"type": "string"}, "letter": {"type": "string", "maxLength": 1}},
+            "required": ["word", "letter"],
+        },
+    },
+    "get_capital": {
+        "description": "The capital of a country.",
+        "parameters": {
+            "type": "object",
+            "properties": {"country": {"type": "string"}},
+            "required": ["country"],
+        },
+    },
+    "sort_numbers": {
+        "description": "Sort integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "numbers": {"type": "array", "items": {"type": "integer"}},
+                "descending": {"type": "boolean", "default": False},
+            },
+            "required": ["numbers"],
+        },
+    },
+}
+
+
+def _tool_call(question: str, answer: str) -> tuple[str, dict, dict] | None:
+    """(tool name, arguments, result) that answers one of the synthetic tasks; None when no tool fits."""
+    if m := re.fullmatch(r"What is (-?\d+) ([-+*]) (-?\d+)\?", question):
+        a, op, b = int(m[1]), m[2], int(m[3])
+        return (
+            "calculate",
+            {"expression": f"{a} {op} {b}"},
+            {"result": {"+": a + b, "-": a - b, "*": a * b}[op]},
+        )
+    if m := re.fullmatch(r"Reverse the word '(\w+)'\.", question):
+        return "reverse_word", {"word": m[1]}, {"reversed": m[1][::-1]}
+    if m := re.fullmatch(r"How many times does the letter '(\w)' appear in '(\w+)'\?", question):
+        return "count_letter", {"word": m[2], "letter": m[1]}, {"count": m[2].count(m[1])}
+    if m := re.fullmatch(r"What is the capital of (.+)\?", question):
+        city = re.fullmatch(r"The capital of .+ is (.+)\.", answer)[1]
+        return "get_capital", {"country": m[1]}, {"capital": city}
+    if m := re.fullmatch(r"Sort these numbers in ascending order: (.+)\.", question):
+        numbers = [int(x) for x in m[1].split(", ")]
+        return "sort_numbers", {"numbers": numbers}, {"sorted": sorted(numbers)}
+    return None  # comparing two numbers: answered without a tool
+
+
+def tool_chat_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` rows of OpenAI-style `messages` with a `tools` column: the user asks one of the tasks, the
+    assistant calls the tool that answers it (`tool_calls`, content null or empty), a `tool` turn returns
+    the result and the assistant answers. The row offers that tool and at times one other, as a list of
+    schemas or as a JSON string of one (both occur in real data); call arguments are a JSON string
+    (OpenAI's layout) or an object. Questions no tool answers (which number is larger) get a direct reply,
+    and some chats start with a system turn."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, _follow = _task(rng)
+        call = _tool_call(question, answer)
+        others = [name for name in TOOLS if call is None or name != call[0]]
+        offered = rng.sample(others, rng.randint(0 if call else 1, 1)) + ([call[0]] if call else [])
+        rng.shuffle(offered)
+        tools = [{"type": "function", "function": {"name": name, **TOOLS[name]}} for name in offered]
+        messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.2 else []
+        messages.append({"role": "user", "content": question})
+        if call is not None:
+            name, arguments, result = call
+            call_id = f"call_{rng.randrange(16**8):08x}"
+            args = json.dumps(arguments) if rng.random() < 0.5 else arguments
+            function = {"name": name, "arguments": args}
+            messages += [
+                {
+                    "role": "assistant",
+                    "content": None if rng.random() < 0.5 else "",
+                    "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+                },
+                {"role": "tool", "tool_call_id": call_id, "name": name, "content": json.dumps(result)},
+            ]
+        messages.append({"role": "assistant", "content": answer})
+        rows.append({"messages": messages, "tools": json.dumps(tools) if rng.random() < 0.5 else tools})
+    return rows
+
+
 FIXTURE_SIZES = {
     "alpaca": 400,
     "dolly": 400,
@@ -528,6 +713,10 @@ FIXTURE_SIZES = {
     "preferences": 400,
     "hh_rlhf": 400,
     "ranked": 200,
+    "sharegpt_preferences": 200,
+    "orca_pairs": 200,
+    "unpaired": 200,
+    "tool_chats": 160,
 }
 
 
@@ -552,6 +741,12 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
         "hh_rlhf.jsonl": hh_rlhf_rows(FIXTURE_SIZES["hh_rlhf"], seed=8),
         "ranked.jsonl": ranked_rows(FIXTURE_SIZES["ranked"], seed=9),
         "bad_preferences.jsonl": bad_preferences(seed=10),
+        "sharegpt_preferences.jsonl": sharegpt_preference_rows(
+            FIXTURE_SIZES["sharegpt_preferences"], seed=11
+        ),
+        "orca_pairs.jsonl": orca_pair_rows(FIXTURE_SIZES["orca_pairs"], seed=12),
+        "unpaired.jsonl": unpaired_rows(FIXTURE_SIZES["unpaired"], seed=13),
+        "tool_chats.jsonl": tool_chat_rows(FIXTURE_SIZES["tool_chats"], seed=14),
     }
     written = {}
     for name, rows in files.items():

@@ -358,6 +358,82 @@ CASES = {
         [],
         ["data.jsonl", "row 0", "2 `ranks` for 3 completions"],
     ),
+    "sharegpt preference conversation ending with gpt, strict": (
+        {
+            "strict.yaml": recipe("sharegpt_preference", "preference"),
+            "data.jsonl": jsonl(
+                {
+                    "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+                    "chosen": {"from": "gpt", "value": "hello"},
+                    "rejected": {"from": "gpt", "value": "go"},
+                }
+            ),
+        },
+        "strict.yaml",
+        "data.jsonl",
+        [],
+        ["data.jsonl", "row 0", "no_user_turn", "`conversations` must end with a human/user turn"],
+    ),
+    "orca pair without a question, strict": (
+        {
+            "strict.yaml": recipe("system_question", "preference"),
+            "data.jsonl": jsonl({"system": "", "chosen": "4", "rejected": "5"}),
+        },
+        "strict.yaml",
+        "data.jsonl",
+        [],
+        ["data.jsonl", "question"],
+    ),
+    "tool result with no tool call, strict": (
+        {
+            "strict.yaml": MESSAGES,
+            "data.jsonl": jsonl(
+                {
+                    "messages": [
+                        {"role": "user", "content": "2 + 2?"},
+                        {"role": "tool", "content": "4"},
+                        {"role": "assistant", "content": "4."},
+                    ],
+                    "tools": "[]",
+                }
+            ),
+        },
+        "strict.yaml",
+        "data.jsonl",
+        [],
+        ["data.jsonl", "row 0", "not_alternating", "a tool turn must answer an assistant turn's tool calls"],
+    ),
+    "tool call arguments that are not JSON, strict": (
+        {
+            "strict.yaml": MESSAGES,
+            "data.jsonl": jsonl(
+                {
+                    "messages": [
+                        {"role": "user", "content": "2 + 2?"},
+                        {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [{"function": {"name": "calc", "arguments": "{2 + 2"}}],
+                        },
+                    ]
+                }
+            ),
+        },
+        "strict.yaml",
+        "data.jsonl",
+        [],
+        ["data.jsonl", "row 0", "malformed", "`arguments` is a string but not JSON"],
+    ),
+    "unpaired label that is not true or false, strict": (
+        {
+            "strict.yaml": recipe("unpaired", "unpaired_preference"),
+            "data.csv": "prompt,completion,label\nWhat is 2 + 2?,4,maybe\n",
+        },
+        "strict.yaml",
+        "data.csv",
+        [],
+        ["data.csv", "row 0", "malformed", "`label` is 'maybe'; it must be true or false"],
+    ),
     "hh-rlhf text that is not a transcript, strict": (
         {
             "strict.yaml": recipe("hh_rlhf", "preference"),

@@ -19,7 +19,10 @@ The modules, in the order a row meets them (each imports only those above it, ba
     recipe.py      the recipe YAML schema (Recipe, Source), strict parsing, built-ins; load_recipe (cached)
     files.py       local json/jsonl/csv/txt files read as written (no type inference); JsonInt, JsonFloat
     sources.py     a recipe's raw rows from a local file or the Hub; resolve_source_path, column checks
+    detect.py      data already in a TRL format (`dataset_name`): its layout detected, read by a converter
     prepare.py     prepare_dataset: convert, check, drop accounting, split, fingerprint; PreparedData
+    mixture.py     a stage's data: one recipe, a weighted mixture, or `dataset_name`; prepare_parts
+    streaming.py   a pretraining corpus read lazily as an IterableDataset (`dataset_streaming`)
     preview.py     `hftune data preview`: prepared rows rendered with their trained tokens marked
 
 Adding a converter or a format is one decorated function: see `converter` and `trl_format`.

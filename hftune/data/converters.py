@@ -1,14 +1,22 @@
-"""Converters: one raw dataset row -> a conversation (list of {role, content}), a text, or preference pairs.
+"""Converters: one raw dataset row -> a conversation (list of {role, content}), a text, preference pairs, or
+an unpaired (prompt, completion, label) example.
 
 Each converter is registered by name in `CONVERTERS` with the dataset columns it reads (and their
-defaults, which a recipe's `mapping` can point elsewhere) and what it yields ("chat", "text" or
-"preference"; `hftune.data.formats` checks and formats each kind). A bad row raises `RowProblem`.
+defaults, which a recipe's `mapping` can point elsewhere) and what it yields ("chat", "text", "preference"
+or "unpaired"; `hftune.data.formats` checks and formats each kind). A bad row raises `RowProblem`.
 Adding one is a decorated function, like `alpaca` below.
+
+A chat with tools (a `tools` column, assistant `tool_calls`, `tool` turns) is the one chat that is not a
+plain list of turns: it is {"messages": [turns], "tools": "<JSON string>"}. Tool schemas and tool-call
+arguments stay JSON *strings* all the way to the chat template: `datasets` (Arrow) unifies nested dicts
+across rows, so two tools with different parameters would each come back with the other's keys set to
+null, and the template would print those nulls.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -139,10 +147,133 @@ def _turns(row, key: str, col, roles: Mapping[str, str]) -> list[dict[str, str]]
     return messages
 
 
-@converter("messages", columns={"messages": "messages"}, keys={"role": "role", "content": "content"})
+def _json_as_written(value: Any, what: str) -> str:
+    """JSON text for a value read from the data, numbers spelt as the file wrote them (json.dumps would turn
+    a JSON `3.10` into `3.1`); separators as json.dumps and the templates' `tojson` write them."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return getattr(value, "source", None) or json.dumps(value)
+    if isinstance(value, Mapping):
+        items = (
+            f"{json.dumps(str(k), ensure_ascii=False)}: {_json_as_written(v, what)}" for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_json_as_written(v, what) for v in value) + "]"
+    raise RowProblem("malformed", f"{what} holds a {type(value).__name__}, which JSON cannot write")
+
+
+def _json_text(value: Any, what: str, expect: type, noun: str) -> str:
+    """A JSON value of type `expect` as JSON text: a string is checked and kept byte for byte, a parsed value
+    (a JSON file's object, a typed Hub column) is written back as JSON."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError as err:
+            raise RowProblem("malformed", f"{what} is a string but not JSON ({err})") from None
+        if not isinstance(parsed, expect):
+            raise RowProblem("malformed", f"{what} is JSON for a {type(parsed).__name__}, not {noun}")
+        return value
+    if not isinstance(value, expect):
+        raise RowProblem("malformed", f"{what} is a {type(value).__name__}, not {noun}")
+    return _json_as_written(value, what)
+
+
+def _tools(row, key: str) -> str | None:
+    """The row's tool schemas as a JSON string (None when it has none): a list of JSON-schema function dicts,
+    or a JSON string of one (both occur in real data)."""
+    value = row.get(key)
+    if value is None:
+        return None
+    text = _json_text(value, f"`{key}`", list, "a list of tool schemas")
+    tools = json.loads(text)
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise RowProblem("malformed", f"`{key}` item {i} is a {type(tool).__name__}, not a tool schema")
+    return text if tools else None
+
+
+def _tool_calls(turn: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """A turn's OpenAI-style `tool_calls` as [{"type": "function", "function": {"name", "arguments"}}],
+    arguments a JSON string (see the module docstring); `id` kept when the data has one."""
+    calls = turn.get("tool_calls")
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        raise RowProblem("malformed", f"{where}`tool_calls` is a {type(calls).__name__}, not a list")
+    out = []
+    for k, call in enumerate(calls):
+        what = f"{where}tool call {k}"
+        if not isinstance(call, Mapping):
+            raise RowProblem("malformed", f"{what} is a {type(call).__name__}, not a mapping")
+        # OpenAI nests name/arguments under `function`; some datasets put them on the call itself.
+        function = call.get("function", call)
+        if not isinstance(function, Mapping):
+            raise RowProblem("malformed", f"{what}: `function` is a {type(function).__name__}, not a mapping")
+        name = _value(function, "name", where=f"{what}: ")
+        if is_blank(name):
+            raise RowProblem("empty_turn", f"{what} has a blank function name")
+        arguments = function.get("arguments")
+        if arguments is None:  # a function without parameters
+            arguments = "{}"
+        arguments = _json_text(arguments, f"{what}: `arguments`", dict, "an object")
+        normal = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if call.get("id") is not None:
+            normal["id"] = _text(call["id"], f"{what}: `id`")
+        out.append(normal)
+    return out
+
+
+def _tool_turns(row, key: str, col) -> tuple[list[dict[str, Any]], bool]:
+    """Column `key` as turns that may carry tool calls or be tool results; and whether any does."""
+    messages, uses_tools = [], False
+    for i, turn in enumerate(_list(row, key, "a list of turns")):
+        where = f"turn {i}: "
+        if not isinstance(turn, Mapping):
+            raise RowProblem("malformed", f"turn {i} is a {type(turn).__name__}, not a mapping")
+        role = _value(turn, col["role"], where=where)
+        calls = _tool_calls(turn, where)
+        if calls and role != "assistant":
+            raise RowProblem(
+                "malformed", f"turn {i} is a {role} turn with `tool_calls`; only assistants call tools"
+            )
+        # An assistant turn that calls tools often has no text (null or ""): the calls are its content.
+        content = _value(turn, col["content"], optional=bool(calls), where=where)
+        message: dict[str, Any] = {"role": role, "content": content or ""}
+        if calls:
+            message["tool_calls"] = calls
+        if role == "tool":
+            for extra in ("name", "tool_call_id"):
+                if turn.get(extra) is not None:
+                    message[extra] = _text(turn[extra], f"{where}`{extra}`")
+        uses_tools = uses_tools or bool(calls) or role == "tool"
+        messages.append(message)
+    return messages, uses_tools
+
+
+@converter(
+    "messages",
+    columns={"messages": "messages", "tools": "tools"},
+    optional=("tools",),
+    keys={"role": "role", "content": "content"},
+)
 def messages(row, col):
-    """A list of {role, content} turns with roles already system/user/assistant (TRL's own format)."""
-    return _turns(row, col["messages"], col, roles={})
+    """A list of {role, content} turns with roles already system/user/assistant (TRL's own format).
+
+    With tools (OpenAI style): an optional `tools` column (a list of JSON-schema function dicts, or a JSON
+    string of one), assistant turns with `tool_calls` (content may then be empty or null) and `tool` turns
+    with the results (optional `name` / `tool_call_id`). Such a row becomes {"messages": [...], "tools":
+    "<JSON string>"}; "null" when it has tool turns but no schemas (json.loads gives None, so templates
+    print no empty tool list). A row with neither stays a plain list of turns.
+    """
+    turns, uses_tools = _tool_turns(row, col["messages"], col)
+    tools = _tools(row, col["tools"])
+    if tools is None and not uses_tools:
+        return turns
+    return {"messages": turns, "tools": tools or "null"}
 
 
 SHAREGPT_ROLES = {
@@ -314,3 +445,110 @@ def ranked(row, col):
         better, worse = (i, j) if merit[i] > merit[j] else (j, i)
         pairs.append(_pair(prompt, completions[better], completions[worse]))
     return pairs
+
+
+@converter(
+    "prompt_completion",
+    columns={"prompt": "prompt", "completion": "completion"},
+    keys={"role": "role", "content": "content"},
+)
+def prompt_completion(row, col):
+    """TRL's prompt-completion layout: `prompt` and `completion` as texts (a user turn and the assistant's
+    reply) or as lists of {role, content} turns (TRL's conversational prompt-completion)."""
+    sides = []
+    for field, role in (("prompt", "user"), ("completion", "assistant")):
+        value = row.get(col[field])
+        if isinstance(value, list):
+            sides.append(_turns(row, col[field], col, roles={}))
+        else:
+            sides.append([{"role": role, "content": _value(row, col[field])}])
+    return sides[0] + sides[1]
+
+
+def _reply(row, key: str, col, roles: Mapping[str, str]) -> str:
+    """Column `key` as one assistant reply: a turn mapping, a one-turn list, or the reply text itself."""
+    value = row.get(key)
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], Mapping):
+            raise RowProblem("malformed", f"`{key}` is a list, not one turn; a reply is one assistant turn")
+        value = value[0]
+    if not isinstance(value, Mapping):
+        return _value(row, key) if value is None else _text(value, f"`{key}`")
+    role = _value(value, col["role"], where=f"`{key}`: ")
+    if roles.get(role, role) != "assistant":
+        raise RowProblem("no_assistant_turn", f"`{key}` is a `{role}` turn, not the assistant's reply")
+    return _value(value, col["content"], where=f"`{key}`: ")
+
+
+def _with_system(system: str | None, prompt: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A system column's text as the first turn, unless it is blank or the prompt already starts with one."""
+    if system is None or is_blank(system) or (prompt and prompt[0]["role"] == "system"):
+        return prompt
+    return [{"role": "system", "content": system}, *prompt]
+
+
+@converter(
+    "sharegpt_preference",
+    columns={"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "system": "system"},
+    optional=("system",),
+    yields="preference",
+    keys={"role": "from", "content": "value"},
+)
+def sharegpt_preference(row, col):
+    """ShareGPT preference (LLaMA-Factory's ranking layout): `conversations` of {from, value} is the whole
+    prompt (it may be multi-turn and must end with a human turn), `chosen` / `rejected` the two replies,
+    each a {from: gpt, value} turn, a one-turn list or the reply text. An optional `system` column becomes
+    the first turn unless the conversation starts with its own."""
+    prompt = _turns(row, col["messages"], col, roles=SHAREGPT_ROLES)
+    # Said here, naming the column: the generic check only knows "the prompt".
+    if not prompt or prompt[-1]["role"] != "user":
+        last = f"its last turn is {prompt[-1]['role']}" if prompt else "it is empty"
+        raise RowProblem(
+            "no_user_turn", f"`{col['messages']}` must end with a human/user turn (the prompt); {last}"
+        )
+    prompt = _with_system(_value(row, col["system"], optional=True), prompt)
+    chosen, rejected = (_reply(row, col[side], col, SHAREGPT_ROLES) for side in ("chosen", "rejected"))
+    return [_pair(prompt, chosen, rejected)]
+
+
+@converter(
+    "system_question",
+    columns={"system": "system", "question": "question", "chosen": "chosen", "rejected": "rejected"},
+    optional=("system",),
+    yields="preference",
+)
+def system_question(row, col):
+    """system / question / chosen / rejected strings (Intel/orca_dpo_pairs): a system turn (none when the
+    system text is blank), the question as the user turn, and the two reply texts."""
+    prompt = _with_system(_value(row, col["system"], optional=True), _user(_value(row, col["question"])))
+    return [_pair(prompt, _value(row, col["chosen"]), _value(row, col["rejected"]))]
+
+
+def _label(row, key: str) -> bool:
+    """A desirable/undesirable label: a boolean, or (a CSV cell is text as written) `true` / `false`."""
+    value = row.get(key)
+    if value is None:
+        raise RowProblem("missing_field", f"`{key}` is missing or null")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    shown = f"{value!r}" if isinstance(value, str) else f"a {type(value).__name__} ({value})"
+    raise RowProblem("malformed", f"`{key}` is {shown}; it must be true or false (true = desirable)")
+
+
+@converter(
+    "unpaired",
+    columns={"prompt": "prompt", "completion": "completion", "label": "label"},
+    yields="unpaired",
+    keys={"role": "role", "content": "content"},
+)
+def unpaired(row, col):
+    """Unpaired preference (KTO, trl-lib/kto-mix-14k): a prompt (text -> one user turn, or a list of turns),
+    one completion (text, or a one-assistant-turn list) and a boolean `label` (true = desirable)."""
+    if isinstance(row.get(col["prompt"]), list):
+        prompt = _turns(row, col["prompt"], col, roles={})
+    else:
+        prompt = _user(_value(row, col["prompt"]))
+    completion = _reply(row, col["completion"], col, roles={})
+    return {"prompt": prompt, "completion": completion, "label": _label(row, col["label"])}

@@ -1,10 +1,15 @@
 """Checks per kind of converter output, and the TRL dataset formats a checked example becomes.
 
-`KINDS` says, for each kind a converter yields ("chat", "text", "preference"), how a converted example
-is checked (roles, blank turns, alternation, the recipe's system prompt; a failure raises `RowProblem`)
-and what the trainer will tokenize for it. `FORMATS` maps each TRL format name a recipe can ask for to
-the function that turns one checked unit into a training row; a format accepts one kind of converter.
+`KINDS` says, for each kind a converter yields ("chat", "text", "preference", "unpaired"), how a converted
+example is checked (roles, blank turns, alternation, the recipe's system prompt; a failure raises
+`RowProblem`) and what the trainer will tokenize for it. `FORMATS` maps each TRL format name a recipe can
+ask for to the function that turns one checked unit into a training row; a format accepts one kind of
+converter.
 Adding a format is one decorated function, see `trl_format`.
+
+A chat unit is a plain list of turns, or, for a conversation with tools, {"messages": [turns], "tools":
+"<JSON string>"} (see hftune.data.converters); the chat formats carry `tools` on as a column, which TRL's
+SFTTrainer passes to the chat template.
 """
 
 from __future__ import annotations
@@ -21,18 +26,24 @@ if TYPE_CHECKING:  # annotations only: recipe.py imports this module
     from hftune.data.recipe import Recipe
 
 ROLES = ("system", "user", "assistant")
+TOOL_ROLES = (*ROLES, "tool")  # only in a conversation with tools (a dict chat unit)
 
 
 # --- checks per kind of converter output ---------------------------------------------------------------
 
 
-def _check_turns(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str, str]]:
-    """Roles valid and no blank turn; then the recipe's system prompt where the conversation has none."""
+def _check_turns(
+    messages: list[dict[str, str]], recipe: Recipe, roles: tuple[str, ...] = ROLES
+) -> list[dict[str, str]]:
+    """Roles valid and no blank turn; then the recipe's system prompt where the conversation has none.
+
+    An assistant turn that calls tools may have no text: its calls are what it says.
+    """
     for i, message in enumerate(messages):
-        if message["role"] not in ROLES:
+        if message["role"] not in roles:
             raise RowProblem("unknown_role", f"turn {i} has role `{message['role']}`")
     for i, message in enumerate(messages):
-        if is_blank(message["content"]):
+        if is_blank(message["content"]) and not message.get("tool_calls"):
             raise RowProblem("empty_turn", f"turn {i} ({message['role']}) is blank")
     # The recipe's system prompt is a default: a conversation that brings its own keeps it, since two
     # system turns break most chat templates.
@@ -53,15 +64,47 @@ def _check_alternating(messages: list[dict[str, str]]) -> None:
             )
 
 
-def _check_chat(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str, str]]:
-    messages = _check_turns(messages, recipe)
-    # Trailing user turns carry no training signal and would make prompt/completion splitting wrong.
+def _check_tool_order(messages: list[dict[str, Any]]) -> None:
+    """system?, then user and assistant alternating, except that an assistant turn with tool calls is followed
+    by one or more tool turns (the results) and then the assistant again."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    previous = None  # the role of the turn before, "call" for an assistant turn with tool calls
+    for i, message in enumerate(messages[start:], start):
+        role = message["role"]
+        if previous is None:
+            expected = ("user",)
+        elif previous == "call":
+            expected = ("tool",)
+        elif previous == "tool":
+            expected = ("tool", "assistant")
+        else:
+            expected = ("assistant",) if previous == "user" else ("user",)
+        if role not in expected:
+            why = (
+                "a tool turn must answer an assistant turn's tool calls"
+                if role == "tool" and previous != "call"
+                else "system first, then user and assistant alternating, tool results after a tool call"
+            )
+            raise RowProblem(
+                "not_alternating", f"turn {i} is {role}, expected {' or '.join(expected)} ({why})"
+            )
+        previous = "call" if role == "assistant" and message.get("tool_calls") else role
+
+
+def _check_chat(unit: list[dict[str, str]] | dict[str, Any], recipe: Recipe) -> list[dict[str, str]] | dict:
+    with_tools = isinstance(unit, dict)
+    messages = unit["messages"] if with_tools else unit
+    messages = _check_turns(messages, recipe, TOOL_ROLES if with_tools else ROLES)
+    # Trailing user (or tool) turns carry no training signal and would make prompt/completion splitting wrong.
     while messages and messages[-1]["role"] != "assistant":
         messages = messages[:-1]
     if not messages:
         raise RowProblem("no_assistant_turn", "no assistant turn to train on")
-    _check_alternating(messages)
-    return messages
+    if not with_tools:
+        _check_alternating(messages)
+        return messages
+    _check_tool_order(messages)
+    return {"messages": messages, "tools": unit["tools"]}
 
 
 def _check_text(value: str, recipe: Recipe) -> str:
@@ -103,6 +146,17 @@ def _check_preference(pairs: list[dict | PairProblem], recipe: Recipe) -> list[d
     return checked
 
 
+def _check_unpaired(example: dict, recipe: Recipe) -> dict:
+    """The prompt checked as a preference pair's is (ends with a user turn), the completion non-blank."""
+    prompt = _check_turns(example["prompt"], recipe)
+    if not prompt or prompt[-1]["role"] != "user":
+        raise RowProblem("no_user_turn", "the prompt does not end with a user turn")
+    _check_alternating(prompt)
+    if is_blank(example["completion"]):
+        raise RowProblem("empty_turn", "the completion is blank")
+    return {**example, "prompt": prompt}
+
+
 def _replies(pair: dict) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """The chosen and the rejected conversation of a pair: its prompt followed by each reply."""
     return tuple(
@@ -123,6 +177,10 @@ KINDS: dict[str, Kind] = {
     "chat": Kind(_check_chat, lambda conversation: [conversation]),
     "text": Kind(_check_text, lambda value: [value]),
     "preference": Kind(_check_preference, lambda pair: list(_replies(pair)), paired=True),
+    "unpaired": Kind(
+        _check_unpaired,
+        lambda example: [example["prompt"] + [{"role": "assistant", "content": example["completion"]}]],
+    ),
 }
 
 
@@ -149,22 +207,33 @@ def trl_format(name: str, *, accepts: str):
     return register
 
 
+def _split_tools(unit: list[dict[str, str]] | dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A chat unit's turns, and the {"tools": JSON string} column it adds to a row (empty without tools)."""
+    if isinstance(unit, dict):
+        return unit["messages"], {"tools": unit["tools"]}
+    return unit, {}
+
+
 @trl_format("conversational", accepts="chat")
-def conversational(conversation):
-    """TRL's conversational language modelling: {"messages": [...]}."""
-    return {"messages": conversation}
+def conversational(unit):
+    """TRL's conversational language modelling: {"messages": [...]}, plus "tools" (a JSON string, which
+    SFTTrainer json.loads for the chat template) for a conversation with tools."""
+    conversation, tools = _split_tools(unit)
+    return {"messages": conversation, **tools}
 
 
 @trl_format("prompt_completion", accepts="chat")
-def prompt_completion(conversation):
+def prompt_completion(unit):
     """TRL's conversational prompt-completion: everything before the last assistant turn is the prompt."""
-    return {"prompt": conversation[:-1], "completion": conversation[-1:]}
+    conversation, tools = _split_tools(unit)
+    return {"prompt": conversation[:-1], "completion": conversation[-1:], **tools}
 
 
 @trl_format("prompt_only", accepts="chat")
-def prompt_only(conversation):
+def prompt_only(unit):
     """TRL's conversational prompt-only (PPO, RLOO, GRPO): everything before the last assistant turn."""
-    return {"prompt": conversation[:-1]}
+    conversation, tools = _split_tools(unit)
+    return {"prompt": conversation[:-1], **tools}
 
 
 def _with_margin(row: dict[str, Any], pair: dict) -> dict[str, Any]:
@@ -184,6 +253,13 @@ def implicit_preference(pair):
     """TRL's conversational preference with the prompt implicit: two full conversations."""
     chosen, rejected = _replies(pair)
     return _with_margin({"chosen": chosen, "rejected": rejected}, pair)
+
+
+@trl_format("unpaired_preference", accepts="unpaired")
+def unpaired_preference(example):
+    """TRL's conversational unpaired preference (KTO): prompt turns, one completion turn, a boolean label."""
+    completion = [{"role": "assistant", "content": example["completion"]}]
+    return {"prompt": example["prompt"], "completion": completion, "label": example["label"]}
 
 
 @trl_format("language_modeling", accepts="text")

@@ -22,8 +22,9 @@ import datasets
 from jinja2 import TemplateError
 
 from hftune.data.converters import CONVERTERS
+from hftune.data.detect import AUTO, detect
 from hftune.data.formats import FORMATS, KINDS, Format, format_mismatch
-from hftune.data.problems import PairProblem, RowProblem, format_counts
+from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blank
 from hftune.data.prompt_keys import is_held_out, prompt_key, split_value
 from hftune.data.recipe import Recipe, load_recipe
 from hftune.data.sources import check_columns, load_rows
@@ -33,6 +34,7 @@ from hftune.errors import UserError
 logger = logging.getLogger("hftune.data")
 
 EXAMPLES_PER_REASON = 5  # source row indices kept per drop reason, for the log and the manifest
+TOO_LONG = ("drop", "truncate", "keep")  # what happens to a row over max_length (see prepare_dataset)
 
 
 @dataclass
@@ -55,6 +57,13 @@ class PreparedData:
     # pairs left out of rows that were kept, by reason (a dropped row's pairs count under `dropped` only).
     n_pairs: int | None = None
     dropped_pairs: dict[str, int] = field(default_factory=dict)
+    # How the rows were read: the recipe's converter and TRL format (detected, for `dataset_name` data).
+    converter: str = ""
+    format: str = ""
+    # A mixture's parts (mixture.prepare_parts): per part, its recipe, weight and row counts.
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    # Rows over max_length whose final reply was cut to fit (`too_long: truncate`), source row indices.
+    truncated: list[int] = field(default_factory=list)
     # The prompt key (`prompt_keys.prompt_key`) of each train / eval row, in row order: what an artifact
     # records it trained on and held out, and what the eval audits against.
     train_keys: list[str] = field(default_factory=list)
@@ -63,7 +72,8 @@ class PreparedData:
     @property
     def n_kept(self) -> int:
         """Source rows kept (for preference data, one row can give several training rows: its pairs)."""
-        if self.n_pairs is not None:
+        if self.n_pairs is not None or self.sources:
+            # One row can give several training rows: its pairs, or a weighted mixture's repeats.
             return len(set(self.train_indices) | set(self.eval_indices))
         return len(self.train) + (len(self.eval) if self.eval is not None else 0)
 
@@ -73,8 +83,11 @@ class PreparedData:
         """
         split = f" (train {len(self.train)}, eval {len(self.eval)})" if self.eval is not None else ""
         kept = f"kept {self.n_kept} of {self.n_source_rows} rows"
+        if self.sources:
+            kept += f" -> {len(self.train)} training rows by weight"
         if self.n_pairs is None:
-            return f"{kept}{split}; {_dropped_line(self.dropped, '')}"
+            cut = f"; truncated {len(self.truncated)} to max_length" if self.truncated else ""
+            return f"{kept}{split}; {_dropped_line(self.dropped, '')}{cut}"
         return (
             f"{kept} -> {self.n_pairs} pairs{split}; {_dropped_line(self.dropped, ' rows')}; "
             f"{_dropped_line(self.dropped_pairs, ' pairs')}"
@@ -120,22 +133,18 @@ def token_lengths(tokenizer, sequences: list[list[Any]], batch_size: int = 512) 
     """Token count of each example: the longest of its sequences (conversations through the chat template)."""
     flat = [(i, s) for i, seqs in enumerate(sequences) for s in seqs]
     lengths = [0] * len(sequences)
-    chats = [(i, s) for i, s in flat if not isinstance(s, str)]
+    chats = [(i, s) for i, s in flat if isinstance(s, list)]
+    tool_chats = [(i, s) for i, s in flat if isinstance(s, dict)]  # {"messages", "tools"}: one at a time
     texts = [(i, s) for i, s in flat if isinstance(s, str)]
-    if chats and not getattr(tokenizer, "chat_template", None):
+    if (chats or tool_chats) and not getattr(tokenizer, "chat_template", None):
         raise UserError("the tokenizer has no chat template; set `chat_template` in the config (e.g. chatml)")
     for start in range(0, len(chats), batch_size):
         batch = chats[start : start + batch_size]
-        try:
-            rendered = tokenizer.apply_chat_template([s for _, s in batch], tokenize=True, return_dict=True)
-        except TemplateError as err:
-            raise UserError(
-                f"the chat template cannot render these rows ({err}); a template that refuses some roles "
-                "(e.g. no system turn) needs data, or a recipe `system_prompt`, that fits it"
-            ) from None
-        ids = rendered["input_ids"]
+        ids = render_chats(tokenizer, [s for _, s in batch])
         for (i, _), row_ids in zip(batch, ids, strict=True):
             lengths[i] = max(lengths[i], len(row_ids))
+    for i, chat in tool_chats:
+        lengths[i] = max(lengths[i], len(render_chats(tokenizer, [chat])[0]))
     eos = getattr(tokenizer, "eos_token", None)
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
@@ -145,6 +154,30 @@ def token_lengths(tokenizer, sequences: list[list[Any]], batch_size: int = 512) 
             extra = 1 if eos and not s.endswith(eos) else 0
             lengths[i] = max(lengths[i], len(row_ids) + extra)
     return lengths
+
+
+def render_chats(tokenizer, chats: list, **kwargs) -> list[list[int]]:
+    """Token ids of conversations through the chat template, as TRL renders them: a chat unit is a list of
+    turns, or {"messages": turns, "tools": JSON text} for a conversation with tools (rendered one by one,
+    since the template takes one `tools` for the whole call)."""
+    try:
+        if any(isinstance(c, dict) for c in chats):
+            return [
+                render_chats(tokenizer, [c["messages"]], tools=_tools(c), **kwargs)[0]
+                if isinstance(c, dict)
+                else render_chats(tokenizer, [c], **kwargs)[0]
+                for c in chats
+            ]
+        return tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+    except TemplateError as err:
+        raise UserError(
+            f"the chat template cannot render these rows ({err}); a template that refuses some roles "
+            "(e.g. no system turn) needs data, or a recipe `system_prompt`, that fits it"
+        ) from None
+
+
+def _tools(chat: dict) -> list | None:
+    return json.loads(chat["tools"]) if chat.get("tools") else None
 
 
 def _fingerprint(splits: list[tuple[str, list[dict]]]) -> str:
@@ -168,6 +201,8 @@ def prepare_dataset(
     data_files: str | os.PathLike | None = None,
     max_rows: int | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    too_long: str = "drop",
+    formats: tuple[str, ...] | None = None,
 ) -> PreparedData:
     """Load, convert and check a recipe's rows; split off a seeded eval set of source rows.
 
@@ -177,11 +212,17 @@ def prepare_dataset(
     `held_out_upstream`: no stage ever trains on what the eval measures.
 
     `data_files` replaces the recipe's source with a local file in the same schema. With `tokenizer` and
-    `max_length`, rows longer than `max_length` tokens after the chat template are dropped as too_long; for
-    preference data a pair's length is that of the longer of prompt+chosen and prompt+rejected, and a row
-    is dropped as too_long only when none of its pairs fits. `strict` (default: the recipe's) turns the
-    first bad row into an error; rows a transform returns None for are filtered on purpose and never an
-    error, and neither are pairs left out of a row that keeps others (ties are part of ranked data).
+    `max_length`, rows longer than `max_length` tokens after the chat template are handled by `too_long`:
+    "drop" (counted as too_long), "truncate" (a conversation's final reply, or a text's end, is cut to fit;
+    a row whose prompt alone does not fit is still dropped) or "keep" (nothing is cut or dropped: for
+    pretraining, which chunks the concatenated text into blocks). For preference data a pair's length is
+    that of the longer of prompt+chosen and prompt+rejected, and a row is dropped as too_long only when
+    none of its pairs fits. A recipe for data in a TRL format (`detect.dataset_recipe`) is read as its
+    rows' layout says, in the first of `formats` (the stage's) that fits.
+
+    `strict` (default: the recipe's) turns the first bad row into an error; rows a transform returns None
+    for are filtered on purpose and never an error, and neither are pairs left out of a row that keeps
+    others (ties are part of ranked data).
     """
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
@@ -190,10 +231,14 @@ def prepare_dataset(
         raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if max_length is not None and max_length < 1:
         raise UserError(f"max_length must be positive, got {max_length}")
+    if too_long not in TOO_LONG:
+        raise UserError(f"too_long must be one of {', '.join(TOO_LONG)}, got {too_long!r}")
 
     raw, columns, label = load_rows(recipe, data_files, max_rows)
     if len(raw) == 0:
         raise UserError(f"{label} has no rows")
+    if recipe.converter == AUTO:
+        recipe = detect(recipe, columns, raw, formats)
     # With a transform the columns the converter sees are the transform's output, known only per row.
     if recipe.transform_fn is None:
         check_columns(recipe, columns, label)
@@ -211,7 +256,7 @@ def prepare_dataset(
     for i, row in enumerate(raw):
         try:
             if recipe.transform_fn is not None:
-                row = _apply_transform(recipe, row, i, label)
+                row = apply_transform(recipe, row, i, label)
             example = kind.check(spec.fn(row, recipe.mapping), recipe)
         except RowProblem as problem:
             problems.append((i, problem.reason, problem.detail))
@@ -220,10 +265,14 @@ def prepare_dataset(
         pair_problems += [(i, u.reason, u.detail) for u in units if isinstance(u, PairProblem)]
         kept.append((i, [u for u in units if not isinstance(u, PairProblem)]))
 
-    lengths = None
+    lengths, truncated = None, []
     if tokenizer is not None and kept:
         lengths = token_lengths(tokenizer, [kind.sequences(unit) for _, units in kept for unit in units])
-        if max_length is not None:
+        if max_length is not None and too_long == "truncate":
+            if kind.paired or spec.yields not in ("chat", "text"):
+                raise UserError(f"recipe {recipe.name}: `too_long: truncate` cuts replies, not pairs")
+            kept, truncated = _truncate(kept, lengths, tokenizer, max_length, problems)
+        elif max_length is not None and too_long == "drop":
             kept = _drop_too_long(kept, lengths, max_length, problems, pair_problems)
     problems.sort()
     # A dropped row is counted once, as a row, whatever its pairs' fate.
@@ -293,6 +342,9 @@ def prepare_dataset(
         max_length=max_length,
         n_pairs=len(train_rows) + len(eval_rows) if kind.paired else None,
         dropped_pairs=dict(sorted(Counter(reason for _, reason, _ in pair_problems).items())),
+        truncated=truncated,
+        converter=recipe.converter,
+        format=recipe.format,
         train_keys=[keys[pos] for pos in train_pos for _ in kept[pos][1]],
         eval_keys=[keys[pos] for pos in sorted(eval_pos) for _ in kept[pos][1]],
     )
@@ -339,13 +391,70 @@ def _drop_too_long(
     return fitting
 
 
+def _truncate(
+    kept: list[tuple[int, list[Any]]],
+    lengths: list[int],
+    tokenizer,
+    max_length: int,
+    problems: list[tuple[int, str, str]],
+) -> tuple[list[tuple[int, list[Any]]], list[int]]:
+    """Rows over max_length with their final reply (a text: its end) cut to fit; the prompt is never cut,
+    so a row whose prompt alone does not fit is dropped as too_long. Returns the rows and the source
+    indices of those cut."""
+    fitting, truncated = [], []
+    for (i, (unit,)), n in zip(kept, lengths, strict=True):
+        if n <= max_length:
+            fitting.append((i, [unit]))
+            continue
+        cut = _cut_to_fit(unit, tokenizer, max_length)
+        if cut is None:
+            problems.append((i, "too_long", f"the prompt alone does not fit in max_length {max_length}"))
+            continue
+        fitting.append((i, [cut]))
+        truncated.append(i)
+    return fitting, truncated
+
+
+def _cut_to_fit(unit: Any, tokenizer, max_length: int) -> Any:
+    """`unit` with its last assistant reply (or, for plain text, its end) cut at a token boundary so the
+    whole renders in at most max_length tokens; None when not even one token of the reply fits."""
+    if isinstance(unit, str):
+        # TRL appends EOS to plain text: leave room for it.
+        ids = tokenizer(unit, add_special_tokens=False)["input_ids"]
+        reply, rebuild = ids, lambda text: text
+        measure = lambda text: token_lengths(tokenizer, [[text]])[0]  # noqa: E731
+    else:
+        messages = unit["messages"] if isinstance(unit, dict) else unit
+        reply = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+
+        def rebuild(text: str) -> Any:
+            turns = [*messages[:-1], {**messages[-1], "content": text}]
+            return {**unit, "messages": turns} if isinstance(unit, dict) else turns
+
+        measure = lambda text: len(render_chats(tokenizer, [rebuild(text)])[0])  # noqa: E731
+    # The largest number of reply tokens that fits, by bisection: decoding and re-encoding at a cut can
+    # merge tokens differently, so each candidate is measured as rendered, not computed.
+    low, high = 0, len(reply)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if measure(tokenizer.decode(reply[:mid])) <= max_length:
+            low = mid
+        else:
+            high = mid - 1
+    text = tokenizer.decode(reply[:low])
+    if low == 0 or is_blank(text):
+        return None
+    return rebuild(text)
+
+
 def _format_rows(fmt: Format, kept: list[tuple[int, list[Any]]]) -> tuple[list[dict], list[int]]:
     """Training rows of these source rows, one per unit, with the source row index of each."""
     rows = [(i, fmt.fn(unit)) for i, units in kept for unit in units]
     return [row for _, row in rows], [i for i, _ in rows]
 
 
-def _apply_transform(recipe: Recipe, row: dict, index: int, label: str) -> dict:
+def apply_transform(recipe: Recipe, row: Mapping[str, Any], index: int, label: str) -> Mapping[str, Any]:
+    """The recipe's `transform` hook on one raw row (None filters the row out, counted as `filtered`)."""
     try:
         out = recipe.transform_fn(dict(row))
     except Exception as err:

@@ -9,12 +9,13 @@ then token-length statistics over all rows (including those `max_length` would d
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
 from typing import Any
 
-from hftune.data.prepare import prepare_dataset
+from hftune.data.prepare import PreparedData, prepare_dataset, token_lengths
 from hftune.data.recipe import Recipe, load_recipe
 
 GREEN = "\x1b[42m\x1b[30m"
@@ -37,21 +38,29 @@ def _template(tokenizer) -> str:
     return template or ""
 
 
+def _tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's tool schemas for the chat template: its `tools` column is a JSON string (or absent / None),
+    which SFTTrainer json.loads the same way."""
+    tools = row.get("tools")
+    return json.loads(tools) if isinstance(tools, str) else tools
+
+
 def _render(row: dict[str, Any], tokenizer, has_markers: bool) -> tuple[list[int], list[int] | None]:
     """Token ids and the trained-token mask (None when the template cannot say), mirroring TRL's SFT."""
     if "text" in row:
         ids = tokenizer(row["text"])["input_ids"]
         return ids, [1] * len(ids)
     conversation = row["messages"] if "messages" in row else row["prompt"] + row["completion"]
+    tools = _tools(row)
     encoded = tokenizer.apply_chat_template(
-        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=has_markers
+        conversation, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=has_markers
     )
     ids = list(encoded["input_ids"])
     mask = list(encoded["assistant_masks"]) if has_markers else None
     if "prompt" in row:
         # Prompt-completion rows train on the completion only (TRL's completion_only_loss default).
         prompt = tokenizer.apply_chat_template(
-            row["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True
+            row["prompt"], tools=tools, tokenize=True, return_dict=True, add_generation_prompt=True
         )
         completion = [0] * len(prompt["input_ids"]) + [1] * (len(ids) - len(prompt["input_ids"]))
         mask = completion if mask is None else [a & b for a, b in zip(mask, completion, strict=True)]
@@ -59,6 +68,7 @@ def _render(row: dict[str, Any], tokenizer, has_markers: bool) -> tuple[list[int
 
 
 PAIR_FORMATS = ("preference", "implicit_preference")
+UNPAIRED_FORMAT = "unpaired_preference"
 
 
 def _render_pair(row: dict[str, Any], tokenizer, color: bool) -> str:
@@ -86,7 +96,7 @@ def _render_pair(row: dict[str, Any], tokenizer, color: bool) -> str:
 
 def _render_prompt(row: dict[str, Any], tokenizer) -> str:
     ids = tokenizer.apply_chat_template(
-        row["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True
+        row["prompt"], tools=_tools(row), tokenize=True, return_dict=True, add_generation_prompt=True
     )["input_ids"]
     return f"[{len(ids)} tokens]\n" + tokenizer.decode(ids, skip_special_tokens=False).rstrip("\n")
 
@@ -116,7 +126,7 @@ def _percentile(sorted_values: list[int], p: float) -> int:
     return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
 
 
-def length_stats(lengths: list[int], max_length: int | None) -> str:
+def length_stats(lengths: list[int], max_length: int | None, too_long: str = "drop") -> str:
     """count, mean, p50, p95, max and how many exceed max_length, as a few readable lines."""
     if not lengths:
         return "token lengths: no rows"
@@ -130,9 +140,8 @@ def length_stats(lengths: list[int], max_length: int | None) -> str:
         lines.append("max_length not set: no row is dropped for length")
     else:
         over = sum(n > max_length for n in values)
-        lines.append(
-            f"{over} rows exceed max_length {max_length}" + (" (dropped as too_long)" if over else "")
-        )
+        fate = {"drop": " (dropped as too_long)", "truncate": " (their final reply is truncated to fit)"}
+        lines.append(f"{over} rows exceed max_length {max_length}" + (fate.get(too_long, "") if over else ""))
     return "\n".join(lines)
 
 
@@ -144,26 +153,41 @@ def preview(
     max_length: int | None = None,
     data_files: str | None = None,
     color: bool | None = None,
+    prepared: PreparedData | None = None,
+    too_long: str = "drop",
 ) -> str:
     """The preview text: `n` rendered examples with trained tokens marked, length stats, drop summary.
 
     `color` None means ANSI colour when stdout is a terminal; otherwise trained spans are ⟦bracketed⟧.
+    `prepared`: rows already prepared (a stage config's mixture or `dataset_name` data), with `too_long`
+    as the stage handles long rows ("keep": a pretraining corpus, concatenated and cut into blocks).
     """
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     if color is None:
         color = sys.stdout.isatty()
-    data = prepare_dataset(recipe, tokenizer=tokenizer, max_length=max_length, data_files=data_files)
+    data = prepared or prepare_dataset(
+        recipe, tokenizer=tokenizer, max_length=max_length, data_files=data_files, too_long=too_long
+    )
+    # Data in a TRL format is read as its detected layout says.
+    recipe = recipe.replaced(converter=data.converter, format=data.format)
     has_markers = bool(_GENERATION_TAG.search(_template(tokenizer)))
     out = [
         f"recipe {recipe.name}: {data.source} -> {recipe.format} rows via the {recipe.converter} converter"
     ]
     paired = recipe.format in PAIR_FORMATS
+    unpaired = recipe.format == UNPAIRED_FORMAT
     if paired:
         legend = f"{GREEN}highlighted{RESET}" if color else f"{OPEN}bracketed{CLOSE}"
         out.append(f"each pair as the reward model scores it; the replies it compares are {legend}")
     elif recipe.format == "prompt_only":
         out.append("prompts as the policy sees them before it generates (nothing here is trained on)")
+    elif unpaired:
+        legend = f"{GREEN}highlighted{RESET}" if color else f"{OPEN}bracketed{CLOSE}"
+        out.append(
+            f"each prompt with one completion, {legend}; its label says whether the completion is desirable "
+            "(an unpaired preference, as KTO reads it)"
+        )
     elif recipe.format == "conversational" and not has_markers:
         out.append(NO_MASK_NOTE)
     else:
@@ -191,6 +215,35 @@ def preview(
             )
         # The template's final newline is untrained filler; dropping it keeps examples one blank line apart.
         out.append(_highlight(tokenizer, ids, mask, color).rstrip("\n"))
+        if unpaired:
+            out.append(f"[label: {'true (desirable)' if row['label'] else 'false (undesirable)'}]")
 
-    out += ["", length_stats(data.token_lengths or [], max_length), data.summary()]
+    if data.sources:  # a mixture
+        out.append("")
+    for part in data.sources:
+        out.append(
+            f"part {part['recipe']} (weight {part['weight']:g}): {part['n_train']} training rows, "
+            f"{part['n_eval']} held out, of {part['n_source_rows']} source rows"
+        )
+    if too_long == "keep" and recipe.format == "language_modeling":
+        out += ["", corpus_stats(data, tokenizer, max_length), data.summary()]
+    else:
+        out += ["", length_stats(data.token_lengths or [], max_length, too_long), data.summary()]
     return "\n".join(out)
+
+
+def corpus_stats(data: PreparedData, tokenizer, max_length: int | None) -> str:
+    """A pretraining corpus as the stage trains on it: documents (each with EOS, as TRL appends it) are
+    concatenated and cut into max_length blocks, so no document is dropped or cut for its length."""
+    lines = []
+    for name, split in (("train", data.train), ("held out", data.eval)):
+        if split is None:
+            continue
+        tokens = sum(token_lengths(tokenizer, [[row["text"]] for row in split]))
+        line = f"{name}: {len(split)} documents, {tokens:,} tokens (each document + EOS)"
+        if max_length and name == "train":
+            full, rest = divmod(tokens, max_length)
+            line += f" -> {full:,} blocks of {max_length}" + (f" and one of {rest}" if rest else "")
+        lines.append(line)
+    lines.append("0 dropped for length: documents are concatenated and cut into max_length blocks")
+    return "\n".join(lines)

@@ -38,7 +38,9 @@ def _user_turns(turns: Iterable[Any]) -> str:
 
 def prompt_text(example: Any) -> str:
     """The text that identifies an example's prompt: its user turns (a conversation, a prompt-completion or
-    prompt-only row, a preference pair), or the text of a plain-text row."""
+    prompt-only row, a preference pair, an unpaired example), or the text of a plain-text row. A conversation
+    with tools ({"messages", "tools"}) is keyed by its messages' user turns alone, as the same turns without
+    tools would be: tool schemas and results are not the question."""
     if isinstance(example, str):
         return example
     if isinstance(example, list):

@@ -13,6 +13,7 @@ the same Recipe is handed to every caller, so Recipe and Source are frozen.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -95,6 +96,15 @@ class Recipe:
         if self.transform and self.transform_fn is None:
             recipe_dir = self.path.parent if self.path else None
             object.__setattr__(self, "transform_fn", _resolve_transform(self.transform, recipe_dir))
+
+    def replaced(self, **changes: Any) -> Recipe:
+        """A copy with `changes` (another source, converter, format, name). The mapping keeps only the fields
+        the recipe mapped itself, so the converter's defaults are completed anew (`dataclasses.replace`
+        would count every completed default as mapped by hand)."""
+        mapping = changes.pop(
+            "mapping", {k: v for k, v in self.mapping.items() if k in self.explicit_mapping}
+        )
+        return dataclasses.replace(self, mapping=mapping, explicit_mapping=frozenset(mapping), **changes)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as YAML-ready data with every default explicit (for resolved configs and manifests)."""

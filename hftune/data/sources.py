@@ -23,7 +23,7 @@ from hftune.errors import UserError, did_you_mean
 def resolve_source_path(recipe: Recipe) -> Path:
     """The recipe's local data file: as given when absolute, else next to the recipe file, then in the cwd."""
     path = Path(recipe.source.path)
-    if path.is_absolute():
+    if path.is_absolute() or path.is_dir():
         return path
     tried = ([recipe.path.parent / path] if recipe.path else []) + [Path.cwd() / path]
     for candidate in tried:
@@ -73,6 +73,38 @@ def _load_hub(source: Source) -> datasets.Dataset:
         ) from err
 
 
+def _load_folder(folder: Path, split: str, max_rows: int | None) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """A folder of data files (`dataset_name: data/`), as `datasets` reads one: the files named for the
+    split (`train.jsonl`, `train-00000-of-00002.parquet`) when there are any, else all of them for `train`."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in LOCAL_BUILDERS and not any(part.startswith(".") for part in p.parts)
+    )
+    named = [p for p in files if p.name.startswith(split) or p.parent.name == split]
+    chosen = named or (files if split == "train" else [])
+    if not chosen:
+        found = ", ".join(p.name for p in files[:5]) or "no data files"
+        raise UserError(
+            f"{folder}: no data file for split `{split}` (found {found}); "
+            f"files named `{split}*` are that split"
+        )
+    rows: list[Mapping[str, Any]] = []
+    columns: list[str] | None = None
+    for path in chosen:
+        found, found_columns = _load_local(path, None if max_rows is None else max_rows - len(rows))
+        if columns is not None and set(found_columns) != set(columns):
+            raise UserError(
+                f"{path}: columns {', '.join(found_columns)} differ from those of {chosen[0].name} "
+                f"({', '.join(columns)})"
+            )
+        columns = columns or list(found_columns)
+        rows.extend(found)
+        if max_rows is not None and len(rows) >= max_rows:
+            break
+    return rows, columns or []
+
+
 def load_rows(
     recipe: Recipe, data_files: str | os.PathLike | None, max_rows: int | None = None
 ) -> tuple[Sequence[Mapping[str, Any]], list[str], str]:
@@ -83,6 +115,8 @@ def load_rows(
         return *_load_local(Path(data_files), max_rows), str(data_files)
     if recipe.source.path:
         path = resolve_source_path(recipe)
+        if path.is_dir():
+            return *_load_folder(path, recipe.source.split, max_rows), str(path)
         return *_load_local(path, max_rows), str(path)
     dataset = _load_hub(recipe.source)
     return _first(dataset, max_rows), dataset.column_names, recipe.source.describe()

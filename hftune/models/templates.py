@@ -10,13 +10,56 @@ from pathlib import Path
 
 from hftune.errors import UserError
 
+# Tools follow Qwen2.5's layout (schemas listed in the system turn inside <tools></tools>, calls as
+# <tool_call> JSON, results as a user-side <tool_response> block) with a shorter instruction, since a small
+# model pays for every token of it in every row; a conversation without tools renders exactly as before
+# tools were added. A call's `arguments` is printed as is when it is a string (hftune keeps them JSON
+# strings, see hftune.data.converters), as Qwen3's template does; Qwen2.5's would `tojson` it into a
+# quoted string.
+_CHATML_TOOLS_SYSTEM = (
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{ messages[0]['content'] + '\\n\\n' }}"
+    "{%- endif -%}"
+    "{{ '# Tools\\n\\nYou may call these functions:\\n<tools>' }}"
+    "{%- for tool in tools -%}{{ '\\n' + (tool | tojson) }}{%- endfor -%}"
+    "{{ '\\n</tools>\\n\\nTo call one, reply with <tool_call>\\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- endif -%}"
+)
+# The calls sit inside the generation markers: they are what the assistant must learn to say.
+_CHATML_TOOL_CALLS = (
+    "{% generation %}"
+    "{%- if message['content'] -%}{{ message['content'] + '\\n' }}{%- endif -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set call = call['function'] if call['function'] is defined else call -%}"
+    "{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
+    "{{ '<tool_call>\\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{%- if call['arguments'] is string -%}{{ call['arguments'] }}"
+    "{%- else -%}{{ call['arguments'] | tojson }}{%- endif -%}"
+    "{{ '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|im_end|>' }}{% endgeneration %}"
+)
+# Consecutive tool results share one user turn, as in Qwen2.5.
+_CHATML_TOOL_RESULT = (
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}"
+    "{{ '<|im_start|>user' }}"
+    "{%- endif -%}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
+)
 CHATML = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    _CHATML_TOOLS_SYSTEM + "{%- for message in messages -%}"
+    "{%- if tools and loop.first and message['role'] == 'system' -%}"  # already in the tools system turn
+    "{%- elif message['role'] == 'assistant' -%}"
     "{{ '<|im_start|>assistant\\n' }}"
+    "{%- if message['tool_calls'] -%}" + _CHATML_TOOL_CALLS + "{%- else -%}"
     "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{%- endif -%}"
     "{{ '\\n' }}"
-    "{%- else -%}"
+    "{%- elif message['role'] == 'tool' -%}" + _CHATML_TOOL_RESULT + "{%- else -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"

@@ -185,7 +185,9 @@ def cache_root() -> Path:
 def tiny_path(spec: str) -> Path:
     """Where `tiny:ARCH` is cached (built or not)."""
     arch = spec[len(TINY_PREFIX) :] or "llama"
-    key = hashlib.sha256(f"{arch}-v2-{TINY_PRETRAIN_STEPS}".encode()).hexdigest()[:12]
+    # The built-in template is part of the key: a model cached with an older chatml (one without tools,
+    # say) must not be handed out as today's.
+    key = hashlib.sha256(f"{arch}-v2-{TINY_PRETRAIN_STEPS}-{CHATML}".encode()).hexdigest()[:12]
     return cache_root() / "tiny" / f"{arch}-{key}"
 
 

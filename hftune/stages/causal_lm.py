@@ -9,6 +9,7 @@ config + metrics + manifest atomically (`common.save_artifact`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,15 @@ class Result:
 
 
 def prepare(
-    cfg: StageConfig, *, formats: tuple[str, ...], resume: bool = False, dirs: common.RunDirs | None = None
+    cfg: StageConfig,
+    *,
+    formats: tuple[str, ...],
+    resume: bool = False,
+    dirs: common.RunDirs | None = None,
+    load_data: Callable[..., tuple[Any, Any]] | None = None,
 ) -> Prepared:
+    """`load_data(cfg, tokenizer, dirs)` gives the recipe and its rows (pretraining passes its own: how long
+    documents are kept, or a stream)."""
     from trl import SFTTrainer
 
     from hftune.models import loading
@@ -112,12 +120,13 @@ def prepare(
         trust_remote_code=trust,
         revision=model_args.model_revision,
     )
-    recipe, data = common.load_data(cfg, tokenizer, dirs)
+    recipe, data = (load_data or common.load_data)(cfg, tokenizer, dirs)
     if recipe.format not in formats:
         what = {"sft": "SFT"}.get(cfg.stage, cfg.stage)
         raise UserError(
             f"data_recipe {recipe.name}: format `{recipe.format}` is not {what} data; {what} trains on "
-            f"{', '.join(formats)} rows (preference data is for `hftune reward`, prompts for `hftune ppo`)"
+            f"{', '.join(formats)} rows (preference data is for `hftune reward`, prompts for `hftune ppo`; "
+            "unpaired preferences are KTO data, not yet a stage)"
         )
     if _conversational(data.train):
         if not tokenizer.chat_template:
@@ -135,7 +144,10 @@ def prepare(
         trust_remote_code=trust,
         gradient_checkpointing=args.gradient_checkpointing,
     )
-    if args.packing:
+    common.ignore_bias_buffers(model, cfg)
+    wrapped = args.packing and args.packing_strategy == "wrapped"
+    if args.packing and not wrapped:
+        # (Wrapped packing, for pretraining only (SFT refuses it), lets a block span documents on purpose.)
         check_packing_isolation(model, tokenizer)
 
     checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
@@ -152,9 +164,10 @@ def prepare(
 
     trainer.add_callback(StopOnNonFinite())  # a diverged run stops at once, naming the step
     common.count_rows_trl_dropped(trainer, data, args)
-    check_loss_masks(trainer.train_dataset, "training")
-    if trainer.eval_dataset is not None:
-        check_loss_masks(trainer.eval_dataset, "evaluation")
+    if not wrapped:  # wrapped blocks are plain text, every token a label (and may be a stream, unscannable)
+        check_loss_masks(trainer.train_dataset, "training")
+        if trainer.eval_dataset is not None:
+            check_loss_masks(trainer.eval_dataset, "evaluation")
     return Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
 
 
@@ -167,7 +180,19 @@ def train(
     dirs: common.RunDirs | None = None,
 ) -> Result:
     """Prepare, train and save; `cfg.stage` (sft / pretrain) is what the manifest records."""
-    p = prepare(cfg, formats=formats, resume=resume, dirs=dirs)
+    return finish(cfg, prepare(cfg, formats=formats, resume=resume, dirs=dirs), parents=parents)
+
+
+def finish(
+    cfg: StageConfig,
+    p: Prepared,
+    *,
+    parents: list[dict[str, Any]] | None = None,
+    n_train: int | None = None,
+    report: Callable[[Any], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+) -> Result:
+    """Train what `prepare` built and save it. `n_train` overrides the training-row count the manifest
+    records; `report(trainer)`, called after training, gives (metrics, data-manifest entries) to add."""
     trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
 
     metrics: dict[str, Any] = {}
@@ -177,8 +202,11 @@ def train(
     metrics.update(common.train_metrics(trainer, train_out))
     if data.eval is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    extra_metrics, extra_data = report(trainer) if report is not None else ({}, {})
+    metrics.update(extra_metrics)
 
-    n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
+    if n_train is None:
+        n_train = len(trainer.train_dataset) if not cfg.training.packing else len(data.train)
     manifest = common.save_artifact(
         p.dirs,
         cfg,
@@ -187,7 +215,7 @@ def train(
         tokenizer=tokenizer,
         metrics=metrics,
         parents=parents or [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")],
-        data=common.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train),
+        data={**common.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train), **extra_data},
         prepared=data,
         write_extra=lambda out: common.save_generation_config(trainer.model, tokenizer, out),
     )

@@ -28,8 +28,11 @@ logger = logging.getLogger(__name__)
 class DataExtras:
     """hftune options every training stage has: where its data comes from and how it is split."""
 
-    data_recipe: str | None = hftune_field(
-        None, "Data recipe: a built-in name (see `hftune data list`) or a path to a recipe YAML. Required."
+    data_recipe: str | list | None = hftune_field(
+        None,
+        "Data recipe: a built-in name (see `hftune data list`) or a path to a recipe YAML; or a mixture, a "
+        "list of them, each a name or {recipe, data_files, max_samples, weight}. Required unless TRL's "
+        "`dataset_name` names data already in a TRL format (its layout is then detected).",
     )
     data_files: str | None = hftune_field(
         None, "A local json/jsonl/csv/parquet/txt file in the recipe's schema, used instead of its source."
@@ -88,14 +91,25 @@ def hardware_defaults() -> dict[str, Any]:
 TOKENIZER_KEYS = ("pad_token", "eos_token", "chat_template_path")
 
 
-def common_checks(values: dict[str, Any], *, needs_model: bool = True) -> list[str]:
+def common_checks(values: dict[str, Any], *, needs_model: bool = True, streams: bool = False) -> list[str]:
     """Cross-field rules that hold for every stage; each stage adds its own. `needs_model=False` for a
-    stage that can build its model instead (pretraining from scratch)."""
+    stage that can build its model instead (pretraining from scratch); `streams=True` for one that can
+    read its data as a stream (`dataset_streaming`)."""
+    from hftune.data.mixture import mixture_problems
+
     problems = []
     if needs_model and not values.get("model_name_or_path"):
         problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
-    if not values.get("data_recipe"):
-        problems.append("`data_recipe`: required (a built-in recipe name or a recipe YAML path)")
+    if not values.get("data_recipe") and not values.get("dataset_name"):
+        problems.append(
+            "`data_recipe`: required (a built-in recipe name, a recipe YAML path or a list of them), "
+            "or TRL's `dataset_name` for data in a TRL format"
+        )
+    problems.extend(mixture_problems(values.get("data_recipe")))
+    if values.get("dataset_streaming") and not streams:
+        problems.append(
+            "`dataset_streaming`: only `hftune pretrain` streams its corpus; this stage reads its data whole"
+        )
     if values.get("load_in_4bit") and values.get("load_in_8bit"):
         problems.append("`load_in_4bit` and `load_in_8bit`: choose one")
     if (values.get("load_in_4bit") or values.get("load_in_8bit")) and not values.get("use_peft"):
@@ -154,42 +168,67 @@ def run_dirs(cfg: StageConfig, resume: bool = False) -> RunDirs:
 def run_inputs(cfg: StageConfig) -> list[str]:
     """The paths a run reads (its config, data and input models), which its output must never replace."""
     found = [cfg.source if cfg.source != "command line" else None]
+    keys = (
+        "model_name_or_path",
+        "reward_model_path",
+        "sft_model_path",
+        "data_files",
+        "data_recipe",
+        "dataset_name",
+    )
     for section in cfg.sections.values():
-        for key in ("model_name_or_path", "reward_model_path", "sft_model_path", "data_files", "data_recipe"):
+        for key in keys:
             value = getattr(section, key, None)
-            if isinstance(value, str) and Path(value).exists():
-                found.append(value)
+            # A mixture's parts each name a recipe and maybe a data file.
+            values = value if isinstance(value, list) else [value]
+            for item in values:
+                named = [item.get("recipe"), item.get("data_files")] if isinstance(item, dict) else [item]
+                found += [v for v in named if isinstance(v, str) and Path(v).exists()]
     return found
 
 
-def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
+def load_data(
+    cfg: StageConfig,
+    tokenizer,
+    dirs: RunDirs,
+    *,
+    too_long: str | None = None,
+    formats: tuple[str, ...] | None = None,
+):
     """The stage's recipe and its prepared rows: every data problem surfaces before any weights load.
+
+    The rows come from `data_recipe` (one recipe or a mixture) or TRL's `dataset_name` (`data.mixture`);
+    `formats` are the TRL formats the stage trains on (data in a TRL format is read in the first that
+    fits), `too_long` what happens to rows over `max_length` (default: the stage's `too_long` option, else
+    "drop"). The recipe returned is the one the rows were read with (for a mixture, its first part's,
+    named for all parts; for `dataset_name`, with the detected converter and format).
 
     In a multi-process run the data is prepared once per machine: the local main process prepares it and
     saves it in the stage's work folder, and every process (that one included) reads it back from there.
     Rows read from disk are memory-mapped Arrow, so the trainers' own tokenization is cached beside them
     and also done once (TRL tokenizes with the main process first).
     """
-    from hftune.data import load_prepared, load_recipe, prepare_dataset, save_prepared
+    from hftune.data import load_prepared, save_prepared
+    from hftune.data.mixture import data_parts, prepare_parts
     from hftune.data.prompt_keys import held_out_upstream
 
     extras = cfg.hftune
-    recipe = load_recipe(extras.data_recipe)
+    parts = data_parts(extras, cfg.sections.get("script"))
 
     # Prompts an artifact behind this stage's model held out are what the eval measures: never train on them.
     upstream = held_out_upstream(getattr(cfg.model, "model_name_or_path", None))
 
     def prepare():
-        return prepare_dataset(
-            recipe,
+        return prepare_parts(
+            parts,
             tokenizer=tokenizer,
             max_length=getattr(cfg.training, "max_length", None),
             strict=extras.data_strict,
             eval_fraction=extras.eval_fraction,
             seed=cfg.training.seed,
-            data_files=extras.data_files,
-            max_rows=extras.max_samples,
             exclude=upstream,
+            too_long=too_long or getattr(extras, "too_long", "drop"),
+            formats=formats,
         )
 
     if not distributed.is_distributed():
@@ -201,6 +240,9 @@ def load_data(cfg: StageConfig, tokenizer, dirs: RunDirs):
                 save_prepared(prepare(), folder)
         data = load_prepared(folder)
     logger.info("data: %s", data.summary())
+    recipe = parts[0].recipe.replaced(converter=data.converter, format=data.format)
+    if len(parts) > 1:
+        recipe = recipe.replaced(name=" + ".join(part.name for part in parts))
     return recipe, data
 
 
@@ -427,6 +469,7 @@ def data_manifest(recipe, data, data_files: str | None, n_train: int) -> dict[st
     info = {
         "recipe": recipe.name,
         "source": {"path": data_files} if data_files else recipe.source,
+        "format": recipe.format,
         "fingerprint": data.fingerprint,
         "n_source_rows": data.n_source_rows,
         "n_train": n_train,
@@ -435,7 +478,24 @@ def data_manifest(recipe, data, data_files: str | None, n_train: int) -> dict[st
     }
     if getattr(data, "dropped_pairs", None):
         info["dropped_pairs"] = data.dropped_pairs
+    if getattr(data, "truncated", None):
+        info["truncated"] = len(data.truncated)  # rows whose final reply was cut to max_length
+    if getattr(data, "sources", None):
+        info["source"] = [part["source"] for part in data.sources]
+        info["sources"] = data.sources  # a mixture: each part's recipe, weight and counts
     return info
+
+
+def ignore_bias_buffers(model, cfg: StageConfig) -> None:
+    """TRL's `ignore_bias_buffers` (ScriptArguments): DistributedDataParallel skips the model's boolean
+    buffers (attention-bias masks), which it cannot broadcast, as TRL's own training scripts do."""
+    script = cfg.sections.get("script")
+    if script is not None and script.ignore_bias_buffers:
+        import torch
+
+        model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in model.named_buffers() if buffer.dtype == torch.bool
+        ]
 
 
 def parameter_counts(model) -> dict[str, int]:

@@ -8,10 +8,22 @@ trains it as a language model on the same text (full fine-tuning, no LoRA, loss 
 Continued pretraining: leave `init_architecture` unset and name the model in `model_name_or_path`. The
 data is any `language_modeling` recipe (e.g. `tiny_corpus`, a plain-text file, or a Hub corpus). The
 output is a full model folder with its tokenizer, used by the SFT stage as its base.
+
+Documents become training blocks GPT-style, by TRL's wrapped packing (`packing: true, packing_strategy:
+wrapped`, this stage's defaults): each document is tokenized with EOS appended, the documents are
+concatenated and cut into `max_length` blocks, so no document is dropped or cut short for its length
+(`drop_partial_blocks` decides the short block at the end). A block may span documents: positions run
+0..max_length-1 over the whole block and attention is causal over all of it, EOS being the only separator,
+as in standard GPT-style pretraining. The held-out split is still by whole document (`eval_fraction`),
+decided before anything is chunked. `tokens_trained` in metrics.json counts the tokens the run trained on.
+
+A corpus too large for memory streams (`dataset_streaming: true`, with `max_steps`): see
+`hftune.data.streaming`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +35,8 @@ from hftune.models.tiny import ARCHITECTURES
 from hftune.stages import causal_lm, common
 from hftune.stages.causal_lm import TRL_CONFIGS  # noqa: F401 (the stage interface, for --help)
 from hftune.stages.common import DataExtras, common_checks
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,10 +53,18 @@ class PretrainExtras(DataExtras):
     init_hidden_size: int = hftune_field(64, "From scratch: hidden size.")
     init_num_layers: int = hftune_field(2, "From scratch: transformer layers.")
     init_num_heads: int = hftune_field(4, "From scratch: attention heads.")
+    drop_partial_blocks: bool = hftune_field(
+        False,
+        "Packing cuts the concatenated documents into `max_length` blocks; the last one is usually shorter. "
+        "false: train on it, padded (the padding is not trained); true: drop it, so every block is full. "
+        "Streaming (`dataset_streaming: true`), TRL packs 1,000 documents at a time, so a short block ends "
+        "each 1,000 documents: true drops each of them. Streaming also computes no eval loss: documents "
+        "`eval_fraction` holds out are skipped (and listed in prompts.json as held out).",
+    )
 
 
 def _check(values: dict[str, Any]) -> list[str]:
-    problems = common_checks(values, needs_model=not values.get("init_architecture"))
+    problems = common_checks(values, needs_model=not values.get("init_architecture"), streams=True)
     if values.get("init_architecture"):
         if values.get("model_name_or_path"):
             problems.append(
@@ -53,7 +75,39 @@ def _check(values: dict[str, Any]) -> list[str]:
     for key in ("init_vocab_size", "init_hidden_size", "init_num_layers", "init_num_heads"):
         if values.get(key) is not None and values[key] < 1:
             problems.append(f"`{key}`: must be positive, got {values[key]}")
+    if values.get("dataset_streaming"):
+        if not (values.get("max_steps") or 0) > 0:
+            problems.append(
+                "`max_steps`: required (> 0) with `dataset_streaming: true`: a streamed corpus has no "
+                "length, so the run's length cannot come from `num_train_epochs`"
+            )
+        if not _keeps_every_token(values.get("packing"), values.get("packing_strategy")):
+            problems.append(
+                "`dataset_streaming: true` needs `packing: true` with `packing_strategy: wrapped` (or "
+                "bfd_split): streamed documents are never measured, so only packing that splits long ones "
+                "keeps them whole"
+            )
+        if (values.get("dataloader_num_workers") or 0) > 0:
+            problems.append(
+                "`dataloader_num_workers` with `dataset_streaming: true`: the stream records which documents "
+                "it trained on (prompts.json) as it is read, which worker processes would keep to themselves"
+            )
+        if values.get("init_architecture"):
+            problems.append(
+                "`init_architecture` with `dataset_streaming: true`: a new tokenizer is trained on the whole "
+                "corpus, which streaming never loads; continue a model (`model_name_or_path`) instead"
+            )
     return problems
+
+
+def _keeps_every_token(packing: bool | None, strategy: str | None) -> bool:
+    """Whether TRL's packing splits a document longer than max_length across blocks instead of cutting it
+    (`bfd` truncates to max_length, and without packing TRL truncates each row)."""
+    return bool(packing) and strategy in ("wrapped", "bfd_split")
+
+
+def _streaming(cfg: StageConfig) -> bool:
+    return bool(cfg.script.dataset_streaming)
 
 
 EXTRAS = PretrainExtras
@@ -62,6 +116,11 @@ DEFAULTS: dict[str, Any] = {
     "use_peft": False,  # pretraining changes every weight
     "lora_target_modules": "all-linear",  # (for continued pretraining with `use_peft: true`)
     "assistant_only_loss": False,  # plain text: every token is trained
+    # Concatenate-and-chunk (see the module docstring); the SFT stage refuses `wrapped`.
+    "packing": True,
+    "packing_strategy": "wrapped",
+    # The Trainer's own count of the tokens it trained on (padding excluded): `tokens_trained`.
+    "include_num_input_tokens_seen": "non_padding",
     **common.TRAINING_DEFAULTS,
 }
 
@@ -77,24 +136,25 @@ def schema() -> StageSchema:
 
 def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
     cfg = parse_stage_config(schema(), config_path, argv)
-    from hftune.data import load_recipe
+    from hftune.data.detect import AUTO
+    from hftune.data.mixture import data_parts
 
-    recipe = load_recipe(cfg.hftune.data_recipe)
-    if recipe.format != "language_modeling":
-        raise UserError(
-            f"{cfg.source}: `data_recipe` {recipe.name} is {recipe.format} data; pretraining reads plain "
-            "text (a `language_modeling` recipe such as tiny_corpus)"
-        )
+    for part in data_parts(cfg.hftune, cfg.script):
+        if part.recipe.format not in ("language_modeling", AUTO):  # (`dataset_name` data: checked when read)
+            raise UserError(
+                f"{cfg.source}: `data_recipe` {part.name} is {part.recipe.format} data; pretraining reads "
+                "plain text (a `language_modeling` recipe such as tiny_corpus)"
+            )
     return cfg
 
 
 def _init_model(cfg: StageConfig, folder: Path) -> str:
     """A new tokenizer (trained on the data's text) and randomly initialised weights, saved to `folder`."""
-    from hftune.data import prepare_dataset
+    from hftune.data.mixture import data_parts, prepare_parts
     from hftune.models.tiny import build_tiny_model
 
     extras = cfg.hftune
-    rows = prepare_dataset(extras.data_recipe, data_files=extras.data_files, max_rows=extras.max_samples)
+    rows = prepare_parts(data_parts(extras, cfg.script), formats=("language_modeling",))
     lines = [row["text"] for row in rows.train]
     build_tiny_model(
         folder,
@@ -108,6 +168,86 @@ def _init_model(cfg: StageConfig, folder: Path) -> str:
         seed=cfg.training.seed,
     )
     return str(folder)
+
+
+def _load_data(cfg: StageConfig, tokenizer, dirs: common.RunDirs):
+    """The corpus: streamed (see `hftune.data.streaming`), or prepared as every stage's data is, keeping
+    documents of any length when packing splits them (the held-out split is by whole document either way)."""
+    if not _streaming(cfg):
+        args = cfg.training
+        too_long = "keep" if _keeps_every_token(args.packing, args.packing_strategy) else "drop"
+        return common.load_data(cfg, tokenizer, dirs, too_long=too_long)
+    from hftune.data.mixture import data_parts
+    from hftune.data.prompt_keys import held_out_upstream
+    from hftune.data.streaming import stream_corpus
+
+    extras = cfg.hftune
+    parts = data_parts(extras, cfg.script)
+    if len(parts) > 1:
+        raise UserError(
+            f"{cfg.source}: `dataset_streaming: true` reads one source, not a `data_recipe` mixture"
+        )
+    recipe = parts[0].recipe
+    data = stream_corpus(
+        recipe,
+        data_files=parts[0].data_files,
+        strict=extras.data_strict,
+        eval_fraction=extras.eval_fraction,
+        seed=cfg.training.seed,
+        max_rows=parts[0].max_samples,
+        exclude=held_out_upstream(cfg.model.model_name_or_path),
+    )
+    logger.info("data: %s (so far: the stream is read as it trains)", data.summary())
+    if extras.eval_fraction > 0:
+        logger.info(
+            "streaming: documents held out by eval_fraction %s are skipped and listed in prompts.json; no "
+            "eval loss is computed (the held-out part of a stream cannot be measured without reading it all)",
+            extras.eval_fraction,
+        )
+    return recipe, data
+
+
+def _whole_blocks(trainer, cfg: StageConfig) -> dict[str, Any]:
+    """Make the training blocks TRL packed what the stage promises, and count them.
+
+    TRL's wrapped packing runs as a batched `map`, so it concatenates and cuts 1,000 documents at a time:
+    every 1,000 documents end in a short block, not only the corpus. On a map-style dataset the short
+    blocks (a handful) are packed again, with TRL's own `pack_dataset` over all of them at once, so every
+    block is full but the last; `drop_partial_blocks` then drops that one. A stream cannot be re-packed
+    ahead of time, so there each short block is kept or dropped as it comes."""
+    import numpy as np
+    import pyarrow.compute as pc
+    from datasets import Dataset, concatenate_datasets
+    from trl import pack_dataset
+
+    length, drop = cfg.training.max_length, cfg.hftune.drop_partial_blocks
+    blocks = trainer.train_dataset
+    if not isinstance(blocks, Dataset):  # streamed
+        if drop:
+            trainer.train_dataset = blocks.filter(lambda block: len(block["input_ids"]) == length)
+        return {}
+
+    def sizes(dataset) -> np.ndarray:
+        return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
+
+    short = np.flatnonzero(sizes(blocks) < length)
+    if len(short) > 1:
+        full = np.flatnonzero(sizes(blocks) == length)
+        tail = pack_dataset(blocks.select(short), length, "wrapped", {"batch_size": None})
+        blocks = concatenate_datasets([blocks.select(full), tail])
+    n = sizes(blocks)
+    corpus_tokens = int(n.sum())
+    partial = int(n[-1]) if len(n) and n[-1] < length else 0
+    if drop and partial:
+        blocks = blocks.select(range(len(blocks) - 1))
+    trainer.train_dataset = blocks
+    return {
+        "corpus_tokens": corpus_tokens,  # the training documents as TRL tokenized them, each with its EOS
+        "train_blocks": len(blocks),
+        "block_length": length,
+        "partial_block_tokens": partial,
+        "partial_block": "dropped" if drop and partial else "kept" if partial else "none",
+    }
 
 
 def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
@@ -125,7 +265,32 @@ def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
                 _init_model(cfg, init)
         cfg.model.model_name_or_path = str(init)
         parents = [{"role": "init", "from_scratch": extras.init_architecture}]
-    return causal_lm.train(cfg, formats=("language_modeling",), parents=parents, resume=resume, dirs=dirs)
+    p = causal_lm.prepare(cfg, formats=("language_modeling",), resume=resume, dirs=dirs, load_data=_load_data)
+    wrapped = cfg.training.packing and cfg.training.packing_strategy == "wrapped"
+    blocks = _whole_blocks(p.trainer, cfg) if wrapped else {}  # (BFD bins are short by design)
+
+    def report(trainer) -> tuple[dict[str, Any], dict[str, Any]]:
+        counts = dict(blocks)
+        if cfg.training.include_num_input_tokens_seen == "non_padding":
+            # The Trainer's count of the non-padding input tokens of every batch it trained on: each epoch
+            # counts again (a token seen twice trained twice), and a resumed run starts from the count its
+            # checkpoint saved, so it is the tokens behind the saved weights. With every block trained once
+            # it equals corpus_tokens (less the partial block when dropped).
+            counts["tokens_trained"] = trainer.state.num_input_tokens_seen
+        if _streaming(cfg):
+            counts["documents_streamed"] = p.data.n_train  # read into the packer (see hftune.data.streaming)
+        return counts, counts
+
+    n_train = p.data.n_train if _streaming(cfg) else None
+    return causal_lm.finish(cfg, p, parents=parents, n_train=n_train, report=report)
 
 
-summary = causal_lm.summary
+def summary(result: causal_lm.Result) -> str:
+    """What `hftune pretrain` prints when it finishes: the causal-LM lines, led by the tokens trained."""
+    m = result.metrics
+    lines = []
+    if "tokens_trained" in m:
+        of = f" of a {m['corpus_tokens']:,}-token corpus" if "corpus_tokens" in m else ""
+        blocks = f" in {m['train_blocks']:,} blocks of {m['block_length']}" if "train_blocks" in m else ""
+        lines.append(f"trained on {m['tokens_trained']:,} tokens{of}{blocks}")
+    return "\n".join([*lines, causal_lm.summary(result)])

@@ -223,6 +223,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         for_training=True,
         gradient_checkpointing=args.gradient_checkpointing,
     )
+    common.ignore_bias_buffers(model, cfg)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(
             f"the tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path} embeds "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hftune.config import StageConfig, StageSchema, parse_stage_config
+from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.stages import causal_lm, common
 from hftune.stages.causal_lm import TRL_CONFIGS  # noqa: F401 (the stage interface, for --help)
 from hftune.stages.common import DataExtras, common_checks
@@ -24,6 +24,14 @@ SFT_FORMATS = ("conversational", "prompt_completion", "language_modeling")
 class SFTExtras(DataExtras):
     """What TRL's SFTConfig/ModelConfig lack (the data options every stage shares). Names never clash
     with TRL's."""
+
+    too_long: str = hftune_field(
+        "drop",
+        "Rows longer than `max_length` tokens: `drop` them (counted as too_long), or `truncate` the final "
+        "reply (a text: its end) to fit. Truncating keeps the prompt whole and cuts the reply, never the "
+        "reverse; a row whose prompt alone is too long is still dropped. The count is in the manifest.",
+        choices=("drop", "truncate"),
+    )
 
 
 EXTRAS = SFTExtras

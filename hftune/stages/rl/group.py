@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from hftune.config import StageConfig
 from hftune.models import loading
+from hftune.stages import common
 from hftune.stages.rl.rewards import RewardFn
 
 
@@ -24,6 +25,7 @@ def build_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_fn: Rewa
         for_training=True,
         gradient_checkpointing=args.gradient_checkpointing,
     )
+    common.ignore_bias_buffers(policy, cfg)
     cls = RLOOTrainer if extras.algorithm == "rloo" else GRPOTrainer
     trainer = cls(
         model=policy,

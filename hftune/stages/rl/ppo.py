@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from hftune.errors import UserError
 from hftune.models import loading
+from hftune.stages import common
 from hftune.stages.rl.rewards import RewardFn, encode_prompts
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def build_trainer(
     heldout_queries = encode_prompts(tokenizer, heldout) or queries[: args.per_device_eval_batch_size]
 
     policy = loading.load_model(model_args.model_name_or_path, model_args, for_training=True)
+    common.ignore_bias_buffers(policy, cfg)
     value = loading.load_reward_model(extras.reward_model_path, model_args, for_training=True)
     value.config.pad_token_id = tokenizer.pad_token_id
     if reward_fn.normalize:

@@ -96,7 +96,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
             "`chat_template`: the RL stage renders prompts with the SFT model's template; drop it"
         )
     scoring.check_pad_token(tokenizer, policy_path)
-    recipe, data = common.load_data(cfg, tokenizer, dirs)
+    recipe, data = common.load_data(cfg, tokenizer, dirs, formats=("prompt_only",))
     prompts = prompt_rows(data.train)
     heldout = prompt_rows(data.eval)[: extras.heldout_prompts] if data.eval is not None else []
 
