@@ -7,19 +7,27 @@ A pipeline config names `output_dir` and a list of `stages`; each stage is `{sta
 plus any keys of that stage's config inline (inline keys override the file). The keys that hand one
 stage's output to the next are the pipeline's to fill and may not be typed. A stage is skipped when its
 finished artifact was made from the same resolved config, the same data and the same parent artifacts
-(recorded in `<output_dir>/pipeline.json`); `--force STAGE` re-runs it and every stage after it. An
-interrupted stage (a crash, `kill -9`) resumes from its last checkpoint when the same command runs again.
+(recorded in `<output_dir>/pipeline.json`); `--force STAGE` re-runs it and every stage that takes its
+output (directly or through another stage). An interrupted stage (a crash, `kill -9`) resumes from its last
+checkpoint when the same command runs again.
 
 A training stage entry may also say how to run it: `num_processes: N` starts it in N processes with
 `torchrun --standalone` (DDP: gloo on CPU, NCCL on GPUs), and `accelerate_config: FILE` with `accelerate
 launch --config_file FILE` (FSDP, DeepSpeed; `num_processes` then overrides the file's).
 
-The RL stage entry may say `seeds: [1, 2, 3]`: the stage then runs once per seed (its `seed` set to each),
-into `<output_dir>/<stage>-seed<N>` (`ppo-seed1`, ...), each run skipped, resumed and recorded in the ledger
-on its own (adding a seed later trains only the new run), and the eval takes every run as the seeds of one
-variant (`rlhf_models: {rlhf: [<output_dir>/ppo-seed1, ...]}`) and reports a CI across seeds beside each
-number. Without `seeds` the stage runs once in `<output_dir>/<stage>` as always. `--force ppo` re-runs every
-seed run, `--force ppo-seed2` that one run (and what comes after the RL stage).
+A pipeline may branch after SFT: one RL stage (ppo, rloo, grpo) and one offline preference-optimisation
+stage (dpo, kto, orpo, simpo) both start from the SFT model, and the eval compares them side by side
+(`rlhf_models: {rlhf: [<output_dir>/ppo], dpo: [<output_dir>/dpo]}`: the RL variant keeps its name `rlhf`,
+the other is named after its stage). With an RL stage alone the eval takes `rlhf_models: <output_dir>/ppo`
+as always. A stage re-runs only when something it takes from (directly or through another stage) changed,
+so a changed PPO setting never re-trains DPO, nor the other way round.
+
+The RL or preference-optimisation stage entry may say `seeds: [1, 2, 3]`: the stage then runs once per seed
+(its `seed` set to each), into `<output_dir>/<stage>-seed<N>` (`ppo-seed1`, ...), each run skipped, resumed
+and recorded in the ledger on its own (adding a seed later trains only the new run), and the eval takes every
+run as the seeds of one variant (`rlhf_models: {rlhf: [<output_dir>/ppo-seed1, ...]}`) and reports a CI
+across seeds beside each number. Without `seeds` the stage runs once in `<output_dir>/<stage>` as always.
+`--force ppo` re-runs every seed run, `--force ppo-seed2` that one run (and the stages that take from it).
 """
 
 from __future__ import annotations
@@ -54,6 +62,11 @@ ARCHITECTURES = Path(__file__).parent / "architectures"
 PIPELINE_KEYS = ("output_dir", "stages")
 # Keys a stage takes from a seeded stage (one run per seed): every run, as the seeds of one variant.
 SEEDED_HANDOFF = {"rlhf_models": "rlhf"}
+# The eval's trained variants (`rlhf_models`) come from the RL stage and the preference-optimisation stage:
+# a pipeline that branches after SFT hands both, side by side, as `{rlhf: [...], dpo: [...]}`.
+VARIANTS_KEY = "rlhf_models"
+VARIANT_ROLES = ("rl", "po")
+SEEDED_ROLES = VARIANT_ROLES  # the stages whose runs the eval can take as the seeds of one variant
 
 
 @dataclass
@@ -135,9 +148,12 @@ def _seeds(entry: dict[str, Any], name: str, where: str, problems: list[str]) ->
     if "seeds" not in entry:
         return None
     seeds = entry.pop("seeds")
-    if STAGES[name].role != "rl":
-        rl = ", ".join(n for n, spec in STAGES.items() if spec.role == "rl")
-        problems.append(f"{where}: `seeds` is for the RL stage ({rl}), not {name}")
+    if STAGES[name].role not in SEEDED_ROLES:
+        rl, po = (", ".join(n for n, spec in STAGES.items() if spec.role == r) for r in ("rl", "po"))
+        problems.append(
+            f"{where}: `seeds` is for the RL stage ({rl}) and the preference-optimisation stage ({po}), "
+            f"not {name}"
+        )
         return None
     if not isinstance(seeds, list) or not seeds:
         problems.append(f"{where}: `seeds`: expected a list of whole numbers ([1, 2, 3]), got {seeds!r:.80}")
@@ -216,8 +232,9 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
             STAGES[s["stage"]].role for s in stages[:i] if isinstance(s, dict) and s.get("stage") in STAGES
         }
         for key, role in STAGES[name].handoff.items():
-            if key in entry and role in roles:
-                problems.append(f"{where}: `{key}` is filled in by the pipeline from the {role} stage")
+            taken = [r for r in _source_roles(key, role) if r in roles]
+            if key in entry and taken:
+                problems.append(f"{where}: `{key}` is filled in by the pipeline from the {taken[0]} stage")
         values.update(entry)
         if STAGES[name].algorithm:
             values["algorithm"] = STAGES[name].algorithm
@@ -231,14 +248,22 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
     for stage in plan:
         spec = STAGES[stage.name]
         for key, role in spec.handoff.items():
-            earlier = [s for s in plan if STAGES[s.name].role == role]
+            earlier = [s for s in plan if STAGES[s.name].role in _source_roles(key, role)]
             if not earlier:
                 if key not in stage.values and key not in spec.optional_handoff:
                     problems.append(f"stage {stage.name}: no {role} stage before it to take `{key}` from")
                 continue
-            if plan.index(earlier[0]) > plan.index(stage):
-                problems.append(f"stage {stage.name}: must come after the {earlier[0].name} stage")
-            if earlier[0].seed is None:
+            for first in {s.name: s for s in reversed(earlier)}.values():  # each source stage's first run
+                if plan.index(first) > plan.index(stage):
+                    problems.append(f"stage {stage.name}: must come after the {first.name} stage")
+            if key == VARIANTS_KEY and any(STAGES[s.name].role != "rl" for s in earlier):
+                # A preference-optimisation stage: every trained variant by name, side by side (the RL one
+                # keeps its name `rlhf`, so an RL-only pipeline hands exactly what it always did).
+                variants: dict[str, list[str]] = {}
+                for s in earlier:
+                    variants.setdefault(variant_name(s.name), []).append(str(s.output_dir))
+                stage.values[key] = variants
+            elif earlier[0].seed is None:
                 stage.values[key] = str(earlier[0].output_dir)
             elif key in SEEDED_HANDOFF:  # every seed run, as one variant
                 stage.values[key] = {SEEDED_HANDOFF[key]: [str(s.output_dir) for s in earlier]}
@@ -252,11 +277,38 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
     return root, plan
 
 
+def _source_roles(key: str, role: str) -> tuple[str, ...]:
+    """The roles of the stages a handoff key is filled from: the registry's one role, except the eval's
+    trained variants, which come from the RL and the preference-optimisation stage alike."""
+    return VARIANT_ROLES if key == VARIANTS_KEY else (role,)
+
+
+def variant_name(stage_name: str) -> str:
+    """The eval's name for the variant a trained stage gives: `rlhf` for the RL stage (as the eval has always
+    called it), the stage's own name (`dpo`, `kto`, `orpo`, `simpo`) for a preference-optimisation one."""
+    return SEEDED_HANDOFF[VARIANTS_KEY] if STAGES[stage_name].role == "rl" else stage_name
+
+
+def upstream(plan: list[PlannedStage]) -> list[set[int]]:
+    """For each run of the plan, the runs whose outputs it takes, directly or through another run (by
+    index). The sibling branches after SFT (reward -> ppo, and dpo) take nothing from each other, so a change
+    in one never re-runs the other; nor do the seed runs of one stage."""
+    out: list[set[int]] = []
+    for stage in plan:
+        roles = {r for key, role in STAGES[stage.name].handoff.items() for r in _source_roles(key, role)}
+        direct = {j for j, s in enumerate(plan) if STAGES[s.name].role in roles and s is not stage}
+        # A stage takes only from earlier ones (load_plan refuses any other order), so theirs are known.
+        out.append(direct.union(*(out[j] for j in direct if j < len(out))))
+    return out
+
+
 def _write_stage_config(stage: PlannedStage, folder: Path) -> Path:
     """A stage's merged config as a file its parser (or its launched processes) can read."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stage.key}.yaml"
-    path.write_text(f"# {stage.source}, with the pipeline's handoff paths\n" + yaml.safe_dump(stage.values))
+    # In the plan's order, not sorted: the eval lists (and reports) its trained variants as the stages come.
+    text = yaml.safe_dump(stage.values, sort_keys=False)
+    path.write_text(f"# {stage.source}, with the pipeline's handoff paths\n" + text)
     return path
 
 
@@ -405,13 +457,14 @@ def run(
     check_outputs(root, plan, overwrite=overwrite)
     forced = _forced(plan, force)
     if dry_run:
-        # Earlier stages have not re-run yet, so a stage after one that will run is marked to run too (not
-        # the other seed runs of the same stage: they take nothing from each other).
-        will_run: list[PlannedStage] = []
+        # Earlier stages have not re-run yet, so a stage that takes from one that will run is marked to run
+        # too (not a sibling branch, nor the other seed runs of the same stage: they take nothing from it).
+        sources = upstream(plan)
+        will_run: set[int] = set()
         for i, stage in enumerate(plan):
-            changed = any(s.name != stage.name for s in will_run)
+            changed = bool(sources[i] & will_run)
             if decide(root, stage, forced=forced[i], upstream_changed=changed) != "skip":
-                will_run.append(stage)
+                will_run.add(i)
         print(describe(plan))
         return plan
     with artifacts.output_lock(root):
@@ -448,22 +501,27 @@ def run(
 
 def _forced(plan: list[PlannedStage], force: str | None) -> list[bool]:
     """Which runs `--force` re-runs: the named stage (every seed run of it) or run (`ppo-seed2`), and every
-    stage after it, except the other seed runs of a forced run (they take nothing from it)."""
+    stage that takes from it, directly or through another (not the other seed runs of a forced run, nor a
+    sibling branch: they take nothing from it)."""
     first = next((i for i, s in enumerate(plan) if force in (s.name, s.key)), len(plan))
     if first == len(plan):
         return [False] * len(plan)
-    named = plan[first]
-    one_run = force != named.name  # `--force ppo-seed2`
-    return [
-        i >= first and not (one_run and stage.name == named.name and stage.key != force)
-        for i, stage in enumerate(plan)
-    ]
+    one_run = force != plan[first].name  # `--force ppo-seed2`
+    chosen = {i for i, s in enumerate(plan) if (s.key if one_run else s.name) == force}
+    return [i in chosen or bool(sources & chosen) for i, sources in enumerate(upstream(plan))]
 
 
 def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> None:
     """Before any stage runs: the pipeline's folder is new, empty or an earlier pipeline run's, and no stage
     would replace a folder hftune did not write (stage 3 must not refuse after stages 1 and 2 trained)."""
-    if root.is_dir() and any(root.iterdir()) and not (root / LEDGER).is_file() and not overwrite:
+    # A first stage killed before it finished leaves only its work folder, lock and perhaps a half-saved
+    # temporary folder (no ledger yet): the same command resumes it. Anything else in a folder without a
+    # ledger is not this pipeline's.
+    ours = {n for s in plan for n in (artifacts.work_dir(s.output_dir).name, f".{s.output_dir.name}.lock")}
+    saving = tuple(f".{s.output_dir.name}.tmp-" for s in plan)
+    entries = list(root.iterdir()) if root.is_dir() else []
+    foreign = [p for p in entries if p.name not in ours and not p.name.startswith(saving)]
+    if foreign and not (root / LEDGER).is_file() and not overwrite:
         raise UserError(
             f"output_dir {root}: the folder exists and is not an hftune pipeline's (it has no {LEDGER}; it "
             f"holds {', '.join(sorted(p.name for p in root.iterdir())[:4])}). Nothing was changed. Choose a "

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 # configs/accelerate/ holds accelerate launch configs, not stage configs (their own test parses them).
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
 SUITES = sorted((REPO / "eval" / "suites").rglob("*.yaml"))
-STAGE_OF = {name: name for name in ("pretrain", "sft", "reward", "ppo", "rloo", "grpo")}
+STAGE_OF = {
+    name: name for name in ("pretrain", "sft", "reward", "ppo", "rloo", "grpo", "dpo", "kto", "orpo", "simpo")
+}
 
 
 def _stage(path: Path) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from hftune import artifacts, distributed
 from hftune.config import StageConfig
 from hftune.errors import UserError
-from hftune.evaluation import contamination, report, stats, text_metrics
+from hftune.evaluation import contamination, report, reward_exposure, stats, text_metrics
 from hftune.evaluation.cache import Cache, fingerprint
 from hftune.evaluation.measures import (
     aggregate,
@@ -35,7 +35,7 @@ from hftune.evaluation.measures import (
     score_cached,
 )
 from hftune.evaluation.prompts import last_user, load_prompts
-from hftune.evaluation.suite import Suite, rlhf_variants
+from hftune.evaluation.suite import Suite, rlhf_runs, rlhf_variants
 from hftune.evaluation.variants import Decoding, load_variants, logprobs, replies
 from hftune.models import loading, scoring
 from hftune.models.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
@@ -284,6 +284,11 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
             "n_prompts": len(clean),
             "variants": aggregate(suite, subset, clean_boot, paths, greedy, sampled)["variants"],
         }
+    if suite.reward_model:
+        # A policy that never trained against this reward model (DPO, ...) is scored by an outside judge, one
+        # trained against it (PPO) by the model it optimised: the reports mark the difference (lineage-read).
+        for variants in (results["variants"], (results.get("clean_subset") or {}).get("variants") or {}):
+            reward_exposure.annotate(variants, rlhf_runs(suite), suite.reward_model)
     if suite.judge:
         results["judge"] = run_judge(suite, prompts, shown, boot)
     samples = sample_table(prompts, shown, per_prompt, sample_rows)
@@ -331,6 +336,7 @@ def seed_lines(results: dict[str, Any]) -> list[str]:
     """For each variant trained with several seeds: its reward difference to the baseline per seed, the
     interval across seeds, and whether the claim survives the seeds."""
     lines = []
+    caveats = report.reward_caveats(results)
     for name, variant in (results.get("variants") or {}).items():
         diff = (variant.get("vs_baseline") or {}).get("reward") or {}
         seeds = diff.get("seeds")
@@ -338,9 +344,11 @@ def seed_lines(results: dict[str, Any]) -> list[str]:
             continue
         per_seed = ", ".join(f"{x:+.3f}" for x in seeds.get("per_seed", []))
         verdict = "survives the seeds" if diff.get("survives_seeds") else "does not survive the seeds"
+        # The reward of a variant that never trained against the reward model: the table's footnote applies.
+        mark = f" {report.CAVEAT_MARK}" if name in caveats else ""
         lines.append(
-            f"{name} ({seeds['n']} seeds): reward vs {results.get('baseline')} per seed {per_seed}; across "
-            f"seeds {seeds['mean']:+.3f} [{seeds['ci_low']:+.3f}, {seeds['ci_high']:+.3f}]: {verdict}"
+            f"{name} ({seeds['n']} seeds): reward{mark} vs {results.get('baseline')} per seed {per_seed}; "
+            f"across seeds {seeds['mean']:+.3f} [{seeds['ci_low']:+.3f}, {seeds['ci_high']:+.3f}]: {verdict}"
         )
     return lines
 

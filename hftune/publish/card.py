@@ -37,13 +37,23 @@ from hftune.lineage import Lineage, Node, is_hub_id, lineage, read_manifest
 
 logger = logging.getLogger(__name__)
 
-_STAGE_TAGS = {"sft": ["sft"], "reward": ["reward-model"], "ppo": ["rlhf"], "merge": ["merged"]}
+_STAGE_TAGS = {
+    "sft": ["sft"],
+    "reward": ["reward-model"],
+    "ppo": ["rlhf"],
+    "merge": ["merged"],
+    **{po: ["preference-optimization", po] for po in ("dpo", "kto", "orpo", "simpo")},
+}
 _STAGE_NAMES = {
     "init": "from scratch",
     "pretrain": "pretraining",
     "sft": "supervised fine-tuning",
     "reward": "reward model",
     "ppo": "RLHF",
+    "dpo": "DPO",
+    "kto": "KTO",
+    "orpo": "ORPO",
+    "simpo": "SimPO",
     "merge": "merged adapter",
     "eval": "evaluation",
 }
@@ -64,6 +74,10 @@ _KEY_METRICS = {
         "alarm",
     ),
     "merge": ("dtype", "merged_adapters", "max_abs_logit_diff"),
+    **{
+        po: ("heldout/rewards/accuracies", "heldout/rewards/margins", "heldout/logps/chosen", "global_step")
+        for po in ("dpo", "kto", "orpo", "simpo")
+    },
 }
 # The first line after the metadata of every card hftune renders: which command wrote it (`card`, or `push`
 # for a staged upload) and the sha256 of the rest of the card. `write` replaces an existing file only if it
@@ -472,6 +486,10 @@ def _summary(info: CardInfo, root: str) -> str:
         "sft": "a supervised fine-tune",
         "reward": "a reward model (one scalar score per reply, from TRL's RewardTrainer)",
         "ppo": "an RLHF policy, trained against a reward model with a KL penalty to its SFT model",
+        "dpo": "a policy trained on preference pairs with DPO (no reward model), kept near its SFT model",
+        "kto": "a policy trained on good / bad replies with KTO (no reward model), kept near its SFT model",
+        "orpo": "a policy trained on preference pairs with ORPO (no reward model, no reference)",
+        "simpo": "a policy trained on preference pairs with SimPO (no reward model, no reference)",
         "merge": "a LoRA adapter (chain) merged into its base weights",
     }.get(last.stage, f"the output of the {_code(last.stage)} stage")
     arch = info.lineage.from_scratch

@@ -59,6 +59,18 @@ _RL_DESCRIPTION = (
     "a run and keep its last good policy."
 )
 
+# Offline preference optimisation from the SFT model (ORPO and SimPO need no reference, and may start from
+# the pretrained base when the pipeline has no SFT stage: the handoff is then optional).
+_PO_HANDOFF = {"model_name_or_path": "sft"}
+_PO_OPTIONS = "hftune.stages.po.config"  # the stage's keys and checks, without torch or TRL
+_PO_DESCRIPTION = (
+    "Offline preference optimisation with TRL's DPOTrainer (`algorithm: dpo`; `loss_type` sigmoid, ipo, "
+    "hinge, robust, ...), KTOTrainer (`kto`, on unpaired good/bad rows or pairs split in halves), or the "
+    "reference-free ORPO and SimPO (`orpo`, `simpo`; TRL's experimental ORPOTrainer / CPOTrainer). Config "
+    "keys are the chosen trainer's config and ModelConfig fields plus the hftune options below; `--key "
+    "value` flags override the file. LoRA by default: the reference is the model with the adapter off."
+)
+
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
@@ -124,6 +136,31 @@ STAGES: dict[str, StageSpec] = {
             handoff=_RL_HANDOFF,
             algorithm="grpo",
             options=_RL_OPTIONS,
+        ),
+        StageSpec(
+            "dpo",
+            "hftune.stages.po.stage",
+            command="dpo",
+            role="po",
+            short="offline preference optimisation: DPO (or IPO, KTO, ORPO, SimPO) on preference pairs",
+            description=_PO_DESCRIPTION,
+            handoff=_PO_HANDOFF,
+            optional_handoff=frozenset({"model_name_or_path"}),
+            algorithm="dpo",
+            options=_PO_OPTIONS,
+        ),
+        *(
+            StageSpec(
+                name,
+                "hftune.stages.po.stage",
+                "dpo",
+                "po",
+                handoff=_PO_HANDOFF,
+                optional_handoff=frozenset({"model_name_or_path"}),
+                algorithm=name,
+                options=_PO_OPTIONS,
+            )
+            for name in ("kto", "orpo", "simpo")
         ),
         StageSpec(
             "eval",

@@ -20,11 +20,18 @@ from pathlib import Path
 from hftune.artifacts import write_text
 from hftune.evaluation.report.html import render_html
 from hftune.evaluation.report.markdown import render_markdown
-from hftune.evaluation.report.results import HEADLINE
+from hftune.evaluation.report.results import CAVEAT_MARK, HEADLINE, reward_caveats
 from hftune.evaluation.report.sections import metrics_table
 from hftune.evaluation.report.table import plain
 
-__all__ = ["render_html", "render_markdown", "summary_table", "write_reports"]
+__all__ = [
+    "CAVEAT_MARK",
+    "render_html",
+    "render_markdown",
+    "reward_caveats",
+    "summary_table",
+    "write_reports",
+]
 
 
 def write_reports(out_dir: Path, results: dict, samples: list[dict]) -> None:
@@ -38,9 +45,10 @@ def write_reports(out_dir: Path, results: dict, samples: list[dict]) -> None:
 def summary_table(results: dict) -> str:
     """A short plain-text table printed at the end of `hftune eval`: one row per variant, columns = the
     headline metrics present (reward, win rate vs the baseline, verifier, exact_match, kl_to_sft, length,
-    eos_rate, loop_rate...), each as `mean [ci_low, ci_high]`; missing -> '-'."""
+    eos_rate, loop_rate...), each as `mean [ci_low, ci_high]`; missing -> '-'. A marked reward cell (a
+    variant that never trained against the reward model) has its footnote below the table."""
     table = metrics_table(results, only=HEADLINE)
     grid = [[c.text for c in table.header], *([plain(c) for c in row] for row in table.rows)]
     widths = [max(len(row[i]) for row in grid) for i in range(len(table.header))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in grid)
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join([*(line.rstrip() for line in lines), *(f"\n{note}" for note in table.footnotes)])

@@ -9,9 +9,15 @@ in the prompt. Nothing here computes more than that difference, which the script
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from hftune.evaluation.report.results import baseline, finite, variant_names
+from hftune.evaluation.report.results import (
+    baseline,
+    caveat_footnote,
+    finite,
+    reward_caveats,
+    variant_names,
+)
 from hftune.evaluation.report.sections import facts
 
 
@@ -39,6 +45,9 @@ class Browser:
     a: int | None  # the pair compared when the page opens: an RLHF policy ...
     b: int | None  # ... against the baseline, where there are such
     rows: list[Row]
+    # Per column: its rewards come from a reward model the variant never trained against (`caveat` says so).
+    caveated: list[bool] = field(default_factory=list)
+    caveat: str | None = None
 
     def difference(self, row: Row) -> float | None:
         """reward(A) - reward(B) on one prompt, for the page as it opens (the script recomputes it)."""
@@ -64,7 +73,19 @@ def browser(results: dict, samples: list[dict]) -> Browser | None:
         i for i in range(len(names)) if any(r.answers[i] and r.answers[i].reward is not None for r in rows)
     ]
     a, b = _pair(results, names, kinds, rewarded)
-    return Browser(names, rewarded, a, b, rows)
+    caveats = reward_caveats(results)
+    # A seed run's column (`rlhf@ppo-seed1`) shares its variant's caveat.
+    run_of = {
+        str(run.get("run")): name
+        for name, variant in (results.get("variants") or {}).items()
+        if isinstance(variant, dict)
+        for run in variant.get("seed_runs") or []
+        if isinstance(run, dict)
+    }
+    caveated = [run_of.get(n, n) in caveats for n in names]
+    return Browser(
+        names, rewarded, a, b, rows, caveated, caveat_footnote(results, short=True) if any(caveated) else None
+    )
 
 
 def _row(sample: dict, names: list[str], references: set[str]) -> Row:

@@ -16,7 +16,7 @@ from typing import Any
 
 from hftune.evaluation.report import browse, sections
 from hftune.evaluation.report.plots import Plot, render_plots
-from hftune.evaluation.report.results import baseline, confidence
+from hftune.evaluation.report.results import CAVEAT_MARK, baseline, confidence
 from hftune.evaluation.report.table import (
     MARKS,
     Cell,
@@ -86,7 +86,8 @@ def _table(rows: Table) -> str:
     markup = (
         f'<table class="{_escape(rows.style)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     )
-    return f'<div class="scroll">{markup}</div>'
+    notes = "".join(f'<p class="footnote">{_escape(note)}</p>' for note in rows.footnotes)
+    return f'<div class="scroll">{markup}</div>{notes}'
 
 
 def _td(column: int, c: Cell) -> str:
@@ -115,11 +116,14 @@ def _content(c: Cell) -> str:
         text = f"<b>{text}</b>"
     if c.title is not None:
         text = f'<span title="{_escape(c.title)}">{text}</span>'
+    note = f'<sup class="fn">{_escape(c.note)}</sup>' if c.note else ""
     if c.number:
         mark = f" {MARKS[c.mark]}" if c.mark else ""
-        text = f'<span class="mean">{text}{mark}</span>'
+        text = f'<span class="mean">{text}{mark}{note}</span>'
         if c.ci is not None:
             text += f'<span class="ci">[{_escape(c.ci)}]</span>'
+    else:
+        text += note
     if c.tag:
         text += f' <span class="tag">{_escape(c.tag)}</span>'
     if c.detail:
@@ -183,7 +187,8 @@ def _browser(b: browse.Browser | None) -> str:
         head += f'<th class="bd">{_escape(b.variants[b.a])} − {_escape(b.variants[b.b])}</th>'
     for i, name in enumerate(b.variants):
         picked = ' class="pick-a"' if i == b.a else ' class="pick-b"' if i == b.b else ""
-        head += f'<th data-v="{i}"{picked}>{_escape(name)}</th>'
+        note = f'<sup class="fn">{_escape(CAVEAT_MARK)}</sup>' if b.caveated and b.caveated[i] else ""
+        head += f'<th data-v="{i}"{picked}>{_escape(name)}{note}</th>'
     rows = "".join(_browser_row(b, row, pair) for row in b.rows)
     # Each row lays itself out as a grid with these columns (see CSS), so rows out of view can skip layout.
     columns = f"3.5em minmax(160px, 1.2fr){' 90px' * pair} repeat({len(b.variants)}, minmax(160px, 1fr))"
@@ -194,8 +199,9 @@ def _browser(b: browse.Browser | None) -> str:
         if pair
         else f"All {len(b.rows)} prompts, each variant's greedy reply side by side; long texts are folded."
     )
+    caveat = f'<p class="footnote">{_escape(b.caveat)}</p>' if b.caveat else ""
     return (
-        f'<h2>All prompts</h2><p class="note">{_escape(note)}</p><div id="browse">'
+        f'<h2>All prompts</h2><p class="note">{_escape(note)}</p>{caveat}<div id="browse">'
         f'<form class="controls" hidden>{controls}</form><div class="scroll">'
         f'<table class="browse" style="--columns: {columns}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{rows}</tbody></table></div></div>"
@@ -268,6 +274,8 @@ h2 { font-size: 18px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 2p
 h3 { font-size: 14px; margin: 0 0 6px; }
 .subtitle, .note, figcaption, .facts { color: var(--muted); }
 .note { margin: 4px 0 8px; font-size: 13px; }
+.footnote { margin: 4px 0 10px; font-size: 12px; color: var(--muted); max-width: 70em; }
+sup.fn { color: #a0522d; font-weight: 600; }
 code, pre { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
 pre { background: var(--bg2); padding: 10px; overflow-x: auto; }
 .scroll { overflow-x: auto; }

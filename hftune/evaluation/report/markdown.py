@@ -57,7 +57,8 @@ def _section(part: Section) -> list[str]:
 def table(rows: Table) -> list[str]:
     """A pipe table, then a blank line."""
     lines = [_row(rows.header), "|" + "|".join("---" for _ in rows.header) + "|"]
-    return [*lines, *map(_row, rows.rows), ""]
+    notes = [line for note in rows.footnotes for line in (escape(note), "")]
+    return [*lines, *map(_row, rows.rows), "", *notes]
 
 
 def _row(cells: list[Cell]) -> str:
@@ -74,6 +75,8 @@ def _cell(c: Cell) -> str:
         text += f" [{escape(c.ci)}]"
     if c.mark:
         text += f" {MARKS[c.mark]}"
+    if c.note:
+        text += f" {escape(c.note)}"
     return f"**{text}**" if c.mark or c.strong else text
 
 

@@ -35,6 +35,12 @@ METRIC_ORDER = (
 HEADLINE = ("reward", "win_rate", "verifier", "exact_match", "kl_to_sft", "length", "eos_rate", "loop_rate")
 
 
+# The metrics a reward model gives (its score and what is computed from it): where a variant never trained
+# against that reward model, these cells carry CAVEAT_MARK and the table a footnote (`reward_caveats`).
+REWARD_METRICS = ("reward", "win_rate", "expected_reward")
+CAVEAT_MARK = "†"
+
+
 def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -151,3 +157,47 @@ def judged_pairs(results: dict) -> list[tuple[str, str, dict, dict | None]]:
             seen.add(frozenset((a, b)))
             out.append((a, b, judged, ((results.get("win_rates") or {}).get(a) or {}).get(b)))
     return out
+
+
+def reward_caveats(results: dict) -> dict[str, str]:
+    """variant -> why its reward-model scores need a caveat: the trained variants results.json records as
+    not trained against the reward model scoring them (`trained_against_reward_model` false, or null when
+    their lineage is not recorded). Variants without the flag (base, SFT, an older results.json) get none."""
+    out = {}
+    for name, variant in (results.get("variants") or {}).items():
+        flagged = isinstance(variant, dict) and "trained_against_reward_model" in variant
+        if flagged and variant["trained_against_reward_model"] is not True:
+            out[name] = str(variant.get("reward_model_note") or "not trained against this reward model")
+    return out
+
+
+def caveat_footnote(results: dict, short: bool = False) -> str | None:
+    """The footnote under a table whose reward cells carry CAVEAT_MARK (`short`: a reminder, for a table
+    after the metrics table, whose footnote says it in full); None when no variant needs it."""
+    caveats = reward_caveats(results)
+    if not caveats:
+        return None
+    variants = results.get("variants") or {}
+    never = [n for n in caveats if variants[n].get("trained_against_reward_model") is False]
+    unknown = [n for n in caveats if n not in never]
+    if short:
+        return f"{CAVEAT_MARK} {_names(list(caveats))}: not trained against this reward model (see Metrics)."
+    trained = [
+        n for n, v in variants.items() if isinstance(v, dict) and v.get("trained_against_reward_model")
+    ]
+    parts = []
+    if never:
+        parts.append(f"{_names(never)} never trained against this reward model (read from the lineage)")
+    if unknown:
+        parts.append(f"whether {_names(unknown)} trained against it is not recorded")
+    policy = f"{_names(trained)} {'was' if len(trained) == 1 else 'were'}" if trained else "a policy is"
+    return (
+        f"{CAVEAT_MARK} Reward-model scores (reward, win rates, expected reward): {'; '.join(parts)}, so "
+        f"these replies are judged by a model their training never saw, while {policy} trained to raise "
+        "exactly this score and may partly exploit the reward model. Weigh a reward gap between them against "
+        "the verifier and reference metrics, which do not depend on the reward model."
+    )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]

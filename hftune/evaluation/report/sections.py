@@ -12,7 +12,10 @@ from dataclasses import replace
 from typing import Any
 
 from hftune.evaluation.report.results import (
+    CAVEAT_MARK,
+    REWARD_METRICS,
     baseline,
+    caveat_footnote,
     confidence,
     decoding_settings,
     diff_metric_names,
@@ -22,6 +25,7 @@ from hftune.evaluation.report.results import (
     judged_pairs,
     label,
     metric_names,
+    reward_caveats,
     stat,
     variant_names,
     win_rate_names,
@@ -158,11 +162,31 @@ def _metric_header(results: dict, metric: str) -> Cell:
 
 
 def metrics_table(results: dict, only: Collection[str] | None = None) -> Table:
-    """One row per variant, one column per metric (`only` those, if given): mean [CI] in each cell."""
+    """One row per variant, one column per metric (`only` those, if given): mean [CI] in each cell. The
+    reward cells of a variant that never trained against the reward model are marked, with a footnote."""
     columns = [m for m in metric_names(results) if only is None or m in only]
     header = [Cell("variant"), *(_metric_header(results, m) for m in columns)]
-    rows = [[Cell(n), *(stat_cell(stat(results, n, m)) for m in columns)] for n in variant_names(results)]
-    return Table(header, rows, "stats")
+    caveats = reward_caveats(results)
+    rows = [
+        [
+            Cell(n),
+            *(_caveat(stat_cell(stat(results, n, m)), n in caveats and m in REWARD_METRICS) for m in columns),
+        ]
+        for n in variant_names(results)
+    ]
+    return Table(header, rows, "stats", _footnotes(results, *rows))
+
+
+def _caveat(cell: Cell, marked: bool) -> Cell:
+    """A reward-model cell of a variant that never trained against that reward model: marked (when it has a
+    number)."""
+    return replace(cell, note=CAVEAT_MARK) if marked and cell.text != "-" else cell
+
+
+def _footnotes(results: dict, *cells: list[Cell], short: bool = False) -> list[str]:
+    """The reward-model caveat, under a table with a cell that carries its mark (`short`: a reminder)."""
+    note = caveat_footnote(results, short=short)
+    return [note] if note and any(c.note == CAVEAT_MARK for row in cells for c in row) else []
 
 
 def metrics(results: dict) -> Section:
@@ -195,11 +219,17 @@ def diffs(results: dict) -> Section:
     title = f"Paired differences vs {base}" if base else "Paired differences"
     if base is None or not columns:
         return Section("diffs", title, empty="No baseline or no paired differences were computed.")
+    caveats = reward_caveats(results)
     rows = []
     for name in variant_names(results):
         differences = (results["variants"][name].get("vs_baseline") or {}) if name != base else {}
         if differences:
-            rows.append([Cell(name), *(_difference(results, m, differences.get(m)) for m in columns)])
+            marked = name in caveats
+            cells = (
+                _caveat(_difference(results, m, differences.get(m)), marked and m in REWARD_METRICS)
+                for m in columns
+            )
+            rows.append([Cell(name), *cells])
     note = (
         f"Variant minus {base}, paired per prompt; marked where the {confidence(results)} CI excludes 0: "
         f"{MARKS['better']} better, {MARKS['worse']} worse, {MARKS['changed']} changed (for metrics without "
@@ -211,7 +241,8 @@ def diffs(results: dict) -> Section:
             "seeds (a t-interval over the per-seed means) excludes 0 as well."
         )
     header = [Cell("variant"), *(_metric_header(results, m) for m in columns)]
-    return Section("diffs", title, note=[Cell(note)], table=Table(header, rows, "stats"))
+    table = Table(header, rows, "stats", _footnotes(results, *rows, short=True))
+    return Section("diffs", title, note=[Cell(note)], table=table)
 
 
 def _difference(results: dict, metric: str, difference: dict | None) -> Cell:
@@ -225,9 +256,17 @@ def win_rates(results: dict) -> Section:
         return Section(
             "win_rates", "Win rates", empty="Not computed (needs a reward model and two variants)."
         )
-    rows = [[Cell(a), *(_win_rate((matrix.get(a) or {}).get(b)) for b in names)] for a in names]
+    caveats = reward_caveats(results)
+    # The whole matrix is the reward model's verdict: a variant that never trained against it is marked once,
+    # where its row and its column are named.
+    named = [Cell(n, note=CAVEAT_MARK if n in caveats else None) for n in names]
+    rows = [
+        [named[i], *(_win_rate((matrix.get(a) or {}).get(b)) for b in names)] for i, a in enumerate(names)
+    ]
     note = "P(row beats column) by the reward model; ties count half."
-    table = Table(_header("row \\ column", *names), rows, "stats matrix")
+    table = Table(
+        [Cell("row \\ column"), *named], rows, "stats matrix", _footnotes(results, named, short=True)
+    )
     return Section("win_rates", "Win rates (row beats column)", note=[Cell(note)], table=table)
 
 

@@ -32,6 +32,7 @@ class Cell:
     tag: str | None = None  # a label after the text, e.g. "baseline"
     code: bool = False  # a path or settings (monospace in HTML)
     strong: bool = False
+    note: str | None = None  # a footnote mark after the cell (its footnote is under the table)
 
     @property
     def arrow(self) -> str:
@@ -46,12 +47,13 @@ class Table:
     header: list[Cell]
     rows: list[list[Cell]]
     style: str = ""  # how wide / dense to lay it out: "narrow", "stats", "stats matrix" (HTML classes)
+    footnotes: list[str] = field(default_factory=list)  # shown under the table (a cell's `note` points here)
 
     def transposed(self, corner: str) -> Table:
         """Rows become columns; `corner` names the new first column."""
         columns = [[Cell(corner), *(row[0] for row in self.rows)]]
         columns += [[head, *(row[i] for row in self.rows)] for i, head in enumerate(self.header) if i > 0]
-        return Table(columns[0], columns[1:], self.style)
+        return Table(columns[0], columns[1:], self.style, self.footnotes)
 
 
 @dataclass(frozen=True)
@@ -130,4 +132,6 @@ def stat_cell(stat: dict | None, signed: bool = False, mark: str | None = None) 
 
 def plain(cell: Cell) -> str:
     """A cell as unformatted text (the terminal summary)."""
-    return cell.text + (f" [{cell.ci}]" if cell.ci is not None else "")
+    return (
+        cell.text + (f" [{cell.ci}]" if cell.ci is not None else "") + (f" {cell.note}" if cell.note else "")
+    )

@@ -1,0 +1,108 @@
+"""Peak memory of a LoRA DPO run whose reference is the policy with its adapter switched off (hftune's
+default) vs the same run holding a separate reference copy, measured in one run of this script.
+
+    python bench/dpo_reference_memory.py [--hidden 512 --layers 8 --steps 2 --repeats 2]
+
+Builds a small local model (random weights are fine for memory), then runs `hftune dpo` in fresh
+processes, identical but for the reference, alternating the two sides `--repeats` times, and prints each
+process's peak resident memory (and the part above the process's memory once the libraries are imported),
+and the ratio of the medians. CUDA peak memory is reported too when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHILD = r"""
+import json, resource, sys
+import torch
+from hftune.stages.po import stage as po, trainers
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+argv, mode = json.loads(sys.argv[1]), sys.argv[2]
+if mode == "separate":
+    from transformers import AutoModelForCausalLM
+    build = trainers.build
+    def with_reference(algorithm, **kwargs):
+        # What a run without LoRA's switch does: a second, frozen copy of the weights as the reference.
+        reference = AutoModelForCausalLM.from_pretrained(argv[argv.index("--model_name_or_path") + 1])
+        return build(algorithm, ref_model=reference.eval().requires_grad_(False), **kwargs)
+    trainers.build = with_reference
+result = po.run(po.parse(None, argv))
+assert (result.trainer.ref_model is None) == (mode == "shared")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
+"""
+
+
+def measure(argv: list[str], mode: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(argv), mode], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    ns = parser.parse_args()
+
+    from hftune.models.tiny import build_tiny_model
+
+    runs: dict[str, list[dict]] = {"shared": [], "separate": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = build_tiny_model(Path(tmp) / "base", hidden_size=ns.hidden, num_layers=ns.layers)
+        for k in range(ns.repeats):
+            for mode in ("shared", "separate") if k % 2 == 0 else ("separate", "shared"):
+                argv = [
+                    "--model_name_or_path", str(base), "--data_recipe", "tiny_preferences",
+                    "--max_samples", "64", "--max_steps", str(ns.steps), "--per_device_train_batch_size", "8",
+                    "--max_length", "128", "--output_dir", str(Path(tmp) / f"dpo-{mode}-{k}"),
+                    "--use_peft", "true", "--lora_target_modules", "all-linear",
+                ]  # fmt: skip
+                runs[mode].append(measure(argv, mode))
+
+    def mib(kb: float) -> float:
+        return kb / 1024
+
+    params = ns.hidden * ns.hidden * 12 * ns.layers / 1e6  # rough: 4 attention + 3 MLP (2x) matrices a layer
+    print(f"model: hidden {ns.hidden}, {ns.layers} layers (~{params:.0f}M parameters in the blocks), fp32")
+    medians = {}
+    for mode, name in (("shared", "adapter-off reference"), ("separate", "separate reference copy")):
+        peaks = [r["peak_kb"] for r in runs[mode]]
+        above = [r["peak_kb"] - r["baseline_kb"] for r in runs[mode]]
+        medians[mode] = (statistics.median(peaks), statistics.median(above))
+        cuda = [r["cuda_peak"] for r in runs[mode] if r["cuda_peak"]]
+        extra = f", CUDA peak {statistics.median(cuda) / 2**20:.0f} MiB" if cuda else ""
+        print(
+            f"{name:24s} peak RSS {', '.join(f'{mib(p):.0f}' for p in peaks)} MiB "
+            f"(above imports {', '.join(f'{mib(a):.0f}' for a in above)} MiB){extra}"
+        )
+    (shared, shared_above), (separate, separate_above) = medians["shared"], medians["separate"]
+    print(
+        f"peak memory ratio adapter-off / separate (medians): {shared / separate:.3f} "
+        f"(above imports: {shared_above / separate_above:.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

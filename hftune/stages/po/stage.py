@@ -1,0 +1,225 @@
+"""The preference-optimisation stage (`hftune dpo`): train a policy straight on preference data, without a
+reward model or generation. DPO / IPO / ... (TRL's DPOTrainer) and KTO (KTOTrainer) compare the policy with
+a frozen reference; ORPO and SimPO (TRL's experimental ORPOTrainer / CPOTrainer, `trainers.py`) need none.
+
+    hftune dpo --config configs/tiny/dpo.yaml [--algorithm kto] [--resume]
+
+Reads top to bottom: seed, load the tokenizer and the preference data (the same recipes as `hftune reward`;
+KTO also reads unpaired good/bad rows, and splits pairs into their halves), load the model (the SFT model,
+its adapter merged, plus a fresh LoRA adapter: switching it off gives the reference, so no second copy is
+held), measure the held-out pairs, train, measure them again (`diagnostics`), and write the adapter,
+tokenizer, config, metrics and manifest atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hftune import artifacts
+from hftune.config import StageConfig
+from hftune.errors import UserError
+from hftune.models import loading
+from hftune.models.tokenizer import load_tokenizer
+from hftune.stages import common
+from hftune.stages.finite import StopOnNonFinite
+from hftune.stages.po import trainers
+from hftune.stages.po.config import (  # noqa: F401 (parse / schema: the Stage interface the registry loads)
+    PAIR_FORMATS,
+    UNPAIRED_FORMAT,
+    parse,
+    schema,
+)
+
+logger = logging.getLogger(__name__)
+
+# What the trainers log for each pair (TRL's names, the same across DPO, KTO, ORPO and CPO).
+DIAGNOSTICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/chosen", "logps/rejected")
+
+
+@dataclass
+class Prepared:
+    trainer: Any
+    data: Any
+    recipe: Any
+    tokenizer: Any
+    checkpoint: str | None
+    dirs: common.RunDirs
+
+
+@dataclass
+class Result:
+    output_dir: Path
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+    trainer: Any
+    warnings: list[str]
+
+
+def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
+    """The trainer and data, built and checked but not trained (for tests and inspection)."""
+    from transformers import set_seed
+
+    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    algorithm = extras.algorithm
+    # Before anything draws: the LoRA adapter is initialised from torch's global RNG inside TRL's trainer.
+    set_seed(args.seed)
+    dirs = common.run_dirs(cfg, resume)
+    trust = bool(args.trust_remote_code)
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        chat_template=extras.chat_template,
+        trust_remote_code=trust,
+        revision=model_args.model_revision,
+    )
+    formats = PAIR_FORMATS + ((UNPAIRED_FORMAT,) if algorithm == "kto" else ())
+    recipe, data = common.load_data(cfg, tokenizer, dirs, formats=formats)
+    if recipe.format not in formats:
+        raise UserError(
+            f"data_recipe {recipe.name}: format `{recipe.format}` is not {algorithm} data; it trains on "
+            f"{' or '.join(formats)} rows (e.g. `data_recipe: tiny_preferences`"
+            + (", or `tiny_unpaired` for KTO)" if algorithm == "kto" else ")")
+        )
+    train, evaluation = _rows(data.train, algorithm), _rows(data.eval, algorithm)
+
+    model = loading.load_model(
+        model_args.model_name_or_path,
+        model_args,
+        trust_remote_code=trust,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    common.ignore_bias_buffers(model, cfg)
+    checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
+    with common.trl_settings_are_user_errors(cfg.source):
+        trainer = trainers.build(
+            algorithm,
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=loading.lora_config(model_args),
+        )
+    trainer.add_callback(StopOnNonFinite())  # a diverged run stops at once, naming the step
+    # TRL drops pairs its own truncation leaves with nothing to train on: counted, never lost unseen.
+    common.count_rows_trl_dropped(trainer, data, args, reason="too_long_for_trl")
+    return Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
+
+
+def _rows(dataset, algorithm: str):
+    """The trainer's rows: preference pairs as they are (no `margin`: only the reward model uses one);
+    for KTO, pairs split into a desirable and an undesirable completion (TRL's own unpairing)."""
+    if dataset is None:
+        return None
+    if "margin" in dataset.column_names:
+        dataset = dataset.remove_columns("margin")
+    if algorithm == "kto" and "label" not in dataset.column_names:
+        from trl.data_utils import unpair_preference_dataset
+
+        dataset = unpair_preference_dataset(dataset)
+    return dataset
+
+
+def run(cfg: StageConfig, *, resume: bool = False) -> Result:
+    p = prepare(cfg, resume=resume)
+    trainer, data, extras = p.trainer, p.data, cfg.hftune
+
+    metrics: dict[str, Any] = {}
+    before = _held_out(trainer) if data.eval is not None else {}
+    train_out = trainer.train(resume_from_checkpoint=p.checkpoint)
+    metrics.update(common.train_metrics(trainer, train_out))
+    after = _held_out(trainer) if data.eval is not None else {}
+    metrics.update({f"heldout_before/{k}": v for k, v in before.items()})
+    metrics.update({f"heldout/{k}": v for k, v in after.items()})
+    warnings = diagnose(before, after, trainer.state.log_history, extras.max_drift)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    metrics["warnings"] = warnings
+
+    parent = artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model")
+    if parent.get("stage") != "sft":  # ORPO / SimPO straight from a base (or any other) model
+        parent["role"] = "base_model"
+    manifest = common.save_artifact(
+        p.dirs,
+        cfg,
+        stage=extras.algorithm,
+        trainer=trainer,
+        tokenizer=p.tokenizer,
+        metrics=metrics,
+        parents=[parent],
+        data=common.data_manifest(p.recipe, data, extras.data_files, len(trainer.train_dataset)),
+        prepared=data,
+        write_extra=lambda out: _write_extra(trainer, p.tokenizer, out, cfg.model.model_name_or_path),
+    )
+    return Result(p.dirs.final, metrics, manifest, trainer, warnings)
+
+
+def _write_extra(trainer, tokenizer, out: Path, model_name_or_path: str) -> None:
+    common.save_generation_config(trainer.model, tokenizer, out)
+    # The new adapter was trained on the SFT model with its adapter merged: load base -> SFT -> this one.
+    common.point_adapter_at_sft(out, model_name_or_path)
+
+
+def _held_out(trainer) -> dict[str, float]:
+    """The trainer's own measures of the held-out pairs (implicit reward accuracy and margin, chosen and
+    rejected log-probabilities), without the `eval_` prefix."""
+    found = trainer.evaluate()
+    return {k[len("eval_") :]: v for k, v in found.items() if k[len("eval_") :] in DIAGNOSTICS}
+
+
+def diagnose(
+    before: dict[str, float], after: dict[str, float], history: list[dict[str, Any]], max_drift: float | None
+) -> list[str]:
+    """What the numbers say went wrong, as warnings.
+
+    - The chosen replies' log-probability fell: the known DPO failure where both replies are pushed down
+      and the margin grows only because the rejected ones fall faster (measured on the held-out pairs, else
+      on the training log).
+    - The policy drifted far from where it started (the reference, for DPO / KTO): the held-out chosen
+      log-probability moved more than `max_drift` nats.
+    """
+    warnings = []
+    key = "logps/chosen"
+    start, end = before.get(key), after.get(key)
+    where = "held-out"
+    if start is None or end is None:
+        logged = [entry[key] for entry in history if key in entry]
+        start, end, where = (logged[0], logged[-1], "training") if len(logged) > 1 else (None, None, "")
+    if start is not None and end < start:
+        warnings.append(
+            f"the {where} chosen replies' log-probability fell ({start:.2f} -> {end:.2f}): the policy pushes "
+            "chosen and rejected replies down together (a known DPO failure); watch the generations, and "
+            "consider a larger `beta`, a lower learning rate, or `loss_type: ipo`"
+        )
+    if max_drift is not None and before.get(key) is not None and after.get(key) is not None:
+        drift = abs(after[key] - before[key])
+        if drift > max_drift:
+            warnings.append(
+                f"the policy drifted {drift:.1f} nats from the reference on the held-out chosen replies "
+                f"(more than max_drift {max_drift:g}): its replies may have left the SFT model's distribution"
+            )
+    return warnings
+
+
+def summary(result: Result) -> str:
+    m = result.metrics
+
+    def change(key: str, digits: int) -> str:
+        before, after = m.get(f"heldout_before/{key}", float("nan")), m.get(f"heldout/{key}", float("nan"))
+        return f"{before:.{digits}f} -> {after:.{digits}f}"
+
+    lines = []
+    if "heldout/rewards/accuracies" in m:
+        lines.append(
+            f"held-out pairs: implicit reward accuracy {change('rewards/accuracies', 3)}, "
+            f"margin {change('rewards/margins', 3)}"
+        )
+    if "heldout/logps/chosen" in m:
+        lines.append(
+            f"held-out log-probability: chosen {change('logps/chosen', 2)}, "
+            f"rejected {change('logps/rejected', 2)}"
+        )
+    lines += [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines + common.train_summary(m, result.output_dir))
