@@ -139,3 +139,12 @@ def test_bad_dpo_settings_are_refused(tmp_path, capsys, tiny_llama, argv, mentio
         tmp_path / "dpo.yaml", f"model_name_or_path: {tiny_llama}\ndata_recipe: tiny_preferences\n"
     )
     refused(["dpo", "--config", config, "--output_dir", "out", *argv], tmp_path, capsys, mentions=mentions)
+
+
+def test_precomputed_reference_log_probs_train_the_same_objective(chain, tmp_path):
+    """`precompute_ref_log_probs: true`: TRL scores every pair under the reference once, before training,
+    instead of at each step; the run trains and its held-out implicit rewards start from zero as before."""
+    argv = dpo_args(chain["sft"], tmp_path / "pre", "--max_steps", "3", "--precompute_ref_log_probs", "true")
+    result = po.run(po.parse(CONFIG, argv))
+    assert "ref_chosen_logps" in result.trainer.train_dataset.column_names
+    assert result.metrics["heldout_before/rewards/margins"] == 0 and result.metrics["global_step"] == 3
