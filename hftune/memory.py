@@ -15,7 +15,9 @@ parameter and LoRA counts are exact; the rest is the usual arithmetic, to tell w
   large vocabularies at short lengths; a reward model's one score needs none.
 
 PPO holds the policy (its reference is the same weights with the LoRA adapter off), a value model that
-trains in full (from the reward model) and the frozen reward model; RLOO/GRPO drop the value model. These
+trains in full (from the reward model) and the frozen reward model; RLOO/GRPO drop the value model. The
+preference stages (DPO, KTO, ORPO, SimPO) run every pair's two replies through the model, doubling the
+activations and logits; DPO and KTO without LoRA also hold a frozen reference copy. These
 are estimates for one process without sharding: FSDP/ZeRO-3 divide weights and trainable state by the
 number of processes.
 """
@@ -126,9 +128,13 @@ def weight_bytes(model, model_args, training_args) -> tuple[float, str]:
     return quantized * per_quantized + (params - quantized) * per_param, f"{name} (rest {dtype})"
 
 
+PREFERENCE_STAGES = ("dpo", "kto", "orpo", "simpo")
+
+
 def estimate(stage: str, cfg, model_config) -> Estimate:
-    """Memory of one training process of `stage` (sft, pretrain, reward, ppo, rloo, grpo) for a model with
-    `model_config` (a transformers config) and the stage's parsed config."""
+    """Memory of one training process of `stage` (sft, pretrain, reward, ppo, rloo, grpo, or a preference
+    stage: dpo, kto, orpo, simpo) for a model with `model_config` (a transformers config) and the stage's
+    parsed config."""
     args, model_args = cfg.training, cfg.model
     classifier = stage == "reward"
     model = meta_model(model_config, sequence_classification=classifier)
@@ -152,9 +158,14 @@ def estimate(stage: str, cfg, model_config) -> Estimate:
     per_unit = 2 if getattr(args, "gradient_checkpointing", False) else 34
     activations = per_unit * (1 if sixteen_bit else 2) * batch * length * hidden * layers
     logits = 0 if classifier else 4 * batch * length * model_config.vocab_size
-    if classifier:
-        activations *= 2  # chosen and rejected replies of every pair
+    if classifier or stage in PREFERENCE_STAGES:
+        # Chosen and rejected replies of every pair (KTO: each completion and its mismatched KL twin).
+        activations *= 2
+        logits *= 2
     extra: dict[str, float] = {}
+    if stage in ("dpo", "kto") and not model_args.use_peft:
+        # Full fine-tuning keeps a frozen reference copy; with LoRA the reference is the adapter switched off.
+        extra["reference model (frozen copy)"] = params * per_param
     if stage in ("ppo", "rloo", "grpo"):
         # The reward (and value) model: the same backbone with a one-score head instead of the LM head,
         # loaded in the compute precision.

@@ -120,3 +120,28 @@ def test_ppo_adds_a_reward_model_and_a_full_value_model(tiny_llama, capsys, tmp_
     assert set(est.extra) == {"reward model", "value model (trains in full)"}
     rloo = memory.estimate("rloo", ppo.cfg, AutoConfig.from_pretrained(tiny_llama))
     assert set(rloo.extra) == {"reward model"} and rloo.total < est.total
+
+
+def test_preference_optimisation_counts_both_replies_and_a_full_reference_only_without_lora(tiny_llama):
+    from transformers import AutoConfig
+
+    from hftune.stages.po import stage as po
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    dpo_yaml = str(REPO / "configs/tiny/dpo.yaml")
+    lora = memory.estimate("dpo", po.parse(dpo_yaml), config)
+    as_sft = memory.estimate(
+        "sft", sft.parse(str(REPO / "configs/tiny/sft.yaml"), ["--max_length", "256"]), config
+    )
+    assert (
+        lora.extra == {} and lora.logits == 2 * 4 * 8 * 256 * config.vocab_size
+    )  # batch 8, chosen + rejected
+    assert lora.activations > as_sft.activations
+    full = memory.estimate("dpo", po.parse(dpo_yaml, ["--use_peft", "false"]), config)
+    assert set(full.extra) == {"reference model (frozen copy)"} and full.total > lora.total
+    assert (
+        memory.estimate(
+            "orpo", po.parse(dpo_yaml, ["--use_peft", "false", "--algorithm", "orpo"]), config
+        ).extra
+        == {}
+    )
