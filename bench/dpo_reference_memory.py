@@ -12,16 +12,17 @@ and the ratio of the medians. CUDA peak memory is reported too when a GPU is pre
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from ppo_reference_memory import measure  # noqa: E402 (the same child-process measurement)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -47,15 +48,6 @@ print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
 """
 
 
-def measure(argv: list[str], mode: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(argv), mode], capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,7 +71,7 @@ def main() -> None:
                     "--max_length", "128", "--output_dir", str(Path(tmp) / f"dpo-{mode}-{k}"),
                     "--use_peft", "true", "--lora_target_modules", "all-linear",
                 ]  # fmt: skip
-                runs[mode].append(measure(argv, mode))
+                runs[mode].append(measure(argv, mode, CHILD))
 
     def mib(kb: float) -> float:
         return kb / 1024

@@ -40,9 +40,10 @@ print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
 """
 
 
-def measure(argv: list[str], mode: str) -> dict:
+def measure(argv: list[str], mode: str, child: str = CHILD) -> dict:
+    """Run `child` (a script printing its peak memory as JSON) in a fresh process; its last line, parsed."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(argv), mode], capture_output=True, text=True, check=False
+        [sys.executable, "-c", child, json.dumps(argv), mode], capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
         sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")

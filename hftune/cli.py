@@ -163,37 +163,36 @@ _STAGE_FORMATS = {"pretrain": ("language_modeling",), "ppo": ("prompt_only",)}
 def _preview_config(ns: argparse.Namespace) -> int:
     """`hftune data preview --config FILE --stage STAGE`: the rows that stage's config would train on
     (one recipe, a mixture or `dataset_name`, with its max_length, too_long and held-out split)."""
-    from hftune.data.mixture import data_parts, prepare_parts
+    from hftune.data.mixture import data_parts, read_as
     from hftune.data.preview import preview
     from hftune.models.tokenizer import load_tokenizer
+    from hftune.stages.common import prepare_rows
 
     if ns.recipe or ns.data_files:
         raise UserError("data preview --config: the config names the data; drop the RECIPE / --data_files")
-    cfg = registry.load(ns.stage).parse(ns.config, [])
+    module = registry.load(ns.stage)
+    cfg = module.parse(ns.config, [])
     model = ns.model or cfg.model.model_name_or_path
     if not model:
         raise UserError(f"{ns.config} names no model (`model_name_or_path`): pass --model for its tokenizer")
     tokenizer = load_tokenizer(model, chat_template=ns.chat_template or cfg.hftune.chat_template)
-    args = cfg.training
-    max_length = ns.max_length or getattr(args, "max_length", None)
-    too_long = getattr(cfg.hftune, "too_long", "drop")
-    if ns.stage == "pretrain" and args.packing and args.packing_strategy in ("wrapped", "bfd_split"):
-        too_long = "keep"  # documents are concatenated and cut into blocks
+    max_length = ns.max_length or getattr(cfg.training, "max_length", None)
+    # Pretraining keeps long documents whole when it packs them into blocks; other stages say `too_long`.
+    too_long = module.too_long(cfg) if ns.stage == "pretrain" else getattr(cfg.hftune, "too_long", "drop")
     parts = data_parts(cfg.hftune, cfg.script)
-    prepared = prepare_parts(
-        parts,
-        tokenizer=tokenizer,
-        max_length=max_length,
-        strict=cfg.hftune.data_strict,
-        eval_fraction=cfg.hftune.eval_fraction,
-        seed=args.seed,
-        too_long=too_long,
-        formats=_STAGE_FORMATS.get(ns.stage),
+    prepared = prepare_rows(
+        cfg, parts, tokenizer, max_length=max_length, too_long=too_long, formats=_STAGE_FORMATS.get(ns.stage)
     )
-    recipe = parts[0].recipe.replaced(
-        converter=prepared.converter, format=prepared.format, name=" + ".join(part.name for part in parts)
+    print(
+        preview(
+            read_as(parts, prepared),
+            tokenizer,
+            n=ns.n,
+            max_length=max_length,
+            prepared=prepared,
+            too_long=too_long,
+        )
     )
-    print(preview(recipe, tokenizer, n=ns.n, max_length=max_length, prepared=prepared, too_long=too_long))
     return 0
 
 

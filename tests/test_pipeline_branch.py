@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_seeds import pretend_finished
 
 from hftune import pipeline
 from hftune.config import ConfigError
@@ -164,14 +165,7 @@ def test_dry_run_and_ledger_rerun_only_the_changed_branch(tmp_path, monkeypatch,
     run = tmp_path / "run"
     config = write_pipeline(tmp_path, stage_entries(tmp_path))
     done = {run / name for name in ("sft", "reward", "ppo", "dpo", "eval")}  # as if each had finished
-    monkeypatch.setattr(pipeline.artifacts, "is_complete", lambda p: Path(p) in done)
-    monkeypatch.setattr(
-        pipeline.artifacts,
-        "manifest_sha256",
-        lambda p: f"manifest of {Path(p).name}" if Path(p) in done else None,
-    )
-    ledger: dict = {}
-    monkeypatch.setattr(pipeline, "_read_ledger", lambda root: ledger)
+    ledger = pretend_finished(monkeypatch, done)
     plan = pipeline.run(str(config), dry_run=True)
     for stage in plan:  # nothing recorded yet: everything runs
         assert stage.action == "run"

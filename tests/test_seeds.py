@@ -51,6 +51,20 @@ def write_pipeline(tmp_path: Path, *, ppo: dict | None = None, stages=None, **ev
 # ------------------------------------------------------------------------------------------------------
 
 
+def pretend_finished(monkeypatch, done: set[Path]) -> dict:
+    """Make the pipeline see the folders in `done` as finished artifacts (each with a manifest hash named
+    for it) and read its ledger from the returned dict, which a test fills as runs "finish"."""
+    monkeypatch.setattr(pipeline.artifacts, "is_complete", lambda p: Path(p) in done)
+    monkeypatch.setattr(
+        pipeline.artifacts,
+        "manifest_sha256",
+        lambda p: f"manifest of {Path(p).name}" if Path(p) in done else None,
+    )
+    ledger: dict = {}
+    monkeypatch.setattr(pipeline, "_read_ledger", lambda root: ledger)
+    return ledger
+
+
 def test_seeds_plan_one_run_per_seed_and_hand_all_to_the_eval_as_one_variant(tmp_path, capsys):
     run = tmp_path / "run"
     plan = pipeline.run(str(write_pipeline(tmp_path)), dry_run=True)
@@ -96,14 +110,7 @@ def test_seed_runs_skip_and_force_on_their_own(tmp_path, monkeypatch):
     config = str(write_pipeline(tmp_path))
     run = tmp_path / "run"
     done = {run / "sft", run / "reward", run / "ppo-seed1"}  # as if these had finished
-    monkeypatch.setattr(pipeline.artifacts, "is_complete", lambda p: Path(p) in done)
-    monkeypatch.setattr(
-        pipeline.artifacts,
-        "manifest_sha256",
-        lambda p: f"manifest of {Path(p).name}" if Path(p) in done else None,
-    )
-    ledger: dict = {}
-    monkeypatch.setattr(pipeline, "_read_ledger", lambda root: ledger)
+    ledger = pretend_finished(monkeypatch, done)
     plan = pipeline.run(config, dry_run=True)  # nothing recorded yet: everything runs
     assert {s.action for s in plan} == {"run"}
     for stage in plan:

@@ -138,6 +138,13 @@ def prepare_parts(parts: list[Part], **kwargs: Any) -> PreparedData:
     return _combine(parts, prepared, seed)
 
 
+def read_as(parts: list[Part], data: PreparedData) -> Recipe:
+    """The recipe the prepared rows were read with: the first part's, with the converter and format they
+    were read as (detected, for `dataset_name` data), named for every part of a mixture."""
+    name = " + ".join(part.name for part in parts)
+    return parts[0].recipe.replaced(converter=data.converter, format=data.format, name=name)
+
+
 def _weighted(n: int, weight: float, rng: random.Random) -> list[int]:
     """Row positions for a part of `n` training rows at `weight`: each row floor(weight) times, plus a
     seeded sample of the fractional part."""

@@ -209,27 +209,16 @@ def load_data(
     and also done once (TRL tokenizes with the main process first).
     """
     from hftune.data import load_prepared, save_prepared
-    from hftune.data.mixture import data_parts, prepare_parts
+    from hftune.data.mixture import data_parts, read_as
     from hftune.data.prompt_keys import held_out_upstream
 
-    extras = cfg.hftune
-    parts = data_parts(extras, cfg.sections.get("script"))
-
-    # Prompts an artifact behind this stage's model held out are what the eval measures: never train on them.
-    upstream = held_out_upstream(getattr(cfg.model, "model_name_or_path", None))
+    parts = data_parts(cfg.hftune, cfg.sections.get("script"))
 
     def prepare():
-        return prepare_parts(
-            parts,
-            tokenizer=tokenizer,
-            max_length=getattr(cfg.training, "max_length", None),
-            strict=extras.data_strict,
-            eval_fraction=extras.eval_fraction,
-            seed=cfg.training.seed,
-            exclude=upstream,
-            too_long=too_long or getattr(extras, "too_long", "drop"),
-            formats=formats,
-        )
+        # Prompts an artifact behind this stage's model held out are what the eval measures: never train on
+        # them.
+        upstream = held_out_upstream(getattr(cfg.model, "model_name_or_path", None))
+        return prepare_rows(cfg, parts, tokenizer, too_long=too_long, formats=formats, exclude=upstream)
 
     if not distributed.is_distributed():
         data = prepare()
@@ -240,10 +229,35 @@ def load_data(
                 save_prepared(prepare(), folder)
         data = load_prepared(folder)
     logger.info("data: %s", data.summary())
-    recipe = parts[0].recipe.replaced(converter=data.converter, format=data.format)
-    if len(parts) > 1:
-        recipe = recipe.replaced(name=" + ".join(part.name for part in parts))
-    return recipe, data
+    return read_as(parts, data), data
+
+
+def prepare_rows(
+    cfg: StageConfig,
+    parts,
+    tokenizer,
+    *,
+    max_length: int | None = None,
+    too_long: str | None = None,
+    formats: tuple[str, ...] | None = None,
+    exclude: frozenset[str] | set[str] = frozenset(),
+):
+    """The stage's data parts prepared with its settings (max_length, strictness, held-out split, seed, how
+    long rows are handled): what `load_data` trains on and `hftune data preview --config` shows."""
+    from hftune.data.mixture import prepare_parts
+
+    extras = cfg.hftune
+    return prepare_parts(
+        parts,
+        tokenizer=tokenizer,
+        max_length=max_length or getattr(cfg.training, "max_length", None),
+        strict=extras.data_strict,
+        eval_fraction=extras.eval_fraction,
+        seed=cfg.training.seed,
+        exclude=exclude,
+        too_long=too_long or getattr(extras, "too_long", "drop"),
+        formats=formats,
+    )
 
 
 def _checkpoints(work: Path) -> list[Path]:

@@ -106,6 +106,12 @@ def _keeps_every_token(packing: bool | None, strategy: str | None) -> bool:
     return bool(packing) and strategy in ("wrapped", "bfd_split")
 
 
+def too_long(cfg: StageConfig) -> str:
+    """How the corpus treats documents over max_length: kept whole when packing splits them into blocks,
+    else dropped (TRL would truncate them)."""
+    return "keep" if _keeps_every_token(cfg.training.packing, cfg.training.packing_strategy) else "drop"
+
+
 def _streaming(cfg: StageConfig) -> bool:
     return bool(cfg.script.dataset_streaming)
 
@@ -174,9 +180,7 @@ def _load_data(cfg: StageConfig, tokenizer, dirs: common.RunDirs):
     """The corpus: streamed (see `hftune.data.streaming`), or prepared as every stage's data is, keeping
     documents of any length when packing splits them (the held-out split is by whole document either way)."""
     if not _streaming(cfg):
-        args = cfg.training
-        too_long = "keep" if _keeps_every_token(args.packing, args.packing_strategy) else "drop"
-        return common.load_data(cfg, tokenizer, dirs, too_long=too_long)
+        return common.load_data(cfg, tokenizer, dirs, too_long=too_long(cfg))
     from hftune.data.mixture import data_parts
     from hftune.data.prompt_keys import held_out_upstream
     from hftune.data.streaming import stream_corpus
@@ -230,12 +234,12 @@ def _whole_blocks(trainer, cfg: StageConfig) -> dict[str, Any]:
     def sizes(dataset) -> np.ndarray:
         return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
 
-    short = np.flatnonzero(sizes(blocks) < length)
-    if len(short) > 1:
-        full = np.flatnonzero(sizes(blocks) == length)
-        tail = pack_dataset(blocks.select(short), length, "wrapped", {"batch_size": None})
-        blocks = concatenate_datasets([blocks.select(full), tail])
     n = sizes(blocks)
+    short = np.flatnonzero(n < length)
+    if len(short) > 1:
+        tail = pack_dataset(blocks.select(short), length, "wrapped", {"batch_size": None})
+        blocks = concatenate_datasets([blocks.select(np.flatnonzero(n == length)), tail])
+        n = sizes(blocks)
     corpus_tokens = int(n.sum())
     partial = int(n[-1]) if len(n) and n[-1] < length else 0
     if drop and partial:
