@@ -196,6 +196,27 @@ def _preview_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_label(ns: argparse.Namespace, rest: list[str]) -> int:
+    from hftune.label import config as label_config
+
+    if rest[:1] == ["stats"]:
+        from hftune.label import stats
+
+        if len(rest) != 2 or ns.config:
+            raise UserError(
+                "label stats: give the label folder (or its labels.jsonl): hftune label stats DIR"
+            )
+        print(stats.render(stats.compute(Path(rest[1]))))
+        return 0
+    if ns.help_all:
+        _print_all_fields(label_config.schema())
+        return 0
+    from hftune.label.serve import run
+
+    run(label_config.parse(ns.config, rest))
+    return 0
+
+
 def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
     from hftune.models.tiny import build_tiny_model
 
@@ -312,6 +333,7 @@ def _pipeline_help() -> tuple[str, None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hftune.label import config as label_config
     from hftune.models.tiny import TINY_PRETRAIN_STEPS
 
     parser = _Parser(
@@ -415,6 +437,28 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--chat_template", default=None, help="chatml, a .jinja file, or a Jinja string")
     common(pp)
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser(
+        "label",
+        help="people rank the model's own samples in a browser; the rankings train the reward model",
+        description="Sample K completions per prompt from a model (an SFT artifact or any model), on a "
+        "recipe's training prompts (never a held-out one), and serve a local page where people rank them: "
+        "one prompt at a time, the completions shuffled, rank by number keys or by dragging, ties allowed, "
+        "skip or flag. Every submission is appended to OUTPUT_DIR/labels.jsonl at once (the `ranked` "
+        "schema, with labeller and model), and a restart resumes. Train on it with `hftune reward "
+        "--data_recipe OUTPUT_DIR/recipe.yaml`; `hftune label stats OUTPUT_DIR` counts and measures "
+        "agreement between labellers. Serves on 127.0.0.1 only, unless `allow_remote` (then behind an access "
+        "token). Needs `pip install 'hftune[label]'`.",
+        help_text=lambda: (None, _stage_help(label_config, "label")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        # No positionals: `--max_prompts 6` must reach the config, and `stats DIR` is read from what is left.
+        usage="hftune label --config FILE [--key value ...]\n       hftune label stats DIR",
+    )
+    p.add_argument("--config", metavar="FILE", help="label config YAML (keys below; --key value overrides)")
+    p.add_argument("--help-all", action="store_true", help="list every config key with its help")
+    common(p)
+    p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser(
         "tiny",

@@ -189,6 +189,15 @@ def test_suite_errors_name_every_key(tmp_path):
     assert "sft_model" in text  # the sft variant needs one
 
 
+def test_a_suite_that_leaves_the_few_shot_format_unset_takes_its_default(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "data_recipe: tiny_alpaca\nsft_model: some/sft\nvariants: [base, sft]\nmetrics: [length]\n"
+    )
+    cfg = harness.parse(str(suite))
+    assert cfg.sections["hftune"].few_shot_format == "Q: {prompt}\nA: {response}\n"
+
+
 def test_report_of_a_real_eval_opens_in_chromium(evaluated, tmp_path):
     browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if browser is None:

@@ -414,14 +414,22 @@ def hh_rlhf(row, col):
     columns={"prompt": "prompt", "completions": "completions", "ranks": "ranks", "scores": "scores"},
     optional=("ranks", "scores"),
     yields="preference",
+    keys={"role": "role", "content": "content"},
 )
 def ranked(row, col):
     """A prompt with K completions, each ranked (1 = best) or scored (higher = better) -> all K(K-1)/2 pairs.
 
+    The prompt is a text (one user turn) or a list of {role, content} turns (a multi-turn conversation up to
+    the reply, as `hftune label` writes it).
+
     Every pair of one prompt is kept, as in InstructGPT's reward model; pairs come in completion-index
     order (0-1, 0-2, ..., 1-2, ...) and a tied pair is left out as `tie`.
     """
-    prompt = _user(_value(row, col["prompt"]))
+    prompt = (
+        _turns(row, col["prompt"], col, roles={})
+        if isinstance(row.get(col["prompt"]), list)
+        else _user(_value(row, col["prompt"]))
+    )
     completions = [
         _text(c, f"completion {k}") for k, c in enumerate(_list(row, col["completions"], "a list of texts"))
     ]

@@ -31,7 +31,7 @@ def last_user(messages: list[dict[str, str]]) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
-def _prompt_and_reference(row: dict) -> tuple[list[dict[str, str]], str | None]:
+def prompt_and_reference(row: dict) -> tuple[list[dict[str, str]], str | None]:
     if row.get("messages") is not None:
         messages = list(row["messages"])
         if messages[-1]["role"] == "assistant":
@@ -81,7 +81,7 @@ def load_prompts(suite: Suite) -> Prompts:
             else (list(data.train), data.train_keys)
         )
         seen = list(data.train) if suite.split == "eval" else []
-    pairs = [_prompt_and_reference(r) for r in rows][: suite.max_prompts]
+    pairs = [prompt_and_reference(r) for r in rows][: suite.max_prompts]
     keys = keys[: suite.max_prompts]
     if len(pairs) < 2:
         raise UserError(f"{suite.data_recipe}: {len(pairs)} prompt(s) to evaluate; need at least 2")
@@ -91,7 +91,7 @@ def load_prompts(suite: Suite) -> Prompts:
     elif suite.few_shot:
         # From the training rows, never from the prompts being evaluated.
         for row in seen:
-            prompt, answer = _prompt_and_reference(row)
+            prompt, answer = prompt_and_reference(row)
             single_turn = len(prompt) == 1 or (len(prompt) == 2 and prompt[0]["role"] == "system")
             if answer is not None and single_turn:
                 few_shot.append((last_user(prompt), answer))

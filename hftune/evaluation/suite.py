@@ -165,7 +165,8 @@ def _check(values: dict[str, Any]) -> list[str]:
     verifier = values.get("verifier")
     if verifier and ":" not in verifier:
         problems.append(f"`verifier`: expected `module:function`, got {verifier!r}")
-    fmt = values.get("few_shot_format", "")
+    # The schema has no defaults of its own (`values` holds what the file gave): an unset format is Suite's.
+    fmt = values.get("few_shot_format", Suite.__dataclass_fields__["few_shot_format"].default)
     if "{prompt}" not in fmt or "{response}" not in fmt:
         problems.append("`few_shot_format`: must contain `{prompt}` and `{response}`")
     few = values.get("few_shot")

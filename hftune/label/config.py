@@ -1,0 +1,104 @@
+"""`hftune label` settings: which model samples, on which prompts, how, where the rankings go, and where the
+page is served. One flat YAML file (or flags), parsed as strictly as a stage config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class LabelSettings:
+    """Sample K completions per prompt from a model, then serve a page where people rank them."""
+
+    model_name_or_path: str | None = hftune_field(
+        None, "The model whose completions are ranked: an SFT artifact folder, any model folder or a Hub id."
+    )
+    data_recipe: str | None = hftune_field(
+        None,
+        "Recipe whose prompts are labelled (conversational or prompt-only rows: each conversation up to its "
+        "last reply is a prompt). Its held-out rows (`eval_fraction`, `split_seed`) and every prompt a stage "
+        "behind the model held out are never shown.",
+    )
+    data_files: str | None = hftune_field(None, "A local file in the recipe's schema, instead of its source.")
+    max_samples: int | None = hftune_field(None, "Read at most this many source rows.")
+    eval_fraction: float = hftune_field(
+        0.1, "The recipe's held-out fraction, as the stages use it: those prompts are never labelled."
+    )
+    split_seed: int = hftune_field(42, "Seed of the held-out split (the stages' `seed`).")
+    max_prompts: int | None = hftune_field(None, "Label at most this many prompts (null: all).")
+    num_completions: int = hftune_field(
+        4, "Completions sampled per prompt (K): each ranking gives K(K-1)/2 pairs."
+    )
+    max_new_tokens: int = hftune_field(128, "Most tokens sampled per completion.")
+    temperature: float = hftune_field(1.0, "Sampling temperature (top-k and top-p off).")
+    seed: int = hftune_field(0, "Sampling seed: a prompt's completions depend only on it and the prompt.")
+    batch_size: int = hftune_field(16, "Prompts per generation batch.")
+    chat_template: str | None = hftune_field(
+        None, "chatml, a .jinja file or a Jinja string (default: the model's)."
+    )
+    trust_remote_code: bool = hftune_field(
+        False, "Run code shipped with the model (off unless you trust it)."
+    )
+    cache_dir: str | None = hftune_field(
+        None, "Generation cache (default: $HFTUNE_CACHE or ~/.cache/hftune)."
+    )
+    output_dir: str = hftune_field(
+        "runs/labels",
+        "Folder for items.json (the sampled completions), labels.jsonl (every submission, appended as it "
+        "comes) and recipe.yaml (`hftune reward --data_recipe OUTPUT_DIR/recipe.yaml`). A restart "
+        "resumes it.",
+    )
+    host: str = hftune_field(
+        "127.0.0.1", "Interface to serve on. Anything but loopback needs `allow_remote` and an access token."
+    )
+    port: int = hftune_field(7860, "Port to serve on (0: any free port).")
+    allow_remote: bool = hftune_field(
+        False,
+        "Serve on a non-loopback `host`. Every request then needs the access token (HFTUNE_LABEL_TOKEN, "
+        "or one made up and printed at start).",
+    )
+
+
+def _check(values: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in ("model_name_or_path", "data_recipe"):
+        if not values.get(key):
+            problems.append(f"`{key}`: required")
+    if values.get("num_completions", 4) < 2:
+        problems.append("`num_completions`: need at least 2 completions to rank")
+    for key in ("max_new_tokens", "batch_size", "max_prompts", "max_samples"):
+        if values.get(key) is not None and values[key] < 1:
+            problems.append(f"`{key}`: must be >= 1, got {values[key]}")
+    if values.get("temperature", 1.0) <= 0:
+        problems.append(
+            "`temperature`: must be positive (greedy decoding would give K identical completions)"
+        )
+    if not 0 <= values.get("eval_fraction", 0.1) < 1:
+        problems.append(f"`eval_fraction`: must be in [0, 1), got {values['eval_fraction']}")
+    if not 0 <= values.get("port", 7860) <= 65535:
+        problems.append(f"`port`: must be in 0..65535, got {values['port']}")
+    host = values.get("host", "127.0.0.1")
+    if host not in LOOPBACK and not values.get("allow_remote"):
+        problems.append(
+            f"`host`: {host} is reachable from other machines; pass `allow_remote: true` "
+            "(--allow_remote true) to serve there, behind an access token"
+        )
+    return problems
+
+
+EXTRAS = LabelSettings
+DEFAULTS: dict[str, Any] = {}
+TRL_CONFIGS: tuple[str, ...] = ()
+
+
+def schema() -> StageSchema:
+    return StageSchema(name="label", classes={"hftune": LabelSettings}, defaults={}, check=_check)
+
+
+def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+    return parse_stage_config(schema(), config_path, argv)

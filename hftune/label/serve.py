@@ -1,0 +1,123 @@
+"""`hftune label --config FILE`: sample (or reuse) the items, then serve the page until Ctrl-C.
+
+The output folder is new, empty, or one `hftune label` wrote with the same sampling settings, which is
+resumed: its items are shown again as they were and every labeller continues where they stopped. A
+folder of anything else, or one whose labels rank other samples, is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+from hftune.config import StageConfig
+from hftune.errors import UserError
+from hftune.label import items as label_items
+from hftune.label.config import LOOPBACK, LabelSettings
+from hftune.label.store import LABELS_FILE, RECIPE_FILE, LabelStore, write_recipe
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "HFTUNE_LABEL_TOKEN"
+
+
+def prepare(s: LabelSettings) -> tuple[Path, dict[str, Any]]:
+    """The output folder with its items (sampled now, or those of an earlier run with the same settings)."""
+    out = Path(s.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out}: is a file, not a folder; nothing was changed")
+    recorded = label_items.read(out) if out.is_dir() else None
+    if out.is_dir() and recorded is None and any(out.iterdir()):
+        raise UserError(
+            f"output_dir {out}: the folder exists and `hftune label` did not write it (no "
+            f"{label_items.ITEMS_FILE}). Nothing was changed; choose a new folder."
+        )
+    now = label_items.sampling(s)
+    if recorded is not None:
+        changed = label_items.changed(recorded["sampling"], now)
+        if not changed:
+            logger.info("resuming %s: %d items, sampled before", out, len(recorded["items"]))
+            return out, recorded
+        if (out / LABELS_FILE).is_file() and (out / LABELS_FILE).stat().st_size:
+            raise UserError(
+                f"output_dir {out}: its labels rank samples made with other settings ({', '.join(changed)} "
+                "changed). Nothing was changed; label into a new folder."
+            )
+    sampled = label_items.sample(s)  # before the folder exists: a failed sampling leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    return out, label_items.write(out, now, sampled)
+
+
+def run(cfg: StageConfig) -> None:
+    s: LabelSettings = cfg.hftune
+    out, data = prepare(s)
+    write_recipe(out, s.model_name_or_path)
+    store = LabelStore(out)
+    remote = s.host not in LOOPBACK
+    token = (os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)) if remote else None
+    from hftune.label.app import Labelling, create_app
+
+    app = create_app(
+        Labelling(data, store),
+        token=token,
+        allowed_hosts=None if remote else ["127.0.0.1", "localhost", "[::1]", "::1"],
+    )
+    sock = _bind(s.host, s.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    address = f"http://{shown}:{port}/" + (
+        f"?token={token}" if token and not os.environ.get(TOKEN_ENV) else ""
+    )
+    done = len(store.rows)
+    print(
+        f"label: {len(data['items'])} prompts x {s.num_completions} completions, {done} submissions so far\n"
+        f"label: open {address}  (Ctrl-C stops; every submission is already saved)",
+        flush=True,
+    )
+    if token and os.environ.get(TOKEN_ENV):
+        print(f"label: serving beyond loopback; open it with ?token=<{TOKEN_ENV}>", flush=True)
+    try:
+        _serve(app, sock)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a labelling session ends: uvicorn has shut down cleanly and re-raised it
+    finally:
+        store.close()
+    print(summary(out, store), flush=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise UserError(
+            f"cannot serve on {host}:{port}: {err.strerror or err} (try another `port`)"
+        ) from None
+    return sock
+
+
+def _serve(app, sock: socket.socket) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("hftune label needs its web extra: pip install 'hftune[label]'") from None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def summary(out: Path, store: LabelStore) -> str:
+    ranked = sum(r["status"] == "ranked" for r in store.rows)
+    labellers = len({r["labeller"] for r in store.rows})
+    return (
+        f"{len(store.rows)} submissions ({ranked} rankings) by {labellers} labeller(s) in "
+        f"{out / LABELS_FILE}\n"
+        f"train a reward model on them: hftune reward --config ... --data_recipe {out / RECIPE_FILE}\n"
+        f"agreement and counts: hftune label stats {out}"
+    )
