@@ -1,9 +1,13 @@
-"""Batched generation (what `hftune eval` does for greedy replies: left-padded batches of prompts) vs one
-prompt at a time, on the same model and prompts, measured in one run of this script.
+"""Batched generation vs one prompt at a time, as `hftune eval` generates, on the same model and prompts,
+measured in one run of this script.
 
     python bench/eval_batched_generation.py [--model tiny:llama --prompts 64 --batch_size 16 --tokens 32]
 
-Checks that both give the same replies (greedy, fp32) and prints prompts/s of each and their ratio.
+Greedy replies: left-padded batches of prompts (`generation.generate`). Sampled replies: K samples a
+prompt, each prompt with its own seed; one at a time is one `generate` call a prompt under its seed (what
+the eval did before), batched is `generation.sample_seeded` (each prompt's tokens drawn from its own
+generator). Checks that both give the same replies (fp32) and prints prompts/s of each and their ratio.
+Run it with OMP_NUM_THREADS=1 for a stable ratio on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens")
+    parser.add_argument("--samples", type=int, default=4, help="samples a prompt (sampled replies)")
     args = parser.parse_args()
 
     import torch
@@ -57,6 +62,29 @@ def main() -> None:
     for name, (seconds, _) in timings.items():
         print(f"{name:16s} {seconds:7.2f} s  {len(encoded) / seconds:7.1f} prompts/s")
     print(f"identical replies: {same}/{len(encoded)}")
+    print(f"batched / one-at-a-time throughput: {t_one / t_batch:.2f}x")
+
+    from hftune.evaluation.variants import prompt_seed
+
+    seeds = [prompt_seed(0, ids) for ids in encoded]
+    k = args.samples
+    start = time.perf_counter()
+    one = [
+        generation.generate(model, tok, [ids], args.tokens, temperature=1.0, seed=s, num_return_sequences=k)
+        for ids, s in zip(encoded, seeds, strict=True)
+    ]
+    t_one = time.perf_counter() - start
+    start = time.perf_counter()
+    batched = generation.sample_seeded(
+        model, tok, encoded, args.tokens, temperature=1.0, seeds=seeds, num_return_sequences=k,
+        batch_size=args.batch_size * k,
+    )  # fmt: skip
+    t_batch = time.perf_counter() - start
+    same = sum([r.ids for r in a] == [r.ids for r in b] for a, b in zip(one, batched, strict=True))
+    print(f"sampled, {k} a prompt, each prompt its own seed:")
+    print(f"{'one at a time':16s} {t_one:7.2f} s  {len(encoded) / t_one:7.1f} prompts/s")
+    print(f"{'batched':16s} {t_batch:7.2f} s  {len(encoded) / t_batch:7.1f} prompts/s")
+    print(f"identical samples: {same}/{len(encoded)} prompts")
     print(f"batched / one-at-a-time throughput: {t_one / t_batch:.2f}x")
 
 

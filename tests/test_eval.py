@@ -155,6 +155,32 @@ def test_variants_share_one_model_and_really_differ(chain, ppo_policy):
     assert (sft_logits - rlhf_logits).abs().max() > 1e-3, "the PPO adapter must change the policy"
 
 
+def test_batched_seeded_sampling_gives_each_prompt_the_replies_it_gets_alone(chain):
+    from trl import ModelConfig
+
+    from hftune.models import generation
+    from hftune.models.tokenizer import encode_prompt
+
+    tok = load_tokenizer(chain["sft"])
+    model = loading.load_model(chain["sft"], ModelConfig(dtype="auto"), for_training=False).eval()
+    questions = ["What is 2 + 2?", "Reverse the word 'cotton'.", "What is 7 * 8?", "Sort 3, 1, 2.", "Hi"]
+    prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
+    assert len({len(p) for p in prompts}) > 1  # prompts of several lengths, some sharing one
+    seeds = [variants.prompt_seed(0, p) for p in prompts]
+    alone = [
+        [
+            r.ids
+            for r in generation.generate(model, tok, [p], 16, temperature=1.0, seed=s, num_return_sequences=3)
+        ]
+        for p, s in zip(prompts, seeds, strict=True)
+    ]
+    batched = generation.sample_seeded(
+        model, tok, prompts, 16, temperature=1.0, seeds=seeds, num_return_sequences=3, batch_size=12
+    )
+    assert [[r.ids for r in reps] for reps in batched] == alone
+    assert len({tuple(r[0]) for r in alone}) > 1  # really sampled: the prompts' replies differ
+
+
 def test_adding_a_variant_reuses_cached_generations(chain, ppo_policy, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     first = harness.parse(SUITE, suite_args(chain, ppo_policy, out, "--variants", "[sft, rlhf]"))
@@ -166,14 +192,21 @@ def test_adding_a_variant_reuses_cached_generations(chain, ppo_policy, tmp_path,
         calls.append((kwargs.get("temperature"), len(encoded)))
         return real(model, tokenizer, encoded, *args, **kwargs)
 
+    real_sampled = variants.generation.sample_seeded
+
+    def counting_sampled(model, tokenizer, encoded, *args, **kwargs):
+        calls.append((kwargs.get("temperature"), len(encoded)))
+        return real_sampled(model, tokenizer, encoded, *args, **kwargs)
+
     monkeypatch.setattr(variants.generation, "generate", counting)
+    monkeypatch.setattr(variants.generation, "sample_seeded", counting_sampled)
     second = harness.run(
         harness.parse(SUITE, suite_args(chain, ppo_policy, out, "--variants", "[base, sft, rlhf]"))
     )
-    # Only the new base variant generated: its greedy replies in one batch, then each prompt's samples.
+    # Only the new base variant generated: its greedy replies, then its samples, each in one batched call.
     n = len(second.samples)
     assert n >= 4
-    assert calls == [(None, n)] + [(1.0, 1)] * n
+    assert calls == [(None, n), (1.0, n)]
     unique = len({row["prompt"] for row in second.samples})  # a repeated prompt's replies are cached once
     assert second.cache.misses["replies"] == 2 * unique and second.cache.hits["replies"] >= 4 * unique
 

@@ -408,3 +408,17 @@ def test_ppo_resumed_from_its_final_checkpoint_saves_without_training(chain, tmp
     assert [r["step"] for r in rows] == [1, 2]
     saved = load_file(str(out / "adapter_model.safetensors"))
     assert all(torch.equal(saved[k], checkpointed[k]) for k in checkpointed)
+
+
+def test_training_scans_only_new_objects_while_the_gc_is_frozen():
+    import gc
+
+    from hftune.stages.rl.stage import frozen_gc
+
+    with frozen_gc(True):
+        assert gc.get_freeze_count() > 0  # everything alive before training is out of the collector's scans
+    assert gc.get_freeze_count() == 0  # and handed back afterwards
+    with frozen_gc(False):
+        assert gc.get_freeze_count() == 0
+    cfg = rl.parse(str(REPO / "configs/tiny/ppo.yaml"), ["--freeze_gc", "false"])
+    assert cfg.hftune.freeze_gc is False and rl.parse(str(REPO / "configs/tiny/ppo.yaml")).hftune.freeze_gc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from hftune.errors import UserError
 from hftune.models import loading
 from hftune.models.tokenizer import load_tokenizer
-from hftune.stages import common, sft
+from hftune.stages import causal_lm, common, sft
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_" + "T3stT0ken" * 4  # looks like a real token, so both redaction paths are exercised
@@ -208,12 +209,49 @@ def test_bad_rows_are_dropped_counted_and_recorded(tmp_path, tiny_llama):
     assert data["n_train"] == data["n_source_rows"] - sum(data["dropped"].values())
 
 
-def test_packing_refused_when_attention_would_cross_examples(tmp_path, tiny_llama):
+def test_packing_is_accepted_where_packed_rows_stay_apart(tmp_path, tiny_llama):
+    # sdpa without the KV cache (how training runs) honours the position-id resets of TRL's BFD packing.
     cfg = sft.parse(
-        str(REPO / "configs/tiny/sft.yaml"), ["--packing", "true", "--output_dir", str(tmp_path / "out")]
+        str(REPO / "configs/tiny/sft.yaml"),
+        [
+            "--packing",
+            "true",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "4",
+            "--max_samples",
+            "64",
+        ],
     )
+    prepared = sft.prepare(cfg)
+    train = prepared.trainer.train_dataset
+    assert "seq_lengths" in train.column_names or "position_ids" in train.column_names, train.column_names
+    assert len(train) < len(prepared.data.train)  # rows were packed together
+    result = causal_lm.finish(cfg, prepared)
+    assert (result.metrics["train_loss"] > 0 and (result.output_dir / "model.safetensors").exists()) or (
+        result.output_dir / "adapter_model.safetensors"
+    ).exists()
+
+
+def test_packing_refused_when_attention_would_cross_examples(chat_tokenizer):
+    import torch
+
+    from hftune.stages.causal_lm import check_packing_isolation
+
+    class Leaky(torch.nn.Module):
+        """Each position sees every earlier token, whatever the position ids say (a kernel that ignores
+        packing boundaries)."""
+
+        device = torch.device("cpu")
+        config = SimpleNamespace(_attn_implementation="leaky")
+
+        def forward(self, input_ids, position_ids=None, use_cache=None):
+            logits = torch.cumsum(torch.nn.functional.one_hot(input_ids, 1024).float(), dim=1)
+            return SimpleNamespace(logits=logits)
+
     with pytest.raises(UserError, match="attend to each other"):
-        sft.prepare(cfg)
+        check_packing_isolation(Leaky(), chat_tokenizer)
 
 
 def test_interrupted_run_leaves_no_artifact_and_resumes(tmp_path, tiny_llama, monkeypatch):
@@ -257,7 +295,6 @@ def test_qlora_4bit_on_cpu(tmp_path, tiny_llama):
 
 
 def test_rows_trl_drops_after_truncation_are_counted():
-    from types import SimpleNamespace
 
     data = SimpleNamespace(train=list(range(10)), dropped={"too_long": 2})
     trainer = SimpleNamespace(train_dataset=list(range(7)))

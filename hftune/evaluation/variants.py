@@ -8,7 +8,8 @@ under an SFT adapter) runs with `disable_adapter()`, never by loading a second c
 Replies are cached by (model fingerprint, prompt tokens, decoding, seed). Sampled replies are drawn per
 prompt, K at a time, with a seed made from the suite's seed and the prompt, so a prompt's samples do not
 depend on which other prompts are evaluated: that is what makes them cacheable and best-of-N with n=1
-identical to plain sampling.
+identical to plain sampling. They are generated in batches all the same (`generation.sample_seeded` draws
+each prompt's tokens from its own generator), with the replies one-at-a-time sampling gives.
 """
 
 from __future__ import annotations
@@ -135,20 +136,20 @@ def replies(
                 )
                 out = [[_as_row(r)] for r in got]
             else:
-                out = []
-                for i in missing:
-                    got = generation.generate(
-                        model,
-                        tokenizer,
-                        [encoded[i]],
-                        decoding.max_new_tokens,
-                        temperature=decoding.temperature,
-                        seed=prompt_seed(decoding.seed, encoded[i]),
-                        num_return_sequences=decoding.num_samples,
-                        stop_strings=decoding.stop_strings,
-                    )
-                    out.append([_as_row(r) for r in got])
-                    bar.update(1)
+                # Batched, yet each prompt sampled with its own seed: the same replies as one at a time.
+                got = generation.sample_seeded(
+                    model,
+                    tokenizer,
+                    [encoded[i] for i in missing],
+                    decoding.max_new_tokens,
+                    temperature=decoding.temperature,
+                    seeds=[prompt_seed(decoding.seed, encoded[i]) for i in missing],
+                    num_return_sequences=decoding.num_samples,
+                    batch_size=batch_size * decoding.num_samples,
+                    stop_strings=decoding.stop_strings,
+                    progress=bar.update,
+                )
+                out = [[_as_row(r) for r in reps] for reps in got]
         bar.close()
         return out
 

@@ -108,6 +108,86 @@ def generate(
     return replies
 
 
+class _SeededSampler:
+    """A logits processor that samples each prompt's rows with that prompt's own generator.
+
+    Run under greedy decoding, it turns each row's scores into the token it drew (0 there, -inf elsewhere),
+    so the argmax that follows is the draw. The draw is computed exactly as `generate` samples
+    (temperature, softmax, `torch.multinomial` over the prompt's `k` rows), from a generator seeded as one
+    prompt's `generate` call seeds torch, so a prompt's samples come out as they do alone, whatever else
+    shares its batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], k: int, temperature: float, device):
+        self.k, self.temperature = k, temperature
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids, scores):
+        drawn = torch.full_like(scores, float("-inf"))
+        for g, generator in enumerate(self.generators):
+            rows = slice(g * self.k, (g + 1) * self.k)
+            probs = torch.nn.functional.softmax(scores[rows] / self.temperature, dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1, generator=generator)
+            drawn[rows].scatter_(1, tokens, 0.0)
+        return drawn
+
+
+@torch.no_grad()
+def sample_seeded(
+    model,
+    tokenizer,
+    encoded: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float,
+    seeds: Sequence[int],
+    num_return_sequences: int,
+    batch_size: int = 16,
+    stop_strings: Sequence[str] = (),
+    progress=None,
+) -> list[list[Reply]]:
+    """`num_return_sequences` samples for each prompt, prompt i sampled with `seeds[i]`, in batches.
+
+    The same replies as `generate` called on each prompt alone with its seed (the eval's cacheable,
+    per-prompt samples), at the speed of batches: prompts of one length share a batch, so no row is padded
+    and each row computes what it computes alone.
+    """
+    from transformers import LogitsProcessorList
+
+    k = num_return_sequences
+    config = generation_config(tokenizer, max_new_tokens, None, 1, stop_strings)
+    extra = {"tokenizer": tokenizer} if stop_strings else {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[list[Reply]] = [[] for _ in encoded]
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(encoded):
+        by_length.setdefault(len(prompt), []).append(i)
+    per_batch = max(1, batch_size // k)
+    try:
+        for group in by_length.values():
+            for start in range(0, len(group), per_batch):
+                batch = group[start : start + per_batch]
+                ids = torch.tensor([list(encoded[i]) for i in batch for _ in range(k)], dtype=torch.long)
+                sampler = _SeededSampler([seeds[i] for i in batch], k, temperature, device)
+                got = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=torch.ones_like(ids).to(device),
+                    generation_config=config,
+                    logits_processor=LogitsProcessorList([sampler]),
+                    **extra,
+                )
+                rows = got[:, ids.shape[1] :].tolist()
+                for j, i in enumerate(batch):
+                    out[i] = [_reply(tokenizer, row, stop_strings) for row in rows[j * k : (j + 1) * k]]
+                if progress is not None:
+                    progress(len(batch))
+    finally:
+        model.train(was_training)
+    return out
+
+
 @torch.no_grad()
 def reply_logprobs(
     model,

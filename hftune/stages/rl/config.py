@@ -81,6 +81,12 @@ class RLExtras(DataExtras):
         8, "rloo/grpo: completions sampled per prompt, compared with each other (PPO samples one a prompt)."
     )
     heldout_prompts: int = hftune_field(16, "How many held-out prompts the held-out check uses.")
+    freeze_gc: bool = hftune_field(
+        True,
+        "Freeze Python's garbage collector over the objects alive when training starts (`gc.freeze`), so "
+        "the collections TRL's loop asks for each update scan only what the update made. Changes no "
+        "number; false: collect as Python does by default.",
+    )
     heldout_tolerance: float = hftune_field(
         0.1, "How far (in reward units) the held-out reward may fall between checks before the alarm fires."
     )

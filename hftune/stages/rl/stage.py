@@ -15,9 +15,12 @@ Rewards come from `hftune.models.scoring` (`rewards.py`), the path the reward st
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,12 +162,35 @@ def trained_policy(trainer):
     return model.policy if hasattr(model, "policy") else model
 
 
+@contextlib.contextmanager
+def frozen_gc(enabled: bool) -> Iterator[None]:
+    """Keep the objects alive before training out of the garbage collector's scans while it trains.
+
+    TRL's PPO loop calls `gc.collect()` twice per update; with the ~500k Python objects that transformers,
+    datasets and the models leave behind, each full collection walked all of them (~0.3 s, over half of a
+    tiny run's time). Frozen objects are never scanned, so a collection only walks what the update made.
+    Nothing is computed differently; the frozen objects are released to the collector when training ends.
+    """
+    if not enabled:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
     p = prepare(cfg, resume=resume)
     trainer, guardrails = p.trainer, p.guardrails
     alarm = None
     try:
-        trainer.train(**({"resume_from_checkpoint": p.resume_from} if cfg.hftune.algorithm != "ppo" else {}))
+        with frozen_gc(cfg.hftune.freeze_gc):
+            trainer.train(
+                **({"resume_from_checkpoint": p.resume_from} if cfg.hftune.algorithm != "ppo" else {})
+            )
     except AlarmStop as stop:
         alarm = str(stop)
         guardrails.restore_last_good()
