@@ -1,7 +1,31 @@
-"""SFT throughput and model FLOPs utilisation (MFU) of `hftune sft` on a GPU, measured in one run.
+"""SFT throughput, model FLOPs utilisation (MFU) and peak memory of `hftune sft` vs the same training
+written directly against TRL, on a GPU, measured in one run: the ratio hftune / raw TRL.
 
     python bench/sft_throughput.py                         # Qwen2.5-0.5B architecture, bf16, full FT
-    python bench/sft_throughput.py --num-layers 2 --length 128 --batch 2 --steps 6   # a CPU smoke run
+    python bench/sft_throughput.py --lora                  # the same with LoRA (r 16, all linear layers)
+    python bench/sft_throughput.py --hftune-flags "--use_liger_kernel false"   # a lever off, to see its part
+    python bench/sft_throughput.py --num-layers 2 --length 128 --batch 2 --steps 6 --warmup 2   # CPU smoke
+
+Each side runs in a fresh process (so its peak memory is its own), alternating, `--repeats` times:
+"trl" is what a user writes by hand (`AutoModelForCausalLM` in the saved dtype, `SFTConfig` with the same
+batch, length, learning rate and bf16, `assistant_only_loss`, TRL's defaults for everything else, a PEFT
+`LoraConfig` with --lora); "hftune" is `hftune sft` with its defaults on this machine (on a CUDA GPU with
+liger-kernel installed: Liger's fused kernels) plus `--hftune-flags`. The medians and their ratios are
+printed last.
+
+Where the time goes (reading TRL 1.12's SFTTrainer and transformers 5.24, 0.5B x 1024 x 16, bf16): the
+output head is the largest single matmul (896 x 151,936, over a quarter of the model's matmul FLOPs) and
+its logits the largest activation (16 x 1024 x 151,936 in fp32 is 9.3 GiB). TRL's default `chunked_nll`
+loss computes the head on non-ignored tokens only, in checkpointed chunks, which saves that memory but
+runs the head's forward twice (once again in backward) and computes per-token entropy and accuracy over
+the full vocabulary in every chunk for its logs. Liger's fused linear cross-entropy computes the head, the
+loss and its gradient chunk by chunk in one Triton kernel with no second forward and no logits, and its
+fused RMSNorm / RoPE / SwiGLU kernels cut the elementwise launches of every layer. The remaining gap to a
+compiled plain loop is torch.compile (`torch_compile: true`, off by default until measured here) and
+padding: rows of different lengths are padded to the batch's longest unless packed (`packing: true`, BFD
+packing, padding-free, kept apart by position ids; attention honours that only with flash attention on a GPU
+and, as training runs without the KV cache, with sdpa: the packing probe checks it on the loaded model).
+None of this has been measured on a GPU in this project yet: run this script on one.
 
 The model is built from its architecture (hftune's copy of Qwen2.5-0.5B's config.json, ~0.49B parameters)
 with random weights, so nothing is downloaded; the tokenizer is hftune's tiny BPE one (its ids are a
@@ -114,60 +138,156 @@ def flops_per_token(model_config, params: int, length: int) -> float:
     return 6 * matmul_params + 12 * model_config.num_hidden_layers * model_config.hidden_size * length
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--architecture", default=str(REPO / "hftune/architectures/Qwen--Qwen2.5-0.5B.json"))
-    parser.add_argument("--num-layers", type=int, default=None, help="fewer layers (smoke runs)")
-    parser.add_argument("--length", type=int, default=1024, help="tokens a row (rows are truncated to it)")
-    parser.add_argument("--batch", type=int, default=16, help="per_device_train_batch_size")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the measurement")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
-    ns = parser.parse_args()
+def child(ns) -> None:
+    """One measured run of one side; prints its numbers as JSON on the last line."""
+    import resource
 
     import torch
     from transformers import AutoConfig
 
-    from hftune.stages import sft
+    tmp = Path(ns.workdir)
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if ns.child == "hftune":
+        from hftune.stages import sft
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        params, tokenizer = build_model(tmp / "model", Path(ns.architecture), ns.num_layers)
-        write_chats(tmp / "chats.jsonl", tokenizer, rows=ns.batch * ns.steps + 8, length=ns.length)
         argv = [
             "--model_name_or_path", str(tmp / "model"), "--data_recipe", "ultrachat",
-            "--data_files", str(tmp / "chats.jsonl"), "--output_dir", str(tmp / "sft"),
-            "--chat_template", "chatml", "--use_peft", "false", "--eval_fraction", "0",
-            "--max_length", str(ns.length),
+            "--data_files", str(tmp / "chats.jsonl"), "--output_dir", str(tmp / "sft-hftune"),
+            "--chat_template", "chatml", "--eval_fraction", "0", "--max_length", str(ns.length),
             "--per_device_train_batch_size", str(ns.batch), "--max_steps", str(ns.steps),
             "--learning_rate", "1e-5", "--warmup_steps", "0", "--logging_steps", "1",
             "--save_strategy", "no", "--gradient_checkpointing", str(ns.gradient_checkpointing).lower(),
+            "--data_cache", "false",
         ]  # fmt: skip
+        argv += (
+            ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"]
+            if ns.lora
+            else ["--use_peft", "false"]
+        )
+        argv += ns.hftune_flags.split()
         cfg = sft.parse(None, argv)
-        prepared = sft.prepare(cfg)
-        clock = StepClock()
-        prepared.trainer.add_callback(clock.callback)
-        prepared.trainer.train()
-        config = AutoConfig.from_pretrained(tmp / "model")
+        trainer = sft.prepare(cfg).trainer
+        precision = "bf16" if cfg.training.bf16 else "fp32"
+    else:
+        from datasets import load_dataset
+        from peft import LoraConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
 
+        tokenizer = AutoTokenizer.from_pretrained(tmp / "model")
+        args = SFTConfig(
+            output_dir=str(tmp / "sft-trl"), per_device_train_batch_size=ns.batch, max_steps=ns.steps,
+            learning_rate=1e-5, warmup_steps=0, logging_steps=1, save_strategy="no", max_length=ns.length,
+            bf16=bf16, report_to="none", gradient_checkpointing=ns.gradient_checkpointing,
+            assistant_only_loss=True,
+        )  # fmt: skip
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tmp / "model", dtype="auto"),
+            args=args,
+            train_dataset=load_dataset("json", data_files=str(tmp / "chats.jsonl"), split="train"),
+            processing_class=tokenizer,
+            peft_config=lora if ns.lora else None,
+        )
+        precision = "bf16" if bf16 else "fp32"
+    clock = StepClock()
+    trainer.add_callback(clock.callback)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
     marks = [m for m in clock.marks if m[0] >= ns.warmup]
     (s0, t0, n0), (s1, t1, n1) = marks[0], marks[-1]
     tokens_per_s = (n1 - n0) / (t1 - t0)
-    achieved = tokens_per_s * flops_per_token(config, params, ns.length)
+    config = AutoConfig.from_pretrained(tmp / "model")
+    params = json.loads((tmp / "params.json").read_text())["params"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     peak = ns.peak_tflops or next((p for name, p in PEAKS if name in device), None)
-    print(f"device: {device}; precision: {'bf16' if cfg.training.bf16 else 'fp32'}")
-    print(f"model: {params / 1e6:.1f}M parameters ({config.num_hidden_layers} layers), full fine-tuning")
-    print(
-        f"batch {ns.batch} x length {ns.length}; measured steps {s0}..{s1} ({s1 - s0} steps, {t1 - t0:.2f} s)"
+    achieved = tokens_per_s * flops_per_token(config, params, ns.length)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    memory = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
-    print(f"throughput: {tokens_per_s:,.0f} tokens/s (prompts and replies, padding excluded)")
-    print(f"model FLOPs: {achieved / 1e12:.1f} TFLOP/s")
-    if peak:
-        print(f"MFU: {achieved / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s dense bf16 peak")
-    else:
-        print("MFU: n/a (no known peak for this device; pass --peak-tflops)")
+    print(
+        json.dumps(
+            {
+                "tokens_per_s": tokens_per_s, "tflops": achieved / 1e12,
+                "mfu": achieved / (peak * 1e12) if peak else None, "peak_gib": memory, "device": device,
+                "precision": precision, "steps": [s0, s1], "loss_first": losses[0], "loss_last": losses[-1],
+                "liger": bool(getattr(trainer.args, "use_liger_kernel", False)),
+            }
+        )
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--architecture", default=str(REPO / "hftune/architectures/Qwen--Qwen2.5-0.5B.json"))
+    parser.add_argument("--num-layers", type=int, default=None, help="fewer layers (smoke runs)")
+    parser.add_argument("--length", type=int, default=1024, help="tokens a row (rows fill 95-100%% of it)")
+    parser.add_argument("--batch", type=int, default=16, help="per_device_train_batch_size")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating")
+    parser.add_argument("--lora", action="store_true", help="LoRA r 16 on all linear layers (both sides)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--hftune-flags", default="", help="extra `hftune sft` flags (levers on or off)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
+    parser.add_argument("--child", choices=("hftune", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    if ns.child:
+        child(ns)
+        return
+
+    import statistics
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        params, tokenizer = build_model(work / "model", Path(ns.architecture), ns.num_layers)
+        (work / "params.json").write_text(json.dumps({"params": params}))
+        write_chats(work / "chats.jsonl", tokenizer, rows=ns.batch * ns.steps + 8, length=ns.length)
+        forwarded = [a for a in sys.argv[1:] if a not in ("--child", "--workdir")]
+        runs: dict[str, list[dict]] = {"trl": [], "hftune": []}
+        for i in range(ns.repeats):
+            for side in ("trl", "hftune"):
+                done = subprocess.run(
+                    [sys.executable, __file__, *forwarded, "--child", side, "--workdir", str(work)],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    sys.exit(f"{side} run failed:\n{done.stderr[-4000:]}")
+                got = json.loads(done.stdout.strip().splitlines()[-1])
+                runs[side].append(got)
+                mfu = f", MFU {got['mfu']:.1%}" if got["mfu"] is not None else ""
+                print(
+                    f"run {i + 1} {side:6s}: {got['tokens_per_s']:,.0f} tokens/s, "
+                    f"{got['tflops']:.1f} TFLOP/s{mfu}, "
+                    f"peak {got['peak_gib']:.1f} GiB, loss {got['loss_first']:.3f} -> {got['loss_last']:.3f}"
+                    + (" (liger)" if got["liger"] else ""),
+                    flush=True,
+                )
+    first = runs["hftune"][0]
+    kind = "LoRA r 16" if ns.lora else "full fine-tuning"
+    print(f"device: {first['device']}; precision: {first['precision']}; {params / 1e6:.1f}M parameters")
+    print(f"{kind}; batch {ns.batch} x length {ns.length}")
+    med = {
+        side: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "peak_gib")}
+        for side, rs in runs.items()
+    }
+    for side in ("trl", "hftune"):
+        mfus = [r["mfu"] for r in runs[side] if r["mfu"] is not None]
+        mfu = f", MFU {statistics.median(mfus):.1%}" if mfus else ""
+        tokens, peak = med[side]["tokens_per_s"], med[side]["peak_gib"]
+        print(f"{side:6s} median: {tokens:,.0f} tokens/s{mfu}, peak {peak:.1f} GiB")
+    print(
+        f"hftune / raw TRL: tokens/s {med['hftune']['tokens_per_s'] / med['trl']['tokens_per_s']:.2f}x, "
+        f"peak memory {med['hftune']['peak_gib'] / med['trl']['peak_gib']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

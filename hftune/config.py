@@ -265,9 +265,17 @@ class StageConfig:
         return strip_secrets(_jsonable(flat))
 
     def config_hash(self, ignore: tuple[str, ...] = ("output_dir", "logging_dir", "run_name", "env")) -> str:
-        """Hash of the resolved config; the paths a run writes to do not change what it computes."""
+        """Hash of the resolved config; the paths a run writes to, and the speed switches that compute the
+        same (SAME_RESULT_SWITCHES), do not change what it computes."""
+        ignore = (*ignore, *SAME_RESULT_SWITCHES)
         data = {k: v for k, v in self.resolved().items() if k not in ignore}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# Settings that make a run faster without changing what it computes (measured: `data_cache` reads back the
+# same rows, `freeze_gc` trains to identical metrics), left out of the config hash so that switching one
+# neither re-runs a pipeline stage nor refuses a resume.
+SAME_RESULT_SWITCHES = ("data_cache", "freeze_gc")
 
 
 def _jsonable(value: Any) -> Any:

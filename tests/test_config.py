@@ -133,6 +133,8 @@ def test_resolved_config_has_defaults_and_no_secrets(tmp_path, monkeypatch):
     other = sft.parse(str(write(tmp_path, BASE + "output_dir: elsewhere\n")))
     assert other.config_hash() == cfg.config_hash()
     assert sft.parse(str(write(tmp_path, BASE + "lora_r: 3\n"))).config_hash() != cfg.config_hash()
+    # Speed switches that compute the same are not part of what a run computes.
+    assert sft.parse(str(write(tmp_path, BASE + "data_cache: false\n"))).config_hash() == cfg.config_hash()
 
 
 def test_strip_secrets_redacts_live_token(monkeypatch):

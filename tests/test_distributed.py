@@ -36,6 +36,9 @@ def torchrun(args: list[str], record: Path) -> subprocess.CompletedProcess:
     # One thread a process (2 cores), and datasets' INFO lines show whether a process tokenized or read
     # the cache the other one wrote.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DATASETS_VERBOSITY": "info"}
+    # What is checked is how the processes share preparing and tokenizing: a hit in hftune's data cache
+    # (another test prepared the same rows) would leave nothing to share.
+    args = [*args, "--data_cache", "false"]
     run = subprocess.run(
         [*command, str(WORKER), str(record), *args], capture_output=True, text=True, env=env, timeout=600
     )

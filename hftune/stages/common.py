@@ -6,6 +6,7 @@ bottom and calls these for the parts that are the same everywhere."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -48,6 +49,12 @@ class DataExtras:
         "Chat template for base models that have none, or to replace the tokenizer's: `chatml` (built-in), "
         "a path to a .jinja file, or a Jinja string. Saved with the output.",
     )
+    data_cache: bool = hftune_field(
+        True,
+        "Reuse the rows an earlier run prepared from the same local data, tokenizer and settings (kept in "
+        "$HFTUNE_CACHE/data, memory-mapped, so the trainer's tokenization of them is cached too); false: "
+        "prepare them again. Hub datasets and streamed corpora are always read afresh.",
+    )
 
 
 # hftune's defaults shared by every training stage where they differ from TRL's: no surprise experiment
@@ -70,11 +77,15 @@ HARDWARE_DEFAULTS: dict[str, str] = {
     "bf16": "true on a GPU that supports bf16, else false (fp32 on CPU)",
     "use_cpu": "true when no GPU is visible (so torchrun / accelerate run DDP over gloo)",
     "dataloader_pin_memory": "true only with a CUDA GPU",
+    "use_liger_kernel": "sft, pretrain, reward: true with a CUDA GPU when liger-kernel is installed "
+    "(`pip install 'hftune[gpu]'`): fused linear cross-entropy, RMSNorm, RoPE and SwiGLU, the same loss "
+    "without the full logits",
 }
 
 
-def hardware_defaults() -> dict[str, Any]:
-    """The values behind HARDWARE_DEFAULTS on this machine."""
+def hardware_defaults(*, liger: bool = False) -> dict[str, Any]:
+    """The values behind HARDWARE_DEFAULTS on this machine. `liger`: the stage trains a plain causal LM or
+    reward model forward, where Liger's kernels are a drop-in (not the RL and preference trainers)."""
     import torch
 
     from hftune.models.loading import bf16_available
@@ -85,6 +96,11 @@ def hardware_defaults() -> dict[str, Any]:
         # it is on CPU; otherwise each process would train alone on all the data.
         "use_cpu": not distributed.accelerator_available(),
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
+        # Liger's Triton kernels need a GPU; where they run they give TRL's loss without materialising the
+        # vocabulary-wide logits (the largest activation at 152k vocabulary).
+        "use_liger_kernel": liger
+        and torch.cuda.is_available()
+        and importlib.util.find_spec("liger_kernel") is not None,
     }
 
 
@@ -215,10 +231,19 @@ def load_data(
     parts = data_parts(cfg.hftune, cfg.sections.get("script"))
 
     def prepare():
+        from hftune.data import cache
+
         # Prompts an artifact behind this stage's model held out are what the eval measures: never train on
         # them.
         upstream = held_out_upstream(getattr(cfg.model, "model_name_or_path", None))
-        return prepare_rows(cfg, parts, tokenizer, too_long=too_long, formats=formats, exclude=upstream)
+
+        def compute():
+            return prepare_rows(cfg, parts, tokenizer, too_long=too_long, formats=formats, exclude=upstream)
+
+        if not cfg.hftune.data_cache:
+            return compute()
+        settings = {**row_settings(cfg, too_long=too_long), "exclude": upstream, "formats": formats}
+        return cache.cached(cache.key(parts, tokenizer, settings), compute)
 
     if not distributed.is_distributed():
         data = prepare()
@@ -246,18 +271,22 @@ def prepare_rows(
     long rows are handled): what `load_data` trains on and `hftune data preview --config` shows."""
     from hftune.data.mixture import prepare_parts
 
+    settings = row_settings(cfg, max_length=max_length, too_long=too_long)
+    return prepare_parts(parts, tokenizer=tokenizer, exclude=exclude, formats=formats, **settings)
+
+
+def row_settings(
+    cfg: StageConfig, *, max_length: int | None = None, too_long: str | None = None
+) -> dict[str, Any]:
+    """The stage's settings that decide which rows it trains on and how they are cut."""
     extras = cfg.hftune
-    return prepare_parts(
-        parts,
-        tokenizer=tokenizer,
-        max_length=max_length or getattr(cfg.training, "max_length", None),
-        strict=extras.data_strict,
-        eval_fraction=extras.eval_fraction,
-        seed=cfg.training.seed,
-        exclude=exclude,
-        too_long=too_long or getattr(extras, "too_long", "drop"),
-        formats=formats,
-    )
+    return {
+        "max_length": max_length or getattr(cfg.training, "max_length", None),
+        "strict": extras.data_strict,
+        "eval_fraction": extras.eval_fraction,
+        "seed": cfg.training.seed,
+        "too_long": too_long or getattr(extras, "too_long", "drop"),
+    }
 
 
 def _checkpoints(work: Path) -> list[Path]:

@@ -135,7 +135,7 @@ def schema() -> StageSchema:
     return StageSchema(
         name="pretrain",
         classes={**causal_lm.trl_classes(), "hftune": PretrainExtras},
-        defaults={**DEFAULTS, **common.hardware_defaults()},
+        defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=_check,
     )
 

@@ -96,7 +96,7 @@ def schema() -> StageSchema:
     return StageSchema(
         name="reward",
         classes={"training": RewardConfig, "model": ModelConfig, "hftune": RewardExtras},
-        defaults={**DEFAULTS, **common.hardware_defaults()},
+        defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=_check,
     )
 

@@ -60,7 +60,7 @@ def schema() -> StageSchema:
     return StageSchema(
         name="sft",
         classes={**causal_lm.trl_classes(), "hftune": SFTExtras},
-        defaults={**DEFAULTS, **common.hardware_defaults()},
+        defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=check,
     )
 

@@ -1,0 +1,134 @@
+"""Prepared data, cached by content: a rerun with the same rows, tokenizer and settings reads them back.
+
+Preparing 100k chats (load, convert, check, render each through the chat template to measure it) costs
+tens of seconds, and every stage of every rerun paid it again. The key is everything the result depends
+on: each part's recipe, the bytes of its local data file (or folder), its transform's source, the
+tokenizer's vocabulary and chat template, the stage's settings (max_length, too_long, split, seed, the
+prompts held out upstream, formats) and the source of hftune's data code itself; a change to any of them is
+another key. Data from the Hub is not cached here (`datasets` caches the download; its content is not
+known without reading it), nor a streamed corpus.
+
+A hit is read back as memory-mapped Arrow (`save_prepared` / `load_prepared`), so the trainers' own
+tokenization of it is cached by `datasets` beside it, and done once too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hftune.data.prepare import PREPARED_META, PreparedData, load_prepared, save_prepared
+
+logger = logging.getLogger(__name__)
+
+_DATA_CODE = Path(__file__).parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HFTUNE_CACHE", Path.home() / ".cache" / "hftune")) / "data"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _transform_digest(spec: str | None) -> str | None:
+    """The source file of a recipe's `module:function` transform (its code decides which rows survive)."""
+    if not spec:
+        return ""
+    found = importlib.util.find_spec(spec.split(":")[0])
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        return None
+    return _file_digest(Path(found.origin))
+
+
+def tokenizer_digest(tokenizer) -> str:
+    if tokenizer is None:
+        return ""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    parts = [
+        type(tokenizer).__name__,
+        vocab,
+        tokenizer.chat_template or "",
+        str(tokenizer.all_special_tokens),
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
+    """The cache key of preparing `parts` (mixture.Part) with `settings`; None when a part is not a local file
+    (or its transform's code cannot be found), which is then prepared every time."""
+    from hftune.data.sources import resolve_source_path
+
+    described = []
+    for part in parts:
+        recipe = part.recipe
+        if part.data_files is not None:
+            path = Path(part.data_files)
+        elif recipe.source.path:
+            path = resolve_source_path(recipe)
+        else:
+            return None
+        transform = _transform_digest(recipe.transform)
+        if not path.exists() or transform is None:
+            return None
+        described.append(
+            {
+                "recipe": recipe.as_dict(),
+                "data": _file_digest(path),
+                "transform": transform,
+                "max_samples": part.max_samples,
+                "weight": part.weight,
+            }
+        )
+    code = hashlib.sha256()
+    for f in sorted(_DATA_CODE.glob("*.py")):
+        code.update(f.read_bytes())
+    record = {
+        "parts": described,
+        "tokenizer": tokenizer_digest(tokenizer),
+        "settings": {k: sorted(v) if isinstance(v, set | frozenset) else v for k, v in settings.items()},
+        "code": code.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def cached(cache_key: str | None, compute: Callable[[], PreparedData]) -> PreparedData:
+    """The prepared data under `cache_key` if an earlier run saved it, else `compute()` (then saved)."""
+    if cache_key is None:
+        return compute()
+    folder = cache_dir() / cache_key
+    if (folder / PREPARED_META).is_file():
+        try:
+            data = load_prepared(folder)
+        except (OSError, ValueError, TypeError) as err:  # a damaged entry is prepared again, never trusted
+            logger.warning("data cache %s unreadable (%s); preparing the data again", folder, err)
+        else:
+            logger.info("data: the same rows, tokenizer and settings as an earlier run: read from %s", folder)
+            for reason, rows in data.examples.items():
+                logger.warning(
+                    "dropped %d rows as %s, e.g. rows %s", data.dropped.get(reason, 0), reason, rows
+                )
+            return data
+    data = compute()
+    try:
+        save_prepared(data, folder)
+    except OSError as err:  # a full or read-only cache never fails the run
+        logger.warning("could not cache the prepared data in %s: %s", folder, err)
+        return data
+    # Read back from disk: the trainers' tokenization of Arrow-backed rows is cached by `datasets` too.
+    return load_prepared(folder)

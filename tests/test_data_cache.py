@@ -1,0 +1,87 @@
+"""Prepared data is cached by content: the same rows, tokenizer and settings are read back (the same rows),
+and a change to any of them, the data file's bytes included, prepares them again."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hftune.data import cache, load_recipe
+from hftune.data.mixture import Part, prepare_parts
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = dict(max_length=128, strict=False, eval_fraction=0.1, seed=42, too_long="drop")
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("HFTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "data"
+
+
+def prepare(parts, tokenizer, calls: list, **settings):
+    settings = {**SETTINGS, **settings}
+
+    def compute():
+        calls.append(1)
+        return prepare_parts(parts, tokenizer=tokenizer, exclude=frozenset(), formats=None, **settings)
+
+    key = cache.key(parts, tokenizer, {**settings, "exclude": frozenset(), "formats": None})
+    return cache.cached(key, compute)
+
+
+def test_a_rerun_reads_the_same_rows_back_and_any_change_prepares_again(
+    isolated_cache, tmp_path, chat_tokenizer, caplog
+):
+    data_file = tmp_path / "chats.jsonl"
+    shutil.copy(REPO / "data_recipes/fixtures/ultrachat.jsonl", data_file)
+    parts = [Part(load_recipe("tiny_ultrachat"), str(data_file))]
+    calls: list = []
+    first = prepare(parts, chat_tokenizer, calls)
+    with caplog.at_level(logging.INFO, logger="hftune"):
+        again = prepare(parts, chat_tokenizer, calls)
+    assert len(calls) == 1 and "read from" in caplog.text
+    assert again.fingerprint == first.fingerprint and list(again.train) == list(first.train)
+    assert again.train_keys == first.train_keys and again.dropped == first.dropped
+    assert again.token_lengths == first.token_lengths and again.n_source_rows == first.n_source_rows
+    prepare(parts, chat_tokenizer, calls, max_length=64)  # another setting
+    assert len(calls) == 2
+    text = data_file.read_text()
+    data_file.write_text(text.replace("robrah", "robrahh", 1))  # the same file, other bytes (a reply)
+    changed = prepare(parts, chat_tokenizer, calls)
+    assert len(calls) == 3, calls
+    assert changed.fingerprint != first.fingerprint
+    chat_tokenizer.chat_template = chat_tokenizer.chat_template + " "  # another template
+    try:
+        prepare(parts, chat_tokenizer, calls)
+    finally:
+        chat_tokenizer.chat_template = chat_tokenizer.chat_template[:-1]
+    assert len(calls) == 4
+
+
+def test_hub_data_is_not_cached():
+    recipe = load_recipe("ultrachat")  # a Hub source: its content is unknown without reading it
+    assert cache.key([Part(recipe)], None, SETTINGS) is None
+
+
+def test_a_damaged_entry_is_prepared_again(isolated_cache, tmp_path, chat_tokenizer):
+    parts = [Part(load_recipe("tiny_alpaca"))]
+    calls: list = []
+    prepare(parts, chat_tokenizer, calls)
+    (entry,) = isolated_cache.iterdir()
+    (entry / "prepared.json").write_text("{not json")
+    data = prepare(parts, chat_tokenizer, calls)
+    assert len(calls) == 2 and len(data.train) > 0
+
+
+def test_a_stage_with_data_cache_false_prepares_afresh(isolated_cache, tmp_path, tiny_llama):
+    from hftune.stages import sft
+
+    argv = ["--output_dir", str(tmp_path / "out"), "--max_samples", "32"]
+    sft.prepare(sft.parse(str(REPO / "configs/tiny/sft.yaml"), [*argv, "--data_cache", "false"]))
+    assert not isolated_cache.exists()
+    sft.prepare(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
+    assert len(list(isolated_cache.iterdir())) == 1
