@@ -127,6 +127,11 @@ def test_beyond_loopback_the_server_needs_the_flag_and_then_a_token(tmp_path):
         ],
     )
     assert cfg.hftune.allow_remote
+    for k in ("1", "27"):
+        with pytest.raises(UserError, match="num_completions"):
+            label_config.parse(
+                None, ["--model_name_or_path", "m", "--data_recipe", "x", "--num_completions", k]
+            )
     store = LabelStore(tmp_path)
     app = label_app.create_app(label_app.Labelling(items_data([["x", "y"]]), store), token="s3cret-token")
     client = TestClient(app, base_url="http://192.0.2.1:7860")

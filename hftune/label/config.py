@@ -69,8 +69,9 @@ def _check(values: dict[str, Any]) -> list[str]:
     for key in ("model_name_or_path", "data_recipe"):
         if not values.get(key):
             problems.append(f"`{key}`: required")
-    if values.get("num_completions", 4) < 2:
-        problems.append("`num_completions`: need at least 2 completions to rank")
+    if not 2 <= values.get("num_completions", 4) <= 26:
+        # The page names completions A..Z; number keys rank up to 9, dragging any number.
+        problems.append("`num_completions`: between 2 and 26 completions a prompt (number keys rank up to 9)")
     for key in ("max_new_tokens", "batch_size", "max_prompts", "max_samples"):
         if values.get(key) is not None and values[key] < 1:
             problems.append(f"`{key}`: must be >= 1, got {values[key]}")
