@@ -210,6 +210,22 @@ def test_stats_count_skips_flags_and_agreement(tmp_path, capsys):
     assert main(["label", "stats", str(tmp_path / "nowhere")]) == 2
 
 
+def test_without_the_web_extra_label_says_how_to_install_it_before_sampling(tmp_path, monkeypatch):
+    import importlib.util
+
+    from hftune.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    out = tmp_path / "labels"
+    rc = main(
+        ["label", "--model_name_or_path", "m", "--data_recipe", "tiny_alpaca", "--output_dir", str(out)]
+    )
+    assert rc == 2 and not out.exists()
+
+
 def test_a_folder_label_did_not_write_is_refused_and_left_alone(tmp_path):
     from hftune.cli import main
 

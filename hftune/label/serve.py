@@ -7,6 +7,7 @@ folder of anything else, or one whose labels rank other samples, is refused and 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -54,6 +55,7 @@ def prepare(s: LabelSettings) -> tuple[Path, dict[str, Any]]:
 
 def run(cfg: StageConfig) -> None:
     s: LabelSettings = cfg.hftune
+    _check_web_extra()  # before minutes of sampling, not after
     out, data = prepare(s)
     write_recipe(out, s.model_name_or_path)
     store = LabelStore(out)
@@ -103,11 +105,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_web_extra() -> None:
+    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"hftune label needs its web extra ({', '.join(missing)}): pip install 'hftune[label]'"
+        )
+
+
 def _serve(app, sock: socket.socket) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("hftune label needs its web extra: pip install 'hftune[label]'") from None
+    import uvicorn
+
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
 
