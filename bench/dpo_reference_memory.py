@@ -6,7 +6,9 @@ default) vs the same run holding a separate reference copy, measured in one run 
 Builds a small local model (random weights are fine for memory), then runs `hftune dpo` in fresh
 processes, identical but for the reference, alternating the two sides `--repeats` times, and prints each
 process's peak resident memory (and the part above the process's memory once the libraries are imported),
-and the ratio of the medians. CUDA peak memory is reported too when a GPU is present.
+and the ratio of the medians. Every model's weights are copied into memory of their own (see
+`ppo_reference_memory.OWN_COPIES`: on CPU a memory-mapped second copy would cost nothing). CUDA peak memory
+is reported too when a GPU is present.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from ppo_reference_memory import measure  # noqa: E402 (the same child-process measurement)
+from ppo_reference_memory import OWN_COPIES, measure  # noqa: E402 (the same child-process measurement)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CHILD = r"""
-import json, resource, sys
-import torch
+CHILD = (
+    OWN_COPIES
+    + r"""
 from hftune.stages.po import stage as po, trainers
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 argv, mode = json.loads(sys.argv[1]), sys.argv[2]
@@ -37,7 +39,8 @@ if mode == "separate":
     build = trainers.build
     def with_reference(algorithm, **kwargs):
         # What a run without LoRA's switch does: a second, frozen copy of the weights as the reference.
-        reference = AutoModelForCausalLM.from_pretrained(argv[argv.index("--model_name_or_path") + 1])
+        path = argv[argv.index("--model_name_or_path") + 1]
+        reference = own_memory(AutoModelForCausalLM.from_pretrained(path))
         return build(algorithm, ref_model=reference.eval().requires_grad_(False), **kwargs)
     trainers.build = with_reference
 result = po.run(po.parse(None, argv))
@@ -46,6 +49,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
 """
+)
 
 
 def main() -> None:

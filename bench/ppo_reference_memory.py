@@ -26,24 +26,28 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CHILD = r"""
+# Both memory benches' children start with this. transformers memory-maps safetensors: on CPU a second load of
+# the same file shares its pages and a separate reference's cost never shows. Every model hftune loads, and
+# any the child builds itself (`own_memory`), gets weights in memory of its own, as a GPU gives them when it
+# moves them to the device.
+OWN_COPIES = r"""
 import functools, json, resource, sys
 import torch
 from hftune.models import loading
-from hftune.stages.rl import ppo
-from hftune.stages.rl import stage as rl
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-# transformers memory-maps safetensors: on CPU a second load of the same file shares its pages and the
-# separate reference's cost never shows. Copy every loaded model's weights into memory of its own (both
-# sides), as a GPU does when it moves them to the device.
-_load = loading.load_model
-def _load_copied(*args, **kwargs):
-    model = _load(*args, **kwargs)
+def own_memory(model):
     for p in model.parameters():
         p.data = p.data.clone()
     return model
-loading.load_model = _load_copied
-ppo.loading.load_model = _load_copied
+_load = loading.load_model
+loading.load_model = lambda *args, **kwargs: own_memory(_load(*args, **kwargs))
+"""
+
+CHILD = (
+    OWN_COPIES
+    + r"""
+from hftune.stages.rl import ppo
+from hftune.stages.rl import stage as rl
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if sys.argv[2] == "separate":
     ppo.build_trainer = functools.partial(ppo.build_trainer, separate_reference=True)
 cfg = rl.parse(None, json.loads(sys.argv[1]))
@@ -52,6 +56,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
 print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
 """
+)
 
 
 def measure(argv: list[str], mode: str, child: str = CHILD) -> dict:

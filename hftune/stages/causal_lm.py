@@ -78,18 +78,6 @@ def _conversational(dataset) -> bool:
 
 
 @dataclass
-class Prepared:
-    """Everything `train` trains with, built and checked but not yet trained."""
-
-    trainer: Any
-    data: Any
-    recipe: Any
-    tokenizer: Any
-    checkpoint: str | None
-    dirs: common.RunDirs
-
-
-@dataclass
 class Result:
     output_dir: Path
     metrics: dict[str, Any]
@@ -104,25 +92,19 @@ def prepare(
     resume: bool = False,
     dirs: common.RunDirs | None = None,
     load_data: Callable[..., tuple[Any, Any]] | None = None,
-) -> Prepared:
+) -> common.Prepared:
     """`load_data(cfg, tokenizer, dirs)` gives the recipe and its rows (pretraining passes its own: how long
     documents are kept, or a stream)."""
     from trl import SFTTrainer
 
     from hftune.models import loading
-    from hftune.models.tokenizer import load_tokenizer
 
-    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    args, model_args = cfg.training, cfg.model
     dirs = dirs or common.run_dirs(cfg, resume)
     trust = bool(args.trust_remote_code)
 
     # Tokenizer, template and data first: every data problem surfaces before minutes of weight loading.
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        chat_template=extras.chat_template,
-        trust_remote_code=trust,
-        revision=model_args.model_revision,
-    )
+    tokenizer = common.load_stage_tokenizer(cfg)
     recipe, data = (load_data or common.load_data)(cfg, tokenizer, dirs)
     if recipe.format not in formats:
         what = {"sft": "SFT"}.get(cfg.stage, cfg.stage)
@@ -171,7 +153,7 @@ def prepare(
         check_loss_masks(trainer.train_dataset, "training")
         if trainer.eval_dataset is not None:
             check_loss_masks(trainer.eval_dataset, "evaluation")
-    return Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
+    return common.Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
 
 
 def train(
@@ -188,7 +170,7 @@ def train(
 
 def finish(
     cfg: StageConfig,
-    p: Prepared,
+    p: common.Prepared,
     *,
     parents: list[dict[str, Any]] | None = None,
     n_train: int | None = None,

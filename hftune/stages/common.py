@@ -71,6 +71,13 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # A diverged step logs its NaN loss (transformers' default filter would log 0.0 and hide it).
     "logging_nan_inf_filter": False,
 }
+# The stages that train a LoRA adapter on an SFT model by default (RL, preference optimisation).
+ADAPTER_STAGE_DEFAULTS: dict[str, Any] = {
+    "use_peft": True,
+    "lora_target_modules": "all-linear",
+    "eval_fraction": 0.1,
+    **TRAINING_DEFAULTS,
+}
 # Defaults picked for the machine a stage runs on (never fail because a default assumed a GPU), as `--help`
 # describes them without importing torch.
 HARDWARE_DEFAULTS: dict[str, str] = {
@@ -201,6 +208,33 @@ def run_inputs(cfg: StageConfig) -> list[str]:
                 named = [item.get("recipe"), item.get("data_files")] if isinstance(item, dict) else [item]
                 found += [v for v in named if isinstance(v, str) and Path(v).exists()]
     return found
+
+
+@dataclass
+class Prepared:
+    """A training stage's trainer and data, built and checked but not yet trained (causal-LM stages and
+    preference optimisation; the reward stage keeps its encoded held-out pairs too)."""
+
+    trainer: Any
+    data: Any
+    recipe: Any
+    tokenizer: Any
+    checkpoint: str | None
+    dirs: RunDirs
+
+
+def load_stage_tokenizer(cfg: StageConfig):
+    """The tokenizer of the stage's model, with the config's chat template (loaded before the data, so every
+    data problem surfaces before minutes of weight loading)."""
+    from hftune.models.tokenizer import load_tokenizer
+
+    model_args = cfg.model
+    return load_tokenizer(
+        model_args.model_name_or_path,
+        chat_template=cfg.hftune.chat_template,
+        trust_remote_code=bool(cfg.training.trust_remote_code),
+        revision=model_args.model_revision,
+    )
 
 
 def load_data(

@@ -69,7 +69,7 @@ def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig
     return parse_stage_config(schema(), config_path, argv)
 
 
-def prepare(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Prepared:
+def prepare(cfg: StageConfig, *, resume: bool = False) -> common.Prepared:
     """The trainer and data, built and checked but not trained (for tests and inspection)."""
     return causal_lm.prepare(cfg, formats=SFT_FORMATS, resume=resume)
 

@@ -48,13 +48,7 @@ class POExtras(DataExtras):
 
 EXTRAS = POExtras
 TRL_CONFIGS = ("DPOConfig (or KTOConfig / ORPOConfig / CPOConfig with `algorithm`)", "ModelConfig")
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/dpo",
-    "use_peft": True,
-    "lora_target_modules": "all-linear",
-    "eval_fraction": 0.1,
-    **common.TRAINING_DEFAULTS,
-}
+DEFAULTS: dict[str, Any] = {"output_dir": "runs/dpo", **common.ADAPTER_STAGE_DEFAULTS}
 
 
 def _check(values: dict[str, Any]) -> list[str]:

@@ -22,7 +22,6 @@ from hftune import artifacts
 from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.models import loading
-from hftune.models.tokenizer import load_tokenizer
 from hftune.stages import common
 from hftune.stages.finite import StopOnNonFinite
 from hftune.stages.po import trainers
@@ -40,16 +39,6 @@ DIAGNOSTICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps
 
 
 @dataclass
-class Prepared:
-    trainer: Any
-    data: Any
-    recipe: Any
-    tokenizer: Any
-    checkpoint: str | None
-    dirs: common.RunDirs
-
-
-@dataclass
 class Result:
     output_dir: Path
     metrics: dict[str, Any]
@@ -58,7 +47,7 @@ class Result:
     warnings: list[str]
 
 
-def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
+def prepare(cfg: StageConfig, *, resume: bool = False) -> common.Prepared:
     """The trainer and data, built and checked but not trained (for tests and inspection)."""
     from transformers import set_seed
 
@@ -68,12 +57,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     set_seed(args.seed)
     dirs = common.run_dirs(cfg, resume)
     trust = bool(args.trust_remote_code)
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        chat_template=extras.chat_template,
-        trust_remote_code=trust,
-        revision=model_args.model_revision,
-    )
+    tokenizer = common.load_stage_tokenizer(cfg)
     formats = PAIR_FORMATS + ((UNPAIRED_FORMAT,) if algorithm == "kto" else ())
     recipe, data = common.load_data(cfg, tokenizer, dirs, formats=formats)
     if recipe.format not in formats:
@@ -105,7 +89,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     trainer.add_callback(StopOnNonFinite())  # a diverged run stops at once, naming the step
     # TRL drops pairs its own truncation leaves with nothing to train on: counted, never lost unseen.
     common.count_rows_trl_dropped(trainer, data, args, reason="too_long_for_trl")
-    return Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
+    return common.Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
 
 
 def _rows(dataset, algorithm: str):

@@ -94,13 +94,7 @@ class RLExtras(DataExtras):
 
 EXTRAS = RLExtras
 TRL_CONFIGS = ("PPOConfig (or RLOOConfig / GRPOConfig with `algorithm`)", "ModelConfig")
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/ppo",
-    "use_peft": True,
-    "lora_target_modules": "all-linear",
-    "eval_fraction": 0.1,
-    **common.TRAINING_DEFAULTS,
-}
+DEFAULTS: dict[str, Any] = {"output_dir": "runs/ppo", **common.ADAPTER_STAGE_DEFAULTS}
 
 # Launches the RL stage refuses, whether started by hand (`check`) or by the pipeline (before it launches).
 RL_SHARDED = (
