@@ -568,6 +568,18 @@ def _env_block(raw: Any, problems: list[str]) -> dict[str, str]:
     return env
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """A dataclass's defaults by field: what the cross-field checks of an hftune-only config (eval suites,
+    `hftune label`) fill unset keys with, so they check every value, set or not."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:  # lists and dicts (hftune_field makes factories)
+            out[f.name] = f.default_factory()
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+    return out
+
+
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:
     """(name, type, help) for a dataclass, for `--help` output."""
     hints = typing.get_type_hints(cls)

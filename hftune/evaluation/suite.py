@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
+from hftune.config import StageConfig, StageSchema, field_defaults, hftune_field, parse_stage_config
 from hftune.errors import UserError, did_you_mean
 from hftune.resources import eval_suite
 
@@ -124,6 +124,10 @@ class Suite:
 
 
 def _check(values: dict[str, Any]) -> list[str]:
+    values = {
+        **field_defaults(Suite),
+        **values,
+    }  # the schema has no defaults of its own: unset keys are Suite's
     problems = []
     variants = values.get("variants") or []
     for v in variants:
@@ -152,21 +156,20 @@ def _check(values: dict[str, Any]) -> list[str]:
     for key in ("max_new_tokens", "batch_size", "best_of_n", "bootstrap_samples"):
         if values.get(key) is not None and values[key] < 1:
             problems.append(f"`{key}`: must be >= 1, got {values[key]}")
-    if values.get("num_samples", 0) < 0:
+    if values["num_samples"] < 0:
         problems.append(f"`num_samples`: must be >= 0, got {values['num_samples']}")
     if values.get("max_prompts") is not None and values["max_prompts"] < 2:
         problems.append("`max_prompts`: need at least 2 prompts for a confidence interval")
-    if not 0 < values.get("confidence", 0.95) < 1:
+    if not 0 < values["confidence"] < 1:
         problems.append(f"`confidence`: must be in (0, 1), got {values['confidence']}")
-    if values.get("temperature", 1.0) <= 0:
+    if values["temperature"] <= 0:
         problems.append("`temperature`: must be positive (greedy decoding is used where the metric needs it)")
     if values.get("baseline") and values["baseline"] not in variants and values["baseline"] != "sft":
         problems.append(f"`baseline`: {values['baseline']!r} is not one of the variants")
     verifier = values.get("verifier")
     if verifier and ":" not in verifier:
         problems.append(f"`verifier`: expected `module:function`, got {verifier!r}")
-    # The schema has no defaults of its own (`values` holds what the file gave): an unset format is Suite's.
-    fmt = values.get("few_shot_format", Suite.__dataclass_fields__["few_shot_format"].default)
+    fmt = values["few_shot_format"]
     if "{prompt}" not in fmt or "{response}" not in fmt:
         problems.append("`few_shot_format`: must contain `{prompt}` and `{response}`")
     few = values.get("few_shot")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
+from hftune.config import StageConfig, StageSchema, field_defaults, hftune_field, parse_stage_config
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -65,25 +65,26 @@ class LabelSettings:
 
 
 def _check(values: dict[str, Any]) -> list[str]:
+    values = {**field_defaults(LabelSettings), **values}  # unset keys are LabelSettings' defaults
     problems = []
     for key in ("model_name_or_path", "data_recipe"):
         if not values.get(key):
             problems.append(f"`{key}`: required")
-    if not 2 <= values.get("num_completions", 4) <= 26:
+    if not 2 <= values["num_completions"] <= 26:
         # The page names completions A..Z; number keys rank up to 9, dragging any number.
         problems.append("`num_completions`: between 2 and 26 completions a prompt (number keys rank up to 9)")
     for key in ("max_new_tokens", "batch_size", "max_prompts", "max_samples"):
         if values.get(key) is not None and values[key] < 1:
             problems.append(f"`{key}`: must be >= 1, got {values[key]}")
-    if values.get("temperature", 1.0) <= 0:
+    if values["temperature"] <= 0:
         problems.append(
             "`temperature`: must be positive (greedy decoding would give K identical completions)"
         )
-    if not 0 <= values.get("eval_fraction", 0.1) < 1:
+    if not 0 <= values["eval_fraction"] < 1:
         problems.append(f"`eval_fraction`: must be in [0, 1), got {values['eval_fraction']}")
-    if not 0 <= values.get("port", 7860) <= 65535:
+    if not 0 <= values["port"] <= 65535:
         problems.append(f"`port`: must be in 0..65535, got {values['port']}")
-    host = values.get("host", "127.0.0.1")
+    host = values["host"]
     if host not in LOOPBACK and not values.get("allow_remote"):
         problems.append(
             f"`host`: {host} is reachable from other machines; pass `allow_remote: true` "
