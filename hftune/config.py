@@ -273,9 +273,9 @@ class StageConfig:
 
 
 # Settings that make a run faster without changing what it computes (measured: `data_cache` reads back the
-# same rows, `freeze_gc` trains to identical metrics), left out of the config hash so that switching one
-# neither re-runs a pipeline stage nor refuses a resume.
-SAME_RESULT_SWITCHES = ("data_cache", "freeze_gc")
+# same rows, `freeze_gc` trains to identical metrics, `tokenize_once` gives TRL identical labels), left out
+# of the config hash so that switching one neither re-runs a pipeline stage nor refuses a resume.
+SAME_RESULT_SWITCHES = ("data_cache", "freeze_gc", "tokenize_once")
 
 
 def _jsonable(value: Any) -> Any:

@@ -254,6 +254,21 @@ def test_packing_refused_when_attention_would_cross_examples(chat_tokenizer):
         check_packing_isolation(Leaky(), chat_tokenizer)
 
 
+def test_padding_free_batches_are_probed_like_packing(tmp_path, tiny_llama, monkeypatch):
+    # Padding-free rows lie end to end like packed ones: a kernel that lets them see each other is refused.
+    seen = []
+
+    def leaky(model, tokenizer, what="packing"):
+        seen.append(what)
+        raise UserError(f"{what}: packed examples attend to each other")
+
+    monkeypatch.setattr(causal_lm, "check_packing_isolation", leaky)
+    argv = ["--padding_free", "true", "--output_dir", str(tmp_path / "out"), "--max_samples", "16"]
+    with pytest.raises(UserError, match="padding_free"):
+        sft.prepare(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
+    assert seen == ["padding_free"]
+
+
 def test_interrupted_run_leaves_no_artifact_and_resumes(tmp_path, tiny_llama, monkeypatch):
     from transformers import Trainer
 

@@ -8,8 +8,9 @@ prompts held out upstream, formats) and the source of hftune's data code itself;
 another key. Data from the Hub is not cached here (`datasets` caches the download; its content is not
 known without reading it), nor a streamed corpus.
 
-A hit is read back as memory-mapped Arrow (`save_prepared` / `load_prepared`), so the trainers' own
-tokenization of it is cached by `datasets` beside it, and done once too.
+A hit is read back as memory-mapped Arrow (`save_prepared` / `load_prepared`). SFT rows carry their tokens
+(`tokens.sft_columns`), so a rerun tokenizes nothing; the other trainers' own tokenization of the rows is
+cached by `datasets` beside them, and done once too.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the rows and that bookkeeping, and is saved and read back so one process can pre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -160,7 +161,7 @@ def render_chats(tokenizer, chats: list, **kwargs) -> list[list[int]]:
     """Token ids of conversations through the chat template, as TRL renders them: a chat unit is a list of
     turns, or {"messages": turns, "tools": JSON text} for a conversation with tools (rendered one by one,
     since the template takes one `tools` for the whole call)."""
-    try:
+    with chat_template_errors():
         if any(isinstance(c, dict) for c in chats):
             return [
                 render_chats(tokenizer, [c["messages"]], tools=_tools(c), **kwargs)[0]
@@ -169,6 +170,13 @@ def render_chats(tokenizer, chats: list, **kwargs) -> list[list[int]]:
                 for c in chats
             ]
         return tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+
+@contextlib.contextmanager
+def chat_template_errors():
+    """A template that refuses a row (a Jinja `raise_exception`) is the user's data or template: say so."""
+    try:
+        yield
     except TemplateError as err:
         raise UserError(
             f"the chat template cannot render these rows ({err}); a template that refuses some roles "
@@ -203,6 +211,7 @@ def prepare_dataset(
     exclude: set[str] | frozenset[str] = frozenset(),
     too_long: str = "drop",
     formats: tuple[str, ...] | None = None,
+    sft_tokens: dict[str, Any] | None = None,
 ) -> PreparedData:
     """Load, convert and check a recipe's rows; split off a seeded eval set of source rows.
 
@@ -223,6 +232,10 @@ def prepare_dataset(
     `strict` (default: the recipe's) turns the first bad row into an error; rows a transform returns None
     for are filtered on purpose and never an error, and neither are pairs left out of a row that keeps
     others (ties are part of ranked data).
+
+    `sft_tokens` ({"assistant_only_loss": bool}, SFT only) keeps the tokens of the one rendering that
+    measures each row: the rows get the columns TRL's SFTTrainer would tokenize them into
+    (`tokens.sft_columns`), so it skips its own pass. Lengths are then those tokens' counts.
     """
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
@@ -265,13 +278,20 @@ def prepare_dataset(
         pair_problems += [(i, u.reason, u.detail) for u in units if isinstance(u, PairProblem)]
         kept.append((i, [u for u in units if not isinstance(u, PairProblem)]))
 
-    lengths, truncated = None, []
+    lengths, truncated, tokens = None, [], None
     if tokenizer is not None and kept:
-        lengths = token_lengths(tokenizer, [kind.sequences(unit) for _, units in kept for unit in units])
+        if sft_tokens is not None and not kind.paired:
+            tokens = _sft_tokens(tokenizer, fmt, kept, sft_tokens)
+            lengths = [len(tokens[i]["input_ids"]) for i, _ in kept]
+        else:
+            lengths = token_lengths(tokenizer, [kind.sequences(unit) for _, units in kept for unit in units])
         if max_length is not None and too_long == "truncate":
             if kind.paired or spec.yields not in ("chat", "text"):
                 raise UserError(f"recipe {recipe.name}: `too_long: truncate` cuts replies, not pairs")
             kept, truncated = _truncate(kept, lengths, tokenizer, max_length, problems)
+            if tokens is not None and truncated:  # a cut row is measured (and tokenized) again
+                cut = set(truncated)
+                tokens.update(_sft_tokens(tokenizer, fmt, [k for k in kept if k[0] in cut], sft_tokens))
         elif max_length is not None and too_long == "drop":
             kept = _drop_too_long(kept, lengths, max_length, problems, pair_problems)
     problems.sort()
@@ -328,13 +348,18 @@ def prepare_dataset(
     n_eval = len(eval_pos)
 
     examples = _examples(problems)
+    # The rows' identity is their content: tokens or not, the fingerprint is the same.
+    fingerprint = _fingerprint([("train", train_rows), ("eval", eval_rows)])
+    if tokens is not None:
+        train_rows = [{**row, **tokens[i]} for row, i in zip(train_rows, train_indices, strict=True)]
+        eval_rows = [{**row, **tokens[i]} for row, i in zip(eval_rows, eval_indices, strict=True)]
     result = PreparedData(
         train=datasets.Dataset.from_list(train_rows),
         eval=datasets.Dataset.from_list(eval_rows) if n_eval else None,
         dropped=dict(sorted(dropped.items())),
         examples=examples,
         n_source_rows=len(raw),
-        fingerprint=_fingerprint([("train", train_rows), ("eval", eval_rows)]),
+        fingerprint=fingerprint,
         source=label,
         train_indices=train_indices,
         eval_indices=eval_indices,
@@ -355,6 +380,16 @@ def prepare_dataset(
             detail = next(d for _, r, d in found if r == reason)
             logger.warning("dropped %d %s as %s, e.g. rows %s (%s)", n, unit, reason, where, detail)
     return result
+
+
+def _sft_tokens(
+    tokenizer, fmt: Format, kept: list[tuple[int, list[Any]]], settings: dict[str, Any]
+) -> dict[int, dict[str, list[int]]]:
+    """Source row index -> the TRL token columns of its (one) formatted row."""
+    from hftune.data.tokens import sft_columns
+
+    rows = [fmt.fn(units[0]) for _, units in kept]
+    return {i: cols for (i, _), cols in zip(kept, sft_columns(tokenizer, rows, **settings), strict=True)}
 
 
 def _examples(problems: list[tuple[int, str, str]]) -> dict[str, list[int]]:

@@ -28,8 +28,9 @@ def trl_classes() -> dict[str, type]:
     return {"training": SFTConfig, "model": ModelConfig}
 
 
-def check_packing_isolation(model, tokenizer) -> None:
-    """Refuse packing when the attention implementation lets packed examples see each other.
+def check_packing_isolation(model, tokenizer, what: str = "packing") -> None:
+    """Refuse packing (or padding-free batching, `what`: the same flattened rows) when the attention
+    implementation lets packed examples see each other.
 
     TRL's BFD packing relies on position ids resetting at each example; only some attention kernels
     honour that. One tiny forward pass on the real model settles it instead of a list of kernel names. It
@@ -53,9 +54,9 @@ def check_packing_isolation(model, tokenizer) -> None:
     if not torch.allclose(alone, together, atol=1e-2, rtol=1e-2):
         impl = getattr(model.config, "_attn_implementation", "?")
         raise UserError(
-            f"packing: with attn_implementation={impl!r} packed examples attend to each other on this model "
+            f"{what}: with attn_implementation={impl!r} packed examples attend to each other on this model "
             "(checked with a forward pass), which would corrupt training. Use `attn_implementation: "
-            "flash_attention_2` on a GPU, or set `packing: false`."
+            f"flash_attention_2` on a GPU, or set `{what}: false`."
         )
 
 
@@ -105,7 +106,13 @@ def prepare(
 
     # Tokenizer, template and data first: every data problem surfaces before minutes of weight loading.
     tokenizer = common.load_stage_tokenizer(cfg)
-    recipe, data = (load_data or common.load_data)(cfg, tokenizer, dirs)
+    if load_data is None:
+        # SFT: the rows come tokenized in TRL's layout by the rendering that measures them (`tokenize_once`).
+        once = getattr(cfg.hftune, "tokenize_once", False)
+        sft_tokens = {"assistant_only_loss": bool(args.assistant_only_loss)} if once else None
+        recipe, data = common.load_data(cfg, tokenizer, dirs, sft_tokens=sft_tokens)
+    else:
+        recipe, data = load_data(cfg, tokenizer, dirs)
     if recipe.format not in formats:
         what = {"sft": "SFT"}.get(cfg.stage, cfg.stage)
         raise UserError(
@@ -131,9 +138,10 @@ def prepare(
     )
     common.ignore_bias_buffers(model, cfg)
     wrapped = args.packing and args.packing_strategy == "wrapped"
-    if args.packing and not wrapped:
+    if (args.packing or args.padding_free) and not wrapped:
         # (Wrapped packing, for pretraining only (SFT refuses it), lets a block span documents on purpose.)
-        check_packing_isolation(model, tokenizer)
+        # Padding-free batches are rows laid end to end with position-id resets, exactly as packed ones.
+        check_packing_isolation(model, tokenizer, "packing" if args.packing else "padding_free")
 
     checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
     with common.trl_settings_are_user_errors(cfg.source):

@@ -244,13 +244,15 @@ def load_data(
     *,
     too_long: str | None = None,
     formats: tuple[str, ...] | None = None,
+    sft_tokens: dict[str, Any] | None = None,
 ):
     """The stage's recipe and its prepared rows: every data problem surfaces before any weights load.
 
     The rows come from `data_recipe` (one recipe or a mixture) or TRL's `dataset_name` (`data.mixture`);
     `formats` are the TRL formats the stage trains on (data in a TRL format is read in the first that
     fits), `too_long` what happens to rows over `max_length` (default: the stage's `too_long` option, else
-    "drop"). The recipe returned is the one the rows were read with (for a mixture, its first part's,
+    "drop"), `sft_tokens` whether the rows come tokenized for TRL's SFTTrainer (`prepare_dataset`). The
+    recipe returned is the one the rows were read with (for a mixture, its first part's,
     named for all parts; for `dataset_name`, with the detected converter and format).
 
     In a multi-process run the data is prepared once per machine: the local main process prepares it and
@@ -272,11 +274,17 @@ def load_data(
         upstream = held_out_upstream(getattr(cfg.model, "model_name_or_path", None))
 
         def compute():
-            return prepare_rows(cfg, parts, tokenizer, too_long=too_long, formats=formats, exclude=upstream)
+            settings = dict(too_long=too_long, formats=formats, exclude=upstream, sft_tokens=sft_tokens)
+            return prepare_rows(cfg, parts, tokenizer, **settings)
 
         if not cfg.hftune.data_cache:
             return compute()
-        settings = {**row_settings(cfg, too_long=too_long), "exclude": upstream, "formats": formats}
+        settings = {
+            **row_settings(cfg, too_long=too_long),
+            "exclude": upstream,
+            "formats": formats,
+            "sft_tokens": sft_tokens,
+        }
         return cache.cached(cache.key(parts, tokenizer, settings), compute)
 
     if not distributed.is_distributed():
@@ -300,13 +308,16 @@ def prepare_rows(
     too_long: str | None = None,
     formats: tuple[str, ...] | None = None,
     exclude: frozenset[str] | set[str] = frozenset(),
+    sft_tokens: dict[str, Any] | None = None,
 ):
     """The stage's data parts prepared with its settings (max_length, strictness, held-out split, seed, how
     long rows are handled): what `load_data` trains on and `hftune data preview --config` shows."""
     from hftune.data.mixture import prepare_parts
 
     settings = row_settings(cfg, max_length=max_length, too_long=too_long)
-    return prepare_parts(parts, tokenizer=tokenizer, exclude=exclude, formats=formats, **settings)
+    return prepare_parts(
+        parts, tokenizer=tokenizer, exclude=exclude, formats=formats, sft_tokens=sft_tokens, **settings
+    )
 
 
 def row_settings(

@@ -32,6 +32,13 @@ class SFTExtras(DataExtras):
         "reverse; a row whose prompt alone is too long is still dropped. The count is in the manifest.",
         choices=("drop", "truncate"),
     )
+    tokenize_once: bool = hftune_field(
+        True,
+        "Keep the tokens of the rendering that measures each row against `max_length` and hand them to "
+        "TRL in its own layout (input_ids and loss masks), so SFTTrainer does not tokenize the rows again; "
+        "with `data_cache` a rerun reads the tokens back. The same labels either way; false: TRL "
+        "tokenizes the rows itself.",
+    )
 
 
 EXTRAS = SFTExtras
