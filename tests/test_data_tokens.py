@@ -60,11 +60,11 @@ def test_trl_trains_on_the_same_tokens_and_labels_as_when_it_tokenizes_itself(ca
 
 def test_a_rerun_reads_the_tokens_from_the_data_cache(tmp_path, tiny_llama, monkeypatch):
     monkeypatch.setenv("HFTUNE_CACHE", str(tmp_path / "cache"))
-    from hftune.data import tokens
+    from hftune.data import prepare
 
     calls = []
-    real = tokens.sft_columns
-    monkeypatch.setattr(tokens, "sft_columns", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = prepare.sft_columns
+    monkeypatch.setattr(prepare, "sft_columns", lambda *a, **k: calls.append(1) or real(*a, **k))
     argv = ["--model_name_or_path", tiny_llama, "--output_dir", str(tmp_path / "out"), "--max_samples", "40"]
     cfg = lambda: sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv)  # noqa: E731
     first = sft.prepare(cfg())

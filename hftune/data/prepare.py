@@ -8,7 +8,6 @@ the rows and that bookkeeping, and is saved and read back so one process can pre
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from jinja2 import TemplateError
 
 from hftune.data.converters import CONVERTERS
 from hftune.data.detect import AUTO, detect
@@ -29,6 +27,7 @@ from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blan
 from hftune.data.prompt_keys import is_held_out, prompt_key, split_value
 from hftune.data.recipe import Recipe, load_recipe
 from hftune.data.sources import check_columns, load_rows
+from hftune.data.tokens import chat_template_errors, sft_columns
 from hftune.errors import UserError
 
 # The package's name: users and tests filter drop reports on "hftune.data", whichever module logs them.
@@ -170,18 +169,6 @@ def render_chats(tokenizer, chats: list, **kwargs) -> list[list[int]]:
                 for c in chats
             ]
         return tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, **kwargs)["input_ids"]
-
-
-@contextlib.contextmanager
-def chat_template_errors():
-    """A template that refuses a row (a Jinja `raise_exception`) is the user's data or template: say so."""
-    try:
-        yield
-    except TemplateError as err:
-        raise UserError(
-            f"the chat template cannot render these rows ({err}); a template that refuses some roles "
-            "(e.g. no system turn) needs data, or a recipe `system_prompt`, that fits it"
-        ) from None
 
 
 def _tools(chat: dict) -> list | None:
@@ -386,8 +373,6 @@ def _sft_tokens(
     tokenizer, fmt: Format, kept: list[tuple[int, list[Any]]], settings: dict[str, Any]
 ) -> dict[int, dict[str, list[int]]]:
     """Source row index -> the TRL token columns of its (one) formatted row."""
-    from hftune.data.tokens import sft_columns
-
     rows = [fmt.fn(units[0]) for _, units in kept]
     return {i: cols for (i, _), cols in zip(kept, sft_columns(tokenizer, rows, **settings), strict=True)}
 

@@ -15,8 +15,13 @@ labels TRL trains on come out identical both ways, for every format.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
+
+from jinja2 import TemplateError
+
+from hftune.errors import UserError
 
 TOKEN_COLUMNS = ("input_ids", "assistant_masks", "completion_mask")
 
@@ -69,8 +74,6 @@ def _batches(items: list, size: int):
 def _render(tokenizer, chats: list[tuple[list, str | None]], kwargs: dict) -> list[dict[str, list[int]]]:
     """`apply_chat_template` on each (turns, tools JSON or None): chats without tools in one batched call,
     a chat with tools on its own (the template takes one `tools` per call)."""
-    from hftune.data.prepare import chat_template_errors
-
     out: list[dict[str, list[int]] | None] = [None] * len(chats)
     plain = [i for i, (_, tools) in enumerate(chats) if not tools]
     with chat_template_errors():
@@ -87,3 +90,15 @@ def _render(tokenizer, chats: list[tuple[list, str | None]], kwargs: dict) -> li
                 )
                 out[i] = {k: list(got[k]) for k in ("input_ids", "assistant_masks") if k in got}
     return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def chat_template_errors():
+    """A template that refuses a row (a Jinja `raise_exception`) is the user's data or template: say so."""
+    try:
+        yield
+    except TemplateError as err:
+        raise UserError(
+            f"the chat template cannot render these rows ({err}); a template that refuses some roles "
+            "(e.g. no system turn) needs data, or a recipe `system_prompt`, that fits it"
+        ) from None
