@@ -3,6 +3,7 @@ it would have made itself, for every format hftune hands it, and skips its own t
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hftune.stages import sft
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "data_recipes/fixtures"
+QWEN25 = str(Path(importlib.util.find_spec("trl").origin).parent / "chat_templates/qwen2_5.jinja")
 
 
 def _recipe(tmp_path: Path, name: str, source: str, converter: str, fmt: str) -> str:
@@ -34,6 +36,8 @@ FORMATS = {
     "prompt-completion": ("ultrachat.jsonl", "messages", "prompt_completion", ()),
     "plain text": ("corpus.txt", "text", "language_modeling", ()),
     "truncated replies": ("ultrachat.jsonl", "messages", "conversational", ("--too_long", "truncate")),
+    # A template without generation markers, which TRL swaps for its patched training version.
+    "Qwen2.5's template": ("ultrachat.jsonl", "messages", "conversational", ("--chat_template", QWEN25)),
 }
 
 

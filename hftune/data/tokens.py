@@ -8,8 +8,9 @@ its tokenizing pass and goes straight to labels, truncation and packing. The pre
 included, are what the data cache keeps, so a rerun tokenizes nothing at all.
 
 Each call is the one TRL's `SFTTrainer._prepare_dataset` makes for that row format (TRL 1.12:
-`apply_chat_template(..., tokenize=True, return_dict=True)` for chats, the tokenizer on `text + eos` for
-plain text), batched where the rows share no `tools`; `tests/test_data_tokens.py` checks that the
+`apply_chat_template(..., tokenize=True, return_dict=True)` for chats, with the training template TRL
+swaps in for one without generation markers; the tokenizer on `text + eos` for plain text), batched where
+the rows share no `tools`; `tests/test_data_tokens.py` checks that the
 labels TRL trains on come out identical both ways, for every format.
 """
 
@@ -23,16 +24,37 @@ from jinja2 import TemplateError
 
 from hftune.errors import UserError
 
-TOKEN_COLUMNS = ("input_ids", "assistant_masks", "completion_mask")
+
+def training_template(tokenizer, assistant_only_loss: bool) -> str | None:
+    """The chat template SFTTrainer renders with: with assistant-only loss and a template without
+    `{% generation %}` markers (Qwen2.5's, Llama 3's, ...), TRL swaps in its patched training version of it;
+    otherwise None (the tokenizer's own). Resolved by TRL's own functions, so both sides agree."""
+    if not assistant_only_loss or not tokenizer.chat_template:
+        return None
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except (ValueError, NotImplementedError) as err:  # what TRL would refuse at the trainer's start
+        raise UserError(f"assistant_only_loss: {err}") from None
 
 
 def sft_columns(
-    tokenizer, rows: list[dict[str, Any]], *, assistant_only_loss: bool, batch_size: int = 512
+    tokenizer,
+    rows: list[dict[str, Any]],
+    *,
+    assistant_only_loss: bool,
+    chat_template: str | None = None,
+    batch_size: int = 512,
 ) -> list[dict[str, list[int]]]:
     """For each formatted SFT row ({"messages"}, {"prompt", "completion"} or {"text"}, with "tools" where
-    a chat has them), the token columns TRL's SFTTrainer would compute for it."""
+    a chat has them), the token columns TRL's SFTTrainer would compute for it; `chat_template` is
+    `training_template`'s answer (None: the tokenizer's own)."""
     out: list[dict[str, list[int]] | None] = [None] * len(rows)
-    masks = {"return_assistant_tokens_mask": True} if assistant_only_loss else {}
+    template = {"chat_template": chat_template} if chat_template else {}
+    masks = {**template, "return_assistant_tokens_mask": True} if assistant_only_loss else template
 
     def chats(kind: str) -> list[tuple[int, dict]]:
         return [(i, r) for i, r in enumerate(rows) if kind in r and isinstance(r[kind], list)]
@@ -46,7 +68,9 @@ def sft_columns(
     # completion is everything after the prompt's tokens (as TRL counts it).
     for batch in _batches(chats("prompt"), batch_size):
         prompts = _render(
-            tokenizer, [(r["prompt"], r.get("tools")) for _, r in batch], {"add_generation_prompt": True}
+            tokenizer,
+            [(r["prompt"], r.get("tools")) for _, r in batch],
+            {**template, "add_generation_prompt": True},
         )
         whole = _render(tokenizer, [(r["prompt"] + r["completion"], r.get("tools")) for _, r in batch], masks)
         for (i, _), prompt, full in zip(batch, prompts, whole, strict=True):

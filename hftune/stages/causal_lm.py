@@ -108,8 +108,15 @@ def prepare(
     tokenizer = common.load_stage_tokenizer(cfg)
     if load_data is None:
         # SFT: the rows come tokenized in TRL's layout by the rendering that measures them (`tokenize_once`).
-        once = getattr(cfg.hftune, "tokenize_once", False)
-        sft_tokens = {"assistant_only_loss": bool(args.assistant_only_loss)} if once else None
+        sft_tokens = None
+        if getattr(cfg.hftune, "tokenize_once", False):
+            from hftune.data.tokens import training_template
+
+            masked = bool(args.assistant_only_loss)
+            sft_tokens = {
+                "assistant_only_loss": masked,
+                "chat_template": training_template(tokenizer, masked),
+            }
         recipe, data = common.load_data(cfg, tokenizer, dirs, sft_tokens=sft_tokens)
     else:
         recipe, data = load_data(cfg, tokenizer, dirs)
