@@ -27,7 +27,7 @@ from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blan
 from hftune.data.prompt_keys import is_held_out, prompt_key, split_value
 from hftune.data.recipe import Recipe, load_recipe
 from hftune.data.sources import check_columns, load_rows
-from hftune.data.tokens import chat_template_errors, sft_columns
+from hftune.data.tokens import render, sft_columns
 from hftune.errors import UserError
 
 # The package's name: users and tests filter drop reports on "hftune.data", whichever module logs them.
@@ -133,18 +133,15 @@ def token_lengths(tokenizer, sequences: list[list[Any]], batch_size: int = 512) 
     """Token count of each example: the longest of its sequences (conversations through the chat template)."""
     flat = [(i, s) for i, seqs in enumerate(sequences) for s in seqs]
     lengths = [0] * len(sequences)
-    chats = [(i, s) for i, s in flat if isinstance(s, list)]
-    tool_chats = [(i, s) for i, s in flat if isinstance(s, dict)]  # {"messages", "tools"}: one at a time
+    chats = [(i, s) for i, s in flat if not isinstance(s, str)]  # turns, or {"messages", "tools"}
     texts = [(i, s) for i, s in flat if isinstance(s, str)]
-    if (chats or tool_chats) and not getattr(tokenizer, "chat_template", None):
+    if chats and not getattr(tokenizer, "chat_template", None):
         raise UserError("the tokenizer has no chat template; set `chat_template` in the config (e.g. chatml)")
     for start in range(0, len(chats), batch_size):
         batch = chats[start : start + batch_size]
         ids = render_chats(tokenizer, [s for _, s in batch])
         for (i, _), row_ids in zip(batch, ids, strict=True):
             lengths[i] = max(lengths[i], len(row_ids))
-    for i, chat in tool_chats:
-        lengths[i] = max(lengths[i], len(render_chats(tokenizer, [chat])[0]))
     eos = getattr(tokenizer, "eos_token", None)
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
@@ -158,21 +155,9 @@ def token_lengths(tokenizer, sequences: list[list[Any]], batch_size: int = 512) 
 
 def render_chats(tokenizer, chats: list, **kwargs) -> list[list[int]]:
     """Token ids of conversations through the chat template, as TRL renders them: a chat unit is a list of
-    turns, or {"messages": turns, "tools": JSON text} for a conversation with tools (rendered one by one,
-    since the template takes one `tools` for the whole call)."""
-    with chat_template_errors():
-        if any(isinstance(c, dict) for c in chats):
-            return [
-                render_chats(tokenizer, [c["messages"]], tools=_tools(c), **kwargs)[0]
-                if isinstance(c, dict)
-                else render_chats(tokenizer, [c], **kwargs)[0]
-                for c in chats
-            ]
-        return tokenizer.apply_chat_template(chats, tokenize=True, return_dict=True, **kwargs)["input_ids"]
-
-
-def _tools(chat: dict) -> list | None:
-    return json.loads(chat["tools"]) if chat.get("tools") else None
+    turns, or {"messages": turns, "tools": JSON text} for a conversation with tools (`tokens.render`)."""
+    units = [(c["messages"], c.get("tools")) if isinstance(c, dict) else (c, None) for c in chats]
+    return [rendered["input_ids"] for rendered in render(tokenizer, units, kwargs)]
 
 
 def _fingerprint(splits: list[tuple[str, list[dict]]]) -> str:

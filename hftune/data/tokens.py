@@ -61,18 +61,18 @@ def sft_columns(
 
     # Conversational language modelling: the whole chat, with its assistant mask.
     for batch in _batches(chats("messages"), batch_size):
-        rendered = _render(tokenizer, [(r["messages"], r.get("tools")) for _, r in batch], masks)
+        rendered = render(tokenizer, [(r["messages"], r.get("tools")) for _, r in batch], masks)
         for (i, _), ids in zip(batch, rendered, strict=True):
             out[i] = ids
     # Conversational prompt-completion: the prompt with the generation prompt, then the whole chat; the
     # completion is everything after the prompt's tokens (as TRL counts it).
     for batch in _batches(chats("prompt"), batch_size):
-        prompts = _render(
+        prompts = render(
             tokenizer,
             [(r["prompt"], r.get("tools")) for _, r in batch],
             {**template, "add_generation_prompt": True},
         )
-        whole = _render(tokenizer, [(r["prompt"] + r["completion"], r.get("tools")) for _, r in batch], masks)
+        whole = render(tokenizer, [(r["prompt"] + r["completion"], r.get("tools")) for _, r in batch], masks)
         for (i, _), prompt, full in zip(batch, prompts, whole, strict=True):
             n = len(prompt["input_ids"])
             full["completion_mask"] = [0] * n + [1] * (len(full["input_ids"]) - n)
@@ -95,9 +95,10 @@ def _batches(items: list, size: int):
         yield items[start : start + size]
 
 
-def _render(tokenizer, chats: list[tuple[list, str | None]], kwargs: dict) -> list[dict[str, list[int]]]:
-    """`apply_chat_template` on each (turns, tools JSON or None): chats without tools in one batched call,
-    a chat with tools on its own (the template takes one `tools` per call)."""
+def render(tokenizer, chats: list[tuple[list, str | None]], kwargs: dict) -> list[dict[str, list[int]]]:
+    """`apply_chat_template(**kwargs)` on each (turns, tools JSON or None): chats without tools in one
+    batched call, a chat with tools on its own (the template takes one `tools` per call). A template that
+    refuses a row is a UserError."""
     out: list[dict[str, list[int]] | None] = [None] * len(chats)
     plain = [i for i, (_, tools) in enumerate(chats) if not tools]
     with chat_template_errors():
