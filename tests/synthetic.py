@@ -21,6 +21,12 @@ model's ground truth is known:
 - orca_pairs (Intel/orca_dpo_pairs): system (often blank), question, chosen, rejected
 - unpaired (trl-lib/kto-mix-14k): prompt (turns), completion (one assistant turn), label (true = desirable)
 
+The annotator-bias task (`configs/biased.yaml`): what preference data exist to fix.
+
+- biased_compare (alpaca schema): compare-task demonstrations, 60% of which name the first number as the
+  larger, right or wrong
+- compare_pairs: prompt, chosen, rejected (reply texts): the larger number named over the smaller
+
 Tool use (OpenAI-style `messages` with a `tools` column):
 
 - tool_chats: messages with assistant `tool_calls` and `tool` results, tools as a list or a JSON string
@@ -435,6 +441,43 @@ def preference_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+# --- the annotator-bias task: a mistake in the demonstrations that preference data can fix ----------------
+#
+# The demonstrator of the compare task has a position bias: with probability COMPARE_BIAS they name the
+# first number as the larger, right or wrong (otherwise they answer correctly). A model fine-tuned on their
+# rows learns the bias: where the second number is larger, the wrong answer is its most likely reply. The
+# preference pairs come from someone who checks the answer: the right reply chosen over the wrong one. Both
+# replies copy numbers from the prompt, so a small model can say either; the pairs only have to teach it
+# which, and DPO can then raise the verifier's accuracy over SFT (tests/test_po.py).
+COMPARE_BIAS = 0.6
+
+
+def biased_compare_rows(n: int, seed: int = 0, bias: float = COMPARE_BIAS) -> list[dict]:
+    """`n` alpaca-schema compare demonstrations (instruction, input, output) from the position-biased
+    demonstrator."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, _follow = _compare(rng)
+        if rng.random() < bias:
+            first, second = re.findall(r"\d+", question)
+            answer = f"{first} is larger than {second}."
+        rows.append({"instruction": question, "input": "", "output": answer})
+    return rows
+
+
+def compare_pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """`n` compare pairs (prompt, chosen, rejected as reply texts): the larger number named over the
+    smaller."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer, _follow = _compare(rng)
+        big, small = re.findall(r"\d+", answer)
+        rows.append({"prompt": question, "chosen": answer, "rejected": f"{small} is larger than {big}."})
+    return rows
+
+
 def hh_rlhf_rows(n: int, seed: int = 0) -> list[dict]:
     """`n` rows in the Anthropic/hh-rlhf schema: `chosen` and `rejected` transcripts
     ("\n\nHuman: ...\n\nAssistant: ...") sharing every turn but the last; about 40% are multi-turn."""
@@ -717,6 +760,8 @@ FIXTURE_SIZES = {
     "orca_pairs": 200,
     "unpaired": 200,
     "tool_chats": 160,
+    "biased_compare": 6000,
+    "compare_pairs": 1500,
 }
 
 
@@ -747,6 +792,8 @@ def write_fixtures(out_dir: str | Path) -> dict[str, Path]:
         "orca_pairs.jsonl": orca_pair_rows(FIXTURE_SIZES["orca_pairs"], seed=12),
         "unpaired.jsonl": unpaired_rows(FIXTURE_SIZES["unpaired"], seed=13),
         "tool_chats.jsonl": tool_chat_rows(FIXTURE_SIZES["tool_chats"], seed=14),
+        "biased_compare.jsonl": biased_compare_rows(FIXTURE_SIZES["biased_compare"], seed=15),
+        "compare_pairs.jsonl": compare_pair_rows(FIXTURE_SIZES["compare_pairs"], seed=16),
     }
     written = {}
     for name, rows in files.items():

@@ -1,5 +1,6 @@
-"""Offline preference optimisation (`hftune dpo`): DPO beats its SFT model on the synthetic task, KTO trains
-on unpaired rows, ORPO and SimPO start from a base model, the artifact publishes, and the diagnostics warn."""
+"""Offline preference optimisation (`hftune dpo`): DPO fixes the biased demonstrations its SFT model learnt
+from (held-out verifier accuracy and reward up, with CIs), KTO trains on unpaired rows, ORPO and SimPO start
+from a base model, the artifact publishes, and the diagnostics warn."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import synthetic
+import yaml
 from bad_input import refused, run_cli, write
 
+from hftune import pipeline
+from hftune.evaluation.verifiers import verify_answer
 from hftune.stages.po import stage as po
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +44,50 @@ def test_dpo_is_evaluated_beside_sft_with_cis_and_the_reward_model_caveat(chain,
     assert {"reward", "verifier"} <= set(dpo["vs_baseline"])
     assert dpo["trained_against_reward_model"] is False
     assert dpo["metrics"]["kl_to_sft"]["mean"] > 0  # it moved away from SFT, and the eval measures how far
+
+
+def test_the_biased_demonstrator_is_wrong_where_the_second_number_is_larger():
+    """The fixture behind configs/biased.yaml: 60% of the demonstrations name the first number, so about 30%
+    are wrong (where the second number is larger), and every pair prefers the right answer."""
+    rows = synthetic.biased_compare_rows(2000, seed=0)
+    wrong = [r for r in rows if not verify_answer(r["instruction"], r["output"])]
+    assert 0.26 < len(wrong) / len(rows) < 0.34
+    for r in wrong:
+        first, second = r["instruction"].removeprefix("Which is larger, ").rstrip("?").split(" or ")
+        assert int(first) < int(second) and r["output"].startswith(f"{first} is larger")
+    pairs = synthetic.compare_pair_rows(200, seed=0)
+    assert all(verify_answer(p["prompt"], p["chosen"]) for p in pairs)
+    assert not any(verify_answer(p["prompt"], p["rejected"]) for p in pairs)
+
+
+@pytest.mark.slow
+def test_dpo_raises_verifier_accuracy_and_reward_over_sft_on_held_out_prompts(tmp_path):
+    """configs/biased.yaml end to end (about 2 minutes on 2 CPU cores): an SFT model that learnt a
+    demonstrator's position bias, then DPO on pairs that prefer the right answer. On the 300 prompts SFT held
+    out (none trained on by any stage), DPO's verifier accuracy and reward-model score are above SFT's, the
+    paired 95% CI of each gain above zero."""
+    config = yaml.safe_load((REPO / "configs/biased.yaml").read_text())
+    for entry in config["stages"]:
+        entry["config"] = str((REPO / "configs" / entry["config"]).resolve())
+    config["stages"][-1]["cache_dir"] = str(tmp_path / "eval-cache")
+    config["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "biased.yaml"
+    path.write_text(yaml.safe_dump(config))
+    pipeline.run(str(path))
+
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    audit = results["contamination"]
+    assert audit["clean_prompts"] == 300 and {s["stage"] for s in audit["stages"].values()} >= {"sft", "dpo"}
+    sft, dpo = results["variants"]["sft"], results["variants"]["dpo"]
+    assert dpo["metrics"]["verifier"]["n"] == 300
+    for metric in ("verifier", "reward"):
+        gain = dpo["vs_baseline"][metric]
+        assert gain["ci_low"] > 0, (metric, gain)
+        assert dpo["metrics"][metric]["mean"] > sft["metrics"][metric]["mean"]
+    assert dpo["trained_against_reward_model"] is False
+    metrics = json.loads((tmp_path / "run" / "dpo" / "metrics.json").read_text())
+    assert metrics["heldout/rewards/accuracies"] > 0.8
+    assert metrics["heldout/logps/chosen"] > metrics["heldout_before/logps/chosen"]  # not the squeeze
 
 
 def test_dpo_trains_a_lora_adapter_on_the_sft_model_and_measures_the_held_out_pairs(chain, tmp_path):
