@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import synthetic
-import yaml
 from bad_input import refused, run_cli, write
 
 from hftune import pipeline
@@ -66,14 +65,7 @@ def test_dpo_raises_verifier_accuracy_and_reward_over_sft_on_held_out_prompts(tm
     demonstrator's position bias, then DPO on pairs that prefer the right answer. On the 300 prompts SFT held
     out (none trained on by any stage), DPO's verifier accuracy and reward-model score are above SFT's, the
     paired 95% CI of each gain above zero."""
-    config = yaml.safe_load((REPO / "configs/biased.yaml").read_text())
-    for entry in config["stages"]:
-        entry["config"] = str((REPO / "configs" / entry["config"]).resolve())
-    config["stages"][-1]["cache_dir"] = str(tmp_path / "eval-cache")
-    config["output_dir"] = str(tmp_path / "run")
-    path = tmp_path / "biased.yaml"
-    path.write_text(yaml.safe_dump(config))
-    pipeline.run(str(path))
+    pipeline.run(str(REPO / "configs/biased.yaml"), output_dir=str(tmp_path / "run"))
 
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     audit = results["contamination"]

@@ -205,9 +205,10 @@ def prepare_dataset(
     for are filtered on purpose and never an error, and neither are pairs left out of a row that keeps
     others (ties are part of ranked data).
 
-    `sft_tokens` ({"assistant_only_loss": bool}, SFT only) keeps the tokens of the one rendering that
-    measures each row: the rows get the columns TRL's SFTTrainer would tokenize them into
-    (`tokens.sft_columns`), so it skips its own pass. Lengths are then those tokens' counts.
+    `sft_tokens` (SFT only: the keywords of `tokens.sft_columns`, {"assistant_only_loss": bool,
+    "chat_template": the training template or None}) keeps the tokens of the one rendering that measures
+    each row: the rows get the columns TRL's SFTTrainer would tokenize them into, so it skips its own pass.
+    Lengths are then those tokens' counts.
     """
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
