@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The suite in parallel, one worker a core, a test module at a time (its fixtures built once); each worker
+# runs one torch thread (tests/conftest.py).
+XDIST := -n auto --dist loadfile
 
 .PHONY: install test test-fast quickstart style quality clean
 
@@ -18,10 +21,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not integration and not e2e" $(PYTEST_ARGS)
 
 quickstart: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hftune pipeline --config configs/quickstart.yaml

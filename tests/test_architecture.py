@@ -178,6 +178,7 @@ for command in {commands!r}:
 """
 
 
+@pytest.mark.integration  # launches a process
 def test_help_imports_no_heavy_library():
     script = _HELP_SCRIPT.format(heavy=HEAVY, commands=COMMANDS)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from bad_input import refused, run_cli
 
 from hftune import cli
+from hftune.config import ConfigError
 from hftune.stages import registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,23 +27,21 @@ def hftune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_bad_config_exits_2_naming_every_fault_without_traceback(tmp_path):
+def test_bad_config_exits_2_naming_every_fault_without_traceback(tmp_path, capsys):
+    # In-process (tests/bad_input.py); test_sft_end_to_end_from_the_command_line runs a fresh interpreter.
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "model_name_or_path: tiny:llama\ndata_recipe: tiny_alpaca\n"
         "learnig_rate: 1e-3\nnum_train_epochs: many\nhub_token: abc\n"
     )
-    proc = hftune("sft", "--config", str(bad), cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    err = proc.stderr
+    err = refused(["sft", "--config", str(bad)], tmp_path, capsys)
     assert str(bad) in err
     assert "learnig_rate" in err and "learning_rate" in err
     assert "num_train_epochs" in err and "many" in err
     assert "hub_token" in err and "HF_TOKEN" in err
 
-    debug = hftune("sft", "--config", str(bad), "--debug", cwd=tmp_path)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    with pytest.raises(ConfigError):  # --debug lets the exception (and so its traceback) through
+        run_cli(["sft", "--config", str(bad), "--debug"], tmp_path, capsys)
 
 
 def test_sft_end_to_end_from_the_command_line(tmp_path, tiny_llama):
@@ -63,6 +63,7 @@ def test_sft_end_to_end_from_the_command_line(tmp_path, tiny_llama):
     assert (out / "adapter_model.safetensors").is_file() and (out / "manifest.json").is_file()
 
 
+@pytest.mark.integration  # launches a process
 def test_data_list_works_outside_the_checkout(tmp_path):
     proc = hftune("data", "list", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -112,6 +112,7 @@ WHEEL_FILES = (
 )
 
 
+@pytest.mark.integration  # launches a process
 @pytest.mark.slow
 def test_the_wheel_ships_the_builtin_files(tmp_path):
     # Built from a copy, so the build leaves nothing (build/, egg-info) in the checkout.

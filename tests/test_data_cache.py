@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,28 @@ def test_a_rerun_reads_the_same_rows_back_and_any_change_prepares_again(
     assert len(calls) == 4
 
 
+def test_runs_preparing_the_same_rows_at_once_prepare_them_once(isolated_cache, chat_tokenizer):
+    """Two runs (seeds side by side, parallel tests) that miss the cache together: one prepares and saves,
+    the other waits and reads it back; neither saves over the entry the other one reads."""
+    parts = [Part(load_recipe("tiny_alpaca"))]
+    calls: list = []
+    start = threading.Barrier(2)
+    results: list = []
+
+    def run():
+        start.wait()
+        results.append(prepare(parts, chat_tokenizer, calls))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 2
+    assert list(results[0].train) == list(results[1].train)
+    assert len(list(isolated_cache.iterdir())) == 1  # one entry (the lock is kept outside the entries)
+
+
 def test_hub_data_is_not_cached():
     recipe = load_recipe("ultrachat")  # a Hub source: its content is unknown without reading it
     assert cache.key([Part(recipe)], None, SETTINGS) is None
@@ -80,7 +103,8 @@ def test_a_damaged_entry_is_prepared_again(isolated_cache, tmp_path, chat_tokeni
 def test_a_stage_with_data_cache_false_prepares_afresh(isolated_cache, tmp_path, tiny_llama):
     from hftune.stages import sft
 
-    argv = ["--output_dir", str(tmp_path / "out"), "--max_samples", "32"]
+    # The model by path: `tiny:llama` would build the tiny model again in the isolated cache.
+    argv = ["--output_dir", str(tmp_path / "out"), "--max_samples", "32", "--model_name_or_path", tiny_llama]
     sft.prepare(sft.parse(str(REPO / "configs/tiny/sft.yaml"), [*argv, "--data_cache", "false"]))
     assert not isolated_cache.exists()
     sft.prepare(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))

@@ -81,7 +81,8 @@ def tokenization_caches(run: subprocess.CompletedProcess) -> tuple[set[str], set
     return cached, loaded
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(80)
 def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     # 176 training rows, 2 processes x 8 a batch: 11 steps make one epoch with no batch padded (accelerate
     # would fill a short last batch with repeated rows).
@@ -161,7 +162,8 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     assert run.stdout.count("saved: ") == 1 and run.stdout.count("ALARM") == 1
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(16)
 def test_a_data_error_on_the_main_process_ends_the_whole_job(tmp_path):
     """The main process finds the problem while preparing the data (the other waits for it): one readable
     error, the launcher ends the waiting process, and nothing is written."""
@@ -185,7 +187,8 @@ def test_a_data_error_on_the_main_process_ends_the_whole_job(tmp_path):
     assert not out.exists() and not any(p.name.startswith(".sft") for p in tmp_path.iterdir())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(40)
 def test_pipeline_launches_stages_on_two_processes(tmp_path, capsys):
     """Pretraining from scratch (the tokenizer and initial weights built by the main process first) and SFT
     on its output, each started by the pipeline in 2 processes; a second run launches nothing."""

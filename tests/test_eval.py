@@ -17,25 +17,15 @@ from hftune.errors import UserError
 from hftune.evaluation import harness, stats, variants
 from hftune.models import loading, scoring
 from hftune.models.tokenizer import load_tokenizer
-from hftune.stages.rl import stage as rl
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = str(REPO / "eval/suites/tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def ppo_policy(chain, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("eval-ppo") / "ppo"
-    rl.run(
-        rl.parse(
-            str(REPO / "configs/tiny/ppo.yaml"),
-            [
-                *("--model_name_or_path", chain["sft"], "--reward_model_path", chain["rm"]),
-                *("--output_dir", str(out), "--max_steps", "6", "--heldout_every", "0"),
-            ],
-        )
-    )
-    return str(out)
+def ppo_policy(ppo_run) -> str:
+    """The shared short PPO run's policy (tests/conftest.py)."""
+    return str(ppo_run.output_dir)
 
 
 def suite_args(chain, ppo_policy, out: Path, *extra: str) -> list[str]:

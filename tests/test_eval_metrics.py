@@ -105,6 +105,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.integration  # launches a process
 def test_load_by_path_offline_in_fresh_process(tmp_path):
     hf_home = tmp_path / "hf"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_CACHE"))}

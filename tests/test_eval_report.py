@@ -256,6 +256,7 @@ def _chromium(tmp_path) -> list[str]:
     return [*flags, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
 
 
+@pytest.mark.integration  # launches a process
 @pytest.mark.skipif(_browser() is None, reason="no chromium / google-chrome binary")
 def test_html_renders_in_chromium(tmp_path, eval_output):
     from PIL import Image
@@ -351,6 +352,7 @@ def _drive(page: str, steps: list[dict[str, str]]) -> str:
     return page.replace("</body>", DRIVER.replace("STEPS", json.dumps(steps)) + "\n</body>")
 
 
+@pytest.mark.integration  # launches a process
 @pytest.mark.skipif(_browser() is None, reason="no chromium / google-chrome binary")
 def test_browser_sorts_and_filters_in_chromium(tmp_path, eval_output):
     results, samples = eval_output

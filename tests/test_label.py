@@ -338,7 +338,8 @@ def label_config_file(tmp_path_factory, tiny_llama) -> Path:
 
 
 @needs_browser
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(16)
 def test_a_person_ranks_with_the_keyboard_reloads_and_the_server_resumes_after_a_kill(
     label_config_file, tmp_path
 ):

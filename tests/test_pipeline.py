@@ -1,6 +1,6 @@
 """`hftune pipeline`: handoff paths filled in, a second run skips every stage, a changed SFT setting re-runs
 SFT and everything after it, `--force`, `--dry-run` without loading weights, strict pipeline configs, and
-resuming after the process is killed during SFT."""
+resuming after the process is killed during SFT; every model it made gets a card and a dry-run push."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hftune import artifacts, pipeline
+from hftune import artifacts, cli, pipeline
 from hftune.config import ConfigError
 from hftune.models import loading
 
@@ -84,6 +84,53 @@ def test_pipeline_runs_every_stage_with_handoff_and_lineage(first_run):
     assert (run / "eval" / "report.html").is_file()
 
 
+# Every model the pipeline made gets a card and a dry-run push (checked before the tests below re-run it).
+LINEAGE = {
+    "pretrain": ["from scratch", "pretraining"],
+    "sft": ["from scratch", "pretraining", "supervised fine-tuning"],
+    "reward": ["from scratch", "pretraining", "supervised fine-tuning", "reward model"],
+    "ppo": ["from scratch", "pretraining", "supervised fine-tuning", "reward model", "RLHF (ppo)"],
+}
+
+
+@pytest.mark.parametrize("stage", LINEAGE)
+def test_every_model_of_a_from_scratch_pipeline_gets_a_card_and_a_dry_run(first_run, stage, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+
+    from_scratch = first_run[0] / "run"
+    folder = from_scratch / stage
+    assert cli.main(["card", str(folder)]) == 0
+    text = capsys.readouterr().out
+    summary = next(line for line in text.splitlines() if line.startswith("A "))
+    assert "trained from scratch" in summary and "llama weights initialised at random" in summary
+    assert ModelCard(text).data.base_model is None  # no bogus Hub link: there is no base model
+    lineage = text[text.index("## Lineage") : text.index("## Evaluation")]
+    rows = [
+        line.split(" | ")[1] for line in lineage.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert rows[1:] == LINEAGE[stage]
+
+    args = ["--eval", str(from_scratch / "eval")] if stage == "ppo" else []
+    out = tmp_path / "staged"
+    assert cli.main(["push", str(folder), "--repo-id", "me/x", "--dry-run", str(out), *args]) == 0
+    staged = (out / "README.md").read_text()
+    assert ModelCard(staged).data.base_model is None and "trained from scratch" in staged
+    assert {"README.md", "manifest.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert any(p.suffix == ".safetensors" for p in out.iterdir())
+    if stage == "ppo":  # the eval compared this very folder: its table, and no "does not list" note
+        assert "| reward ↑ |" in staged and "does not list" not in staged
+
+
+def test_the_eval_folder_of_a_pipeline_is_refused_as_a_model_naming_eval(first_run, tmp_path, capsys):
+    """An eval folder holds results, not a model: card and push say to pass it with --eval instead."""
+    folder = str(first_run[0] / "run" / "eval")
+    for argv in (["card", folder], ["push", folder, "--repo-id", "me/x", "--dry-run", str(tmp_path / "o")]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and f"--eval {folder}" in err[-1], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_second_run_skips_every_stage(first_run, monkeypatch):
     _, config, _ = first_run
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a skipped stage loaded a model"))
@@ -138,9 +185,12 @@ def test_pipeline_config_errors_name_every_problem(tmp_path):
     assert "model_name_or_path" in text and "filled in by the pipeline" in text
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(30)
 def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
-    config = write_pipeline(tmp_path, max_steps=300, save_steps=20)
+    # Enough steps after the first checkpoint (step 10) that the kill, at most 0.1 s after it appears,
+    # lands inside SFT; the resumed run then trains only the rest.
+    config = write_pipeline(tmp_path, max_steps=100, save_steps=10)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hftune", "pipeline", "--config", str(config)],
@@ -154,7 +204,7 @@ def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
     while not list(work.glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None, "the pipeline ended before it could be killed"
         assert time.time() < deadline, "no SFT checkpoint appeared"
-        time.sleep(0.5)
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "run" / "sft" / "manifest.json").exists()
@@ -163,7 +213,7 @@ def test_killed_during_sft_resumes_and_completes(tmp_path, tiny_llama, caplog):
     assert plan[0].action == "skip" and plan[1].action == "resume"
     assert "resuming from" in caplog.text and "checkpoint-" in caplog.text
     history = json.loads((tmp_path / "run" / "sft" / "log_history.json").read_text())
-    assert max(h.get("step", 0) for h in history) == 300
+    assert max(h.get("step", 0) for h in history) == 100
     assert (tmp_path / "run" / "eval" / "results.json").is_file()
 
 

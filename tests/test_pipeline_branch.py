@@ -408,7 +408,8 @@ def test_an_unrecorded_lineage_is_marked_as_unknown_and_seed_lines_carry_the_mar
 # ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(12)
 def test_a_branched_pipeline_evaluates_ppo_and_dpo_side_by_side(tmp_path, tiny_llama):
     stages = stage_entries(
         tmp_path,

@@ -59,7 +59,8 @@ def test_the_biased_demonstrator_is_wrong_where_the_second_number_is_larger():
     assert not any(verify_answer(p["prompt"], p["rejected"]) for p in pairs)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.slow(130)
 def test_dpo_raises_verifier_accuracy_and_reward_over_sft_on_held_out_prompts(tmp_path):
     """configs/biased.yaml end to end (about 2 minutes on 2 CPU cores): an SFT model that learnt a
     demonstrator's position bias, then DPO on pairs that prefer the right answer. On the 300 prompts SFT held

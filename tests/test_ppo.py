@@ -4,9 +4,7 @@ alarms, and refusing a reward model that reads text differently."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import re
 import shutil
@@ -42,20 +40,6 @@ def chain_args(chain, out: Path) -> list[str]:
 def rl_config(chain, out: Path, *extra: str):
     """A short run (4 steps, held-out check every 2) on the tiny chain."""
     return rl.parse(CONFIG, [*chain_args(chain, out), "--max_steps", "4", "--heldout_every", "2", *extra])
-
-
-@pytest.fixture(scope="module")
-def ppo_run_printed(chain, tmp_path_factory):
-    """The short PPO run, and what it printed to stdout and stderr."""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        result = rl.run(rl_config(chain, tmp_path_factory.mktemp("ppo") / "ppo"))
-    return result, printed.getvalue()
-
-
-@pytest.fixture(scope="module")
-def ppo_run(ppo_run_printed):
-    return ppo_run_printed[0]
 
 
 def step_lines(printed: str, algorithm: str) -> list[str]:
@@ -304,12 +288,15 @@ def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -
     return np.mean(per_sample, axis=0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(35)
 @pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
 def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorithm):
-    cfg = rl.parse(
-        CONFIG, [*chain_args(chain, tmp_path / algorithm), "--algorithm", algorithm, "--heldout_every", "0"]
-    )
+    # RLOO samples 8 completions a prompt, so a step of 32 completions updates on 4 prompts where PPO's
+    # updates on 32: it gets 90 steps to PPO's 60 (measured on the tiny chain: +0.08 to +0.17 at 60 steps
+    # across seeds, an interval over 43 held-out prompts that can hold 0; +0.13 [0.05, 0.20] at 90).
+    steps = {"ppo": "60", "rloo": "90"}[algorithm]
+    argv = [*chain_args(chain, tmp_path / algorithm), "--algorithm", algorithm, "--heldout_every", "0"]
+    cfg = rl.parse(CONFIG, [*argv, "--max_steps", steps])
     result = rl.run(cfg)
     assert result.alarm is None
     rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/pretrain.yaml")
 
 
+@pytest.mark.integration  # trains a model from scratch
 def test_pretrain_from_scratch_trains_a_tokenizer_and_lowers_the_loss(tmp_path):
     out = tmp_path / "pt"
     result = pretrain.run(

@@ -106,6 +106,16 @@ def test_full_fine_tuned_reward_model_reloads_identically(tmp_path, sft_model):
     )
     assert (result.output_dir / "model.safetensors").is_file()
     assert_reload_reproduces_scores(result)
+    # Full fine-tuning on an SFT adapter trains the merged weights (they load frozen from the adapter).
+    from trl import ModelConfig
+
+    from hftune.models import loading
+
+    merged = loading.load_model(sft_model, ModelConfig(dtype="float32"), for_training=True).state_dict()
+    trained = result.trainer.model.state_dict()
+    common = [k for k in merged if k in trained]  # the reward model's score head replaces the LM head
+    unchanged = [k for k in common if torch.equal(merged[k], trained[k])]
+    assert len(common) >= 10 and not unchanged, unchanged
 
 
 def test_a_different_chat_template_is_refused(tmp_path, sft_model):

@@ -324,6 +324,7 @@ def test_t_interval_and_quantiles():
 # ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_pipeline_with_two_seeds_evaluates_them_as_one_variant(tmp_path, tiny_llama):
     config = write_pipeline(

@@ -108,28 +108,46 @@ def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _read(folder: Path) -> PreparedData | None:
+    """The entry saved in `folder`, or None when there is none or it is damaged (then prepared again)."""
+    if not (folder / PREPARED_META).is_file():
+        return None
+    try:
+        data = load_prepared(folder)
+    except (OSError, ValueError, TypeError) as err:  # a damaged entry is prepared again, never trusted
+        logger.warning("data cache %s unreadable (%s); preparing the data again", folder, err)
+        return None
+    logger.info("data: the same rows, tokenizer and settings as an earlier run: read from %s", folder)
+    for reason, rows in data.examples.items():
+        logger.warning("dropped %d rows as %s, e.g. rows %s", data.dropped.get(reason, 0), reason, rows)
+    return data
+
+
 def cached(cache_key: str | None, compute: Callable[[], PreparedData]) -> PreparedData:
     """The prepared data under `cache_key` if an earlier run saved it, else `compute()` (then saved)."""
     if cache_key is None:
         return compute()
     folder = cache_dir() / cache_key
-    if (folder / PREPARED_META).is_file():
-        try:
-            data = load_prepared(folder)
-        except (OSError, ValueError, TypeError) as err:  # a damaged entry is prepared again, never trusted
-            logger.warning("data cache %s unreadable (%s); preparing the data again", folder, err)
-        else:
-            logger.info("data: the same rows, tokenizer and settings as an earlier run: read from %s", folder)
-            for reason, rows in data.examples.items():
-                logger.warning(
-                    "dropped %d rows as %s, e.g. rows %s", data.dropped.get(reason, 0), reason, rows
-                )
-            return data
-    data = compute()
-    try:
-        save_prepared(data, folder)
-    except OSError as err:  # a full or read-only cache never fails the run
-        logger.warning("could not cache the prepared data in %s: %s", folder, err)
+    data = _read(folder)
+    if data is not None:
         return data
+    from filelock import FileLock
+
+    # Runs that prepare the same rows at once (seeds side by side, parallel tests) take turns: one prepares
+    # and saves, the others wait and read what it saved. Saving over an entry replaces its folder, which
+    # would pull the files from under a run already training on them (`datasets` caches its own passes
+    # over the rows beside them). The lock lives outside the entries' folder, which holds entries only.
+    locks = cache_dir().parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"data-{cache_key}.lock")):
+        data = _read(folder)  # saved by another run while this one waited
+        if data is not None:
+            return data
+        data = compute()
+        try:
+            save_prepared(data, folder)
+        except OSError as err:  # a full or read-only cache never fails the run
+            logger.warning("could not cache the prepared data in %s: %s", folder, err)
+            return data
     # Read back from disk: the trainers' tokenization of Arrow-backed rows is cached by `datasets` too.
     return load_prepared(folder)

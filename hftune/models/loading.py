@@ -288,6 +288,11 @@ def _load(
             # Inner adapters (an SFT adapter under a reward adapter) and adapters that more LoRA will be
             # trained on become part of the weights.
             model = model.merge_and_unload()
+    if quant is None and for_training and source.adapters:
+        # PeftModel.from_pretrained froze every weight, and merging keeps them frozen: unfrozen, they are
+        # what this stage trains (in full; a new LoRA adapter freezes them again). Left frozen, full
+        # fine-tuning on top of an adapter trained nothing and saved the merged weights unchanged.
+        model.requires_grad_(True)
     if quant is not None and for_training:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
