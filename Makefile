@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 # The suite in parallel, one worker a core, a test module at a time (its fixtures built once); each worker
 # runs one torch thread (tests/conftest.py).
-XDIST := -n auto --dist loadfile
+XDIST := -n auto --dist loadfile --no-loadscope-reorder
 
 .PHONY: install test test-fast quickstart style quality clean
 

@@ -23,6 +23,31 @@ def dpo_args(model: str, out: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", model, "--output_dir", str(out), *extra]
 
 
+# First in the module: it needs no shared model, so it runs while another worker builds them.
+@pytest.mark.e2e
+@pytest.mark.slow(130)
+def test_dpo_raises_verifier_accuracy_and_reward_over_sft_on_held_out_prompts(tmp_path):
+    """configs/biased.yaml end to end (about 2 minutes on 2 CPU cores): an SFT model that learnt a
+    demonstrator's position bias, then DPO on pairs that prefer the right answer. On the 300 prompts SFT held
+    out (none trained on by any stage), DPO's verifier accuracy and reward-model score are above SFT's, the
+    paired 95% CI of each gain above zero."""
+    pipeline.run(str(REPO / "configs/biased.yaml"), output_dir=str(tmp_path / "run"))
+
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    audit = results["contamination"]
+    assert audit["clean_prompts"] == 300 and {s["stage"] for s in audit["stages"].values()} >= {"sft", "dpo"}
+    sft, dpo = results["variants"]["sft"], results["variants"]["dpo"]
+    assert dpo["metrics"]["verifier"]["n"] == 300
+    for metric in ("verifier", "reward"):
+        gain = dpo["vs_baseline"][metric]
+        assert gain["ci_low"] > 0, (metric, gain)
+        assert dpo["metrics"][metric]["mean"] > sft["metrics"][metric]["mean"]
+    assert dpo["trained_against_reward_model"] is False
+    metrics = json.loads((tmp_path / "run" / "dpo" / "metrics.json").read_text())
+    assert metrics["heldout/rewards/accuracies"] > 0.8
+    assert metrics["heldout/logps/chosen"] > metrics["heldout_before/logps/chosen"]  # not the squeeze
+
+
 @pytest.mark.slow
 def test_dpo_is_evaluated_beside_sft_with_cis_and_the_reward_model_caveat(chain, tmp_path, capsys):
     """DPO from the tiny SFT model, then one eval of SFT vs DPO on SFT's held-out prompts, scored by the
@@ -57,30 +82,6 @@ def test_the_biased_demonstrator_is_wrong_where_the_second_number_is_larger():
     pairs = synthetic.compare_pair_rows(200, seed=0)
     assert all(verify_answer(p["prompt"], p["chosen"]) for p in pairs)
     assert not any(verify_answer(p["prompt"], p["rejected"]) for p in pairs)
-
-
-@pytest.mark.e2e
-@pytest.mark.slow(130)
-def test_dpo_raises_verifier_accuracy_and_reward_over_sft_on_held_out_prompts(tmp_path):
-    """configs/biased.yaml end to end (about 2 minutes on 2 CPU cores): an SFT model that learnt a
-    demonstrator's position bias, then DPO on pairs that prefer the right answer. On the 300 prompts SFT held
-    out (none trained on by any stage), DPO's verifier accuracy and reward-model score are above SFT's, the
-    paired 95% CI of each gain above zero."""
-    pipeline.run(str(REPO / "configs/biased.yaml"), output_dir=str(tmp_path / "run"))
-
-    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
-    audit = results["contamination"]
-    assert audit["clean_prompts"] == 300 and {s["stage"] for s in audit["stages"].values()} >= {"sft", "dpo"}
-    sft, dpo = results["variants"]["sft"], results["variants"]["dpo"]
-    assert dpo["metrics"]["verifier"]["n"] == 300
-    for metric in ("verifier", "reward"):
-        gain = dpo["vs_baseline"][metric]
-        assert gain["ci_low"] > 0, (metric, gain)
-        assert dpo["metrics"][metric]["mean"] > sft["metrics"][metric]["mean"]
-    assert dpo["trained_against_reward_model"] is False
-    metrics = json.loads((tmp_path / "run" / "dpo" / "metrics.json").read_text())
-    assert metrics["heldout/rewards/accuracies"] > 0.8
-    assert metrics["heldout/logps/chosen"] > metrics["heldout_before/logps/chosen"]  # not the squeeze
 
 
 def test_dpo_trains_a_lora_adapter_on_the_sft_model_and_measures_the_held_out_pairs(chain, tmp_path):
