@@ -160,18 +160,11 @@ def ppo_run_printed(chain, tmp_path_factory):
     import contextlib
     import io
 
+    from test_ppo import rl_config
+
     from hftune.stages.rl import stage as rl
 
-    out = tmp_path_factory.mktemp("ppo") / "ppo"
-    argv = [
-        "--model_name_or_path",
-        chain["sft"],
-        "--reward_model_path",
-        chain["rm"],
-        "--output_dir",
-        str(out),
-    ]
-    cfg = rl.parse(str(REPO / "configs/tiny/ppo.yaml"), [*argv, "--max_steps", "4", "--heldout_every", "2"])
+    cfg = rl_config(chain, tmp_path_factory.mktemp("ppo") / "ppo")  # 4 steps, held-out check every 2
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         result = rl.run(cfg)

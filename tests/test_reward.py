@@ -38,7 +38,10 @@ def lora_rm(tmp_path_factory, sft_model):
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_TOKEN", TOKEN)
     try:
-        return reward.run(reward_config(sft_model, out))
+        # 120 steps, not the config's 60: with the SFT adapter now seeded (it was initialised from whatever
+        # random state earlier tests left), 60 steps reach 44 of 49 held-out pairs (0.898, 95% CI
+        # 0.80-0.98), at the edge of the 0.9 asserted below; 120 reach 0.918 (measured, seed 42).
+        return reward.run(reward_config(sft_model, out, "--max_steps", "120"))
     finally:
         mp.undo()
 

@@ -143,6 +143,18 @@ CHAT = {
 }
 
 
+def test_one_seed_gives_byte_identical_lora_adapters_whatever_ran_before(tmp_path, tiny_llama):
+    """The LoRA adapter is initialised from the run's seed, not from the random state earlier work left."""
+    adapters = []
+    for earlier in (1, 2):
+        torch.manual_seed(earlier)  # as if other work had drawn random numbers before this run
+        out = tmp_path / f"run{earlier}"
+        argv = ["--output_dir", str(out), "--max_steps", "2", "--max_samples", "32", "--eval_fraction", "0"]
+        sft.run(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
+        adapters.append((out / "adapter_model.safetensors").read_bytes())
+    assert adapters[0] == adapters[1]
+
+
 def test_labels_cover_exactly_assistant_turns_and_their_eos(tmp_path, tiny_llama):
     short = {**CHAT, "messages": CHAT["messages"][1:3]}
     prepared = sft.prepare(multi_turn_config(tmp_path, [CHAT, short]))

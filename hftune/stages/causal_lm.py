@@ -96,6 +96,7 @@ def prepare(
 ) -> common.Prepared:
     """`load_data(cfg, tokenizer, dirs)` gives the recipe and its rows (pretraining passes its own: how long
     documents are kept, or a stream)."""
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from hftune.models import loading
@@ -137,6 +138,9 @@ def prepare(
         # Prompt-completion data is masked by TRL's completion-only loss instead.
         args.assistant_only_loss = False
 
+    # Seeded before any weight is made: SFTTrainer creates the LoRA adapter (randomly initialised) before
+    # its own `set_seed`, so without this the adapter depended on whatever drew random numbers earlier.
+    set_seed(args.seed)
     model = loading.load_model(
         model_args.model_name_or_path,
         model_args,
