@@ -145,13 +145,14 @@ def _cmd_data(ns: argparse.Namespace, rest: list[str]) -> int:
         return _preview_config(ns)
     if not ns.recipe or not ns.model:
         raise UserError("data preview: give a RECIPE (or a data file) and --model, or --config FILE")
-    tokenizer = load_tokenizer(ns.model, chat_template=ns.chat_template)
+    # The recipe first: a bad name is refused at once, before a model (`tiny:ARCH` builds one) is loaded.
     if Path(ns.recipe).exists() and Path(ns.recipe).suffix not in (".yaml", ".yml"):
         from hftune.data.detect import dataset_recipe
 
         recipe = dataset_recipe(ns.recipe)  # data in a TRL format: its layout is detected
     else:
         recipe = data.load_recipe(ns.recipe)
+    tokenizer = load_tokenizer(ns.model, chat_template=ns.chat_template)
     print(preview(recipe, tokenizer, n=ns.n, max_length=ns.max_length, data_files=ns.data_files))
     return 0
 
