@@ -85,6 +85,15 @@ def test_runs_preparing_the_same_rows_at_once_prepare_them_once(isolated_cache, 
     assert len(list(isolated_cache.iterdir())) == 1  # one entry (the lock is kept outside the entries)
 
 
+def test_a_cache_that_cannot_be_written_never_fails_the_run(tmp_path, monkeypatch, chat_tokenizer):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("HFTUNE_CACHE", str(blocker / "cache"))  # nothing can be made below a file
+    calls: list = []
+    data = prepare([Part(load_recipe("tiny_alpaca"))], chat_tokenizer, calls)
+    assert len(calls) == 1 and len(data.train) > 0
+
+
 def test_hub_data_is_not_cached():
     recipe = load_recipe("ultrachat")  # a Hub source: its content is unknown without reading it
     assert cache.key([Part(recipe)], None, SETTINGS) is None

@@ -15,6 +15,7 @@ cached by `datasets` beside them, and done once too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -123,6 +124,29 @@ def _read(folder: Path) -> PreparedData | None:
     return data
 
 
+@contextlib.contextmanager
+def _turn(cache_key: str):
+    """Runs that prepare the same rows at once (seeds side by side, parallel tests) take turns: one prepares
+    and saves, the others wait and read what it saved. Saving over an entry replaces its folder, which
+    would pull the files from under a run already training on them (`datasets` caches its own passes over
+    the rows beside them). The lock lives outside the entries' folder, which holds entries only. A cache
+    that cannot be written has no turns to take (and nothing will be saved in it)."""
+    from filelock import FileLock
+
+    try:
+        locks = cache_dir().parent / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(locks / f"data-{cache_key}.lock"))
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def cached(cache_key: str | None, compute: Callable[[], PreparedData]) -> PreparedData:
     """The prepared data under `cache_key` if an earlier run saved it, else `compute()` (then saved)."""
     if cache_key is None:
@@ -131,15 +155,7 @@ def cached(cache_key: str | None, compute: Callable[[], PreparedData]) -> Prepar
     data = _read(folder)
     if data is not None:
         return data
-    from filelock import FileLock
-
-    # Runs that prepare the same rows at once (seeds side by side, parallel tests) take turns: one prepares
-    # and saves, the others wait and read what it saved. Saving over an entry replaces its folder, which
-    # would pull the files from under a run already training on them (`datasets` caches its own passes
-    # over the rows beside them). The lock lives outside the entries' folder, which holds entries only.
-    locks = cache_dir().parent / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"data-{cache_key}.lock")):
+    with _turn(cache_key):
         data = _read(folder)  # saved by another run while this one waited
         if data is not None:
             return data
