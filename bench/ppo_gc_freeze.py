@@ -4,14 +4,15 @@ the two runs train the same numbers, measured in one run of this script.
     make quickstart                    # once: the SFT and reward models this bench trains PPO from
     python bench/ppo_gc_freeze.py [--run runs/quickstart] [--repeats 2]
 
-Each run is `hftune ppo` with the quickstart's PPO settings (configs/tiny/ppo.yaml, learning rate 1e-3, KL
-coefficient 0.1, seed 1) in a fresh process with one torch thread (OMP_NUM_THREADS=1: on a shared 2-core
+Each run is `hftune ppo` with the quickstart's PPO settings (configs/biased/ppo.yaml, seed 1) in a fresh
+process with one torch thread (OMP_NUM_THREADS=1: on a shared 2-core
 machine two threads swing the timing 10-45x). The two settings alternate, `--repeats` times each, and the
 script prints every run's time, the median ratio on/off, and whether the final metrics match.
 
-Why it matters: TRL's PPO loop calls `gc.collect()` twice per update. A full collection walks every
-tracked Python object, and transformers, datasets and the models leave ~500k of them alive, so each call
-cost ~0.3 s: over half of a tiny run. `gc.freeze()` moves the objects alive before training out of the
+Why it mattered: TRL's old PPO loop called `gc.collect()` twice per update (hftune's own PPO calls none;
+what is left is Python's own collections, and TRL's RLOO / GRPO). A full collection walks every tracked
+Python object, and transformers, datasets and the models leave ~500k of them alive, so each call cost
+~0.3 s: over half of a tiny run. `gc.freeze()` moves the objects alive before training out of the
 collector's scans (it changes no number).
 """
 
@@ -47,13 +48,11 @@ def run_once(run: Path, out: Path, freeze: bool) -> dict:
         "--model_name_or_path", str(run / "sft"),
         "--reward_model_path", str(run / "reward"),
         "--output_dir", str(out),
-        "--learning_rate", "1.0e-3",
-        "--kl_coef", "0.1",
         "--seed", "1",
         "--freeze_gc", "true" if freeze else "false",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    config = str(REPO / "configs/tiny/ppo.yaml")
+    config = str(REPO / "configs/biased/ppo.yaml")
     done = subprocess.run(
         [sys.executable, "-c", CHILD, config, json.dumps(argv), str(out)],
         capture_output=True,

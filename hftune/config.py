@@ -331,6 +331,8 @@ class Rule:
     def applies(self, value: Any) -> bool:
         if self.kind is str:
             return isinstance(value, str)
+        if self.kind is object:  # a key typed number-or-string: the rule looks at both
+            return isinstance(value, str | int | float) and not isinstance(value, bool)
         return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -405,6 +407,13 @@ RANGE_RULES: dict[str, Rule] = {
     "split_seed": _SEED,
     "max_samples": Rule(lambda v: v >= 1, ">= 1 (or null for every row)"),
     "dataloader_num_workers": _NON_NEGATIVE,
+    # TRL 1.16 types it `int | str | None` for one string, "auto" (TRL's default: pad to 128 on Neuron only);
+    # any other string reached TRL's own `int(value)` and failed with a message naming no key.
+    "pad_to_multiple_of": Rule(
+        lambda v: (v == "auto" or (v.isdecimal() and int(v) >= 1)) if isinstance(v, str) else v >= 1,
+        "a positive number of tokens, `auto` (TRL's default: pad only on AWS Neuron) or null",
+        kind=object,
+    ),
     # `output_dir: ""` would be the current folder.
     "output_dir": Rule(lambda v: v.strip() != "", "a folder name, not empty", kind=str),
 }

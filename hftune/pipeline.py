@@ -15,12 +15,13 @@ A training stage entry may also say how to run it: `num_processes: N` starts it 
 `torchrun --standalone` (DDP: gloo on CPU, NCCL on GPUs), and `accelerate_config: FILE` with `accelerate
 launch --config_file FILE` (FSDP, DeepSpeed; `num_processes` then overrides the file's).
 
-A pipeline may branch after SFT: one RL stage (ppo, rloo, grpo) and one offline preference-optimisation
-stage (dpo, kto, orpo, simpo) both start from the SFT model, and the eval compares them side by side
-(`rlhf_models: {rlhf: [<output_dir>/ppo], dpo: [<output_dir>/dpo]}`: the RL variant keeps its name `rlhf`,
-the other is named after its stage). With an RL stage alone the eval takes `rlhf_models: <output_dir>/ppo`
-as always. A stage re-runs only when something it takes from (directly or through another stage) changed,
-so a changed PPO setting never re-trains DPO, nor the other way round.
+A pipeline may branch after SFT: RL stages (ppo, rloo, grpo) and offline preference-optimisation stages
+(dpo, kto, orpo, simpo) all start from the SFT model, and the eval compares them side by side
+(`rlhf_models: {rlhf: [<output_dir>/ppo], dpo: [<output_dir>/dpo]}`: a lone RL stage's variant keeps its
+name `rlhf`, every other is named after its stage: `{ppo: [...], rloo: [...], dpo: [...]}`). With an RL
+stage alone the eval takes `rlhf_models: <output_dir>/ppo` as always. A stage re-runs only when something
+it takes from (directly or through another stage) changed, so a changed PPO setting never re-trains DPO,
+nor the other way round.
 
 The RL or preference-optimisation stage entry may say `seeds: [1, 2, 3]`: the stage then runs once per seed
 (its `seed` set to each), into `<output_dir>/<stage>-seed<N>` (`ppo-seed1`, ...), each run skipped, resumed
@@ -218,10 +219,17 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
         launch = _launch(entry, name, where, config_path, problems)
         seeds = _seeds(entry, name, where, problems)
         role = STAGES[name].role
-        if role in seen:
-            problems.append(f"{where}: a second {role} stage (one of each per pipeline)")
+        # One stage a role, except the trained variants the eval compares: several RL and preference-
+        # optimisation stages may branch from SFT (`ppo` beside `rloo`, `dpo` beside `kto`), each once.
+        taken = name if role in VARIANT_ROLES else role
+        if taken in seen:
+            problems.append(
+                f"{where}: a second {name} stage (once per pipeline; use `seeds` for several runs)"
+                if role in VARIANT_ROLES
+                else f"{where}: a second {role} stage (one of each per pipeline)"
+            )
             continue
-        seen.add(role)
+        seen.add(taken)
         values: dict[str, Any] = {}
         source = f"{config_path} ({where}: {name})"
         if entry.get("config"):
@@ -256,12 +264,15 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
             for first in {s.name: s for s in reversed(earlier)}.values():  # each source stage's first run
                 if plan.index(first) > plan.index(stage):
                     problems.append(f"stage {stage.name}: must come after the {first.name} stage")
-            if key == VARIANTS_KEY and any(STAGES[s.name].role != "rl" for s in earlier):
-                # A preference-optimisation stage: every trained variant by name, side by side (the RL one
-                # keeps its name `rlhf`, so an RL-only pipeline hands exactly what it always did).
+            names = {s.name for s in earlier}
+            if key == VARIANTS_KEY and (len(names) > 1 or any(STAGES[n].role != "rl" for n in names)):
+                # A preference-optimisation stage, or several RL stages: every trained variant by name,
+                # side by side, each stage's seed runs as one variant (a lone RL stage keeps its name
+                # `rlhf`, so an RL-only pipeline hands exactly what it always did).
+                rl_stages = {s.name for s in earlier if STAGES[s.name].role == "rl"}
                 variants: dict[str, list[str]] = {}
                 for s in earlier:
-                    variants.setdefault(variant_name(s.name), []).append(str(s.output_dir))
+                    variants.setdefault(variant_name(s.name, len(rl_stages)), []).append(str(s.output_dir))
                 stage.values[key] = variants
             elif earlier[0].seed is None:
                 stage.values[key] = str(earlier[0].output_dir)
@@ -283,10 +294,13 @@ def _source_roles(key: str, role: str) -> tuple[str, ...]:
     return VARIANT_ROLES if key == VARIANTS_KEY else (role,)
 
 
-def variant_name(stage_name: str) -> str:
-    """The eval's name for the variant a trained stage gives: `rlhf` for the RL stage (as the eval has always
-    called it), the stage's own name (`dpo`, `kto`, `orpo`, `simpo`) for a preference-optimisation one."""
-    return SEEDED_HANDOFF[VARIANTS_KEY] if STAGES[stage_name].role == "rl" else stage_name
+def variant_name(stage_name: str, rl_stages: int = 1) -> str:
+    """The eval's name for the variant a trained stage gives: `rlhf` for the one RL stage (as the eval has
+    always called it), the stage's own name for a preference-optimisation one (`dpo`, `kto`, `orpo`,
+    `simpo`) and for each of several RL stages (`ppo`, `rloo`, `grpo`)."""
+    if STAGES[stage_name].role == "rl" and rl_stages == 1:
+        return SEEDED_HANDOFF[VARIANTS_KEY]
+    return stage_name
 
 
 def upstream(plan: list[PlannedStage]) -> list[set[int]]:

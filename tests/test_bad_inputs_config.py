@@ -79,6 +79,8 @@ BAD_VALUES = [
     ("sft", "neftune_noise_alpha", "-1.0"),
     ("sft", "max_samples", "0"),
     ("sft", "dataloader_num_workers", "-2"),
+    ("sft", "pad_to_multiple_of", "0"),
+    ("reward", "pad_to_multiple_of", "-8"),
     ("sft", "output_dir", '""'),
     ("sft", "lr_scheduler_kwargs", "{min_lr: .inf}"),
     ("reward", "learning_rate", ".nan"),
@@ -145,6 +147,14 @@ def test_values_that_look_odd_but_mean_something_are_kept(tmp_path):
     assert cfg.training.max_steps == -1
     assert math.isinf(cfg.training.max_grad_norm)
     assert cfg.training.save_steps == 0.25
+
+
+def test_pad_to_multiple_of_word_refused_naming_the_key(tmp_path, capsys):
+    # TRL 1.16 types the key `int | str | None` (for "auto") and its own int() conversion of any other word
+    # failed naming no key; older TRL types it `int | None`, which the type check refuses.
+    argv, _ = stage_config(tmp_path, "sft", pad_to_multiple_of="eight")
+    err = refused(argv, tmp_path, capsys, mentions=["cfg.yaml", "`pad_to_multiple_of`: "])
+    assert "'eight'" in err and "invalid literal" not in err
 
 
 def test_output_dir_list_is_a_type_error(tmp_path, capsys):

@@ -260,8 +260,8 @@ def test_an_accelerate_config_alone_keeps_its_process_count(tmp_path):
 
 
 def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
-    """TRL's experimental PPOTrainer fails under DDP with a LoRA policy (measured with 2 processes here), and
-    an RL policy sharded by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
+    """hftune's PPO is not tested on several processes (refused, not run untested), and an RL policy sharded
+    by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
     loads, whether launched by hand or by the pipeline; RLOO on DDP is accepted."""
     from hftune import distributed
     from hftune.errors import UserError
@@ -270,7 +270,7 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     config = REPO / "configs/tiny/ppo.yaml"
     with monkeypatch.context() as patch:  # as under torchrun, without starting a process group here
         patch.setattr(distributed, "is_distributed", lambda: True)
-        with pytest.raises(UserError, match="huggingface/trl#2375"):
+        with pytest.raises(UserError, match="runs in one process only"):
             rl.parse(str(config))
         assert rl.parse(str(config), ["--algorithm", "rloo"]).hftune.algorithm == "rloo"
 

@@ -82,6 +82,25 @@ def test_a_po_stage_alone_is_the_evals_only_trained_variant(tmp_path):
     assert plan[-1].values["rlhf_models"] == {"dpo": [str(tmp_path / "run" / "dpo")]}
 
 
+def test_several_rl_stages_are_variants_named_after_their_stages(tmp_path):
+    """PPO (with seeds) beside RLOO and DPO: each RL stage is its own variant, its seed runs together; each
+    takes the SFT model and the reward model, and none takes from another."""
+    run = tmp_path / "run"
+    stages = stage_entries(tmp_path, ppo={"seeds": [1, 2]})
+    stages.insert(3, {"stage": "rloo", "config": str(TINY / "ppo.yaml"), "max_steps": 2})
+    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
+    assert [s.key for s in plan] == ["sft", "reward", "ppo-seed1", "ppo-seed2", "rloo", "dpo", "eval"]
+    assert plan[4].values["algorithm"] == "rloo" and plan[4].values["reward_model_path"] == str(
+        run / "reward"
+    )
+    assert plan[-1].values["rlhf_models"] == {
+        "ppo": [str(run / "ppo-seed1"), str(run / "ppo-seed2")],
+        "rloo": [str(run / "rloo")],
+        "dpo": [str(run / "dpo")],
+    }
+    assert pipeline.upstream(plan)[4] == {0, 1}
+
+
 def test_an_rl_only_pipeline_keeps_todays_handoff_and_force_rule(tmp_path):
     run = tmp_path / "run"
     stages = [
@@ -139,7 +158,8 @@ def test_seeds_on_the_po_stage(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s: s.insert(4, {"stage": "kto"}), "a second po stage (one of each per pipeline)"),
+        (lambda s: s.insert(4, {"stage": "dpo"}), "a second dpo stage (once per pipeline; use `seeds`"),
+        (lambda s: s.insert(1, {"stage": "sft"}), "a second sft stage (one of each per pipeline)"),
         (lambda s: s.insert(3, s.pop(4)), "stage eval: must come after the dpo stage"),
         (lambda s: s[4].update(rlhf_models="x"), "`rlhf_models` is filled in by the pipeline from the rl"),
         (lambda s: s[1].update(seeds=[1, 2]), "`seeds` is for the RL stage"),

@@ -1,6 +1,6 @@
-"""Offline preference optimisation (`hftune dpo`): DPO fixes the biased demonstrations its SFT model learnt
-from (held-out verifier accuracy and reward up, with CIs), KTO trains on unpaired rows, ORPO and SimPO start
-from a base model, the artifact publishes, and the diagnostics warn."""
+"""Offline preference optimisation (`hftune dpo`): DPO is evaluated beside SFT with CIs (that it fixes the
+biased demonstrations end to end is tests/test_quickstart.py), KTO trains on unpaired rows, ORPO and SimPO
+start from a base model, the artifact publishes, and the diagnostics warn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import synthetic
 from bad_input import refused, run_cli, write
 
-from hftune import pipeline
 from hftune.evaluation.verifiers import verify_answer
 from hftune.stages.po import stage as po
 
@@ -21,31 +20,6 @@ CONFIG = str(REPO / "configs/tiny/dpo.yaml")
 
 def dpo_args(model: str, out: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", model, "--output_dir", str(out), *extra]
-
-
-# First in the module: it needs no shared model, so it runs while another worker builds them.
-@pytest.mark.e2e
-@pytest.mark.slow(130)
-def test_dpo_raises_verifier_accuracy_and_reward_over_sft_on_held_out_prompts(tmp_path):
-    """configs/biased.yaml end to end (about 2 minutes on 2 CPU cores): an SFT model that learnt a
-    demonstrator's position bias, then DPO on pairs that prefer the right answer. On the 300 prompts SFT held
-    out (none trained on by any stage), DPO's verifier accuracy and reward-model score are above SFT's, the
-    paired 95% CI of each gain above zero."""
-    pipeline.run(str(REPO / "configs/biased.yaml"), output_dir=str(tmp_path / "run"))
-
-    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
-    audit = results["contamination"]
-    assert audit["clean_prompts"] == 300 and {s["stage"] for s in audit["stages"].values()} >= {"sft", "dpo"}
-    sft, dpo = results["variants"]["sft"], results["variants"]["dpo"]
-    assert dpo["metrics"]["verifier"]["n"] == 300
-    for metric in ("verifier", "reward"):
-        gain = dpo["vs_baseline"][metric]
-        assert gain["ci_low"] > 0, (metric, gain)
-        assert dpo["metrics"][metric]["mean"] > sft["metrics"][metric]["mean"]
-    assert dpo["trained_against_reward_model"] is False
-    metrics = json.loads((tmp_path / "run" / "dpo" / "metrics.json").read_text())
-    assert metrics["heldout/rewards/accuracies"] > 0.8
-    assert metrics["heldout/logps/chosen"] > metrics["heldout_before/logps/chosen"]  # not the squeeze
 
 
 @pytest.mark.slow

@@ -99,19 +99,24 @@ def test_ppo_writes_policy_adapter_metrics_samples_and_manifest(ppo_run, chain):
 
 
 def test_reward_is_the_shared_scoring_path_with_eos_penalty(ppo_run):
+    """A rollout's reply is cut at its stop token, decoded and scored as the reward stage scores it; a reply
+    that never ends loses `missing_eos_penalty`."""
+    from hftune.stages.rl import ppo_objective
+
     trainer = ppo_run.trainer
     tok = trainer.processing_class
-    prompt, query = next(iter((p, q) for q, p in trainer.hftune_prompt_of.items()))
     reply = tok("The answer is 5.", add_special_tokens=False)["input_ids"]
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    width = len(reply) + 3
-    ended = list(query) + reply + [eos] + [pad] * (width - len(reply) - 1)
-    unended = list(query) + reply + [pad] * (width - len(reply))
-    batch = torch.tensor([ended, unended])
-    _, scores, _ = ppo.score_through_hftune(trainer, None, trainer.reward_model, batch, pad, len(query))
+    junk = tok("ignored", add_special_tokens=False)["input_ids"]
+    ended = [*reply, eos, *junk]  # what was sampled after the stop token is not part of the reply
+    unended = reply + [pad] * (len(junk) + 1)
+    responses = torch.tensor([ended, unended])
+    mask = ppo_objective.response_mask(responses, eos)
+    mask[1, len(reply) :] = 0  # the unended reply's padding
+    scores = trainer.score([0, 0], responses, mask)
     scorer = ppo_run.scorer
-    expected = scorer.normalise(scorer.score([prompt], ["The answer is 5."]))[0]
-    penalty = ppo_run.trainer.hftune_reward_fn.penalty
+    expected = scorer.normalise(scorer.score([trainer.prompts[0]], ["The answer is 5."]))[0]
+    penalty = ppo_run.trainer.reward_fn.penalty
     assert torch.allclose(scores[0], expected, atol=1e-5)
     assert torch.allclose(scores[1], expected - penalty, atol=1e-5)
 
@@ -310,7 +315,9 @@ def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorith
     assert low > 0, f"{algorithm}: held-out reward gain {gain.mean():.3f}, 95% CI [{low:.3f}, {high:.3f}]"
 
 
-def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatch):
+def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatch, ppo_run):
+    """Killed after step 3, resumed from the checkpoint of step 2: it ends with the very weights of the
+    uninterrupted run (`ppo_run`: the same config; its held-out checks draw nothing the training uses)."""
     from hftune.stages.rl.guardrails import Guardrails
 
     out = tmp_path / "ppo"
@@ -341,6 +348,96 @@ def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatc
     # Steps 1-2 come from before the crash (step 3 was lost with it); the resumed run did steps 3 and 4.
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert result.metrics["steps"] == len(rows)
+    resumed = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    uninterrupted = load_file(str(ppo_run.output_dir / "adapter_model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_kl_to_the_reference_is_zero_at_the_first_step(ppo_run):
+    """The policy starts as the reference (a fresh adapter adds exactly 0), so the first rollout's KL penalty
+    is 0, not merely small; later steps move away."""
+    rows = [json.loads(line) for line in (ppo_run.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["objective/kl"] == 0.0 and rows[0]["objective/non_score_reward"] == 0.0
+    assert any(r["objective/kl"] != 0.0 for r in rows[1:])
+
+
+def test_the_adapter_off_reference_gives_the_sft_models_logits_exactly(ppo_run, chain):
+    from trl import ModelConfig
+
+    from hftune.stages.rl.ppo_trainer import position_ids
+
+    trainer = ppo_run.trainer
+    ids, mask = trainer.collate([{"input_ids": q} for q in trainer.queries[:3]]).values()
+    sft = loading.load_model(chain["sft"], ModelConfig(dtype="auto"), for_training=False).eval()
+    with torch.no_grad():
+        reference = trainer._reference_logits(ids, mask)
+        expected = sft(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        trained = rl.trained_policy(trainer)(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)
+        )
+    assert torch.equal(reference, expected)
+    assert not torch.equal(trained.logits, expected), "the trained adapter changes the policy"
+
+
+@pytest.mark.slow(30)
+def test_ppo_raises_a_toy_reward_while_kl_stays_under_max_kl(chain, tmp_path):
+    """A verifier as the only reward (`reward_model_weight: 0`): 1 when the reply contains a 5. PPO must raise
+    its rate well above the SFT model's (about 1 in 6) without the KL alarm firing."""
+    cfg = rl.parse(
+        CONFIG,
+        [
+            *chain_args(chain, tmp_path / "toy"),
+            "--reward_model_weight", "0",
+            "--verifier", "toy_rewards:contains_five",
+            "--missing_eos_penalty", "0",
+            "--heldout_every", "0",
+            "--max_steps", "25",
+        ],
+    )  # fmt: skip
+    result = rl.run(cfg)
+    assert result.alarm is None and result.scorer is None
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    first, last = (np.mean([r["objective/scores"] for r in part]) for part in (rows[:5], rows[-5:]))
+    assert last > first + 0.3, f"toy reward rate {first:.2f} -> {last:.2f}"
+    assert max(r["objective/kl"] for r in rows) < cfg.hftune.max_kl
+    assert [p["role"] for p in result.manifest["parents"]] == ["sft_model"]  # no reward model was used
+
+
+def test_a_verifier_that_fails_on_a_rollout_names_itself(chain, tmp_path):
+    argv = [*chain_args(chain, tmp_path / "bad"), "--verifier", "toy_rewards:broken", "--max_steps", "1"]
+    with pytest.raises(UserError, match=r"toy_rewards:broken failed on a rollout .*ZeroDivisionError"):
+        rl.run(rl.parse(CONFIG, argv))
+    with pytest.raises(UserError, match="cannot import"):
+        rl.run(rl.parse(CONFIG, [*chain_args(chain, tmp_path / "bad2"), "--verifier", "toy_rewards:nothing"]))
+
+
+def test_a_rollout_larger_than_the_data_is_refused_before_any_weights_load(chain, tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loaded.append(a))
+    cfg = rl.parse(CONFIG, [*chain_args(chain, tmp_path / "big"), "--per_device_train_batch_size", "100000"])
+    with pytest.raises(UserError, match=r"a PPO rollout takes 100000 prompts \(per_device_train_batch_size"):
+        rl.prepare(cfg)
+    assert not loaded
+
+
+def test_full_fine_tuning_ppo_trains_every_weight_against_a_frozen_reference(chain, tmp_path):
+    """`use_peft: false`: the policy trains in full beside a frozen copy of the SFT model as reference (KL 0
+    at the first step), and the artifact is a whole model that loads without the SFT folder."""
+    from trl import ModelConfig
+
+    result = rl.run(rl_config(chain, tmp_path / "full", "--use_peft", "false", "--max_steps", "2"))
+    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["objective/kl"] == 0.0 and rows[1]["objective/kl"] != 0.0
+    trainer = result.trainer
+    assert all(p.requires_grad for p in rl.trained_policy(trainer).parameters())
+    assert not any(p.requires_grad for p in trainer.reference.parameters())
+    assert (result.output_dir / "model.safetensors").is_file()
+    assert not (result.output_dir / "adapter_config.json").exists()
+    sft = loading.load_model(chain["sft"], ModelConfig(dtype="auto"), for_training=False)
+    trained = loading.load_model(str(result.output_dir), ModelConfig(dtype="auto"), for_training=False)
+    before, after = dict(sft.named_parameters()), dict(trained.named_parameters())
+    assert any(not torch.equal(before[k], after[k]) for k in before), "PPO changed no weight"
 
 
 def test_resumed_group_runs_keep_their_logs_up_to_the_checkpoint(tmp_path):

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/ppo.yaml")
 
 # The only per-step metrics that measure wall-clock time (everything else must repeat exactly):
-# TRL's PPO logs episodes per second (`eps`), RLOO / GRPO the seconds a step took (`step_time`).
+# PPO logs episodes per second (`eps`), RLOO / GRPO the seconds a step took (`step_time`).
 WALL_CLOCK_KEYS = {"eps", "step_time"}
 
 
@@ -64,7 +64,7 @@ def test_same_seed_same_run_other_seed_other_run(chain, tmp_path, algorithm):
 
 
 def test_full_determinism_asks_for_deterministic_kernels_for_every_algorithm(monkeypatch):
-    """TRL's PPO ignores `full_determinism` (it skips `Trainer.__init__`); the stage's seeding applies it."""
+    """The stage's seeding applies `full_determinism` for every algorithm, before any trainer is built."""
     import os
     from types import SimpleNamespace
 

@@ -332,24 +332,33 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
+# The differences to the baseline whose seed-level verdict the summary prints, in this order.
+SEED_CLAIMS = ("reward", "verifier")
+
+
 def seed_lines(results: dict[str, Any]) -> list[str]:
-    """For each variant trained with several seeds: its reward difference to the baseline per seed, the
-    interval across seeds, and whether the claim survives the seeds."""
+    """For each variant trained with several seeds: its difference to the baseline per seed in reward and,
+    where the suite has one, in the verifier's accuracy (the ground truth a reward model can be gamed on),
+    the interval across seeds, and whether the claim survives the seeds."""
     lines = []
     caveats = report.reward_caveats(results)
     for name, variant in (results.get("variants") or {}).items():
-        diff = (variant.get("vs_baseline") or {}).get("reward") or {}
-        seeds = diff.get("seeds")
-        if not variant.get("seed_runs") or not seeds:
+        if not variant.get("seed_runs"):
             continue
-        per_seed = ", ".join(f"{x:+.3f}" for x in seeds.get("per_seed", []))
-        verdict = "survives the seeds" if diff.get("survives_seeds") else "does not survive the seeds"
-        # The reward of a variant that never trained against the reward model: the table's footnote applies.
-        mark = f" {report.CAVEAT_MARK}" if name in caveats else ""
-        lines.append(
-            f"{name} ({seeds['n']} seeds): reward{mark} vs {results.get('baseline')} per seed {per_seed}; "
-            f"across seeds {seeds['mean']:+.3f} [{seeds['ci_low']:+.3f}, {seeds['ci_high']:+.3f}]: {verdict}"
-        )
+        for metric in SEED_CLAIMS:
+            diff = (variant.get("vs_baseline") or {}).get(metric) or {}
+            seeds = diff.get("seeds")
+            if not seeds:
+                continue
+            per_seed = ", ".join(f"{x:+.3f}" for x in seeds.get("per_seed", []))
+            verdict = "survives the seeds" if diff.get("survives_seeds") else "does not survive the seeds"
+            # The reward of a variant that never trained against the reward model: the footnote applies.
+            mark = f" {report.CAVEAT_MARK}" if metric == "reward" and name in caveats else ""
+            across = f"{seeds['mean']:+.3f} [{seeds['ci_low']:+.3f}, {seeds['ci_high']:+.3f}]"
+            lines.append(
+                f"{name} ({seeds['n']} seeds): {metric}{mark} vs {results.get('baseline')} per seed "
+                f"{per_seed}; across seeds {across}: {verdict}"
+            )
     return lines
 
 

@@ -138,8 +138,9 @@ def prepare(
         # Prompt-completion data is masked by TRL's completion-only loss instead.
         args.assistant_only_loss = False
 
-    # Seeded before any weight is made: SFTTrainer creates the LoRA adapter (randomly initialised) before
-    # its own `set_seed`, so without this the adapter depended on whatever drew random numbers earlier.
+    # Seeded before any weight is made: a `tiny:` model's weights are drawn as it loads, and SFTTrainer
+    # before TRL 1.15 creates the LoRA adapter (randomly initialised) before its own `set_seed`, so without
+    # this the adapter depended on whatever drew random numbers earlier (1.15 seeds before the adapter).
     set_seed(args.seed)
     model = loading.load_model(
         model_args.model_name_or_path,

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # Logged values that are NaN/inf only when training has diverged. (`eval_loss` is not one: a held-out batch
 # with no trained tokens averages 0/0 on a healthy model.)
 WATCHED = ("loss", "grad_norm")
-WATCHED_PREFIXES = ("loss/",)  # TRL's PPOTrainer: loss/policy_avg, loss/value_avg
+WATCHED_PREFIXES = ("loss/",)  # hftune's PPO: loss/policy_avg, loss/value_avg
 
 # Under fp16 mixed precision the gradient scaler skips a step whose gradients overflowed and lowers its
 # scale, leaving the weights as they were: a few non-finite logs in a row are expected there.

@@ -52,8 +52,9 @@ class StageSpec:
 _RL_HANDOFF = {"model_name_or_path": "sft", "reward_model_path": "reward"}
 _RL_OPTIONS = "hftune.stages.rl.config"  # the RL stage's keys and checks, without torch or TRL
 _RL_DESCRIPTION = (
-    "RLHF against a frozen reward model with TRL's PPOTrainer (`algorithm: ppo`) or its maintained "
-    "RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are the chosen trainer's config "
+    "RLHF against a frozen reward model (and/or a task `verifier`) with hftune's own PPO "
+    "(`algorithm: ppo`) or TRL's RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are "
+    "the chosen trainer's config "
     "and ModelConfig fields plus the hftune options below; `--key value` flags override the file. "
     "Per-step metrics go to metrics.jsonl; alarms (max_kl, min/max_mean_length, held-out reward) stop "
     "a run and keep its last good policy."

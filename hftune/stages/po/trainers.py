@@ -1,6 +1,7 @@
 """TRL's preference-optimisation trainers behind one `algorithm` name, and the only module of this stage
-that imports `trl.experimental` (ORPO and CPO/SimPO live there in TRL 1.10-1.12; DPO and KTO are TRL's
-maintained trainers). Pinned by the project's `trl>=1.10,<1.13`; `tests/test_po.py` runs each.
+that imports `trl.experimental` (ORPO and CPO/SimPO live there in TRL 1.10-1.16; DPO and KTO are TRL's
+maintained trainers: `trl.experimental.kto` is only a deprecated alias of `trl`'s KTOTrainer). Pinned by
+the project's TRL range (setup.cfg); `tests/test_po.py` runs each.
 """
 
 from __future__ import annotations

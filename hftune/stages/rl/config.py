@@ -46,13 +46,25 @@ class RLExtras(DataExtras):
 
     algorithm: str = hftune_field(
         "ppo",
-        "`ppo` (TRL's experimental PPOTrainer, value model from the reward model), or `rloo` / `grpo` "
+        "`ppo` (hftune's own PPO, value model from the reward model), or `rloo` / `grpo` "
         "(TRL's maintained RLOOTrainer / GRPOTrainer; no value model, vLLM-capable).",
         choices=ALGORITHMS,
     )
     reward_model_path: str | None = hftune_field(
-        None, "Reward model folder written by `hftune reward`. Required."
+        None,
+        "Reward model folder written by `hftune reward`. Required unless `reward_model_weight` is 0 (PPO "
+        "then starts its value model from the SFT model).",
     )
+    reward_model_weight: float = hftune_field(
+        1.0, "Weight of the reward model's (normalised) score in the reward; 0: a verifier alone."
+    )
+    verifier: str | None = hftune_field(
+        None,
+        "A task verifier as a reward, `module:function(question, reply, reference) -> float` (the eval "
+        "suites' signature, e.g. hftune.evaluation.verifiers:verify_answer; reference is None here), "
+        "added to the reward model's score with `verifier_weight`.",
+    )
+    verifier_weight: float = hftune_field(1.0, "Weight of the verifier's value in the reward.")
     response_length: int = hftune_field(
         64,
         "Most tokens generated per response (PPO's `response_length`, GRPO/RLOO's `max_completion_length`).",
@@ -84,8 +96,8 @@ class RLExtras(DataExtras):
     freeze_gc: bool = hftune_field(
         True,
         "Freeze Python's garbage collector over the objects alive when training starts (`gc.freeze`), so "
-        "the collections TRL's loop asks for each update scan only what the update made. Changes no "
-        "number; false: collect as Python does by default.",
+        "the collections made while training scan only what training made. Changes no number; false: "
+        "collect as Python does by default.",
     )
     heldout_tolerance: float = hftune_field(
         0.1, "How far (in reward units) the held-out reward may fall between checks before the alarm fires."
@@ -93,7 +105,7 @@ class RLExtras(DataExtras):
 
 
 EXTRAS = RLExtras
-TRL_CONFIGS = ("PPOConfig (or RLOOConfig / GRPOConfig with `algorithm`)", "ModelConfig")
+TRL_CONFIGS = ("hftune's PPOConfig (or TRL's RLOOConfig / GRPOConfig with `algorithm`)", "ModelConfig")
 DEFAULTS: dict[str, Any] = {"output_dir": "runs/ppo", **common.ADAPTER_STAGE_DEFAULTS}
 
 # Launches the RL stage refuses, whether started by hand (`check`) or by the pipeline (before it launches).
@@ -101,20 +113,30 @@ RL_SHARDED = (
     "the RL stages run under DDP (torchrun, or accelerate's multi-GPU configs), not {}: the policy adapter "
     "is saved from the main process's copy, which a sharded model does not hold whole"
 )
-# Measured here with 2 CPU processes: TRL's experimental PPOTrainer reaches `self.model.policy` through the
-# DDP wrapper when it switches the LoRA adapter off for the reference, and fails.
+# hftune's PPO loop samples, scores and whitens each process's rollout on its own; it has not been run or
+# tested on several processes, so it refuses them rather than train something no test has checked.
 PPO_DISTRIBUTED = (
-    "`algorithm: ppo` with a LoRA policy runs in one process only: TRL's experimental PPOTrainer fails under "
-    "DDP when it switches the adapter off for the reference (huggingface/trl#2375). Use `algorithm: rloo` "
-    "or `grpo` on several processes, or run PPO in one"
+    "`algorithm: ppo` runs in one process only (hftune's PPO is not yet tested on several). Use "
+    "`algorithm: rloo` or `grpo` on several processes, or run PPO in one"
 )
 VLLM_MODES = ("colocate", "server")
 
 
 def _check(values: dict[str, Any]) -> list[str]:
     problems = common_checks(values)
-    if not values.get("reward_model_path"):
-        problems.append("`reward_model_path`: required (the output folder of `hftune reward`)")
+    rm_weight = values.get("reward_model_weight", 1.0)
+    if rm_weight and not values.get("reward_model_path"):
+        problems.append(
+            "`reward_model_path`: required (the output folder of `hftune reward`), unless the reward is a "
+            "verifier alone (`verifier: module:function` with `reward_model_weight: 0`)"
+        )
+    if not rm_weight and not values.get("verifier"):
+        problems.append("`reward_model_weight`: 0 leaves no reward; set `verifier: module:function`")
+    for key in ("reward_model_weight", "verifier_weight"):
+        if values.get(key) is not None and values[key] < 0:
+            problems.append(f"`{key}`: must be >= 0, got {values[key]}")
+    if values.get("verifier") and ":" not in str(values["verifier"]):
+        problems.append(f"`verifier`: `module:function`, got {values['verifier']!r}")
     if values.get("response_length") is not None and values["response_length"] <= 0:
         problems.append(f"`response_length`: must be positive, got {values['response_length']}")
     if (values.get("kl_coef") or 0) < 0:
@@ -123,7 +145,7 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(f"`max_kl`: must be positive, got {values['max_kl']}")
     if values.get("load_in_4bit") or values.get("load_in_8bit"):
         problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
-    if values.get("algorithm", "ppo") == "ppo" and values.get("use_peft") and distributed.is_distributed():
+    if values.get("algorithm", "ppo") == "ppo" and distributed.is_distributed():
         problems.append(PPO_DISTRIBUTED)
     if sharding := distributed.sharding():
         problems.append(RL_SHARDED.format(sharding))
@@ -181,7 +203,12 @@ def cuda_for_vllm() -> bool:
 
 
 def _unknown_key_hint(key: str) -> str | None:
-    """PPO's error for a vLLM key: where vLLM generation is."""
+    """PPO's error for a vLLM key (where vLLM generation is), or a TRL PPOConfig key hftune's PPO does not
+    take (why)."""
+    from hftune.stages.rl.ppo import UNSUPPORTED_KEYS
+
+    if key in UNSUPPORTED_KEYS:
+        return f"a key of TRL's old PPOConfig that hftune's PPO does not take: {UNSUPPORTED_KEYS[key]}"
     if key == "use_vllm" or key.startswith("vllm_"):
         return (
             "PPO generates with the model it trains, without vLLM; vLLM generation is for "

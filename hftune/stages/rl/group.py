@@ -26,6 +26,11 @@ def build_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_fn: Rewa
         gradient_checkpointing=args.gradient_checkpointing,
     )
     common.ignore_bias_buffers(policy, cfg)
+    # TRL >= 1.14.2 ends a completion at every eos id of the policy's generation config as well as the
+    # tokenizer's; a base model's config can name another one (e.g. <|endoftext|> beside the chat template's
+    # <|im_end|>). Rollouts end at the end-of-turn token only, as the reward's missing-EOS check, the
+    # held-out check and the eval read them.
+    policy.generation_config.eos_token_id = tokenizer.eos_token_id
     cls = RLOOTrainer if extras.algorithm == "rloo" else GRPOTrainer
     trainer = cls(
         model=policy,
@@ -37,5 +42,6 @@ def build_trainer(cfg: StageConfig, tokenizer, prompts, heldout, reward_fn: Rewa
         peft_config=loading.lora_config(model_args),
     )
     # TRL moves the models it is given; a reward *function* keeps its model where it was loaded (the CPU).
-    reward_fn.scorer.model.to(trainer.accelerator.device)
+    if reward_fn.scorer is not None:
+        reward_fn.scorer.model.to(trainer.accelerator.device)
     return trainer

@@ -57,7 +57,8 @@ def first_value(logs: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 
 @dataclass
 class RolloutStats:
-    """Filled by the stage's reward function with what TRL's PPO does not log itself."""
+    """Filled by the stage's reward function: reply lengths and end-of-turn rate, the same for every
+    algorithm (PPO logs none of its own)."""
 
     lengths: list[int] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
@@ -90,7 +91,6 @@ class Guardrails(TrainerCallback):
         heldout=None,
         heldout_every: int = 0,
         rollout_stats: RolloutStats | None = None,
-        step_offset: int = 0,
         resumed_at: int = 0,
         report: Callable[[dict[str, Any]], None] | None = None,
     ):
@@ -100,7 +100,6 @@ class Guardrails(TrainerCallback):
         self.heldout = heldout  # callable(policy) -> (mean reward, sample rows), or None
         self.heldout_every = heldout_every
         self.rollout_stats = rollout_stats
-        self.step_offset = step_offset  # steps done before a resume that the trainer counts from 0 again
         # Shown each step's full row (the console's step line), before any alarm can stop the run.
         self.report = report
         self.snapshots: list[dict[str, torch.Tensor]] = []
@@ -113,7 +112,7 @@ class Guardrails(TrainerCallback):
         self.writes = distributed.is_main_process()
         for name in ("metrics.jsonl", "samples.jsonl"):
             if self.writes:
-                self._keep_rows_up_to(out_dir / name, max(step_offset, resumed_at))
+                self._keep_rows_up_to(out_dir / name, resumed_at)
 
     @staticmethod
     def _keep_rows_up_to(path: Path, step: int) -> None:
@@ -146,7 +145,7 @@ class Guardrails(TrainerCallback):
         logs = dict(logs or {})
         if not any(k in logs for k in KL_KEYS + REWARD_KEYS):
             return  # an end-of-training summary, not a step
-        step = state.global_step + self.step_offset
+        step = state.global_step
         if self.rollout_stats is not None:
             logs.update(self.rollout_stats.drain())
         if self.heldout is not None and self.heldout_every and step % self.heldout_every == 0:

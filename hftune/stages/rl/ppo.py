@@ -1,40 +1,87 @@
-"""`algorithm: ppo` (the RL stage's default, see `stage.py`): TRL's experimental PPOTrainer, and the one
-module that imports `trl.experimental`.
+"""`algorithm: ppo` (the RL stage's default, see `stage.py`): hftune's own PPO (`ppo_trainer.py`, on the
+arithmetic of `ppo_objective.py`), its config class, and how the stage builds it: the policy is the SFT
+model with a fresh LoRA adapter (the adapter switched off is the reference policy) or fully fine-tuned
+beside a frozen reference copy, the value model starts from the reward model, and rewards are hftune's
+(`RewardFn`, the scoring path the reward stage and the eval harness use).
 
-TRL removed PPOTrainer in 1.13; 1.10-1.12 ship it as `trl.experimental.ppo`. Keeping every use of it here
-means a future TRL bump touches one file, and `algorithm: rloo` / `grpo` (`group.py`) keep working without
-it. hftune adds what TRL's PPO lacks: rewards scored through hftune's path (`RewardFn`), the value model
-saved with each checkpoint, and `--resume`.
+TRL removed its PPOTrainer in 1.13; nothing here imports `trl.experimental`. The keys are those of TRL's
+PPOConfig, so a config written for it runs unchanged, except the derived sizes TRL computed itself and the
+options hftune never used (`UNSUPPORTED_KEYS`, each refused with the reason).
 
     hftune ppo --config configs/tiny/ppo.yaml
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
-import os
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainingArguments
 
 from hftune.errors import UserError
 from hftune.models import loading
 from hftune.stages import common
+from hftune.stages.rl.ppo_trainer import VALUE_WEIGHTS, PPOTrainer  # noqa: F401 (VALUE_WEIGHTS: tests)
 from hftune.stages.rl.rewards import RewardFn, encode_prompts
 
-logger = logging.getLogger(__name__)
+# TRL PPOConfig keys hftune's PPO does not take, and why (the unknown-key error says so).
+UNSUPPORTED_KEYS = {
+    "num_sample_generations": "hftune writes held-out samples itself: set `heldout_every`",
+    "stop_token": "replies always end at the tokenizer's end-of-turn (eos) token",
+    "stop_token_id": "replies always end at the tokenizer's end-of-turn (eos) token",
+    "ds3_gather_for_generation": "the RL stage does not run under DeepSpeed ZeRO-3",
+    "model_adapter_name": "the policy trains one fresh adapter; the reference is that adapter switched off",
+    "ref_adapter_name": "the policy trains one fresh adapter; the reference is that adapter switched off",
+    "sft_model_path": "the policy is `model_name_or_path`",
+    "dataset_num_proc": "prompts are prepared by hftune's data recipes",
+}
 
-VALUE_WEIGHTS = "value_model.safetensors"
-# hftune pins the TRL releases that ship experimental PPO; the "experimental API" notice is known.
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """TrainingArguments plus PPO's settings (the names and defaults of TRL's PPOConfig). A step is one
+    rollout of `per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches` prompts and
+    its `num_ppo_epochs x num_mini_batches` optimizer steps; `max_steps` counts rollouts."""
+
+    learning_rate: float = _help("The initial learning rate for AdamW (PPO's default is low).", 3e-6)
+    num_ppo_epochs: int = _help("Passes over each rollout (one optimizer step per minibatch each).", 4)
+    num_mini_batches: int = _help("Minibatches a rollout is split into (in a seeded order each pass).", 1)
+    total_episodes: int | None = _help(
+        "Prompts to roll out in all, when `max_steps` is not set (else `num_train_epochs` passes).", None
+    )
+    local_rollout_forward_batch_size: int = _help(
+        "Rows per forward pass (generation and scoring) while rolling out, without gradients.", 64
+    )
+    temperature: float = _help("Sampling temperature of the rollouts (log-probabilities use it too).", 0.7)
+    whiten_rewards: bool = _help(
+        "Scale per-token rewards to unit variance over the rollout (mean kept).", False
+    )
+    kl_estimator: str = _help(
+        "Per-token KL to the reference: `k1` (log-ratio, unbiased) or `k3` (r - 1 - log r, never negative).",
+        "k1",
+    )
+    cliprange: float = _help("Clip range of the policy ratio in the surrogate objective.", 0.2)
+    vf_coef: float = _help("Weight of the value loss in the combined loss.", 0.1)
+    cliprange_value: float = _help("How far a value prediction may move from the rollout's value.", 0.2)
+    gamma: float = _help("Discount factor of the advantage estimate.", 1.0)
+    lam: float = _help("GAE's lambda (1: Monte-Carlo returns, 0: one-step TD).", 0.95)
+    # Set by the stage from hftune's own keys (`response_length`, `kl_coef`): not config keys here.
+    response_length: int = field(default=64, init=False)
+    kl_coef: float = field(default=0.05, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.num_mini_batches < 1 or self.num_ppo_epochs < 1:
+            raise ValueError("num_mini_batches and num_ppo_epochs must be at least 1")
 
 
 def config_class():
-    from trl.experimental.ppo import PPOConfig
-
     return PPOConfig
 
 
@@ -48,59 +95,54 @@ def build_trainer(
     *,
     separate_reference: bool = False,
 ):
-    """TRL's PPOTrainer: the policy is the SFT model with a fresh LoRA adapter (the adapter switched off is
-    the reference policy), the value model starts from the reward model, the reward model is frozen and
-    scored through `hftune.models.scoring`. `separate_reference` loads a second copy as reference instead
-    (only for measuring what the shared reference saves)."""
-    from datasets import Dataset
+    """hftune's PPOTrainer on the SFT policy (fresh LoRA adapter, or full fine-tuning with a frozen copy as
+    the reference), a value model started from the reward model, and `reward_fn`. `separate_reference`
+    holds a second copy as reference with LoRA too (only for measuring what the shared reference saves).
+    `heldout` is checked by the guardrails, not here; `resume_from` is read when training starts."""
+    from peft import get_peft_model
 
     args, model_args, extras = cfg.training, cfg.model, cfg.hftune
+    rollout = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+    if len(prompts) < rollout:  # before any weights load
+        raise UserError(
+            f"{cfg.source}: a PPO rollout takes {rollout} prompts (per_device_train_batch_size x "
+            f"gradient_accumulation_steps x num_mini_batches) but the data has {len(prompts)} training "
+            "prompts; lower those or add prompts"
+        )
     args.response_length = extras.response_length
     args.kl_coef = extras.kl_coef
-    args.missing_eos_penalty = None  # applied by RewardFn, the same way for every algorithm
-    args.stop_token = "eos"  # responses end at the end-of-turn token (the tokenizer's eos)
-    args.sft_model_path = model_args.model_name_or_path
-    args.reward_model_path = extras.reward_model_path
-    if args.max_steps and args.max_steps > 0:
-        # PPO counts episodes; `max_steps` means PPO updates, as it means optimizer steps elsewhere.
-        args.total_episodes = (
-            args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
-        )
-    if args.num_sample_generations:
-        args.num_sample_generations = 0  # hftune writes samples itself (heldout_every), to samples.jsonl
-
     tokenizer.padding_side = "left"  # queries are left padded so generation continues each prompt directly
     queries = encode_prompts(tokenizer, prompts)
-    heldout_queries = encode_prompts(tokenizer, heldout) or queries[: args.per_device_eval_batch_size]
 
-    policy = loading.load_model(model_args.model_name_or_path, model_args, for_training=True)
+    path = model_args.model_name_or_path
+    policy = loading.load_model(
+        path, model_args, for_training=True, gradient_checkpointing=args.gradient_checkpointing
+    )
     common.ignore_bias_buffers(policy, cfg)
-    value = loading.load_reward_model(extras.reward_model_path, model_args, for_training=True)
-    value.config.pad_token_id = tokenizer.pad_token_id
-    if reward_fn.normalize:
-        _normalise_value_head(value, reward_fn.scorer.stats)
     reference = None
-    if separate_reference:
-        reference = loading.load_model(model_args.model_name_or_path, model_args, for_training=True).eval()
-        reference.requires_grad_(False)
-
-    trainer = ScoredPPOTrainer(
+    if model_args.use_peft:
+        policy = get_peft_model(policy, loading.lora_config(model_args))
+    if separate_reference or not model_args.use_peft:
+        reference = loading.load_model(path, model_args, for_training=False)
+    # The value model starts from the reward model (it already reads replies for their worth), or, with a
+    # verifier as the only reward, from the SFT model with a fresh head.
+    value = loading.load_reward_model(extras.reward_model_path or path, model_args, for_training=True)
+    value.config.pad_token_id = tokenizer.pad_token_id
+    if reward_fn.scorer is not None and reward_fn.normalize:
+        _normalise_value_head(value, reward_fn.scorer.stats)
+    trainer = PPOTrainer(
         args=args,
         processing_class=tokenizer,
-        model=policy,
-        ref_model=reference,
-        reward_model=reward_fn.scorer.model,
-        train_dataset=Dataset.from_dict({"input_ids": queries}),
+        policy=policy,
         value_model=value,
-        eval_dataset=Dataset.from_dict({"input_ids": heldout_queries}),
-        peft_config=loading.lora_config(model_args),
+        reward_fn=reward_fn,
+        prompts=prompts,
+        queries=queries,
+        reference=reference,
     )
-    trainer.hftune_reward_fn = reward_fn
-    trainer.hftune_prompt_of = {tuple(q): p for q, p in zip(queries, prompts, strict=True)}
-    trainer.hftune_steps_done = 0
-    trainer.add_callback(SaveValueModel())
-    if resume_from:
-        _resume(trainer, Path(resume_from))
+    if reward_fn.scorer is not None:  # called, not trained: moved to where the policy trains
+        reward_fn.scorer.model.to(trainer.args.device)
+    trainer.hftune_resume_from = resume_from
     return trainer
 
 
@@ -117,89 +159,3 @@ def _normalise_value_head(value, stats: dict[str, float]) -> None:
         scaled.weight.copy_(head.weight / stats["std"])
         scaled.bias.copy_((bias - stats["mean"]) / stats["std"])
     value.score = scaled
-
-
-def score_through_hftune(trainer, original, model, query_responses, pad_token_id, context_length):
-    """TRL's `get_reward`, except for the reward model: its scores come from `hftune.models.scoring` on the
-    decoded (prompt, response), exactly as the reward stage and the eval harness score them."""
-    if model is not trainer.reward_model:
-        return original(model, query_responses, pad_token_id, context_length)
-    tokenizer = trainer.processing_class
-    eos = tokenizer.eos_token_id
-    prompts, texts, ended, lengths = [], [], [], []
-    for row in query_responses.tolist():
-        query = tuple(t for t in row[:context_length] if t != pad_token_id)
-        response = row[context_length:]
-        stop = response.index(eos) + 1 if eos in response else None
-        reply = response[:stop] if stop else [t for t in response if t != pad_token_id]
-        prompts.append(trainer.hftune_prompt_of[query])
-        texts.append(tokenizer.decode(reply, skip_special_tokens=True))
-        ended.append(stop is not None)
-        lengths.append(len(reply))
-    scores = trainer.hftune_reward_fn.rewards(prompts, texts, ended, lengths)
-    return None, scores.to(query_responses.device), None
-
-
-def _trainer_class():
-    from trl.experimental.ppo import PPOTrainer
-
-    return PPOTrainer
-
-
-class ScoredPPOTrainer(_trainer_class()):
-    def train(self):
-        import trl.experimental.ppo.ppo_trainer as ppo_module
-
-        if self.args.num_total_batches == 0:
-            return  # resumed from the final checkpoint: nothing left to train, only the artifact to save
-
-        # TRL orders minibatches with numpy's global generator and samples with torch's; the stage seeded
-        # both before the trainer was built (`seeding.seed_run`), so the same seed repeats the run.
-        original = ppo_module.get_reward
-        ppo_module.get_reward = functools.partial(score_through_hftune, self, original)
-        try:
-            return super().train()
-        finally:
-            ppo_module.get_reward = original
-
-
-class SaveValueModel(TrainerCallback):
-    """PPO checkpoints hold the policy adapter, optimizer and scheduler; the value model is saved beside
-    them so `--resume` continues with the value estimates it had."""
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        from safetensors.torch import save_model
-
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if model is not None and folder.is_dir():
-            save_model(model.value_model, str(folder / VALUE_WEIGHTS))
-
-
-def _resume(trainer, checkpoint: Path) -> None:
-    """Continue an interrupted PPO run: policy adapter, value model, optimizer and scheduler from the
-    checkpoint, and only the updates still to do (TRL's PPOTrainer has no resume of its own). The random
-    state is not restored: the resumed updates draw prompts, samples and minibatch order as a fresh run with
-    the same seed does, so resuming repeats itself but does not replay the uninterrupted run."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file, load_model
-
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    done = int(state["global_step"])
-    adapter = checkpoint / "adapter_model.safetensors"
-    value = checkpoint / VALUE_WEIGHTS
-    if not adapter.is_file() or not value.is_file():
-        raise UserError(f"{checkpoint} is not a complete PPO checkpoint (adapter or value model missing)")
-    policy = trainer.model.policy
-    set_peft_model_state_dict(policy, load_file(str(adapter)))
-    load_model(trainer.model.value_model, str(value))
-    for name, target in (("optimizer.pt", trainer.optimizer), ("scheduler.pt", trainer.lr_scheduler)):
-        path = checkpoint / name
-        if path.is_file():
-            target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    args = trainer.args
-    remaining = args.num_total_batches - done
-    if remaining <= 0:
-        # Interrupted after its last checkpoint, while saving: the policy is final, only the save is left.
-        logger.info("%s holds all %d updates: saving it without training", checkpoint, done)
-    args.num_total_batches = max(remaining, 0)
-    trainer.hftune_steps_done = done

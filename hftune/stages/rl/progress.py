@@ -43,14 +43,13 @@ class RLProgress(ProgressCallback):
     row (`write_step`, their `report`), which adds to the trainer's logs what only they know: the rollout
     statistics and the held-out reward. With `disable_tqdm` the lines are printed without a bar."""
 
-    def __init__(self, algorithm: str, *, step_offset: int = 0):
+    def __init__(self, algorithm: str):
         super().__init__()
         self.algorithm = algorithm
-        self.step_offset = step_offset  # PPO counts a resumed run's steps from 0 again (see Guardrails)
         self.total: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.total = state.max_steps + self.step_offset
+        self.total = state.max_steps
         if not args.disable_tqdm:
             super().on_train_begin(args, state, control, **kwargs)
 

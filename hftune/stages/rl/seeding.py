@@ -1,19 +1,16 @@
 """One seed for an RL run, set before anything draws from a random generator, so that the same config on the
 same machine gives the same run: the same metrics.jsonl and a byte-identical adapter on CPU.
 
-What draws, and why seeding the global generators once (`seed_run`, at the start of `stage.prepare`) is the
-fix rather than handing each its own generator: TRL gives no hook for one.
+What draws, and why seeding the global generators once (`seed_run`, at the start of `stage.prepare`) is
+still needed:
 - The fresh LoRA adapter's `lora_A` (peft's kaiming init) and the PPO value head hftune rebuilds draw from
-  torch's global generator while the trainer is built, *before* TRL or transformers seed anything. torch
-  seeds that generator from the OS at start-up, and in a pipeline earlier stages leave it wherever they
-  stopped (a rerun that skips finished stages leaves it elsewhere), so the policy started from a different
-  adapter every run.
-- TRL's experimental PPO shuffles each update's minibatches with `np.random.permutation`, numpy's global
-  generator, which nothing seeds (PPOTrainer skips `Trainer.__init__` and its `set_seed`): numpy seeds it
-  from the OS, so the order of the gradient steps changed every run.
-- Rollout sampling and the prompt order draw from torch's global generator too; TRL reseeds that itself
-  (PPO to `seed + 100003 * rank` in its `__init__`, RLOO / GRPO through `Trainer`'s `set_seed` and a seeded
-  `RepeatSampler`), so it repeats once the draws before it do.
+  torch's global generator while the trainer is built. torch seeds that generator from the OS at start-up,
+  and in a pipeline earlier stages leave it wherever they stopped, so without a seed the policy started
+  from a different adapter every run.
+- hftune's PPO (`ppo_trainer.py`) draws each step's prompts, samples and minibatch order from generators
+  seeded by (seed, step), so it needs nothing more, and a resumed run replays the uninterrupted one.
+- RLOO / GRPO sample from torch's global generator and order prompts with TRL's seeded `RepeatSampler`;
+  `Trainer`'s `set_seed` reseeds torch, so they repeat once the draws before them do.
 hftune's own checks draw nothing from these: the held-out check decodes greedily inside
 `torch.random.fork_rng` (`hftune.models.generation`), and the console and the logs only read.
 
@@ -24,11 +21,11 @@ scatter / index-add backward passes (embedding gradients) and SDPA / flash-atten
 atomic adds in whatever order threads finish. `full_determinism: true` (TrainingArguments) asks for
 transformers' `enable_full_determinism`: `CUBLAS_WORKSPACE_CONFIG`, `CUDA_LAUNCH_BLOCKING` (slower) and
 `torch.use_deterministic_algorithms(True)`, under which an op with no deterministic kernel fails rather than
-silently varying. RLOO / GRPO's `Trainer` honours the flag itself; TRL's PPO ignores it, so hftune applies it
-here for every algorithm. It cannot make a GPU run repeat when CUDA was already in use in the process (a
-pipeline's earlier stage: set `CUBLAS_WORKSPACE_CONFIG` in the environment instead), across GPU models,
-drivers or library versions, or with vLLM generation, whose batching depends on timing. A multi-process run
-repeats only with the same number of processes.
+silently varying. RLOO / GRPO's `Trainer` honours the flag itself; hftune applies it here, before any
+trainer is built, for every algorithm. It cannot make a GPU run repeat when CUDA was already in use in the
+process (a pipeline's earlier stage: set `CUBLAS_WORKSPACE_CONFIG` in the environment instead), across GPU
+models, drivers or library versions, or with vLLM generation, whose batching depends on timing. A
+multi-process run repeats only with the same number of processes.
 """
 
 from __future__ import annotations

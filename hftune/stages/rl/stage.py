@@ -1,7 +1,7 @@
 """The RL stage (`hftune ppo`): optimise the SFT policy against a frozen reward model while a KL penalty
-keeps it near the SFT model. PPO through TRL's `trl.experimental.ppo` (`ppo.py`, the only module that
-imports it), or `algorithm: rloo` / `algorithm: grpo` through TRL's maintained trainers (`group.py`), with
-the same config keys (`config.py`).
+keeps it near the SFT model. PPO is hftune's own (`ppo.py`, `ppo_trainer.py`, `ppo_objective.py`);
+`algorithm: rloo` / `algorithm: grpo` run on TRL's maintained trainers (`group.py`); all three read the same
+config keys (`config.py`).
 
     hftune ppo --config configs/tiny/ppo.yaml [--algorithm rloo] [--resume]
 
@@ -44,7 +44,7 @@ from hftune.stages.rl.guardrails import (
     RolloutStats,
 )
 from hftune.stages.rl.progress import RLProgress, replace_progress_callback
-from hftune.stages.rl.rewards import RewardFn, heldout_evaluator, prompt_rows
+from hftune.stages.rl.rewards import RewardFn, Verifier, heldout_evaluator, prompt_rows
 from hftune.stages.rl.seeding import seed_run
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class RLResult:
     metrics: dict[str, Any]
     manifest: dict[str, Any]
     trainer: Any
-    scorer: scoring.Scorer
+    scorer: scoring.Scorer | None  # None when the reward is a verifier alone
     alarm: str | None
 
 
@@ -64,7 +64,7 @@ class RLResult:
 class Prepared:
     trainer: Any
     guardrails: Guardrails
-    scorer: scoring.Scorer
+    scorer: scoring.Scorer | None
     reward_fn: RewardFn
     data: Any
     recipe: Any
@@ -86,14 +86,16 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
 
     # Tokenizers first: a mismatch fails before any weights load.
     tokenizer = load_tokenizer(policy_path, revision=model_args.model_revision)
-    reward_tok = load_tokenizer(extras.reward_model_path)
-    check_same_tokenizer(
-        tokenizer,
-        reward_tok,
-        f"the policy ({policy_path})",
-        f"the reward model ({extras.reward_model_path})",
-        fix="train the reward model on top of this SFT model",
-    )
+    if extras.reward_model_path:  # scored with, or (PPO) the value model's start
+        check_same_tokenizer(
+            tokenizer,
+            load_tokenizer(extras.reward_model_path),
+            f"the policy ({policy_path})",
+            f"the reward model ({extras.reward_model_path})",
+            fix="train the reward model on top of this SFT model",
+        )
+    # A verifier that does not import fails here, before any weights load.
+    verifier = Verifier(extras.verifier) if extras.verifier else None
     if extras.chat_template:
         raise UserError(
             "`chat_template`: the RL stage renders prompts with the SFT model's template; drop it"
@@ -103,24 +105,29 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     prompts = prompt_rows(data.train)
     heldout = prompt_rows(data.eval)[: extras.heldout_prompts] if data.eval is not None else []
 
-    scorer = scoring.load_scorer(extras.reward_model_path, model_args)
-    if extras.normalize_rewards and not scorer.stats:
-        raise UserError(
-            f"{extras.reward_model_path} has no score statistics (reward_report.json): retrain it "
-            "with `eval_fraction` > 0, or set `normalize_rewards: false`"
-        )
+    scorer = None
+    if extras.reward_model_weight:
+        scorer = scoring.load_scorer(extras.reward_model_path, model_args)
+        if extras.normalize_rewards and not scorer.stats:
+            raise UserError(
+                f"{extras.reward_model_path} has no score statistics (reward_report.json): retrain it "
+                "with `eval_fraction` > 0, or set `normalize_rewards: false`"
+            )
     stats = RolloutStats()
     reward_fn = RewardFn(
         scorer,
         normalize=extras.normalize_rewards,
         missing_eos_penalty=extras.missing_eos_penalty,
         stats=stats,
+        eos_token_id=tokenizer.eos_token_id,
+        verifier=verifier,
+        reward_model_weight=extras.reward_model_weight,
+        verifier_weight=extras.verifier_weight,
     )
 
     resume_from = common.checkpoint_to_resume(dirs, cfg, resume, data)
     with common.trl_settings_are_user_errors(cfg.source):
         if extras.algorithm == "ppo":
-            # Only PPO needs TRL's experimental trainer: RLOO / GRPO keep working on a TRL without it.
             from hftune.stages.rl import ppo
 
             trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn, resume_from)
@@ -130,8 +137,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     evaluate = None
     if heldout:
         evaluate = heldout_evaluator(heldout, tokenizer, reward_fn, extras.response_length)
-    step_offset = getattr(trainer, "hftune_steps_done", 0)
-    progress = RLProgress(extras.algorithm, step_offset=step_offset)
+    progress = RLProgress(extras.algorithm)
     guardrails = Guardrails(
         dirs.work,
         Bounds(
@@ -144,7 +150,6 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         heldout=evaluate,
         heldout_every=extras.heldout_every,
         rollout_stats=stats,
-        step_offset=step_offset,
         resumed_at=common.checkpoint_step(resume_from),
         report=progress.write_step,
     )
@@ -157,7 +162,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
 
 
 def trained_policy(trainer):
-    """The policy being trained: TRL's PPOTrainer holds it beside the value model (`model.policy`)."""
+    """The policy being trained: hftune's PPOTrainer holds it beside the value model (`model.policy`)."""
     model = trainer.model
     return model.policy if hasattr(model, "policy") else model
 
@@ -166,9 +171,10 @@ def trained_policy(trainer):
 def frozen_gc(enabled: bool) -> Iterator[None]:
     """Keep the objects alive before training out of the garbage collector's scans while it trains.
 
-    TRL's PPO loop calls `gc.collect()` twice per update; with the ~500k Python objects that transformers,
-    datasets and the models leave behind, each full collection walked all of them (~0.3 s, over half of a
-    tiny run's time). Frozen objects are never scanned, so a collection only walks what the update made.
+    With the ~500k Python objects that transformers, datasets and the models leave behind, each full
+    collection walks all of them (~0.3 s; TRL's old PPO loop asked for two an update, over half of a tiny
+    run's time; TRL's GRPO / RLOO trainers and Python's own generation-2 collections still run them).
+    Frozen objects are never scanned, so a collection only walks what the update made.
     Nothing is computed differently; the frozen objects are released to the collector when training ends.
     """
     if not enabled:
@@ -188,9 +194,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
     alarm = None
     try:
         with frozen_gc(cfg.hftune.freeze_gc):
-            trainer.train(
-                **({"resume_from_checkpoint": p.resume_from} if cfg.hftune.algorithm != "ppo" else {})
-            )
+            trainer.train(resume_from_checkpoint=p.resume_from)
     except AlarmStop as stop:
         alarm = str(stop)
         guardrails.restore_last_good()
@@ -222,7 +226,13 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
             save_model=lambda out: trained_policy(trainer).save_pretrained(str(out)),
             parents=[
                 artifacts.parent_ref(cfg.model.model_name_or_path, "sft_model"),
-                artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model"),
+                # The reward model is a parent when the policy was trained against it (not when it only
+                # started PPO's value model under a verifier-only reward).
+                *(
+                    [artifacts.parent_ref(cfg.hftune.reward_model_path, "reward_model")]
+                    if p.scorer is not None
+                    else []
+                ),
             ],
             data=common.data_manifest(p.recipe, p.data, cfg.hftune.data_files, len(p.data.train)),
             prepared=p.data,
