@@ -91,14 +91,13 @@ def build_trainer(
     prompts,
     heldout,
     reward_fn: RewardFn,
-    resume_from: str | None,
     *,
     separate_reference: bool = False,
 ):
     """hftune's PPOTrainer on the SFT policy (fresh LoRA adapter, or full fine-tuning with a frozen copy as
     the reference), a value model started from the reward model, and `reward_fn`. `separate_reference`
     holds a second copy as reference with LoRA too (only for measuring what the shared reference saves).
-    `heldout` is checked by the guardrails, not here; `resume_from` is read when training starts."""
+    `heldout` is checked by the guardrails, not here; a checkpoint to resume is `train`'s argument."""
     from peft import get_peft_model
 
     args, model_args, extras = cfg.training, cfg.model, cfg.hftune
@@ -142,7 +141,6 @@ def build_trainer(
     )
     if reward_fn.scorer is not None:  # called, not trained: moved to where the policy trains
         reward_fn.scorer.model.to(trainer.args.device)
-    trainer.hftune_resume_from = resume_from
     return trainer
 
 

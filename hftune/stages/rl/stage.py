@@ -130,7 +130,7 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
         if extras.algorithm == "ppo":
             from hftune.stages.rl import ppo
 
-            trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn, resume_from)
+            trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
         else:
             trainer = group.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
 
