@@ -179,9 +179,9 @@ def run_dirs(cfg: StageConfig, resume: bool = False) -> RunDirs:
     work = artifacts.work_dir(final)
     if first and distributed.is_main_process():
         artifacts.check_output(final, overwrite=cfg.overwrite, inputs=run_inputs(cfg), work=True)
-        if not resume and not cfg.overwrite and _checkpoints(work):
+        if not resume and not cfg.overwrite and checkpoint_folders(work):
             raise UserError(
-                f"{work} holds checkpoints of an interrupted run ({_checkpoints(work)[-1].name}): pass "
+                f"{work} holds checkpoints of an interrupted run ({checkpoint_folders(work)[-1].name}): pass "
                 "--resume to continue it, or --overwrite to discard them and start over"
             )
     cfg.training.output_dir = str(work)
@@ -334,7 +334,7 @@ def row_settings(
     }
 
 
-def _checkpoints(work: Path) -> list[Path]:
+def checkpoint_folders(work: Path) -> list[Path]:
     """The checkpoint folders in `work`, oldest first (complete or not)."""
     if not work.is_dir():
         return []
@@ -346,7 +346,7 @@ def last_complete_checkpoint(work: Path) -> str | None:
     """The newest checkpoint in `work` that was written to the end. The Trainer writes trainer_state.json
     last, so a folder without it was cut off mid-write (a `kill -9` while saving): it is removed, and the
     checkpoint before it is the one to resume."""
-    for folder in reversed(_checkpoints(work)):
+    for folder in reversed(checkpoint_folders(work)):
         if (folder / "trainer_state.json").is_file():
             return str(folder)
         logger.warning("removing %s: the run was interrupted while writing it", folder)
@@ -379,7 +379,7 @@ def checkpoint_to_resume(dirs: RunDirs, cfg: StageConfig, resume: bool, data=Non
         logger.warning("--resume: no checkpoint in %s; starting from the beginning", work)
     if distributed.is_main_process():
         if not resume:
-            for old in _checkpoints(work):  # only there with --overwrite (run_dirs refuses otherwise)
+            for old in checkpoint_folders(work):  # only there with --overwrite (run_dirs refuses otherwise)
                 logger.warning("--overwrite: removing %s, a checkpoint of an earlier run", old)
                 shutil.rmtree(old, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)

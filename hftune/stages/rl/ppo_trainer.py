@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerState
 
-from hftune.models.generation import left_pad
+from hftune.models.generation import generation_config, left_pad
+from hftune.stages.common import checkpoint_folders
 from hftune.stages.rl import ppo_objective as obj
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,14 @@ class Rollout:
     returns: torch.Tensor | None = None
 
     def sequences(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.cat([self.queries[rows], self.responses[rows]], dim=1)
-        mask = torch.cat([self.query_mask[rows], torch.ones_like(self.responses[rows])], dim=1)
-        return ids, mask
+        return joined(self.queries[rows], self.query_mask[rows], self.responses[rows])
+
+
+def joined(queries, query_mask, responses) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + reply ids and their attention mask (every reply token attended: what follows the stop
+    token is masked out of the losses, and a causal model never lets it change the tokens before)."""
+    ids = torch.cat([queries, responses], dim=1)
+    return ids, torch.cat([query_mask, torch.ones_like(responses)], dim=1)
 
 
 class PPOTrainer(Trainer):
@@ -181,27 +187,15 @@ class PPOTrainer(Trainer):
         order = torch.randperm(len(self.queries), generator=generator)
         return order[index * self.rollout_size : (index + 1) * self.rollout_size].tolist()
 
-    def _generation_config(self):
-        from transformers import GenerationConfig
-
-        tok = self.processing_class
-        return GenerationConfig(
-            max_new_tokens=self.args.response_length,
-            do_sample=True,
-            temperature=self.args.temperature,
-            top_k=0,
-            top_p=1.0,
-            eos_token_id=self.stop_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-
     @torch.no_grad()
     def _sample(self, rows: list[int], step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded queries, their mask, and one sampled reply each padded to `response_length`."""
         device, pad = self.args.device, self.processing_class.pad_token_id
         queries, query_mask = left_pad([self.queries[i] for i in rows], pad)
         queries, query_mask = queries.to(device), query_mask.to(device)
-        config, chunk = self._generation_config(), self.args.local_rollout_forward_batch_size
+        # Plain sampling at `temperature`, ending at the end-of-turn token: the eval's and RLOO / GRPO's.
+        config = generation_config(self.processing_class, self.args.response_length, self.args.temperature)
+        chunk = self.args.local_rollout_forward_batch_size
         responses = torch.full((len(rows), self.args.response_length), pad, dtype=torch.long, device=device)
         self.policy.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -237,8 +231,7 @@ class PPOTrainer(Trainer):
         self.model.eval()
         for start in range(0, len(rows), args.local_rollout_forward_batch_size):
             part = slice(start, start + args.local_rollout_forward_batch_size)
-            ids = torch.cat([queries[part], responses[part]], dim=1)
-            attn = torch.cat([query_mask[part], torch.ones_like(responses[part])], dim=1)
+            ids, attn = joined(queries[part], query_mask[part], responses[part])
             logits, value = self.model(ids, attn)
             # The logit at position t predicts token t + 1; the value at t is the estimate before it.
             logprobs.append(token_logprobs(logits[:, context - 1 : -1], responses[part], args.temperature))
@@ -389,9 +382,8 @@ class PPOTrainer(Trainer):
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         if not self.is_world_process_zero():
             return folder
-        if folder.exists():
-            shutil.rmtree(folder)  # a cut-off write of this very step, from an earlier attempt
-        folder.mkdir(parents=True)
+        # A cut-off folder of a later step was removed when the run resumed (`last_complete_checkpoint`).
+        folder.mkdir(parents=True, exist_ok=True)
         policy = self.policy
         if hasattr(policy, "peft_config"):
             policy.save_pretrained(str(folder))
@@ -405,14 +397,12 @@ class PPOTrainer(Trainer):
         return folder
 
     def _keep_latest_checkpoints(self) -> None:
+        """`save_total_limit`: the oldest checkpoints go. `output_dir` is the stage's work folder (hftune's,
+        `common.run_dirs`), and only its `checkpoint-N` folders are listed."""
         limit = self.args.save_total_limit
         if not limit:
             return
-        found = sorted(
-            (p for p in Path(self.args.output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-            key=lambda p: int(p.name.split("-")[-1]),
-        )
-        for old in found[:-limit]:
+        for old in checkpoint_folders(Path(self.args.output_dir))[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, folder: Path) -> None:

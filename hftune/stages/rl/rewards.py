@@ -5,6 +5,7 @@ prompts the same way."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ class Verifier:
                     f"`verifier`: {self.spec} failed on a rollout (prompt {last_user(prompt)[:60]!r}, reply "
                     f"{reply[:60]!r}): {type(err).__name__}: {err}"
                 ) from None
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 raise UserError(
                     f"`verifier`: {self.spec} returned {value} for reply {reply[:60]!r} (row {i})"
                 )
