@@ -581,7 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             raise
-        print(f"hftune: error: {err}", file=sys.stderr)
+        from hftune import distributed
+        from hftune.config import ConfigError
+
+        # A config is refused alike by every process of a launch: one of them says so.
+        if not isinstance(err, ConfigError) or distributed.is_main_process():
+            print(f"hftune: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("hftune: interrupted", file=sys.stderr)

@@ -48,6 +48,19 @@ def sharding() -> str | None:
     return None
 
 
+# accelerate enables FSDP only for GPU setups: on CPU it either fails inside accelerate on every rank or, with
+# the config edited to get past that, trains plain copies while the run looks like FSDP.
+FSDP_NEEDS_GPU = (
+    "FSDP: this machine has no GPU, and accelerate shards with FSDP only on GPUs (on CPU it would fail or "
+    "train unsharded while the run says FSDP). On CPU use DDP: `torchrun --nproc_per_node N -m hftune ...` "
+    "or `num_processes: N` in a pipeline; DeepSpeed ZeRO runs on CPU as well"
+)
+
+
+def fsdp_without_gpu(sharding_engine: str | None) -> bool:
+    return sharding_engine == "FSDP" and not accelerator_available()
+
+
 def accelerator_available() -> bool:
     import torch
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts
+from hftune import artifacts, distributed
 from hftune.config import ConfigError, value_problem
 from hftune.errors import StageFailed, UserError, did_you_mean
 from hftune.stages import registry
@@ -461,6 +461,8 @@ def run(
     modules = _parse_stages(plan)
     _check_recipes(plan)
     for stage in plan:
+        if stage.launch and distributed.fsdp_without_gpu(stage.launch.sharding):
+            raise UserError(f"{stage.source}: {distributed.FSDP_NEEDS_GPU}")
         if stage.launch and STAGES[stage.name].role == "rl":
             from hftune.stages.rl.config import PPO_DISTRIBUTED, RL_SHARDED
 

@@ -1,13 +1,17 @@
 """`hftune` under a launcher, recording what this process did, for tests/test_distributed.py:
 
-    torchrun --nproc_per_node 2 tests/dist_worker.py RECORD_DIR sft --config ...
+    torchrun --nproc_per_node 2 tests/dist_worker.py RECORD_DIR sft --config ... [+ dpo --config ...]
 
 writes RECORD_DIR/rank<RANK>.json with the rows this process trained on (tokens without padding), the rows
-of the training set, and how many times it prepared the data. Everything else is the real `hftune` CLI.
+of the training set, how many times it prepared the data, and for each stage the checksum of the trainable
+weights this process held when it saved (each rank's own copy, before any gathering). Commands separated by
+`+` run one after another in the same processes (one launch, imports paid once). Everything else is the
+real `hftune` CLI.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -17,6 +21,7 @@ import transformers
 
 from hftune import cli, data
 from hftune.data import mixture
+from hftune.stages import common
 
 record_dir = Path(sys.argv[1])
 seen: list[list[int]] = []
@@ -47,9 +52,35 @@ def recording_step(self, model, inputs, *args, **kwargs):
     return training_step(self, model, inputs, *args, **kwargs)
 
 
+checksums: dict[str, str] = {}
+save_artifact = common.save_artifact
+
+
+def checksum_then_save(dirs, cfg, *args, trainer=None, **kwargs):
+    """The trainable weights this process holds as it saves (the policy's, for PPO), hashed in name order."""
+    if trainer is not None:
+        model = getattr(trainer.model, "policy", trainer.model)
+        digest = hashlib.sha256()
+        for name, param in sorted(model.named_parameters()):
+            if param.requires_grad:
+                digest.update(name.encode())
+                digest.update(param.detach().float().cpu().numpy().tobytes())
+        checksums[Path(dirs.final).name] = digest.hexdigest()
+    return save_artifact(dirs, cfg, *args, trainer=trainer, **kwargs)
+
+
 data.prepare_dataset = mixture.prepare_dataset = counting_prepare  # (stages prepare through mixture)
 transformers.Trainer.training_step = recording_step
-code = cli.main(sys.argv[2:])
-record = {"seen": seen, "training_rows": training_rows, "prepared": prepared}
+common.save_artifact = checksum_then_save
+code = 0
+commands: list[list[str]] = [[]]
+for arg in sys.argv[2:]:
+    if arg == "+":
+        commands.append([])
+    else:
+        commands[-1].append(arg)
+for command in commands:
+    code = code or cli.main(command)
+record = {"seen": seen, "training_rows": training_rows, "prepared": prepared, "checksums": checksums}
 (record_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record))
 sys.exit(code)

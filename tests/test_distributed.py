@@ -24,6 +24,7 @@ import yaml
 
 from hftune import artifacts, pipeline
 from hftune.config import ConfigError
+from hftune.errors import UserError
 from hftune.models import loading
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,6 +163,75 @@ def test_sft_reward_and_rloo_on_two_processes(tmp_path, tiny_llama):
     assert run.stdout.count("saved: ") == 1 and run.stdout.count("ALARM") == 1
 
 
+# Every stage that trains on several processes, in one launch (the commands run one after another in the
+# same 2 processes): 3 steps each, held-out rows on, so each stage measures its "before training" numbers.
+# fmt: off
+STAGES = {
+    "pretrain": ["pretrain", "--config", "pretrain.yaml"],
+    "sft-lora": ["sft", "--config", "sft.yaml"],
+    "sft-full": ["sft", "--config", "sft_full.yaml"],
+    "reward": ["reward", "--config", "reward.yaml", "--model_name_or_path", "{sft-full}"],
+    **{
+        name: ["dpo", "--config", "dpo.yaml", "--algorithm", name, "--model_name_or_path", "{sft-full}"]
+        for name in ("dpo", "kto", "orpo", "simpo")
+    },
+    **{
+        name: ["ppo", "--config", "ppo.yaml", "--algorithm", name, "--model_name_or_path", "{sft-full}",
+               "--reward_model_path", "{reward}", "--max_mean_length", "1000"]
+        for name in ("rloo", "grpo")
+    },
+}
+# fmt: on
+
+
+def stage_command(name: str, runs: Path, *extra: str, models: Path | None = None) -> list[str]:
+    """`name`'s command, writing to runs/NAME and reading the models it starts from in `models` (`runs`)."""
+    command = [arg.format(**{k: str((models or runs) / k) for k in STAGES}) for arg in STAGES[name]]
+    command[2] = str(REPO / "configs/tiny" / command[2])
+    return [*command, "--output_dir", str(runs / name), "--max_steps", "3", "--logging_steps", "1", *extra]
+
+
+def logged_losses(out: Path) -> list[float]:
+    return [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow(45)
+def test_every_stage_ends_with_the_same_weights_on_both_processes(tmp_path):
+    """DDP keeps one model: after training, each rank's trainable weights (hashed as it saves, before any
+    gathering) are bit-identical, for every stage that trains on several processes. On a 2-process run the
+    "before training" evaluation used to leave the model prepared for evaluation only, accelerate then
+    skipped the DDP wrap, and pretrain, sft, dpo, kto, orpo and simpo trained two separate copies and
+    exited 0. The losses of SFT and DPO match a 1-process run on the same global batch (2 x 8 rows), step by
+    step."""
+    runs = tmp_path / "runs"
+    commands = [stage_command(name, runs) for name in STAGES]
+    torchrun([arg for command in commands for arg in ["+", *command]][1:], tmp_path / "record")
+    ranks = [r["checksums"] for r in records(tmp_path / "record")]
+    assert set(ranks[0]) == set(STAGES), ranks[0]
+    differ = [name for name in STAGES if ranks[0][name] != ranks[1][name]]
+    assert differ == [], f"the ranks hold different weights after {differ}"
+    assert len(set(ranks[0].values())) == len(STAGES)  # every stage trained weights of its own
+    for name in STAGES:
+        assert "alarm" not in artifacts.read_manifest(runs / name)["metrics"], name
+
+    # The same global batch on one process: the same losses, step by step.
+    from hftune.stages import sft
+    from hftune.stages.po import config as po_config
+    from hftune.stages.po import stage as po
+
+    alone = tmp_path / "alone"
+    for name, parse, run in (("sft-lora", sft.parse, sft.run), ("dpo", po_config.parse, po.run)):
+        command = stage_command(name, alone, "--per_device_train_batch_size", "16", models=runs)
+        run(parse(command[2], command[3:]))
+        two, one = logged_losses(runs / name), logged_losses(alone / name)
+        assert len(two) == len(one) == 3 and two == pytest.approx(one, rel=1e-4, abs=1e-5), (name, two, one)
+        # Measured before training on the 2 processes too (held-out batches split differently, so the
+        # mean of batch means is not the 1-process one).
+        before = "eval_loss_before" if name == "sft-lora" else "heldout_before/logps/chosen"
+        assert math.isfinite(json.loads((runs / name / "metrics.json").read_text())[before]), name
+
+
 @pytest.mark.e2e
 @pytest.mark.slow(16)
 def test_a_data_error_on_the_main_process_ends_the_whole_job(tmp_path):
@@ -264,7 +334,6 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
     loads, whether launched by hand or by the pipeline; RLOO on DDP is accepted."""
     from hftune import distributed
-    from hftune.errors import UserError
     from hftune.stages.rl import stage as rl
 
     config = REPO / "configs/tiny/ppo.yaml"
@@ -281,6 +350,8 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="one process only"):
         pipeline.run(str(plan), dry_run=True)
 
+    # As on a GPU machine (on CPU an FSDP launch is refused before this: the next test).
+    monkeypatch.setattr(distributed, "accelerator_available", lambda: True)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
     with pytest.raises(UserError, match="not FSDP"):
         rl.parse(str(config), ["--algorithm", "rloo"])
@@ -292,6 +363,35 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
     with pytest.raises(UserError, match="not FSDP"):
         pipeline.run(str(plan), dry_run=True)
+
+
+def test_fsdp_without_a_gpu_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """accelerate shards with FSDP only on GPUs: on CPU the shipped fsdp.yaml failed inside accelerate on
+    every rank, and an edited one trained unsharded copies while the run said FSDP. Refused by the pipeline
+    before it launches, and by a stage launched by hand, in one message from one process, exit 2."""
+    from hftune import cli, distributed
+
+    monkeypatch.setattr(distributed, "accelerator_available", lambda: False)
+    plan = tmp_path / "pipeline.yaml"
+    stage = {"stage": "sft", "config": str(REPO / "configs/tiny/sft.yaml")}
+    stage["accelerate_config"] = str(REPO / "configs/accelerate/fsdp.yaml")
+    plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
+    with pytest.raises(UserError, match="FSDP: this machine has no GPU"):
+        pipeline.run(str(plan), dry_run=True)
+    assert not (tmp_path / "run").exists()
+
+    # `accelerate launch --config_file configs/accelerate/fsdp.yaml -m hftune sft ...`, as each rank sees it.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    argv = ["sft", "--config", str(REPO / "configs/tiny/sft.yaml"), "--output_dir", str(tmp_path / "sft")]
+    printed = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert cli.main(argv) == 2
+        printed.append(capsys.readouterr().err)
+    assert printed[0].count("hftune: error:") == 1 and "use DDP" in printed[0]
+    assert "Traceback" not in printed[0]
+    assert printed[1] == ""  # the other rank refuses silently: one message for the job
+    assert not (tmp_path / "sft").exists()
 
 
 def test_eval_under_a_launcher_runs_on_the_main_process_only(monkeypatch):

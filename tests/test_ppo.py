@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from hftune.errors import UserError
-from hftune.models import generation, loading, scoring
+from hftune.models import loading, scoring
 from hftune.models.tokenizer import load_tokenizer
 from hftune.stages import common
 from hftune.stages.rl import config as rl_keys
-from hftune.stages.rl import ppo, rewards
+from hftune.stages.rl import ppo
 from hftune.stages.rl import stage as rl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,64 +255,6 @@ def test_vllm_options_are_checked_before_any_weights_load(monkeypatch):
         ["--algorithm", "grpo", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", "8001"],
     )
     assert (cfg.training.vllm_mode, cfg.training.vllm_server_port) == ("server", 8001)
-
-
-def heldout_rewards(policy_path: str, chain: dict[str, str], samples: int = 8) -> np.ndarray:
-    """Mean reward per held-out prompt over seeded samples at the training temperature, scored exactly
-    as training scores (normalised, with the missing-EOS penalty)."""
-    from trl import ModelConfig
-
-    from hftune.data import load_recipe, prepare_dataset
-    from hftune.stages.rl.guardrails import RolloutStats
-
-    cfg = rl.parse(CONFIG, ["--model_name_or_path", chain["sft"], "--reward_model_path", chain["rm"]])
-    tok = load_tokenizer(chain["sft"])
-    data = prepare_dataset(
-        load_recipe(cfg.hftune.data_recipe), eval_fraction=cfg.hftune.eval_fraction, seed=cfg.training.seed
-    )
-    prompts = rewards.prompt_rows(data.eval)
-    encoded = rewards.encode_prompts(tok, prompts)
-    reward_fn = rewards.RewardFn(
-        scoring.load_scorer(chain["rm"]),
-        normalize=True,
-        missing_eos_penalty=cfg.hftune.missing_eos_penalty,
-        stats=RolloutStats(),
-    )
-    policy = loading.load_model(policy_path, ModelConfig(dtype="auto"), for_training=False)
-    per_sample = []
-    for seed in range(samples):
-        replies = generation.generate(
-            policy,
-            tok,
-            encoded,
-            cfg.hftune.response_length,
-            temperature=cfg.training.temperature,
-            seed=1000 + seed,
-        )
-        per_sample.append(reward_fn.score_replies(prompts, replies).numpy())
-    return np.mean(per_sample, axis=0)
-
-
-@pytest.mark.slow(35)
-@pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
-def test_rl_raises_heldout_reward_above_the_sft_policy(chain, tmp_path, algorithm):
-    # RLOO samples 8 completions a prompt, so a step of 32 completions updates on 4 prompts where PPO's
-    # updates on 32: it gets 90 steps to PPO's 60 (measured on the tiny chain: +0.08 to +0.17 at 60 steps
-    # across seeds, an interval over 43 held-out prompts that can hold 0; +0.13 [0.05, 0.20] at 90).
-    steps = {"ppo": "60", "rloo": "90"}[algorithm]
-    argv = [*chain_args(chain, tmp_path / algorithm), "--algorithm", algorithm, "--heldout_every", "0"]
-    cfg = rl.parse(CONFIG, [*argv, "--max_steps", steps])
-    result = rl.run(cfg)
-    assert result.alarm is None
-    rows = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
-    kl = [r.get("objective/kl", r.get("kl")) for r in rows]
-    assert max(kl) < cfg.hftune.max_kl, "KL to the SFT policy must stay below the configured bound"
-
-    gain = heldout_rewards(str(result.output_dir), chain) - heldout_rewards(chain["sft"], chain)
-    rng = np.random.default_rng(0)
-    means = gain[rng.integers(0, len(gain), size=(2000, len(gain)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    assert low > 0, f"{algorithm}: held-out reward gain {gain.mean():.3f}, 95% CI [{low:.3f}, {high:.3f}]"
 
 
 def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatch, ppo_run):

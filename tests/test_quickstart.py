@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hftune import pipeline
 
@@ -18,6 +19,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 def gain(variant: dict, metric: str) -> dict:
     return variant["vs_baseline"][metric]
+
+
+def assert_kl_held(run: Path, keys: list[str]) -> None:
+    """Every RL run trained to its last step with no alarm, its KL to SFT under `max_kl` at every step."""
+    for key in keys:
+        folder = run / key
+        assert "alarm" not in json.loads((folder / "manifest.json").read_text())["metrics"], key
+        max_kl = yaml.safe_load((folder / "config.hftune.yaml").read_text())["max_kl"]
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        kl = [r.get("objective/kl", r.get("kl")) for r in rows]
+        assert None not in kl and max(kl) < max_kl, (key, max(kl), max_kl)
 
 
 @pytest.mark.e2e
@@ -41,6 +53,7 @@ def test_rlhf_and_dpo_fix_the_biased_demonstrations_on_held_out_prompts(tmp_path
     # What RL costs, measured: it moved away from SFT, and the reward model is partly gamed (exact
     # answers fall while the verifier's accuracy rises).
     assert ppo["metrics"]["kl_to_sft"]["mean"] > 0
+    assert_kl_held(run, ["ppo-seed1", "ppo-seed2", "ppo-seed3"])
 
     # DPO beside it, on the same pairs, never scored by the reward model it did not train against.
     assert dpo["metrics"]["verifier"]["n"] == 300
@@ -61,7 +74,9 @@ def test_rlhf_and_dpo_fix_the_biased_demonstrations_on_held_out_prompts(tmp_path
     assert {"rloo-seed1", "rloo-seed2", "rloo-seed3", "grpo"} <= set(after)
     v = json.loads((run / "eval" / "results.json").read_text())["variants"]
     rloo, grpo = v["rloo"], v["grpo"]
-    claim = gain(rloo, "verifier")
-    assert claim["ci_low"] > 0 and claim["survives_seeds"], claim
+    for metric in ("verifier", "reward"):
+        claim = gain(rloo, metric)
+        assert claim["ci_low"] > 0 and claim["survives_seeds"], (metric, claim)
+    assert_kl_held(run, ["rloo-seed1", "rloo-seed2", "rloo-seed3", "grpo"])
     assert gain(grpo, "verifier")["ci_low"] > 0, gain(grpo, "verifier")
     assert grpo["trained_against_reward_model"] is False  # its reward was the verifier alone

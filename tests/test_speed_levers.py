@@ -68,3 +68,50 @@ def test_liger_is_on_by_default_only_on_a_gpu_with_it_installed_and_only_for_pla
     assert common.hardware_defaults(liger=True)["use_liger_kernel"] is True
     assert common.hardware_defaults()["use_liger_kernel"] is False  # RL and preference trainers: off
     assert rl.schema().defaults["use_liger_kernel"] is False
+
+
+def test_full_logits_give_trls_chunked_head_outputs_and_gradients(tiny_llama):
+    """Where the logits are small SFT reads its loss off full logits (hftune/stages/full_logits.py): the same
+    loss, per-token log-probabilities, entropy, top-1 hits and gradients as TRL's chunked head."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from hftune.stages import full_logits
+
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    if not hasattr(trl_utils, "FusedCausalLMOutput"):
+        pytest.skip("this TRL has no chunked head (before 1.15): SFT trains on full logits anyway")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100  # a prompt, not trained on
+    labels[1, 9:] = -100  # padding
+
+    def outputs():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True, num_items_in_batch=torch.tensor(11))
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        return out, grads, model(input_ids=ids).logits.detach()
+
+    chunked, chunked_grads, chunked_logits = outputs()
+    args = SimpleNamespace(max_length=12, per_device_train_batch_size=2, per_device_eval_batch_size=2)
+    assert full_logits.use_full_logits(SimpleNamespace(args=args, model=model))
+    full, full_grads, full_logits_ = outputs()
+    assert torch.equal(full_logits_, chunked_logits)  # generation and plain forwards are untouched
+    for field in ("loss", "log_probs", "entropy"):
+        torch.testing.assert_close(getattr(full, field), getattr(chunked, field), atol=1e-5, rtol=1e-5)
+    assert torch.equal(full.is_top1.bool(), chunked.is_top1.bool())
+    assert torch.equal(full.label_mask, chunked.label_mask) and int(full.label_mask.sum()) == 11
+    for name, grad in chunked_grads.items():
+        torch.testing.assert_close(full_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+    # Logits too large for the budget keep TRL's head: nothing is replaced.
+    other = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(other)
+    patched = other.forward
+    big = SimpleNamespace(max_length=32768, per_device_train_batch_size=8, per_device_eval_batch_size=8)
+    assert not full_logits.use_full_logits(SimpleNamespace(args=big, model=other))
+    assert other.forward == patched

@@ -166,7 +166,9 @@ def prepare(
             peft_config=loading.lora_config(model_args),
         )
     from hftune.stages.finite import StopOnNonFinite
+    from hftune.stages.full_logits import use_full_logits
 
+    use_full_logits(trainer)  # small logits: cheaper than TRL's chunked head
     trainer.add_callback(StopOnNonFinite())  # a diverged run stops at once, naming the step
     common.count_rows_trl_dropped(trainer, data, args)
     if not wrapped:  # wrapped blocks are plain text, every token a label (and may be a stream, unscannable)
@@ -201,9 +203,9 @@ def finish(
     trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
 
     metrics: dict[str, Any] = {}
-    if data.eval is not None:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    train_out = trainer.train(resume_from_checkpoint=p.checkpoint)
+    train_out, before = common.train_evaluating_first(trainer, p.checkpoint)
+    if before is not None:
+        metrics["eval_loss_before"] = before["eval_loss"]
     metrics.update(common.train_metrics(trainer, train_out))
     if data.eval is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]

@@ -121,6 +121,8 @@ def common_checks(values: dict[str, Any], *, needs_model: bool = True, streams: 
     from hftune.data.mixture import mixture_problems
 
     problems = []
+    if distributed.fsdp_without_gpu(distributed.sharding()):  # `accelerate launch` with an FSDP config
+        problems.append(distributed.FSDP_NEEDS_GPU)
     if needs_model and not values.get("model_name_or_path"):
         problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
     if not values.get("data_recipe") and not values.get("dataset_name"):
@@ -526,6 +528,28 @@ def point_adapter_at_sft(out: Path, model_name_or_path: str) -> None:
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = str(Path(source.adapter).resolve())
         artifacts.write_json(config_path, config)
+
+
+def train_evaluating_first(trainer, checkpoint: str | None) -> tuple[Any, dict[str, Any] | None]:
+    """`trainer.train`, with the held-out metrics of the model as it was before training (the `eval_`
+    keys of the log entry at step 0; None without held-out rows).
+
+    They are measured at the start of training (`eval_on_start`), once the Trainer has wrapped the model
+    for its processes. Calling `trainer.evaluate()` before `train()` prepared the model for evaluation only,
+    and accelerate's guard against preparing a model twice then skipped the DDP wrap: on 2 processes each
+    trained its own copy, never exchanging a gradient, and rank 0's was saved. A resumed run finds the
+    entry in the checkpoint's log (a checkpoint without one leaves the numbers out rather than measure the
+    checkpoint's weights as the start)."""
+    args = trainer.args
+    held_out = trainer.eval_dataset is not None
+    chosen = args.eval_on_start
+    args.eval_on_start = chosen or (held_out and checkpoint is None)
+    try:
+        train_out = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        args.eval_on_start = chosen  # the saved config says what the user set
+    first = (entry for entry in trainer.state.log_history if entry.get("step") == 0 and "eval_loss" in entry)
+    return train_out, next(first, None) if held_out else None
 
 
 def train_metrics(trainer, train_out) -> dict[str, Any]:

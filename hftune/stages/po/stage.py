@@ -111,10 +111,10 @@ def run(cfg: StageConfig, *, resume: bool = False) -> Result:
     trainer, data, extras = p.trainer, p.data, cfg.hftune
 
     metrics: dict[str, Any] = {}
-    before = _held_out(trainer) if data.eval is not None else {}
-    train_out = trainer.train(resume_from_checkpoint=p.checkpoint)
+    train_out, first = common.train_evaluating_first(trainer, p.checkpoint)
+    before = _diagnostics(first or {})
     metrics.update(common.train_metrics(trainer, train_out))
-    after = _held_out(trainer) if data.eval is not None else {}
+    after = _diagnostics(trainer.evaluate()) if data.eval is not None else {}
     metrics.update({f"heldout_before/{k}": v for k, v in before.items()})
     metrics.update({f"heldout/{k}": v for k, v in after.items()})
     warnings = diagnose(before, after, trainer.state.log_history, extras.max_drift)
@@ -146,11 +146,10 @@ def _write_extra(trainer, tokenizer, out: Path, model_name_or_path: str) -> None
     common.point_adapter_at_sft(out, model_name_or_path)
 
 
-def _held_out(trainer) -> dict[str, float]:
+def _diagnostics(evaluated: dict[str, Any]) -> dict[str, float]:
     """The trainer's own measures of the held-out pairs (implicit reward accuracy and margin, chosen and
     rejected log-probabilities), without the `eval_` prefix."""
-    found = trainer.evaluate()
-    return {k[len("eval_") :]: v for k, v in found.items() if k[len("eval_") :] in DIAGNOSTICS}
+    return {k[len("eval_") :]: v for k, v in evaluated.items() if k[len("eval_") :] in DIAGNOSTICS}
 
 
 def diagnose(
