@@ -403,8 +403,10 @@ def write_manifest(
     metrics: dict[str, Any],
     seed: int,
     started: float,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the completion manifest; call it last, inside `atomic_dir`."""
+    """Write the completion manifest; call it last, inside `atomic_dir`. `run`: how the training actually
+    ran (processes, engine, mixed precision, device), for stages that train."""
     manifest = {
         "stage": stage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -412,6 +414,7 @@ def write_manifest(
         "parents": parents,
         "data": data,
         "seed": seed,
+        **({"run": run} if run is not None else {}),
         "libraries": library_versions(),
         "git_revision": git_revision(),
         "wall_time_s": round(time.time() - started, 2),

@@ -213,7 +213,9 @@ def test_every_stage_ends_with_the_same_weights_on_both_processes(tmp_path):
     assert differ == [], f"the ranks hold different weights after {differ}"
     assert len(set(ranks[0].values())) == len(STAGES)  # every stage trained weights of its own
     for name in STAGES:
-        assert "alarm" not in artifacts.read_manifest(runs / name)["metrics"], name
+        manifest = artifacts.read_manifest(runs / name)
+        assert "alarm" not in manifest["metrics"], name
+        assert manifest["run"] == {"processes": 2, "engine": "DDP", "mixed_precision": "no", "device": "cpu"}
 
     # The same global batch on one process: the same losses, step by step.
     from hftune.stages import sft

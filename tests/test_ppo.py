@@ -322,10 +322,10 @@ def test_the_adapter_off_reference_gives_the_sft_models_logits_exactly(ppo_run, 
     assert not torch.equal(trained.logits, expected), "the trained adapter changes the policy"
 
 
-@pytest.mark.slow(30)
+@pytest.mark.slow(45)
 def test_ppo_raises_a_toy_reward_while_kl_stays_under_max_kl(chain, tmp_path):
     """A verifier as the only reward (`reward_model_weight: 0`): 1 when the reply contains a 5. PPO must raise
-    its rate well above the SFT model's (about 1 in 6) without the KL alarm firing."""
+    its rate well above the SFT model's (about 1 in 5) without the KL alarm firing."""
     cfg = rl.parse(
         CONFIG,
         [
@@ -334,7 +334,13 @@ def test_ppo_raises_a_toy_reward_while_kl_stays_under_max_kl(chain, tmp_path):
             "--verifier", "toy_rewards:contains_five",
             "--missing_eos_penalty", "0",
             "--heldout_every", "0",
-            "--max_steps", "25",
+            # 50 steps at lr 1e-3, kl_coef 0.07: on the chain's SFT model (full logits since this release)
+            # the tiny config's lr 2e-3 and kl_coef 0.05 raised the rate with a KL past max_kl by step 15,
+            # and kl_coef 0.1-0.2 or 25-40 steps left the rate within +0.3 (measured: 0.22 -> 0.58 here,
+            # KL at most 4.3).
+            "--max_steps", "50",
+            "--learning_rate", "1e-3",
+            "--kl_coef", "0.07",
         ],
     )  # fmt: skip
     result = rl.run(cfg)

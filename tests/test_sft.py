@@ -56,6 +56,12 @@ def test_lora_loss_falls(lora_run):
     m = lora_run.metrics
     assert m["eval_loss"] < 0.7 * m["eval_loss_before"], m
     assert m["global_step"] == 30
+    # The "before" loss is the step-0 evaluation of the training loop (the model as loaded).
+    first = next(e for e in lora_run.trainer.state.log_history if "eval_loss" in e)
+    assert first["step"] == 0 and first["eval_loss"] == m["eval_loss_before"]
+    # How it ran, read from accelerate's state: the manifest says so.
+    run = lora_run.manifest["run"]
+    assert run == {"processes": 1, "engine": "one process", "mixed_precision": "no", "device": "cpu"}
 
 
 def test_lora_reload_reproduces_logits(lora_run):

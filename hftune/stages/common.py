@@ -511,10 +511,33 @@ def save_artifact(
                 metrics=manifest_metrics if manifest_metrics is not None else metrics,
                 seed=cfg.training.seed,
                 started=dirs.started,
+                run=run_environment(trainer) if trainer is not None else None,
             )
     if distributed.is_main_process():
         shutil.rmtree(dirs.work, ignore_errors=True)
     return manifest
+
+
+def run_environment(trainer) -> dict[str, Any]:
+    """How the run trained, read from accelerate's state rather than the config (a launcher's own settings,
+    e.g. `accelerate launch --mixed_precision bf16`, override the config's): the number of processes, the
+    engine that held the model, the mixed precision and the device type."""
+    state = trainer.accelerator.state
+    kind = getattr(state.distributed_type, "name", str(state.distributed_type))
+    if kind == "DEEPSPEED":
+        engine = f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    elif kind == "FSDP":
+        engine = "FSDP"
+    elif kind.startswith("MULTI_"):
+        engine = "DDP"
+    else:
+        engine = "one process" if state.num_processes == 1 else kind
+    return {
+        "processes": state.num_processes,
+        "engine": engine,
+        "mixed_precision": str(state.mixed_precision),
+        "device": state.device.type,
+    }
 
 
 def point_adapter_at_sft(out: Path, model_name_or_path: str) -> None:
