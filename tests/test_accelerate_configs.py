@@ -199,3 +199,39 @@ def test_multi_node_template():
     assert args.nnodes == "2"
     assert args.nproc_per_node == str(cfg.num_processes // 2)
     assert args.rdzv_endpoint == f"{cfg.main_process_ip}:{cfg.main_process_port}"
+
+
+def test_sbatch_script_starts_one_launch_a_node_with_its_rank(tmp_path):
+    """configs/accelerate/multi_node.sbatch under stand-ins for SLURM's `scontrol` and `srun` (which runs
+    the node command once a node, with its SLURM_NODEID): each node's `accelerate launch` resolves, with
+    accelerate's own launcher, to its node rank, the first node as rendezvous and every GPU counted."""
+    import os
+    import shlex
+    import subprocess
+
+    script = ACCEL_DIR / "multi_node.sbatch"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    hosts = '[ "$1 $2" = "show hostnames" ] && printf "gpu-a\\ngpu-b\\n"'
+    (bin_dir / "scontrol").write_text(f"#!/bin/bash\n{hosts}\n")
+    srun = '#!/bin/bash\nfor node in 0 1; do SLURM_NODEID=$node "${@: -3}"; done\n'  # bash -c COMMAND
+    (bin_dir / "srun").write_text(srun)
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "2"}
+    env.update(SLURM_JOB_NODELIST="gpu-[a-b]", DRY_RUN="1", STAGE="dpo", CONFIG="configs/tiny/dpo.yaml")
+    checkout = ACCEL_DIR.parents[1]
+    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd=checkout)
+    assert run.returncode == 0, run.stderr
+    commands = [shlex.split(line) for line in run.stdout.splitlines()]
+    assert len(commands) == 2
+    for rank, command in enumerate(commands):
+        assert command[:2] == ["accelerate", "launch"] and command[-5:] == [
+            "-m", "hftune", "dpo", "--config", "configs/tiny/dpo.yaml",
+        ]  # fmt: skip
+        args = launch_command_parser().parse_args(command[2:])
+        args, _, _ = _validate_launch_command(args)
+        prepare_multi_gpu_env(args)
+        assert args.node_rank == rank and args.nnodes == "2" and args.nproc_per_node == "8"
+        assert args.rdzv_endpoint == "gpu-a:29500"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

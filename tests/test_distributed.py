@@ -10,6 +10,7 @@ artifact was written, and that it loads.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -235,6 +236,36 @@ def test_every_stage_ends_with_the_same_weights_on_both_processes(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow(25)
+def test_two_nodes_on_loopback_train_one_model(tmp_path):
+    """Multi-node as a cluster runs it, on one machine: two `torchrun` launches of one process each
+    (`--nnodes 2`, node ranks 0 and 1, rendezvous on 127.0.0.1), as configs/accelerate/multi_node.sbatch
+    starts one launch a node. Both ranks end with the same weights; one artifact says 2 processes, DDP."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    record, out = tmp_path / "record", tmp_path / "sft"
+    record.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    args = [str(WORKER), str(record), "sft", "--config", str(REPO / "configs/tiny/sft.yaml")]
+    args += ["--output_dir", str(out), "--max_steps", "3"]
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    nodes = [subprocess.Popen([*command, "--node_rank", str(r), *args], env=env, **output) for r in (0, 1)]
+    printed = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], printed[0][-3000:] + printed[1][-3000:]
+    ranks = [r["checksums"] for r in records(record)]
+    assert ranks[0] == ranks[1] and set(ranks[0]) == {"sft"}
+    assert_one_artifact(out)
+    run = artifacts.read_manifest(out)["run"]
+    assert run == {"processes": 2, "engine": "DDP", "mixed_precision": "no", "device": "cpu"}
+    assert "".join(printed).count("saved: ") == 1
+
+
+@pytest.mark.e2e
 @pytest.mark.slow(16)
 def test_a_data_error_on_the_main_process_ends_the_whole_job(tmp_path):
     """The main process finds the problem while preparing the data (the other waits for it): one readable
@@ -385,11 +416,20 @@ def test_fsdp_without_a_gpu_is_refused_before_anything_runs(tmp_path, monkeypatc
     # `accelerate launch --config_file configs/accelerate/fsdp.yaml -m hftune sft ...`, as each rank sees it.
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     argv = ["sft", "--config", str(REPO / "configs/tiny/sft.yaml"), "--output_dir", str(tmp_path / "sft")]
+    import datasets
+
     printed = []
-    for rank in ("0", "1"):
-        monkeypatch.setenv("RANK", rank)
-        assert cli.main(argv) == 2
-        printed.append(capsys.readouterr().err)
+    hftune_logger = logging.getLogger("hftune")
+    level, bars = hftune_logger.level, datasets.is_progress_bar_enabled()
+    try:
+        for rank in ("0", "1"):
+            monkeypatch.setenv("RANK", rank)
+            assert cli.main(argv) == 2
+            printed.append(capsys.readouterr().err)
+    finally:  # the CLI quietens a non-main process's logs for the rest of it: not for the tests after this
+        hftune_logger.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
     assert printed[0].count("hftune: error:") == 1 and "use DDP" in printed[0]
     assert "Traceback" not in printed[0]
     assert printed[1] == ""  # the other rank refuses silently: one message for the job
