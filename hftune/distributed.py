@@ -61,6 +61,38 @@ def fsdp_without_gpu(sharding_engine: str | None) -> bool:
     return sharding_engine == "FSDP" and not accelerator_available()
 
 
+# DeepSpeed runs on CPU (its CPU accelerator, over gloo), in fp32: the stage trains in fp32 without a GPU, and
+# DeepSpeed refuses a launch whose bf16 / fp16 differs from the stage's (a traceback on every rank).
+DEEPSPEED_CPU_PRECISION = (
+    "DeepSpeed on a machine without a GPU trains in fp32, and this launch asks for {} mixed precision (the "
+    "shipped deepspeed_*.yaml configs are for GPUs): add `--mixed_precision no` to `accelerate launch`, or "
+    "use a copy of the config with `mixed_precision: 'no'`"
+)
+
+
+def deepspeed_precision_without_gpu(sharding_engine: str | None, mixed_precision: str | None) -> bool:
+    return (
+        sharding_engine == "DeepSpeed"
+        and str(mixed_precision).lower() in ("bf16", "fp16")
+        and not accelerator_available()
+    )
+
+
+@contextlib.contextmanager
+def full_parameters(model) -> Iterator[None]:
+    """The model's whole parameters for a forward pass outside the DeepSpeed engine (before training):
+    ZeRO-3 partitions them across the processes as the model loads, and only the engine gathers them on
+    its own. Every process must enter (the gathering is collective); elsewhere nothing happens."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
+
+
 def accelerator_available() -> bool:
     import torch
 

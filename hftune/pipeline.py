@@ -95,6 +95,7 @@ class Launch:
     num_processes: int
     accelerate_config: Path | None = None
     sharding: str | None = None  # 'FSDP' / 'DeepSpeed' when the accelerate config shards the model
+    mixed_precision: str | None = field(default=None, compare=False)  # the accelerate config's
 
     def command(self, stage_name: str, config_file: Path, *, resume: bool) -> list[str]:
         hftune = ["-m", "hftune", STAGES[stage_name].command, "--config", str(config_file)]
@@ -140,6 +141,7 @@ def _launch(entry: dict[str, Any], name: str, where: str, config_path: str, prob
         n or int(launch.get("num_processes") or 1),  # without `num_processes`, the config's own count
         file.resolve(),
         {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind),
+        launch.get("mixed_precision"),
     )
 
 
@@ -463,6 +465,10 @@ def run(
     for stage in plan:
         if stage.launch and distributed.fsdp_without_gpu(stage.launch.sharding):
             raise UserError(f"{stage.source}: {distributed.FSDP_NEEDS_GPU}")
+        launch = stage.launch
+        if launch and distributed.deepspeed_precision_without_gpu(launch.sharding, launch.mixed_precision):
+            message = distributed.DEEPSPEED_CPU_PRECISION.format(launch.mixed_precision)
+            raise UserError(f"{stage.source}: {message}")
         if stage.launch and STAGES[stage.name].role == "rl":
             from hftune.stages.rl.config import PPO_DISTRIBUTED, RL_SHARDED
 

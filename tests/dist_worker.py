@@ -4,7 +4,8 @@
 
 writes RECORD_DIR/rank<RANK>.json with the rows this process trained on (tokens without padding), the rows
 of the training set, how many times it prepared the data, and for each stage the checksum of the trainable
-weights this process held when it saved (each rank's own copy, before any gathering). Commands separated by
+weights this process held when it saved (each rank's own copy; ZeRO-3's shards gathered) and the trained
+model's logits on a fixed input. Commands separated by
 `+` run one after another in the same processes (one launch, imports paid once). Everything else is the
 real `hftune` CLI.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import transformers
 
-from hftune import cli, data
+from hftune import cli, data, distributed
 from hftune.data import mixture
 from hftune.stages import common
 
@@ -53,18 +54,27 @@ def recording_step(self, model, inputs, *args, **kwargs):
 
 
 checksums: dict[str, str] = {}
+logits: dict[str, list] = {}
 save_artifact = common.save_artifact
 
 
 def checksum_then_save(dirs, cfg, *args, trainer=None, **kwargs):
-    """The trainable weights this process holds as it saves (the policy's, for PPO), hashed in name order."""
+    """The trainable weights this process holds as it saves (the policy's, for PPO), hashed in name order,
+    and the trained model's logits on a fixed input (under ZeRO-3, with its shards gathered)."""
     if trainer is not None:
+        import torch
+
         model = getattr(trainer.model, "policy", trainer.model)
         digest = hashlib.sha256()
-        for name, param in sorted(model.named_parameters()):
-            if param.requires_grad:
-                digest.update(name.encode())
-                digest.update(param.detach().float().cpu().numpy().tobytes())
+        with distributed.full_parameters(model), torch.no_grad():
+            for name, param in sorted(model.named_parameters()):
+                if param.requires_grad:
+                    digest.update(name.encode())
+                    digest.update(param.detach().float().cpu().numpy().tobytes())
+            was_training = model.training
+            model.eval()
+            logits[Path(dirs.final).name] = model(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits.tolist()
+            model.train(was_training)
         checksums[Path(dirs.final).name] = digest.hexdigest()
     return save_artifact(dirs, cfg, *args, trainer=trainer, **kwargs)
 
@@ -82,5 +92,6 @@ for arg in sys.argv[2:]:
 for command in commands:
     code = code or cli.main(command)
 record = {"seen": seen, "training_rows": training_rows, "prepared": prepared, "checksums": checksums}
+record["logits"] = logits
 (record_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(record))
 sys.exit(code)

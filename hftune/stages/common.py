@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -123,6 +124,9 @@ def common_checks(values: dict[str, Any], *, needs_model: bool = True, streams: 
     problems = []
     if distributed.fsdp_without_gpu(distributed.sharding()):  # `accelerate launch` with an FSDP config
         problems.append(distributed.FSDP_NEEDS_GPU)
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION")  # what `accelerate launch` asked for
+    if distributed.deepspeed_precision_without_gpu(distributed.sharding(), precision):
+        problems.append(distributed.DEEPSPEED_CPU_PRECISION.format(precision))
     if needs_model and not values.get("model_name_or_path"):
         problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
     if not values.get("data_recipe") and not values.get("dataset_name"):

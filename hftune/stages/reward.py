@@ -324,7 +324,10 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RewardResult:
     trainer, data, tokenizer = p.trainer, p.data, p.tokenizer
     pad = tokenizer.pad_token_id
 
-    before = pair_scores(trainer.model, p.eval_pairs, pad) if p.eval_pairs is not None else None
+    before = None
+    if p.eval_pairs is not None:
+        with distributed.full_parameters(trainer.model):  # ZeRO-3 shards it before the engine starts
+            before = pair_scores(trainer.model, p.eval_pairs, pad)
     train_out = trainer.train(resume_from_checkpoint=p.checkpoint)
     metrics = common.train_metrics(trainer, train_out)
 
