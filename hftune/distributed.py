@@ -61,21 +61,21 @@ def fsdp_without_gpu(sharding_engine: str | None) -> bool:
     return sharding_engine == "FSDP" and not accelerator_available()
 
 
-# DeepSpeed runs on CPU (its CPU accelerator, over gloo), in fp32: the stage trains in fp32 without a GPU, and
-# DeepSpeed refuses a launch whose bf16 / fp16 differs from the stage's (a traceback on every rank).
-DEEPSPEED_CPU_PRECISION = (
-    "DeepSpeed on a machine without a GPU trains in fp32, and this launch asks for {} mixed precision (the "
-    "shipped deepspeed_*.yaml configs are for GPUs): add `--mixed_precision no` to `accelerate launch`, or "
-    "use a copy of the config with `mixed_precision: 'no'`"
+# Without a GPU the stages train in fp32 (`bf16` defaults to false there). A launch that asks for bf16 / fp16
+# anyway (every shipped configs/accelerate/*.yaml does: they are for GPUs) either fails inside DeepSpeed on
+# every rank or trains under CPU autocast while the stage's config says fp32.
+LAUNCH_PRECISION = (
+    "this launch asks for {0} mixed precision, and on this machine (no GPU) the stage trains in fp32 (the "
+    "shipped configs/accelerate/*.yaml are for GPUs): add `--mixed_precision no` to `accelerate launch` (or "
+    "use a copy of the config with `mixed_precision: 'no'`), or set `{0}: true` in the stage's config to "
+    "train in {0} on the CPU"
 )
 
 
-def deepspeed_precision_without_gpu(sharding_engine: str | None, mixed_precision: str | None) -> bool:
-    return (
-        sharding_engine == "DeepSpeed"
-        and str(mixed_precision).lower() in ("bf16", "fp16")
-        and not accelerator_available()
-    )
+def precision_without_gpu(launch_precision: str | None, stage_values: dict) -> bool:
+    """True when a launch's mixed precision is one the stage will not train in on this GPU-less machine."""
+    precision = str(launch_precision).lower()
+    return precision in ("bf16", "fp16") and not stage_values.get(precision) and not accelerator_available()
 
 
 @contextlib.contextmanager

@@ -465,10 +465,10 @@ def run(
     for stage in plan:
         if stage.launch and distributed.fsdp_without_gpu(stage.launch.sharding):
             raise UserError(f"{stage.source}: {distributed.FSDP_NEEDS_GPU}")
-        launch = stage.launch
-        if launch and distributed.deepspeed_precision_without_gpu(launch.sharding, launch.mixed_precision):
-            message = distributed.DEEPSPEED_CPU_PRECISION.format(launch.mixed_precision)
-            raise UserError(f"{stage.source}: {message}")
+        args = getattr(stage.cfg, "training", None)
+        precision = stage.launch.mixed_precision if stage.launch else None
+        if args is not None and distributed.precision_without_gpu(precision, vars(args)):
+            raise UserError(f"{stage.source}: {distributed.LAUNCH_PRECISION.format(precision)}")
         if stage.launch and STAGES[stage.name].role == "rl":
             from hftune.stages.rl.config import PPO_DISTRIBUTED, RL_SHARDED
 

@@ -203,8 +203,8 @@ def test_every_stage_ends_with_the_same_weights_on_both_processes(tmp_path):
     gathering) are bit-identical, for every stage that trains on several processes. On a 2-process run the
     "before training" evaluation used to leave the model prepared for evaluation only, accelerate then
     skipped the DDP wrap, and pretrain, sft, dpo, kto, orpo and simpo trained two separate copies and
-    exited 0. The losses of SFT and DPO match a 1-process run on the same global batch (2 x 8 rows), step by
-    step."""
+    exited 0. The losses of pretrain, SFT (LoRA and full), the reward model, DPO and SimPO match a 1-process
+    run on the same global batch (twice each config's batch), step by step."""
     runs = tmp_path / "runs"
     commands = [stage_command(name, runs) for name in STAGES]
     torchrun([arg for command in commands for arg in ["+", *command]][1:], tmp_path / "record")
@@ -218,20 +218,22 @@ def test_every_stage_ends_with_the_same_weights_on_both_processes(tmp_path):
         assert "alarm" not in manifest["metrics"], name
         assert manifest["run"] == {"processes": 2, "engine": "DDP", "mixed_precision": "no", "device": "cpu"}
 
-    # The same global batch on one process: the same losses, step by step.
-    from hftune.stages import sft
-    from hftune.stages.po import config as po_config
-    from hftune.stages.po import stage as po
+    # The same global batch on one process (twice the config's batch): the same losses, step by step. Not
+    # KTO (its KL baseline is estimated within each process's batch), ORPO (its NLL term is a mean over each
+    # process's tokens: 4e-4 apart on the first step, before any update) nor RLOO / GRPO (each process
+    # samples its own completions, so 2 processes draw other replies than 1).
+    from hftune import cli
 
     alone = tmp_path / "alone"
-    for name, parse, run in (("sft-lora", sft.parse, sft.run), ("dpo", po_config.parse, po.run)):
-        command = stage_command(name, alone, "--per_device_train_batch_size", "16", models=runs)
-        run(parse(command[2], command[3:]))
+    for name in ("pretrain", "sft-lora", "sft-full", "reward", "dpo", "simpo"):
+        command = stage_command(name, alone, models=runs)
+        batch = yaml.safe_load(Path(command[2]).read_text())["per_device_train_batch_size"]
+        assert cli.main([*command, "--per_device_train_batch_size", str(2 * batch)]) == 0, name
         two, one = logged_losses(runs / name), logged_losses(alone / name)
         assert len(two) == len(one) == 3 and two == pytest.approx(one, rel=1e-4, abs=1e-5), (name, two, one)
-        # Measured before training on the 2 processes too (held-out batches split differently, so the
-        # mean of batch means is not the 1-process one).
-        before = "eval_loss_before" if name == "sft-lora" else "heldout_before/logps/chosen"
+    # Measured before training on the 2 processes too (held-out batches split differently, so the mean of
+    # batch means is not the 1-process one).
+    for name, before in (("sft-lora", "eval_loss_before"), ("dpo", "heldout_before/logps/chosen")):
         assert math.isfinite(json.loads((runs / name / "metrics.json").read_text())[before]), name
 
 
@@ -480,26 +482,35 @@ def test_fsdp_without_a_gpu_is_refused_before_anything_runs(tmp_path, monkeypatc
     assert not (tmp_path / "sft").exists()
 
 
-def test_deepspeed_with_bf16_without_a_gpu_is_refused_before_anything_runs(tmp_path, monkeypatch):
-    """The shipped DeepSpeed configs ask for bf16 (GPUs): on CPU DeepSpeed refused the fp32 stage's
-    arguments with a traceback on every rank. Refused first, saying to launch with `--mixed_precision no`
-    (which the ZeRO test does); by the pipeline before it launches, and at parse under a launch by hand."""
+@pytest.mark.parametrize("config", sorted((REPO / "configs/accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_accelerate_config_is_refused_on_cpu_as_shipped(tmp_path, monkeypatch, config):
+    """Each shipped config is for GPUs and asks for bf16: on a machine without one the pipeline refuses it
+    before it launches, saying what to do (FSDP: use DDP; the others: `--mixed_precision no`, which is how
+    the DeepSpeed ZeRO tests above run them on CPU), and so does a stage launched by hand."""
     from hftune import distributed
     from hftune.stages import sft
 
     monkeypatch.setattr(distributed, "accelerator_available", lambda: False)
     plan = tmp_path / "pipeline.yaml"
-    stage = {"stage": "sft", "config": str(REPO / "configs/tiny/sft.yaml")}
-    stage["accelerate_config"] = str(REPO / "configs/accelerate/deepspeed_zero3.yaml")
+    stage = {"stage": "sft", "config": str(REPO / "configs/tiny/sft.yaml"), "accelerate_config": str(config)}
     plan.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
-    with pytest.raises(UserError, match=r"asks for bf16 mixed precision.*--mixed_precision no"):
+    fsdp = config.name.startswith("fsdp")
+    precision = r"asks for bf16 mixed precision.*--mixed_precision no"
+    expected = "FSDP: this machine has no GPU" if fsdp else precision
+    with pytest.raises(UserError, match=expected):
         pipeline.run(str(plan), dry_run=True)
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    with pytest.raises(ConfigError, match="--mixed_precision no"):
+    assert not (tmp_path / "run").exists()
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` sets from the file
+    if fsdp:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match=expected):
         sft.parse(str(REPO / "configs/tiny/sft.yaml"))
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what the ZeRO test launches with
-    assert sft.parse(str(REPO / "configs/tiny/sft.yaml")).training.bf16 is False
+    if not fsdp:  # launched with `--mixed_precision no`, or asked for by the stage: accepted
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+        assert sft.parse(str(REPO / "configs/tiny/sft.yaml")).training.bf16 is False
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+        assert sft.parse(str(REPO / "configs/tiny/sft.yaml"), ["--bf16", "true"]).training.bf16 is True
 
 
 def test_eval_under_a_launcher_runs_on_the_main_process_only(monkeypatch):

@@ -125,8 +125,8 @@ def common_checks(values: dict[str, Any], *, needs_model: bool = True, streams: 
     if distributed.fsdp_without_gpu(distributed.sharding()):  # `accelerate launch` with an FSDP config
         problems.append(distributed.FSDP_NEEDS_GPU)
     precision = os.environ.get("ACCELERATE_MIXED_PRECISION")  # what `accelerate launch` asked for
-    if distributed.deepspeed_precision_without_gpu(distributed.sharding(), precision):
-        problems.append(distributed.DEEPSPEED_CPU_PRECISION.format(precision))
+    if distributed.precision_without_gpu(precision, values):
+        problems.append(distributed.LAUNCH_PRECISION.format(precision))
     if needs_model and not values.get("model_name_or_path"):
         problems.append("`model_name_or_path`: required (a Hub id, a local folder, or `tiny:llama`)")
     if not values.get("data_recipe") and not values.get("dataset_name"):
