@@ -79,6 +79,13 @@ def checksum_then_save(dirs, cfg, *args, trainer=None, **kwargs):
     return save_artifact(dirs, cfg, *args, trainer=trainer, **kwargs)
 
 
+if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+    # DeepSpeed's CPU collectives over gloo, without its shared-memory op: that op is C++ DeepSpeed compiles
+    # on first use, and a first run on a machine without its build cache hung (10 minutes) here.
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
 data.prepare_dataset = mixture.prepare_dataset = counting_prepare  # (stages prepare through mixture)
 transformers.Trainer.training_step = recording_step
 common.save_artifact = checksum_then_save
