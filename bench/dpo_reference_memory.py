@@ -31,18 +31,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CHILD = (
     OWN_COPIES
     + r"""
-from hftune.stages.po import stage as po, trainers
+from hftune.stages import dpo as po
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 argv, mode = json.loads(sys.argv[1]), sys.argv[2]
 if mode == "separate":
     from transformers import AutoModelForCausalLM
-    build = trainers.build
-    def with_reference(algorithm, **kwargs):
+    trainer_class = po._trainer_class
+    def with_reference(algorithm):
         # What a run without LoRA's switch does: a second, frozen copy of the weights as the reference.
         path = argv[argv.index("--model_name_or_path") + 1]
         reference = own_memory(AutoModelForCausalLM.from_pretrained(path))
-        return build(algorithm, ref_model=reference.eval().requires_grad_(False), **kwargs)
-    trainers.build = with_reference
+        cls = trainer_class(algorithm)
+        return lambda **kwargs: cls(ref_model=reference.eval().requires_grad_(False), **kwargs)
+    po._trainer_class = with_reference
 result = po.run(po.parse(None, argv))
 assert (result.trainer.ref_model is None) == (mode == "shared")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from hftune.stages.rl import stage as rl
+from hftune.stages import ppo as rl
 cfg = rl.parse(sys.argv[1], json.loads(sys.argv[2]))
 start = time.perf_counter()
 result = rl.run(cfg)

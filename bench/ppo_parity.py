@@ -49,7 +49,7 @@ SETTINGS = {
 HFTUNE_CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from hftune.stages.rl import stage as rl
+from hftune.stages import ppo as rl
 run, out, steps, s = Path(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 argv = ["--model_name_or_path", str(run / "sft"), "--reward_model_path", str(run / "reward"),
         "--output_dir", out, "--max_steps", steps, "--normalize_rewards", "false", "--max_grad_norm", "0",
@@ -170,7 +170,7 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 def prompt_sets(run: Path) -> tuple[list, list]:
     """The PPO stage's training prompts and the prompts its data held out (as the RL stage splits them)."""
-    from hftune.stages.rl import stage as rl
+    from hftune.stages import ppo as rl
     from hftune.stages.rl.rewards import prompt_rows
 
     argv = ["--model_name_or_path", str(run / "sft"), "--reward_model_path", str(run / "reward")]

@@ -45,11 +45,10 @@ loading.load_model = lambda *args, **kwargs: own_memory(_load(*args, **kwargs))
 CHILD = (
     OWN_COPIES
     + r"""
-from hftune.stages.rl import ppo
-from hftune.stages.rl import stage as rl
+from hftune.stages import ppo as rl
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if sys.argv[2] == "separate":
-    ppo.build_trainer = functools.partial(ppo.build_trainer, separate_reference=True)
+    rl._ppo_trainer = functools.partial(rl._ppo_trainer, separate_reference=True)
 cfg = rl.parse(None, json.loads(sys.argv[1]))
 rl.run(cfg)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

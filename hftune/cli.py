@@ -6,6 +6,7 @@ User mistakes (`UserError`) print one readable message and exit 2; `--debug` sho
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -97,24 +98,16 @@ def _cmd_stage(ns: argparse.Namespace, rest: list[str]) -> int:
     if ns.help_all:
         _print_all_fields(module.schema())
         return 0
-    cfg = module.parse(ns.config, rest)
-    cfg.overwrite = ns.overwrite
+    cfg = dataclasses.replace(module.parse(ns.config, rest), overwrite=ns.overwrite)
     from hftune import artifacts, distributed
 
     # One run at a time per output folder (the launcher's other processes write through the main one).
-    lock = artifacts.output_lock(_output_dir(cfg)) if distributed.is_main_process() else nullcontext()
+    lock = artifacts.output_lock(cfg.output_dir) if distributed.is_main_process() else nullcontext()
     with lock:
         result = module.run(cfg, resume=getattr(ns, "resume", False))
     if distributed.is_main_process():
         print(module.summary(result))
     return 0
-
-
-def _output_dir(cfg) -> str:
-    """The folder a parsed stage config writes (TRL's `output_dir`, or the eval suite's)."""
-    return next(
-        s.output_dir for s in cfg.sections.values() if isinstance(getattr(s, "output_dir", None), str)
-    )
 
 
 def _cmd_pipeline(ns: argparse.Namespace, rest: list[str]) -> int:
@@ -138,62 +131,19 @@ def _cmd_data(ns: argparse.Namespace, rest: list[str]) -> int:
             recipe = data.load_recipe(name)
             print(f"{name:24s} {getattr(recipe, 'description', '') or ''}")
         return 0
-    from hftune.data.preview import preview
-    from hftune.models.tokenizer import load_tokenizer
+    from hftune.stages import preview
 
+    shown = dict(chat_template=ns.chat_template, n=ns.n, max_length=ns.max_length)
     if ns.config:
-        return _preview_config(ns)
-    if not ns.recipe or not ns.model:
+        if ns.recipe or ns.data_files:
+            raise UserError(
+                "data preview --config: the config names the data; drop the RECIPE / --data_files"
+            )
+        print(preview.preview_config(ns.config, ns.stage, model=ns.model, **shown))
+    elif not ns.recipe or not ns.model:
         raise UserError("data preview: give a RECIPE (or a data file) and --model, or --config FILE")
-    # The recipe first: a bad name is refused at once, before a model (`tiny:ARCH` builds one) is loaded.
-    if Path(ns.recipe).exists() and Path(ns.recipe).suffix not in (".yaml", ".yml"):
-        from hftune.data.detect import dataset_recipe
-
-        recipe = dataset_recipe(ns.recipe)  # data in a TRL format: its layout is detected
     else:
-        recipe = data.load_recipe(ns.recipe)
-    tokenizer = load_tokenizer(ns.model, chat_template=ns.chat_template)
-    print(preview(recipe, tokenizer, n=ns.n, max_length=ns.max_length, data_files=ns.data_files))
-    return 0
-
-
-# The TRL formats a stage reads data in a TRL format as (None: the layout's own format).
-_STAGE_FORMATS = {"pretrain": ("language_modeling",), "ppo": ("prompt_only",)}
-
-
-def _preview_config(ns: argparse.Namespace) -> int:
-    """`hftune data preview --config FILE --stage STAGE`: the rows that stage's config would train on
-    (one recipe, a mixture or `dataset_name`, with its max_length, too_long and held-out split)."""
-    from hftune.data.mixture import data_parts, read_as
-    from hftune.data.preview import preview
-    from hftune.models.tokenizer import load_tokenizer
-    from hftune.stages.common import prepare_rows
-
-    if ns.recipe or ns.data_files:
-        raise UserError("data preview --config: the config names the data; drop the RECIPE / --data_files")
-    module = registry.load(ns.stage)
-    cfg = module.parse(ns.config, [])
-    model = ns.model or cfg.model.model_name_or_path
-    if not model:
-        raise UserError(f"{ns.config} names no model (`model_name_or_path`): pass --model for its tokenizer")
-    tokenizer = load_tokenizer(model, chat_template=ns.chat_template or cfg.hftune.chat_template)
-    max_length = ns.max_length or getattr(cfg.training, "max_length", None)
-    # Pretraining keeps long documents whole when it packs them into blocks; other stages say `too_long`.
-    too_long = module.too_long(cfg) if ns.stage == "pretrain" else getattr(cfg.hftune, "too_long", "drop")
-    parts = data_parts(cfg.hftune, cfg.script)
-    prepared = prepare_rows(
-        cfg, parts, tokenizer, max_length=max_length, too_long=too_long, formats=_STAGE_FORMATS.get(ns.stage)
-    )
-    print(
-        preview(
-            read_as(parts, prepared),
-            tokenizer,
-            n=ns.n,
-            max_length=max_length,
-            prepared=prepared,
-            too_long=too_long,
-        )
-    )
+        print(preview.preview_recipe(ns.recipe, ns.model, data_files=ns.data_files, **shown))
     return 0
 
 
@@ -219,29 +169,17 @@ def _cmd_label(ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_tiny(ns: argparse.Namespace, rest: list[str]) -> int:
-    from hftune.models.tiny import build_tiny_model
+    from hftune.models.tiny import build_tiny_model, check_sizes
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
-    from hftune.models.tiny import NUM_HEADS
-
-    problems = [
-        f"--{name}: must be {'at least 1' if low else 'at least 0'}, got {value}"
-        for name, value, low in (
-            ("vocab_size", ns.vocab_size, 1),
-            ("hidden_size", ns.hidden_size, 1),
-            ("num_layers", ns.num_layers, 1),
-            ("pretrain_steps", ns.pretrain_steps, 0),
-            ("seed", ns.seed, 0),
-        )
-        if value < low
-    ]
-    if ns.hidden_size >= 1 and ns.hidden_size % NUM_HEADS:
-        problems.append(
-            f"--hidden_size: must be a multiple of {NUM_HEADS} (the attention heads), got {ns.hidden_size}"
-        )
-    if problems:
-        raise UserError("\n".join(problems))
+    check_sizes(
+        vocab_size=ns.vocab_size,
+        hidden_size=ns.hidden_size,
+        num_layers=ns.num_layers,
+        pretrain_steps=ns.pretrain_steps,
+        seed=ns.seed,
+    )
     path = build_tiny_model(
         ns.output_dir,
         arch=ns.arch,

@@ -234,16 +234,21 @@ class StageConfig:
 
     stage: str
     source: str
+    # Never changed once parsed: a stage gives its trainer copies (`stages.common.trainer_args`), so what
+    # is saved beside the artifact (`resolved()`) is what was parsed, and parses back to the same config.
     sections: dict[str, Any]
-    # What the saved config reports instead of a section's live value: while a stage trains, TRL's
-    # `output_dir` points at the work folder, but the artifact lives (and is recorded) elsewhere.
-    reported: dict[str, Any] = field(default_factory=dict)
     # `--overwrite`: the run may replace an output folder hftune did not write (a run option, not a setting:
     # it is not saved and does not change what is trained).
     overwrite: bool = False
     # The config file's `env:` block (TRL's CLI convention), already set in os.environ when the config was
     # read. Saved with the config, but not part of what a run computes (see config_hash).
     env: dict[str, str] = field(default_factory=dict)
+    # TRL fields that are not config keys (StageSchema.skips: hftune sets them, e.g. GRPO's `beta` from
+    # `kl_coef`), left out of `resolved()`: their parsed values are not what trains.
+    skipped: frozenset[tuple[str, str]] = frozenset()
+    # The keys the parse set (hftune's defaults and the config's values); every other field is TRL's default
+    # or derived by TRL from the others while its config was built (see `saved`).
+    given: frozenset[str] = frozenset()
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -251,18 +256,37 @@ class StageConfig:
             return sections[name]
         raise AttributeError(name)
 
+    @property
+    def output_dir(self) -> str:
+        """The folder the stage writes (TRL's `output_dir`, or an hftune-only config's: an eval suite's)."""
+        return next(
+            s.output_dir for s in self.sections.values() if isinstance(getattr(s, "output_dir", None), str)
+        )
+
     def resolved(self) -> dict[str, Any]:
         """Every setting made explicit, secrets removed: what is saved next to the artifact."""
         flat: dict[str, Any] = {"stage": self.stage}
         # hftune's section first: where it owns a TRL field (StageSchema.owned), its value is the real one.
-        for _, obj in sorted(self.sections.items(), key=lambda item: item[0] != "hftune"):
-            data = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
-            for key, value in data.items():
-                flat.setdefault(key, value)
-        flat.update(self.reported)
+        for section, obj in sorted(self.sections.items(), key=lambda item: item[0] != "hftune"):
+            for key, value in _field_values(obj).items():
+                if (section, key) not in self.skipped:
+                    flat.setdefault(key, value)
         if self.env:
             flat["env"] = dict(self.env)
         return strip_secrets(_jsonable(flat))
+
+    def saved(self) -> dict[str, Any]:
+        """What config.hftune.yaml holds, and parses back to this very config: `resolved()` less the values
+        TRL derived from others while building its config (`logging_dir` from `output_dir`, GRPO's
+        `generation_batch_size` from `steps_per_generation`): parsing recomputes them, and TRL refuses some
+        of them set beside what they derive from."""
+        derived = {
+            f.name
+            for obj in self.sections.values()
+            for f in dataclasses.fields(obj)
+            if f.init and f.name not in self.given and getattr(obj, f.name) != _default(f)
+        }
+        return {k: v for k, v in self.resolved().items() if k not in derived}
 
     def config_hash(self, ignore: tuple[str, ...] = ("output_dir", "logging_dir", "run_name", "env")) -> str:
         """Hash of the resolved config; the paths a run writes to, and the speed switches that compute the
@@ -270,6 +294,28 @@ class StageConfig:
         ignore = (*ignore, *SAME_RESULT_SWITCHES)
         data = {k: v for k, v in self.resolved().items() if k not in ignore}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _field_values(obj: Any) -> dict[str, Any]:
+    """A section's settings as set. Not transformers' `to_dict`, which writes every `*_token` field as a
+    placeholder (`pad_token: <PAD_TOKEN>`), a value the config never had; secrets go in `strip_secrets`."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):  # accelerate's AcceleratorConfig
+            value = dataclasses.asdict(value)
+        elif hasattr(value, "to_json"):  # transformers' ParallelismConfig
+            value = value.to_json()
+        out[f.name] = value
+    return out
 
 
 # Settings that make a run faster without changing what it computes (measured: `data_cache` reads back the
@@ -348,10 +394,17 @@ _SEED = Rule(lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED} (2*
 # `save_steps: 0.1` is a fraction of the run (TRL's convention), `save_steps: 100` a step count.
 _INTERVAL = Rule(lambda v: v > 0, "positive (a number of steps, or a fraction of the run below 1)")
 
-# Key -> its rule, applied to whichever keys a stage's schema has. Keys a stage's own checks already bound
-# (`learning_rate`, `lora_r`, `max_length`, `eval_fraction`, `kl_coef`, ...) are not repeated here.
+# Key -> its rule, applied to whichever keys a stage's schema has: the one home of every bound on a single
+# key's value (a stage's own checks hold only rules across keys).
 RANGE_RULES: dict[str, Rule] = {
     # Optimisation: a bad value trains garbage (NaN weights, no update at all) or crashes in torch late.
+    "learning_rate": _POSITIVE,
+    "beta": _POSITIVE,  # DPO / KTO / ORPO / SimPO's (GRPO's is set from `kl_coef`)
+    "kl_coef": _NON_NEGATIVE,
+    "max_kl": _POSITIVE,
+    "max_drift": _POSITIVE,
+    "reward_model_weight": _NON_NEGATIVE,
+    "verifier_weight": _NON_NEGATIVE,
     "max_steps": Rule(
         lambda v: v == -1 or v >= 1, "a positive number of steps, or -1 (train for `num_train_epochs`)"
     ),
@@ -364,6 +417,7 @@ RANGE_RULES: dict[str, Rule] = {
     "adam_epsilon": _POSITIVE,
     "label_smoothing_factor": _PROBABILITY,
     "neftune_noise_alpha": _NON_NEGATIVE,
+    "lora_r": _count("a rank"),
     "lora_alpha": _POSITIVE,
     "lora_dropout": _PROBABILITY,
     # Batches and counts that multiply them.
@@ -383,6 +437,16 @@ RANGE_RULES: dict[str, Rule] = {
     "total_episodes": Rule(lambda v: v >= 1, ">= 1"),
     "response_length": _count("a number of tokens"),
     "max_new_tokens": _count("a number of tokens"),
+    "max_length": _count("a number of tokens"),
+    "init_vocab_size": _count("a vocabulary size"),
+    "init_hidden_size": _count("a size"),
+    "init_num_layers": _count("a number of layers"),
+    "init_num_heads": _count("a number of heads"),
+    "best_of_n": _count("a number of samples"),
+    "bootstrap_samples": _count("a number of resamples"),
+    "report_bootstrap": Rule(lambda v: v >= 0, ">= 0 (0 turns the report's bootstrap off)"),
+    "num_samples": _NON_NEGATIVE,
+    "max_prompts": _count("a number of prompts"),
     "heldout_prompts": _count("a number of prompts"),
     # Schedules: a step interval of 0 or below divides by zero or never fires.
     "save_steps": _INTERVAL,
@@ -406,6 +470,9 @@ RANGE_RULES: dict[str, Rule] = {
     "data_seed": _SEED,
     "split_seed": _SEED,
     "max_samples": Rule(lambda v: v >= 1, ">= 1 (or null for every row)"),
+    "eval_fraction": _PROBABILITY,
+    "confidence": Rule(lambda v: 0 < v < 1, "in (0, 1)"),
+    "port": Rule(lambda v: 0 <= v <= 65535, "in 0..65535"),
     "dataloader_num_workers": _NON_NEGATIVE,
     # TRL 1.16 types it `int | str | None` for one string, "auto" (TRL's default: pad to 128 on Neuron only);
     # any other string reached TRL's own `int(value)` and failed with a message naming no key.
@@ -476,13 +543,28 @@ def parse_overrides(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def parse_stage_config(
-    schema: StageSchema, config_path: str | None, argv: list[str] | None = None
+    schema: StageSchema,
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> StageConfig:
-    """Read a stage config file plus flag overrides, validate everything, and build the sections."""
-    file_values = load_yaml_mapping(config_path) if config_path else {}
+    """Read a stage config file plus flag overrides, validate everything, and build the sections.
+
+    `values` are the file's values already read (the pipeline's merged stage entry): no file is read, and
+    `source` names where they came from in every message."""
+    if values is not None:
+        file_values = dict(values)
+    else:
+        file_values = load_yaml_mapping(config_path) if config_path else {}
     flag_values, problems = parse_overrides(argv or [])
-    source = str(config_path) if config_path else "command line"
+    source = source or (str(config_path) if config_path else "command line")
     env = _env_block(file_values.pop("env", None), problems) if "env" in file_values else {}
+    # A saved config (config.hftune.yaml) names the stage it was made for; it parses back as that stage.
+    saved_by = file_values.pop("stage", schema.name)
+    if saved_by != schema.name:
+        problems.append(f"`stage`: a config saved by the {show(saved_by)} stage, not {schema.name}")
     known = schema.fields()
     coerced: dict[str, Any] = {}
 
@@ -546,7 +628,30 @@ def parse_stage_config(
         except (ValueError, TypeError) as err:
             # TRL/transformers validate combinations in __post_init__; surface them as config errors.
             raise ConfigError(source, [str(err).strip()]) from None
-    return StageConfig(stage=schema.name, source=source, sections=sections, env=env)
+    skipped = frozenset(
+        (section, f.name)
+        for section, obj in sections.items()
+        for f in dataclasses.fields(obj)
+        if schema.skips(section, f.name)
+    )
+    return StageConfig(
+        stage=schema.name, source=source, sections=sections, env=env, skipped=skipped, given=frozenset(merged)
+    )
+
+
+def algorithm_given(
+    config_path: str | None,
+    argv: list[str] | None,
+    values: dict[str, Any] | None,
+    algorithms: tuple[str, ...],
+) -> str:
+    """The `algorithm` a config (a file, or `values` already read, then flags) asks for, read before it is
+    parsed: the stage's TRL config class depends on it. The first of `algorithms` when unset or unknown (the
+    parse then reports a bad value with the others)."""
+    given = dict(values) if values is not None else load_yaml_mapping(config_path) if config_path else {}
+    given.update(parse_overrides(list(argv or []))[0])
+    algorithm = given.get("algorithm", algorithms[0])
+    return algorithm if algorithm in algorithms else algorithms[0]
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -13,7 +13,6 @@ from typing import Any
 
 from hftune import artifacts
 from hftune.errors import UserError
-from hftune.models.tiny import TINY_PREFIX
 
 # Roles a manifest gives the model a stage started from; every other parent (a reward model) is a side input.
 _MAIN_ROLES = ("base_model", "sft_model", "model", "adapter", "policy")
@@ -21,8 +20,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def is_hub_id(name: str) -> bool:
-    """A name a Hub user can load: `org/name` or `name`, and not a folder on this machine."""
-    if name.startswith((TINY_PREFIX, ".", "/", "~")) or Path(name).exists():
+    """A name a Hub user can load: `org/name` or `name`, and not a folder on this machine (nor `tiny:ARCH`:
+    a Hub id has no `:`)."""
+    if name.startswith((".", "/", "~")) or Path(name).exists():
         return False
     return bool(_HUB_ID.match(name)) and not name.endswith((".", "-"))
 

@@ -7,9 +7,11 @@ A pipeline config names `output_dir` and a list of `stages`; each stage is `{sta
 plus any keys of that stage's config inline (inline keys override the file). The keys that hand one
 stage's output to the next are the pipeline's to fill and may not be typed. A stage is skipped when its
 finished artifact was made from the same resolved config, the same data and the same parent artifacts
-(recorded in `<output_dir>/pipeline.json`); `--force STAGE` re-runs it and every stage that takes its
-output (directly or through another stage). An interrupted stage (a crash, `kill -9`) resumes from its last
-checkpoint when the same command runs again.
+(recorded in `<output_dir>/pipeline.json`; a rerun where nothing changed answers from that ledger at
+once, without loading TRL: see `hftune.quick_fingerprint`); `--force STAGE` re-runs it and every stage that
+takes its output (directly or through another stage). An interrupted stage (a crash, `kill -9`) resumes from
+its last checkpoint when the same command runs again. The plan (what will run, be skipped or resume) is
+printed before the first stage starts.
 
 A training stage entry may also say how to run it: `num_processes: N` starts it in N processes with
 `torchrun --standalone` (DDP: gloo on CPU, NCCL on GPUs), and `accelerate_config: FILE` with `accelerate
@@ -33,6 +35,8 @@ across seeds beside each number. Without `seeds` the stage runs once in `<output
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,7 +44,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts, distributed
+from hftune import artifacts, distributed, quick_fingerprint
 from hftune.config import ConfigError, value_problem
 from hftune.errors import StageFailed, UserError, did_you_mean
 from hftune.stages import registry
@@ -78,6 +81,8 @@ class PlannedStage:
     output_dir: Path
     cfg: Any = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    quick: dict[str, str] | None = None  # the same inputs, fingerprinted before parsing (quick_fingerprint)
+    made_of: dict[str, Any] | None = None  # its config and data hashes (read once: they do not change)
     action: str = "run"  # run | skip | resume
     launch: Launch | None = None  # run in its own processes (torchrun / accelerate launch)
     seed: int | None = None  # one run of a stage with `seeds`: the seed it sets
@@ -319,7 +324,7 @@ def upstream(plan: list[PlannedStage]) -> list[set[int]]:
 
 
 def _write_stage_config(stage: PlannedStage, folder: Path) -> Path:
-    """A stage's merged config as a file its parser (or its launched processes) can read."""
+    """A stage's merged config as a file its launched processes can read."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stage.key}.yaml"
     # In the plan's order, not sorted: the eval lists (and reports) its trained variants as the stages come.
@@ -329,18 +334,17 @@ def _write_stage_config(stage: PlannedStage, folder: Path) -> Path:
 
 
 def _parse_stages(plan: list[PlannedStage]) -> dict[str, Any]:
-    """Parse every stage's merged config with the stage's own strict parser; the problems of all stages
-    are reported together. Nothing is written beside the run (a refused config leaves no trace)."""
+    """Parse every stage's merged config with the stage's own strict parser, from the values in memory (no
+    file is written: a refused config leaves no trace); errors, then and while it runs, name the user's
+    file. The problems of all stages are reported together."""
     modules, errors = {}, []
-    with tempfile.TemporaryDirectory(prefix="hftune-plan-") as scratch:
-        for stage in plan:
-            module = modules[stage.name] = registry.load(stage.name)
-            try:
-                stage.cfg = module.parse(str(_write_stage_config(stage, Path(scratch))))
-            except ConfigError as err:
-                errors.append(ConfigError(stage.source, err.problems))
-                continue
-            stage.cfg.source = stage.source  # errors while it runs name the user's file, not a scratch copy
+    for stage in plan:
+        module = modules[stage.name] = registry.load(stage.name)
+        try:
+            # A copy: the parsed sections may share the values' lists and mappings, the plan keeps its own.
+            stage.cfg = module.parse(None, values=copy.deepcopy(stage.values), source=stage.source)
+        except ConfigError as err:
+            errors.append(ConfigError(stage.source, err.problems))
     if len(errors) == 1:
         raise errors[0]
     if errors:
@@ -401,11 +405,19 @@ def _manifest_hashes(value: Any) -> Any:
     return artifacts.manifest_sha256(str(value))
 
 
+# Where a run writes, not what it computes: left out of both fingerprints.
+WRITES_TO = ("output_dir", "logging_dir", "run_name", "cache_dir")
+
+
 def decide(root: Path, stage: PlannedStage, *, forced: bool, upstream_changed: bool = False) -> str:
     """Skip a stage whose artifact came from these very inputs; resume one that was interrupted."""
+    if stage.made_of is None:  # the plan is decided first, then each run again when its turn comes
+        stage.made_of = {
+            "config_sha256": stage.cfg.config_hash(ignore=WRITES_TO),
+            "data": _data_fingerprint(stage.cfg),
+        }
     stage.fingerprint = {
-        "config_sha256": stage.cfg.config_hash(ignore=("output_dir", "logging_dir", "run_name", "cache_dir")),
-        "data": _data_fingerprint(stage.cfg),
+        **stage.made_of,
         "parents": _parents(stage),  # a re-made parent has a new manifest, so its children run again
     }
     if stage.launch is not None:
@@ -442,10 +454,71 @@ def _record(root: Path, stage: PlannedStage, wall_s: float) -> None:
     ledger = _read_ledger(root)
     ledger[stage.key] = {
         "inputs": stage.fingerprint,
+        "quick_inputs": stage.quick,
         "manifest_sha256": artifacts.manifest_sha256(stage.output_dir),
         "wall_time_s": round(wall_s, 2),
     }
     artifacts.write_json(root / LEDGER, ledger)
+
+
+def _confirm_quick(root: Path, stage: PlannedStage) -> None:
+    """A run the full fingerprint found up to date: its quick fingerprint now stands for the same inputs
+    (it changes where the full one may not: an edit of hftune's files, a recipe's description, ...), so the
+    next rerun can answer without parsing."""
+    ledger = _read_ledger(root)
+    record = ledger.get(stage.key)
+    if stage.quick is not None and record is not None and record.get("quick_inputs") != stage.quick:
+        record["quick_inputs"] = stage.quick
+        artifacts.write_json(root / LEDGER, ledger)
+
+
+def _quick(stage: PlannedStage, shared: dict[str, Any]) -> dict[str, str]:
+    """The run's quick fingerprint (see hftune.quick_fingerprint): its merged values and the files they name,
+    its parents' manifests, its launch settings, and what `shared` holds (versions, hardware, environment).
+    The handoff paths are its parents, fingerprinted by their manifests."""
+    return quick_fingerprint.fingerprint(
+        stage.values,
+        skip={*WRITES_TO, *STAGES[stage.name].handoff},
+        parents=_parents(stage),
+        launch=stage.launch.fingerprint() if stage.launch else None,
+        shared=shared,
+    )
+
+
+def _up_to_date_quickly(root: Path, plan: list[PlannedStage], shared: dict[str, Any]) -> bool:
+    """Whether every run of the plan is finished and recorded with the quick fingerprint its inputs have now:
+    then the full path would skip every one (the quick fingerprint sees everything the full one is made
+    from), and nothing needs parsing. Any doubt (no record, another artifact, a changed file) is a no."""
+    ledger = _read_ledger(root)
+    for stage in plan:
+        record = ledger.get(stage.key) or {}
+        if not (
+            record.get("quick_inputs")
+            and artifacts.is_complete(stage.output_dir)
+            and record.get("manifest_sha256") == artifacts.manifest_sha256(stage.output_dir)
+        ):
+            return False
+        stage.quick = _quick(stage, shared)
+        if changed := quick_fingerprint.changed(record["quick_inputs"], stage.quick):
+            logger.info(
+                "stage %s: %s changed since it was recorded; checking every stage",
+                stage.key,
+                ", ".join(changed),
+            )
+            return False
+    return True
+
+
+def _predict(root: Path, plan: list[PlannedStage], forced: list[bool]) -> None:
+    """Every run's action before any of them runs. Earlier stages have not re-run yet, so a stage that takes
+    from one that will run is marked to run too (not a sibling branch, nor the other seed runs of the same
+    stage: they take nothing from it)."""
+    sources = upstream(plan)
+    will_run: set[int] = set()
+    for i, stage in enumerate(plan):
+        changed = bool(sources[i] & will_run)
+        if decide(root, stage, forced=forced[i], upstream_changed=changed) != "skip":
+            will_run.add(i)
 
 
 def run(
@@ -460,6 +533,19 @@ def run(
     names = list(dict.fromkeys(n for s in plan for n in (s.name, s.key)))
     if force and force not in names:
         raise UserError(f"--force {force}: no such stage in {config_path} ({', '.join(names)})")
+    # Read before any stage's parse sets its `env:` block, as the next rerun reads it.
+    shared = quick_fingerprint.environment()
+    if not dry_run and not force and _read_ledger(root):
+        # A rerun with nothing to do answers from the ledger, without parsing (which imports TRL, torch, ...).
+        check_outputs(root, plan, overwrite=overwrite)  # refused alike either way
+        with artifacts.output_lock(root):  # a run in progress on this folder is refused, as below
+            cached = _up_to_date_quickly(root, plan, shared)
+        if cached:
+            for stage in plan:
+                stage.action = "skip"
+            print(describe(plan, memory=False), flush=True)
+            logger.info("every stage is up to date (its inputs are the recorded ones): nothing to run")
+            return plan
     modules = _parse_stages(plan)
     _check_recipes(plan)
     for stage in plan:
@@ -478,20 +564,18 @@ def run(
                 raise UserError(f"{stage.source}: {RL_SHARDED.format(stage.launch.sharding)}")
     check_outputs(root, plan, overwrite=overwrite)
     forced = _forced(plan, force)
+    _predict(root, plan, forced)
+    # The plan before any stage trains (flushed: a log redirected to a file shows it first, not at the end).
+    print(describe(plan), flush=True)
     if dry_run:
-        # Earlier stages have not re-run yet, so a stage that takes from one that will run is marked to run
-        # too (not a sibling branch, nor the other seed runs of the same stage: they take nothing from it).
-        sources = upstream(plan)
-        will_run: set[int] = set()
-        for i, stage in enumerate(plan):
-            changed = bool(sources[i] & will_run)
-            if decide(root, stage, forced=forced[i], upstream_changed=changed) != "skip":
-                will_run.add(i)
-        print(describe(plan))
         return plan
     with artifacts.output_lock(root):
         for i, stage in enumerate(plan):
+            # Decided again now: a stage before it may have been re-made (its new manifest changes this one's
+            # inputs). Both fingerprints are taken before the stage runs, from the same inputs.
+            stage.quick = _quick(stage, shared)
             if decide(root, stage, forced=forced[i]) == "skip":
+                _confirm_quick(root, stage)
                 logger.info("stage %s: up to date (%s), skipped", stage.key, stage.output_dir)
                 continue
             logger.info("stage %s: %s -> %s", stage.key, stage.action, stage.output_dir)
@@ -505,19 +589,20 @@ def run(
                 work.mkdir(parents=True)
                 artifacts.write_json(work / STARTED, stage.fingerprint)
             started = time.time()
-            stage.cfg.overwrite = overwrite
             if stage.launch is not None:
                 print(f"== {stage.key} ({stage.launch.num_processes} processes) ==", flush=True)
                 config_file = _write_stage_config(stage, root / ".pipeline")
                 _run_launched(stage, config_file, overwrite=overwrite)
             else:
+                # `--overwrite` is a run option, not a setting: given to this run, the parsed config kept.
+                cfg = dataclasses.replace(stage.cfg, overwrite=overwrite)
                 with artifacts.output_lock(stage.output_dir):
-                    result = modules[stage.name].run(stage.cfg, resume=stage.action == "resume")
+                    result = modules[stage.name].run(cfg, resume=stage.action == "resume")
                 print(f"== {stage.key} ==\n{modules[stage.name].summary(result)}")
                 del result
                 _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
             _record(root, stage, time.time() - started)
-    print(describe(plan))
+    print(_done(plan), flush=True)
     return plan
 
 
@@ -644,18 +729,20 @@ def root_model_config(plan: list[PlannedStage]):
 
 
 def _memory_line(stage: PlannedStage, model_config) -> str | None:
-    if stage.name == "eval":
+    if stage.name == "eval" or stage.cfg is None:
         return None
     if model_config is None:
         return "memory: unknown (the base model's config is not available offline)"
-    from hftune import memory
+    from hftune.stages import memory
 
     return "memory: " + memory.estimate(stage.name, stage.cfg, model_config).describe()
 
 
-def describe(plan: list[PlannedStage]) -> str:
+def describe(plan: list[PlannedStage], *, memory: bool = True) -> str:
+    """Each run's action, folder and handoff; `memory`: with each training stage's memory estimate (this
+    reads the base model's config: not for a plan answered without parsing)."""
     lines = ["pipeline plan:"]
-    model_config = root_model_config(plan)
+    model_config = root_model_config(plan) if memory else None
     width = max([7, *(len(s.key) for s in plan)])
     for stage in plan:
         handoff = ", ".join(
@@ -667,9 +754,17 @@ def describe(plan: list[PlannedStage]) -> str:
             f"  {stage.key:{width}s} {stage.action:7s} -> {stage.output_dir}{launch}"
             + (f"  ({handoff})" if handoff else "")
         )
-        if line := _memory_line(stage, model_config):
+        if memory and (line := _memory_line(stage, model_config)):
             lines.append(f"  {'':{width}s} {line}")
     return "\n".join(lines)
+
+
+def _done(plan: list[PlannedStage]) -> str:
+    """What each run did, where (the end of a long log; the plan printed first has the details)."""
+    width = max([7, *(len(s.key) for s in plan)])
+    return "\n".join(
+        ["pipeline done:", *(f"  {s.key:{width}s} {s.action:7s} -> {s.output_dir}" for s in plan)]
+    )
 
 
 def _show_handoff(value: Any) -> str:

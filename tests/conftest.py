@@ -162,7 +162,7 @@ def ppo_run_printed(chain, tmp_path_factory):
 
     from test_ppo import rl_config
 
-    from hftune.stages.rl import stage as rl
+    from hftune.stages import ppo as rl
 
     cfg = rl_config(chain, tmp_path_factory.mktemp("ppo") / "ppo")  # 4 steps, held-out check every 2
     printed = io.StringIO()

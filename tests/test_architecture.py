@@ -1,6 +1,8 @@
-"""The layout's rules, checked on the source: no import cycle, stages never import each other, the eval
-never imports a stage, no private name crosses a module, one module imports TRL's experimental trainers
-(PPO is hftune's own), and `--help` answers without torch, transformers or TRL."""
+"""The layout's rules, checked on the source: no import cycle, the core imports only the core, `models/`
+imports no layer above it, stages never import each other, the eval never imports a stage, the label tool
+borrows only the eval's statistics, the CLI only parses and dispatches, no private name crosses a module,
+one module imports TRL's experimental trainers (PPO is hftune's own), and `--help` answers without torch,
+transformers or TRL."""
 
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def _reachable(start: str) -> set[str]:
 
 
 def test_the_import_graph_covers_the_package():
-    assert {"hftune.cli", "hftune.stages.registry", "hftune.stages.sft", "hftune.stages.rl.ppo"} <= set(GRAPH)
+    assert {"hftune.cli", "hftune.stages.registry", "hftune.stages.sft", "hftune.stages.ppo"} <= set(GRAPH)
     assert "hftune.stages.common" in GRAPH["hftune.stages.sft"] or "hftune.stages.common" in _reachable(
         "hftune.stages.sft"
     )
@@ -96,6 +98,107 @@ def test_no_import_cycle():
     assert not cycles, f"modules that import themselves through others: {cycles}"
 
 
+# The core: the modules every layer may use, which import nothing above them. The face (the command line,
+# and the pipeline that orchestrates the stages) sits on top; everything else is a layer in a folder.
+CORE = {
+    "hftune",  # __version__
+    "hftune.errors",
+    "hftune.yaml_loading",
+    "hftune.config",
+    "hftune.artifacts",
+    "hftune.distributed",
+    "hftune.lineage",
+    "hftune.resources",
+}
+FACE = {"hftune.cli", "hftune.__main__", "hftune.pipeline", "hftune.quick_fingerprint"}
+LAYERS = {
+    "hftune.data",
+    "hftune.models",
+    "hftune.stages",
+    "hftune.evaluation",
+    "hftune.label",
+    "hftune.publish",
+}
+
+
+def test_every_top_level_module_is_core_face_or_a_layer():
+    # A new module at the top is placed deliberately: in the core (imports only the core) or the face.
+    top = {_module_name(p) for p in [*PACKAGE.glob("*.py"), *PACKAGE.glob("*/__init__.py")]}
+    unplaced = sorted(top - CORE - FACE - LAYERS)
+    assert not unplaced, f"top-level modules in neither CORE nor FACE: {unplaced}"
+
+
+def test_the_core_imports_only_the_core():
+    for name in CORE:
+        above = sorted(set(GRAPH[name]) - CORE)
+        assert not above, f"{name} (core) imports {above}"
+
+
+def test_models_never_import_a_layer_above_them():
+    above = ("hftune.evaluation", "hftune.label", "hftune.stages", "hftune.publish", *FACE)
+    for name in MODULES:
+        if name.startswith("hftune.models"):
+            found = sorted(m for m in _reachable(name) if m.startswith(above))
+            assert not found, f"{name} imports {found}"
+
+
+def test_the_label_tool_borrows_only_the_evals_statistics():
+    # Generation, the cache and the prompts of a row live in models/ and data/, which label and the eval
+    # share; the paired bootstrap is the eval's, and label's agreement interval uses it.
+    for name in MODULES:
+        if name.startswith("hftune.label"):
+            found = sorted(m for m in _reachable(name) if m.startswith("hftune.evaluation"))
+            assert found in ([], ["hftune.evaluation.stats"]), f"{name} imports {found}"
+
+
+# What the CLI may define: argument parsing, one `_cmd_X` per command that checks how its arguments combine
+# and calls one function of the command's module, help text, logging setup and error printing.
+CLI_DEFINES = {
+    "main",
+    "build_parser",
+    "_Parser",
+    "_setup_logging",
+    "_stage_help",
+    "_print_all_fields",
+    "_pipeline_help",
+}
+# The hftune modules it may import: the commands' modules, the registry, and the plumbing of parsing,
+# logging, locking and errors. Data, model and stage internals stay behind the commands' modules.
+CLI_IMPORTS = {
+    "hftune",  # __version__
+    "hftune.errors",
+    "hftune.config",  # describe_fields for --help, ConfigError
+    "hftune.artifacts",  # the output lock, the full-disk message
+    "hftune.distributed",
+    "hftune.stages.registry",
+    "hftune.stages.common",  # HARDWARE_DEFAULTS for --help
+    "hftune.pipeline",
+    "hftune.data",  # `data list`
+    "hftune.stages.preview",
+    "hftune.label.config",
+    "hftune.label.serve",
+    "hftune.label.stats",
+    "hftune.models.tiny",
+    "hftune.publish.card",
+    "hftune.publish.hub",
+    "hftune.publish.merge",
+}
+
+
+def test_the_cli_only_parses_and_dispatches():
+    tree = ast.parse(MODULES["hftune.cli"].read_text())
+    defined = {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+    commands = {f"_cmd_{c}" for c in ("stage", "pipeline", "data", "label", "tiny", "card", "push", "merge")}
+    extra = sorted(defined - CLI_DEFINES - commands)
+    assert not extra, f"cli.py defines {extra}: logic belongs in the module the command dispatches to"
+    imported = sorted(set(GRAPH["hftune.cli"]) - CLI_IMPORTS)
+    assert not imported, f"cli.py imports {imported}: dispatch to the command's module instead"
+
+
 def test_stages_never_import_each_other():
     stage_modules = {
         spec.module for spec in registry.STAGES.values() if spec.module.startswith("hftune.stages")
@@ -104,6 +207,31 @@ def test_stages_never_import_each_other():
     for name in stage_modules:
         others = (_reachable(name) & stage_modules) - {name}
         assert not others, f"{name} imports the stage module(s) {sorted(others)}"
+
+
+def _constructed(module: str) -> set[str]:
+    """The names called like a trainer class in `module`: `XTrainer(...)`, or `trainer_class(...)` where the
+    class depends on the algorithm."""
+    return {
+        node.func.id
+        for node in ast.walk(ast.parse(MODULES[module].read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and (node.func.id.endswith("Trainer") or node.func.id == "trainer_class")
+    }
+
+
+def test_each_training_stage_is_one_file_that_builds_its_trainer():
+    # A reader of `hftune X` opens hftune/stages/X.py and finds the trainer constructed there, in order, not
+    # behind a hook in a shared module; several algorithms of one command share that command's file.
+    training = {spec.command for spec in registry.STAGES.values() if spec.trains}
+    assert training == {"pretrain", "sft", "reward", "ppo", "dpo"}
+    for command in training:
+        module = registry.STAGES[command].module
+        assert module == f"hftune.stages.{command}", f"`hftune {command}` lives in {module}"
+        assert _constructed(module), f"{module} builds no trainer itself"
+    for shared in ("hftune.stages.common", "hftune.stages.causal_lm"):
+        assert not _constructed(shared), f"{shared} builds a trainer: that is each stage's to do"
 
 
 def test_the_eval_never_imports_a_stage():
@@ -157,7 +285,7 @@ def _importers(prefix: str) -> list[str]:
 def test_trl_experimental_is_imported_by_one_module_a_stage():
     # ORPO / CPO (experimental in TRL) in one module; PPO (removed from TRL in 1.13) is hftune's own.
     assert _importers("trl.experimental.ppo") == []
-    assert _importers("trl.experimental") == ["hftune.stages.po.trainers"]
+    assert _importers("trl.experimental") == ["hftune.stages.dpo"]
 
 
 COMMANDS = ["", *registry.COMMANDS, "pipeline", "data", "tiny", "card", "push", "merge"]

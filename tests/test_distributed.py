@@ -413,7 +413,7 @@ def test_rl_launches_that_cannot_work_are_refused(tmp_path, monkeypatch):
     by FSDP / DeepSpeed would be saved from a partial copy: refused before anything
     loads, whether launched by hand or by the pipeline; RLOO on DDP is accepted."""
     from hftune import distributed
-    from hftune.stages.rl import stage as rl
+    from hftune.stages import ppo as rl
 
     config = REPO / "configs/tiny/ppo.yaml"
     with monkeypatch.context() as patch:  # as under torchrun, without starting a process group here

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from hftune.errors import UserError
-from hftune.evaluation import harness, stats, variants
-from hftune.models import loading, scoring
+from hftune.evaluation import harness, stats
+from hftune.models import generation, loading, scoring
 from hftune.models.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def test_best_of_n_with_one_sample_is_plain_sft_sampling(chain, ppo_policy, eval
 def test_variants_share_one_model_and_really_differ(chain, ppo_policy):
     from trl import ModelConfig
 
-    loaded = variants.load_variants({"sft": chain["sft"], "rlhf": ppo_policy}, ModelConfig(dtype="auto"))
+    loaded = loading.load_variants({"sft": chain["sft"], "rlhf": ppo_policy}, ModelConfig(dtype="auto"))
     assert loaded["sft"].model is loaded["rlhf"].model, "the PPO adapter must sit on the SFT weights"
     tok = load_tokenizer(chain["sft"])
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -148,7 +148,6 @@ def test_variants_share_one_model_and_really_differ(chain, ppo_policy):
 def test_batched_seeded_sampling_gives_each_prompt_the_replies_it_gets_alone(chain):
     from trl import ModelConfig
 
-    from hftune.models import generation
     from hftune.models.tokenizer import encode_prompt
 
     tok = load_tokenizer(chain["sft"])
@@ -156,7 +155,7 @@ def test_batched_seeded_sampling_gives_each_prompt_the_replies_it_gets_alone(cha
     questions = ["What is 2 + 2?", "Reverse the word 'cotton'.", "What is 7 * 8?", "Sort 3, 1, 2.", "Hi"]
     prompts = [encode_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
     assert len({len(p) for p in prompts}) > 1  # prompts of several lengths, some sharing one
-    seeds = [variants.prompt_seed(0, p) for p in prompts]
+    seeds = [generation.prompt_seed(0, p) for p in prompts]
     alone = [
         [
             r.ids
@@ -176,20 +175,20 @@ def test_adding_a_variant_reuses_cached_generations(chain, ppo_policy, tmp_path,
     first = harness.parse(SUITE, suite_args(chain, ppo_policy, out, "--variants", "[sft, rlhf]"))
     harness.run(first)
     calls = []
-    real = variants.generation.generate
+    real = generation.generate
 
     def counting(model, tokenizer, encoded, *args, **kwargs):
         calls.append((kwargs.get("temperature"), len(encoded)))
         return real(model, tokenizer, encoded, *args, **kwargs)
 
-    real_sampled = variants.generation.sample_seeded
+    real_sampled = generation.sample_seeded
 
     def counting_sampled(model, tokenizer, encoded, *args, **kwargs):
         calls.append((kwargs.get("temperature"), len(encoded)))
         return real_sampled(model, tokenizer, encoded, *args, **kwargs)
 
-    monkeypatch.setattr(variants.generation, "generate", counting)
-    monkeypatch.setattr(variants.generation, "sample_seeded", counting_sampled)
+    monkeypatch.setattr(generation, "generate", counting)
+    monkeypatch.setattr(generation, "sample_seeded", counting_sampled)
     second = harness.run(
         harness.parse(SUITE, suite_args(chain, ppo_policy, out, "--variants", "[base, sft, rlhf]"))
     )

@@ -157,7 +157,7 @@ def test_allowed_contamination_is_reported_with_the_clean_subset(short_sft, caps
 
 def test_rl_never_trains_on_the_prompts_sft_held_out(chain, tmp_path):
     """RL holds out fewer prompts than SFT (a smaller eval_fraction): SFT's others stay out anyway."""
-    from hftune.stages.rl import stage as rl
+    from hftune.stages import ppo as rl
 
     sft_held_out = read_prompts(chain["sft"])["held_out"]
     argv = ["--model_name_or_path", chain["sft"], "--reward_model_path", chain["rm"], "--output_dir"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hftune import memory, pipeline
+from hftune import pipeline
 from hftune.config import load_yaml_mapping
-from hftune.stages import reward, sft
+from hftune.stages import memory, reward, sft
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,7 @@ def test_ppo_adds_a_reward_model_and_a_full_value_model(tiny_llama, capsys, tmp_
 def test_preference_optimisation_counts_both_replies_and_a_full_reference_only_without_lora(tiny_llama):
     from transformers import AutoConfig
 
-    from hftune.stages.po import stage as po
+    from hftune.stages import dpo as po
 
     config = AutoConfig.from_pretrained(tiny_llama)
     dpo_yaml = str(REPO / "configs/tiny/dpo.yaml")

@@ -12,7 +12,7 @@ import synthetic
 from bad_input import refused, run_cli, write
 
 from hftune.evaluation.verifiers import verify_answer
-from hftune.stages.po import stage as po
+from hftune.stages import dpo as po
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/dpo.yaml")
@@ -140,7 +140,7 @@ def test_help_documents_every_hftune_option_and_changed_default(capsys):
 @pytest.mark.parametrize(
     ("argv", "mentions"),
     [
-        (["--beta", "0"], ["`beta`", "positive"]),
+        (["--beta", "0"], ["beta", "must be positive"]),
         # ORPO / SimPO have no reference, so no reference log-probabilities to precompute.
         (
             ["--algorithm", "simpo", "--precompute_ref_log_probs", "true"],

@@ -18,9 +18,9 @@ from hftune.errors import UserError
 from hftune.models import loading, scoring
 from hftune.models.tokenizer import load_tokenizer
 from hftune.stages import common
+from hftune.stages import ppo as rl
 from hftune.stages.rl import config as rl_keys
-from hftune.stages.rl import ppo
-from hftune.stages.rl import stage as rl
+from hftune.stages.rl.ppo_trainer import VALUE_WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/ppo.yaml")
@@ -275,7 +275,7 @@ def test_interrupted_ppo_resumes_from_its_checkpoint(chain, tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="simulated crash"):
         rl.run(rl_config(chain, out, *argv))
     checkpoint = tmp_path / "ppo.work" / "checkpoint-2"
-    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / ppo.VALUE_WEIGHTS).is_file()
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / VALUE_WEIGHTS).is_file()
     assert not out.exists()
     from safetensors.torch import load_file
 
@@ -445,7 +445,7 @@ def test_ppo_resumed_from_its_final_checkpoint_saves_without_training(chain, tmp
 def test_training_scans_only_new_objects_while_the_gc_is_frozen():
     import gc
 
-    from hftune.stages.rl.stage import frozen_gc
+    from hftune.stages.ppo import frozen_gc
 
     with frozen_gc(True):
         assert gc.get_freeze_count() > 0  # everything alive before training is out of the collector's scans

@@ -7,6 +7,9 @@ verifier's accuracy above SFT's, the paired 95% CI above zero, and the seeded cl
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +37,9 @@ def assert_kl_held(run: Path, keys: list[str]) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow(330)
-def test_rlhf_and_dpo_fix_the_biased_demonstrations_on_held_out_prompts(tmp_path):
+def test_rlhf_and_dpo_fix_the_biased_demonstrations_on_held_out_prompts(tmp_path, monkeypatch):
     run = tmp_path / "run"
+    monkeypatch.chdir(REPO)  # as the rerun below: relative paths are read from here in both
     pipeline.run(str(REPO / "configs/quickstart.yaml"), output_dir=str(run))
     results = json.loads((run / "eval" / "results.json").read_text())
     audit = results["contamination"]
@@ -64,6 +68,21 @@ def test_rlhf_and_dpo_fix_the_biased_demonstrations_on_held_out_prompts(tmp_path
     metrics = json.loads((run / "dpo" / "metrics.json").read_text())
     assert metrics["heldout/rewards/accuracies"] > 0.8
     assert metrics["heldout/logps/chosen"] > metrics["heldout_before/logps/chosen"]  # not the squeeze
+
+    # `make quickstart` again: every stage up to date, answered from the ledger without importing torch
+    # (about 0.5 s alone; the bound leaves room for a suite running in parallel).
+    script = (
+        "import sys\n"
+        "from hftune import cli\n"
+        f"code = cli.main(['pipeline', '--config', 'configs/quickstart.yaml', '--output_dir', '{run}'])\n"
+        "print('imported:', [m for m in ('torch', 'transformers', 'trl') if m in sys.modules])\n"
+        "sys.exit(code)\n"
+    )
+    started = time.time()
+    again = subprocess.run([sys.executable, "-c", script], cwd=REPO, text=True, capture_output=True)
+    assert again.returncode == 0 and "imported: []" in again.stdout, (again.stdout, again.stderr)
+    assert time.time() - started < 5, time.time() - started
+    assert again.stdout.count(" skip ") == 8, again.stdout  # pretrain, sft, reward, 3 ppo seeds, dpo, eval
 
     # configs/biased.yaml into the same folder: the shared stages are skipped, RLOO and GRPO train.
     before = json.loads((run / "pipeline.json").read_text())

@@ -1,4 +1,5 @@
-"""RLOO / GRPO (`stages/rl/group.py`) on TRL's trainers: what hftune sets on the policy before TRL runs."""
+"""RLOO / GRPO (`stages/ppo.py`, `_group_trainer`) on TRL's trainers: what hftune sets on the policy before
+TRL runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hftune.models import loading
-from hftune.stages.rl import stage as rl
+from hftune.stages import ppo as rl
 
 REPO = Path(__file__).resolve().parent.parent
 

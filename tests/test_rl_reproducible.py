@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_ppo import chain_args
 
-from hftune.stages.rl import stage as rl
+from hftune.stages import ppo as rl
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/tiny/ppo.yaml")

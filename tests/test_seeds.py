@@ -17,7 +17,7 @@ from hftune.config import ConfigError
 from hftune.evaluation import seeds, stats
 from hftune.evaluation.measures import aggregate
 from hftune.evaluation.suite import Suite, rlhf_variants, seed_runs
-from hftune.evaluation.variants import Decoding
+from hftune.models.generation import Decoding
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hftune.stages import common, sft
-from hftune.stages.rl import stage as rl
+from hftune.stages import ppo as rl
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 6

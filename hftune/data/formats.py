@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blank
+from hftune.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: recipe.py imports this module
     from hftune.data.converters import Converter
@@ -274,3 +275,22 @@ def format_mismatch(format_name: str, spec: Converter) -> str | None:
         return None
     fits = [f for f, fmt in FORMATS.items() if fmt.accepts == spec.yields]
     return f"`{format_name}` cannot be built by the `{spec.name}` converter; it fits: {', '.join(fits)}"
+
+
+def prompt_and_reference(row: dict) -> tuple[list[dict[str, str]], str | None]:
+    """A row in a chat format (conversational, prompt-completion or prompt-only) as the conversation up to its
+    reply and the reference reply (None where the row has none): what the eval and the label tool sample
+    replies to."""
+    if row.get("messages") is not None:
+        messages = list(row["messages"])
+        if messages[-1]["role"] == "assistant":
+            return messages[:-1], messages[-1]["content"]
+        return messages, None
+    if row.get("prompt") is not None:
+        prompt = row["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        completion = row.get("completion")
+        if isinstance(completion, list):
+            completion = completion[-1]["content"] if completion else None
+        return prompt, completion
+    raise UserError("eval prompts need a conversational, prompt-completion or prompt-only recipe")

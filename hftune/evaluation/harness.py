@@ -25,7 +25,6 @@ from hftune import artifacts, distributed
 from hftune.config import StageConfig
 from hftune.errors import UserError
 from hftune.evaluation import contamination, report, reward_exposure, stats, text_metrics
-from hftune.evaluation.cache import Cache, fingerprint
 from hftune.evaluation.measures import (
     aggregate,
     check_verifier,
@@ -36,8 +35,10 @@ from hftune.evaluation.measures import (
 )
 from hftune.evaluation.prompts import last_user, load_prompts
 from hftune.evaluation.suite import Suite, rlhf_runs, rlhf_variants
-from hftune.evaluation.variants import Decoding, load_variants, logprobs, replies
 from hftune.models import loading, scoring
+from hftune.models.cache import Cache, fingerprint
+from hftune.models.generation import Decoding, logprobs, replies
+from hftune.models.loading import load_variants
 from hftune.models.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,16 @@ class EvalResult:
     cache: Cache
 
 
-def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+def parse(
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> StageConfig:
     from hftune.evaluation import suite
 
-    return suite.parse(config_path, argv)
+    return suite.parse(config_path, argv, values=values, source=source)
 
 
 def schema():

@@ -14,10 +14,10 @@ import numpy as np
 
 from hftune.errors import UserError
 from hftune.evaluation import seeds, stats, text_metrics
-from hftune.evaluation.cache import Cache
 from hftune.evaluation.prompts import Prompts, last_user
 from hftune.evaluation.suite import Suite, seed_runs
-from hftune.evaluation.variants import Decoding
+from hftune.models.cache import Cache, key
+from hftune.models.generation import Decoding
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ def score_cached(
     scorer, scorer_fingerprint: str, prompts, texts: list[str], cache: Cache, batch_size: int
 ) -> list[float]:
     """Rewards through the shared scoring path, cached by (reward model, prompt, reply)."""
-    from hftune.evaluation.cache import key
 
     def score(missing: list[int]) -> list[float]:
         values = scorer.score(

@@ -31,24 +31,9 @@ def last_user(messages: list[dict[str, str]]) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
-def prompt_and_reference(row: dict) -> tuple[list[dict[str, str]], str | None]:
-    if row.get("messages") is not None:
-        messages = list(row["messages"])
-        if messages[-1]["role"] == "assistant":
-            return messages[:-1], messages[-1]["content"]
-        return messages, None
-    if row.get("prompt") is not None:
-        prompt = row["prompt"]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        completion = row.get("completion")
-        if isinstance(completion, list):
-            completion = completion[-1]["content"] if completion else None
-        return prompt, completion
-    raise UserError("eval prompts need a conversational, prompt-completion or prompt-only recipe")
-
-
 def load_prompts(suite: Suite) -> Prompts:
     from hftune.data import prepare_dataset
+    from hftune.data.formats import prompt_and_reference
     from hftune.data.prompt_keys import read_prompts
 
     recorded = read_prompts(suite.sft_model) if suite.sft_model and suite.split == "eval" else None

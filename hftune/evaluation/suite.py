@@ -153,17 +153,8 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(
             "`reward_model`: required for best_of_n and the reward, win_rate, expected_reward metrics"
         )
-    for key in ("max_new_tokens", "batch_size", "best_of_n", "bootstrap_samples"):
-        if values.get(key) is not None and values[key] < 1:
-            problems.append(f"`{key}`: must be >= 1, got {values[key]}")
-    if values["num_samples"] < 0:
-        problems.append(f"`num_samples`: must be >= 0, got {values['num_samples']}")
     if values.get("max_prompts") is not None and values["max_prompts"] < 2:
         problems.append("`max_prompts`: need at least 2 prompts for a confidence interval")
-    if not 0 < values["confidence"] < 1:
-        problems.append(f"`confidence`: must be in (0, 1), got {values['confidence']}")
-    if values["temperature"] <= 0:
-        problems.append("`temperature`: must be positive (greedy decoding is used where the metric needs it)")
     if values.get("baseline") and values["baseline"] not in variants and values["baseline"] != "sft":
         problems.append(f"`baseline`: {values['baseline']!r} is not one of the variants")
     verifier = values.get("verifier")
@@ -208,11 +199,17 @@ def schema() -> StageSchema:
     return StageSchema(name="eval", classes={"hftune": Suite}, defaults={}, check=_check)
 
 
-def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
+def parse(
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> StageConfig:
     """`config_path` is a suite file or the name of a built-in suite (`tiny`, `ultrachat`)."""
     if config_path:
         config_path = eval_suite(config_path)
-    cfg = parse_stage_config(schema(), config_path, argv)
+    cfg = parse_stage_config(schema(), config_path, argv, values=values, source=source)
     suite = cfg.hftune
     if suite.judge is not None:
         from hftune.evaluation.judge import JudgeConfig

@@ -73,17 +73,6 @@ def _check(values: dict[str, Any]) -> list[str]:
     if not 2 <= values["num_completions"] <= 26:
         # The page names completions A..Z; number keys rank up to 9, dragging any number.
         problems.append("`num_completions`: between 2 and 26 completions a prompt (number keys rank up to 9)")
-    for key in ("max_new_tokens", "batch_size", "max_prompts", "max_samples"):
-        if values.get(key) is not None and values[key] < 1:
-            problems.append(f"`{key}`: must be >= 1, got {values[key]}")
-    if values["temperature"] <= 0:
-        problems.append(
-            "`temperature`: must be positive (greedy decoding would give K identical completions)"
-        )
-    if not 0 <= values["eval_fraction"] < 1:
-        problems.append(f"`eval_fraction`: must be in [0, 1), got {values['eval_fraction']}")
-    if not 0 <= values["port"] <= 65535:
-        problems.append(f"`port`: must be in 0..65535, got {values['port']}")
     host = values["host"]
     if host not in LOOPBACK and not values.get("allow_remote"):
         problems.append(

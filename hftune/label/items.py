@@ -1,7 +1,7 @@
 """What a labeller ranks: the recipe's training prompts, never a held-out one, each with K completions
-sampled from the model through the eval's generation path (a prompt's samples are seeded by the prompt
-itself and cached). They are written once to items.json, so a restart shows the very same completions and
-loads no model at all."""
+sampled from the model through the generation path the eval uses too (`models/generation.replies`: a
+prompt's samples are seeded by the prompt itself and cached). They are written once to items.json, so a
+restart shows the very same completions and loads no model at all."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ FORMAT = "hftune-label-items/1"
 
 def sampling(s: LabelSettings) -> dict[str, Any]:
     """Everything the completions depend on: a folder sampled with other settings is not resumed."""
-    from hftune.evaluation.cache import fingerprint
+    from hftune.models.cache import fingerprint
 
     return {
         "model": s.model_name_or_path,
@@ -45,8 +45,8 @@ def prompts(s: LabelSettings) -> tuple[list[list[dict[str, str]]], list[str]]:
     """The prompts to label and their keys: the recipe's training rows (its held-out split and every prompt
     a stage behind the model held out are dropped), each conversation up to its reply, one per prompt."""
     from hftune.data import prepare_dataset
+    from hftune.data.formats import prompt_and_reference
     from hftune.data.prompt_keys import held_out_upstream
-    from hftune.evaluation.prompts import prompt_and_reference
 
     data = prepare_dataset(
         s.data_recipe,
@@ -73,8 +73,9 @@ def sample(s: LabelSettings) -> list[dict[str, Any]]:
     """K completions per prompt from the model: one item per prompt, completions in sampling order."""
     from trl import ModelConfig
 
-    from hftune.evaluation.cache import Cache
-    from hftune.evaluation.variants import Decoding, load_variants, replies
+    from hftune.models.cache import Cache
+    from hftune.models.generation import Decoding, replies
+    from hftune.models.loading import load_variants
     from hftune.models.scoring import check_pad_token
     from hftune.models.tokenizer import encode_prompt, load_tokenizer
 

@@ -1,2 +1,3 @@
-"""Models and tokenizers: loading (Hub ids, folders, adapter chains), the tokenizer and its one parity
-check, scoring and generation."""
+"""Models and tokenizers: loading (Hub ids, folders, adapter chains, variants sharing weights), the
+tokenizer and its one parity check, scoring, generation (with decoding settings and cached replies) and the
+cache of what models compute."""

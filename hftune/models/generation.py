@@ -1,18 +1,31 @@
-"""Batched generation with explicit decoding settings: the one generate loop the RL stage's held-out check
-and the eval harness share.
+"""Batched generation with explicit decoding settings: the one generate loop the RL stage's held-out check,
+the eval harness and the label tool share.
 
 Prompts are left padded (every prompt ends where generation starts); decoding is greedy or plain sampling
 at a temperature (no top-k/top-p, as the RL trainers sample), always from settings passed in here, never
 from a checkpoint's `generation_config`. Sampling runs under its own seed inside `torch.random.fork_rng`,
 so it leaves the caller's random state (a training run's) untouched.
+
+`replies` and `logprobs` run a loaded model variant (`loading.load_variants`) through the cache
+(`models/cache.py`), keyed by (model fingerprint, prompt tokens, decoding, seed). Sampled replies are drawn
+per prompt, K at a time, with a seed made from the decoding's seed and the prompt, so a prompt's samples do
+not depend on which other prompts are sampled: that is what makes them cacheable and best-of-N with n=1
+identical to plain sampling. They are generated in batches all the same (`sample_seeded` draws each
+prompt's tokens from its own generator), with the replies one-at-a-time sampling gives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from hftune.models.cache import Cache, key
+
+if TYPE_CHECKING:
+    from hftune.models.loading import ModelVariant
 
 
 @dataclass
@@ -227,3 +240,118 @@ def reply_logprobs(
     finally:
         model.train(was_training)
     return out
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int
+    temperature: float | None = None  # None: greedy
+    num_samples: int = 1
+    seed: int = 0
+    stop_strings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.temperature is None:
+            return {
+                "do_sample": False,
+                "max_new_tokens": self.max_new_tokens,
+                "stop_strings": self.stop_strings,
+            }
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_k": 0,
+            "top_p": 1.0,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens,
+            "stop_strings": self.stop_strings,
+        }
+
+
+def _as_row(reply: Reply) -> dict[str, Any]:
+    return {"ids": reply.ids, "text": reply.text, "ended": reply.ended}
+
+
+def replies(
+    variant: ModelVariant,
+    tokenizer,
+    encoded: list[list[int]],
+    decoding: Decoding,
+    cache: Cache,
+    *,
+    batch_size: int,
+    desc: str,
+) -> list[list[dict[str, Any]]]:
+    """Per prompt, its replies (one when greedy, `num_samples` when sampling), from the cache where there."""
+    from tqdm.auto import tqdm
+
+    def compute(missing: list[int]) -> list[list[dict[str, Any]]]:
+        bar = tqdm(total=len(missing), desc=desc, leave=False, unit="prompt")
+        with variant.active() as model:
+            if decoding.temperature is None:
+                got = generate(
+                    model,
+                    tokenizer,
+                    [encoded[i] for i in missing],
+                    decoding.max_new_tokens,
+                    batch_size=batch_size,
+                    stop_strings=decoding.stop_strings,
+                    progress=bar.update,
+                )
+                out = [[_as_row(r)] for r in got]
+            else:
+                # Batched, yet each prompt sampled with its own seed: the same replies as one at a time.
+                sampled = sample_seeded(
+                    model,
+                    tokenizer,
+                    [encoded[i] for i in missing],
+                    decoding.max_new_tokens,
+                    temperature=decoding.temperature,
+                    seeds=[prompt_seed(decoding.seed, encoded[i]) for i in missing],
+                    num_return_sequences=decoding.num_samples,
+                    batch_size=batch_size * decoding.num_samples,
+                    stop_strings=decoding.stop_strings,
+                    progress=bar.update,
+                )
+                out = [[_as_row(r) for r in reps] for reps in sampled]
+        bar.close()
+        return out
+
+    settings = decoding.as_dict()
+    keys = [key("reply", variant.fingerprint, ids, settings) for ids in encoded]
+    return cache.get_or_compute("replies", keys, compute)
+
+
+def prompt_seed(seed: int, prompt_ids: list[int]) -> int:
+    """A prompt's own sampling seed: the same for that prompt whatever else is sampled."""
+    return int(key("seed", seed, prompt_ids)[:8], 16)
+
+
+def logprobs(
+    variant: ModelVariant,
+    prompts: list[list[int]],
+    replies_ids: list[list[int]],
+    pad_token_id: int,
+    temperature: float,
+    cache: Cache,
+    *,
+    batch_size: int,
+) -> list[float]:
+    """Log-probability of each reply under `variant` (cached), for KL estimates."""
+    keys = [
+        key("logp", variant.fingerprint, p, r, temperature) for p, r in zip(prompts, replies_ids, strict=True)
+    ]
+
+    def compute(missing: list[int]) -> list[float]:
+        with variant.active() as model:
+            return reply_logprobs(
+                model,
+                [prompts[i] for i in missing],
+                [replies_ids[i] for i in missing],
+                pad_token_id,
+                temperature=temperature,
+                batch_size=batch_size,
+            )
+
+    return cache.get_or_compute("logprobs", keys, compute)

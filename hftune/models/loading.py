@@ -8,14 +8,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
 from hftune.artifacts import manifest_sha256, read_json_object
 from hftune.errors import UserError
+from hftune.models import cache
 from hftune.models.tiny import TINY_PREFIX, resolve_tiny
 
 logger = logging.getLogger(__name__)
@@ -327,6 +330,61 @@ def load_adapter_group(
         model.set_adapter(name)
         _keep_saved_adapter_dtype(model, Path(folder))
     return model.eval()
+
+
+@dataclass
+class ModelVariant:
+    """One model variant: a loaded model (maybe shared), the adapter that makes it this variant (None: all
+    adapters off), and the fingerprint of what it computes."""
+
+    name: str
+    model: Any
+    adapter: str | None
+    fingerprint: str
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Any]:
+        model = self.model
+        if not hasattr(model, "peft_config"):
+            yield model
+        elif self.adapter is None:
+            with model.disable_adapter():
+                yield model
+        else:
+            model.set_adapter(self.adapter)
+            yield model
+
+
+def source_fingerprint(source: ModelSource) -> str:
+    return cache.key([cache.fingerprint(source.base), *(cache.fingerprint(a) for a in source.adapters)])
+
+
+def load_variants(
+    paths: dict[str, str], model_args, *, trust_remote_code: bool = False
+) -> dict[str, ModelVariant]:
+    """Load `name -> model path` for inference, so that variants sharing weights share memory: variants
+    whose models differ only by their last LoRA adapter are one model, the shared weights (with any inner
+    adapters merged) plus each variant's adapter under its own name. A variant is picked with
+    `set_adapter`, and the variant that *is* the shared weights (the SFT model under a PPO adapter, the base
+    under an SFT adapter) runs with `disable_adapter()`, never by loading a second copy."""
+    groups: dict[ModelSource, dict[str, str | None]] = {}
+    sources = {name: resolve_source(path) for name, path in paths.items()}
+    for name, source in sources.items():
+        # The shared part is everything but the last adapter; a variant without adapters is the shared
+        # part itself (adapters off).
+        shared = ModelSource(source.base, source.adapters[:-1])
+        groups.setdefault(shared, {})[name] = source.adapter
+    variants: dict[str, ModelVariant] = {}
+    for shared, members in groups.items():
+        adapters = {name: folder for name, folder in members.items() if folder is not None}
+        model = load_adapter_group(shared, adapters, model_args, trust_remote_code=trust_remote_code)
+        if len(members) > 1:
+            logger.info("variants %s share one model in memory (adapters switched)", ", ".join(members))
+        for name, folder in members.items():
+            variants[name] = ModelVariant(
+                name, model, name if folder else None, source_fingerprint(sources[name])
+            )
+    return variants
 
 
 def _adapter_for(model, folder: str):

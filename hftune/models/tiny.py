@@ -34,6 +34,29 @@ TINY_PRETRAIN_STEPS = 300  # `tiny:ARCH` models are briefly pretrained (about 10
 NUM_HEADS = 4  # attention heads of every tiny model (hidden_size must be a multiple)
 
 
+def check_sizes(
+    *, vocab_size: int, hidden_size: int, num_layers: int, pretrain_steps: int, seed: int
+) -> None:
+    """`hftune tiny`'s sizes, every impossible one named at once (as its flags) before anything is built."""
+    problems = [
+        f"--{name}: must be {'at least 1' if low else 'at least 0'}, got {value}"
+        for name, value, low in (
+            ("vocab_size", vocab_size, 1),
+            ("hidden_size", hidden_size, 1),
+            ("num_layers", num_layers, 1),
+            ("pretrain_steps", pretrain_steps, 0),
+            ("seed", seed, 0),
+        )
+        if value < low
+    ]
+    if hidden_size >= 1 and hidden_size % NUM_HEADS:
+        problems.append(
+            f"--hidden_size: must be a multiple of {NUM_HEADS} (the attention heads), got {hidden_size}"
+        )
+    if problems:
+        raise UserError("\n".join(problems))
+
+
 def model_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int, ids: dict):
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 

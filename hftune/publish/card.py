@@ -37,10 +37,12 @@ from hftune.lineage import Lineage, Node, is_hub_id, lineage, read_manifest
 
 logger = logging.getLogger(__name__)
 
+# The RL stages (`hftune ppo --algorithm ...`): one kind of model, an RLHF policy.
+_RL_STAGES = ("ppo", "rloo", "grpo")
 _STAGE_TAGS = {
     "sft": ["sft"],
     "reward": ["reward-model"],
-    "ppo": ["rlhf"],
+    **{rl: ["rlhf"] for rl in ("ppo", "rloo", "grpo")},
     "merge": ["merged"],
     **{po: ["preference-optimization", po] for po in ("dpo", "kto", "orpo", "simpo")},
 }
@@ -189,8 +191,8 @@ def _metadata(info: CardInfo, root_name: str) -> str:
     for node in info.lineage.nodes:
         tags += _STAGE_TAGS.get(node.stage, [])
         algorithm = ((node.manifest or {}).get("metrics") or {}).get("algorithm")
-        if node.stage == "ppo":
-            tags.append(str(algorithm or "ppo"))
+        if node.stage in _RL_STAGES:  # (older manifests: `stage: ppo`, the algorithm in their metrics)
+            tags.append(str(algorithm or node.stage))
     tags += recipes
     data = ModelCardData(
         base_model=root_name,
@@ -216,7 +218,8 @@ def _fmt(value: Any) -> str:
 
 def _key_metrics(node: Node) -> str:
     metrics = (node.manifest or {}).get("metrics") or {}
-    keys = [k for k in _KEY_METRICS.get(node.stage, ()) if k in metrics]
+    kind = "ppo" if node.stage in _RL_STAGES else node.stage
+    keys = [k for k in _KEY_METRICS.get(kind, ()) if k in metrics]
     if not keys:  # a stage this module does not know: its first few numbers
         keys = [k for k, v in metrics.items() if isinstance(v, int | float)][:4]
     return ", ".join(f"{k} {_fmt(metrics[k])}" for k in keys) or "-"
@@ -251,8 +254,8 @@ def _lineage_section(info: CardInfo) -> list[str]:
     ]
     for i, node in enumerate(info.lineage.nodes):
         stage = _STAGE_NAMES.get(node.stage, node.stage)
-        if node.stage == "ppo":
-            stage = f"RLHF ({((node.manifest or {}).get('metrics') or {}).get('algorithm', 'ppo')})"
+        if node.stage in _RL_STAGES:
+            stage = f"RLHF ({((node.manifest or {}).get('metrics') or {}).get('algorithm', node.stage)})"
         local = not (node.manifest or node.from_scratch or is_hub_id(node.name))
         where = _code(node.name, cell=True) + (" (local)" if local else "")
         if node.note:
@@ -491,7 +494,7 @@ def _summary(info: CardInfo, root: str) -> str:
         "orpo": "a policy trained on preference pairs with ORPO (no reward model, no reference)",
         "simpo": "a policy trained on preference pairs with SimPO (no reward model, no reference)",
         "merge": "a LoRA adapter (chain) merged into its base weights",
-    }.get(last.stage, f"the output of the {_code(last.stage)} stage")
+    }.get("ppo" if last.stage in _RL_STAGES else last.stage, f"the output of the {_code(last.stage)} stage")
     arch = info.lineage.from_scratch
     if arch is None:
         base = f"built on {_code(root)}"

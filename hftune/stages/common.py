@@ -6,6 +6,7 @@ bottom and calls these for the parts that are the same everywhere."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import logging
@@ -143,14 +144,6 @@ def common_checks(values: dict[str, Any], *, needs_model: bool = True, streams: 
         problems.append("`load_in_4bit` and `load_in_8bit`: choose one")
     if (values.get("load_in_4bit") or values.get("load_in_8bit")) and not values.get("use_peft"):
         problems.append("`load_in_4bit`/`load_in_8bit` need `use_peft: true` (QLoRA trains an adapter)")
-    fraction = values.get("eval_fraction", 0.0)
-    if fraction is not None and not 0.0 <= fraction < 1.0:
-        problems.append(f"`eval_fraction`: must be in [0, 1), got {fraction}")
-    for key in ("max_length", "lora_r", "per_device_train_batch_size"):
-        if values.get(key) is not None and values[key] <= 0:
-            problems.append(f"`{key}`: must be positive, got {values[key]}")
-    if values.get("learning_rate") is not None and values["learning_rate"] <= 0:
-        problems.append(f"`learning_rate`: must be positive, got {values['learning_rate']}")
     if values.get("bf16") and values.get("fp16"):
         problems.append("`bf16` and `fp16`: choose one")
     for key in TOKENIZER_KEYS:
@@ -172,26 +165,43 @@ class RunDirs:
 
 
 def run_dirs(cfg: StageConfig, resume: bool = False) -> RunDirs:
-    """Where this run writes. TRL's trainers write checkpoints to `output_dir`, so it points at the work
-    folder for the whole run (nothing half-written ever lands in the artifact's folder); the saved config
-    keeps naming the artifact's folder. Safe to call again on the same config.
+    """Where this run writes: the artifact's folder (`output_dir`) and the work folder beside it, where the
+    trainer writes checkpoints (`trainer_args`), so nothing half-written ever lands in the artifact's folder.
 
-    The first call checks, before any work, that finishing the run loses nothing the user made: the
-    artifact folder and its work folder must be new, empty or hftune's (or `--overwrite` was given), and
-    must not hold one of the run's inputs; checkpoints of an interrupted run are not thrown away unless
-    asked (`--resume` continues them, `--overwrite` discards them)."""
-    first = "output_dir" not in cfg.reported
-    final = Path(cfg.reported.setdefault("output_dir", cfg.training.output_dir))
+    Checks, before any work, that finishing the run loses nothing the user made: the artifact folder and its
+    work folder must be new, empty or hftune's (or `--overwrite` was given), and must not hold one of the
+    run's inputs; checkpoints of an interrupted run are not thrown away unless asked (`--resume` continues
+    them, `--overwrite` discards them)."""
+    final = Path(cfg.training.output_dir)
     work = artifacts.work_dir(final)
-    if first and distributed.is_main_process():
+    if distributed.is_main_process():
         artifacts.check_output(final, overwrite=cfg.overwrite, inputs=run_inputs(cfg), work=True)
         if not resume and not cfg.overwrite and checkpoint_folders(work):
             raise UserError(
                 f"{work} holds checkpoints of an interrupted run ({checkpoint_folders(work)[-1].name}): pass "
                 "--resume to continue it, or --overwrite to discard them and start over"
             )
-    cfg.training.output_dir = str(work)
     return RunDirs(final, work, time.time())
+
+
+def trainer_args(cfg: StageConfig, dirs: RunDirs, **changes: Any):
+    """The TRL config a trainer gets: a copy of the parsed one that writes to the work folder, with the
+    stage's own `changes`. The parsed config is never changed (trainers and PEFT change what they are
+    given), so the config saved beside the artifact is the one parsed."""
+    args = copy.deepcopy(cfg.training)
+    args.output_dir = str(dirs.work)
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return args
+
+
+def model_args(cfg: StageConfig, **changes: Any):
+    """A copy of the parsed ModelConfig for loading and LoRA (loading sets `dtype`, PEFT extends
+    `lora_modules_to_save` in place), with the stage's own `changes`."""
+    model = copy.deepcopy(cfg.model)
+    for key, value in changes.items():
+        setattr(model, key, value)
+    return model
 
 
 def run_inputs(cfg: StageConfig) -> list[str]:
@@ -229,14 +239,14 @@ class Prepared:
     dirs: RunDirs
 
 
-def load_stage_tokenizer(cfg: StageConfig):
-    """The tokenizer of the stage's model, with the config's chat template (loaded before the data, so every
-    data problem surfaces before minutes of weight loading)."""
+def load_stage_tokenizer(cfg: StageConfig, path: str | None = None):
+    """The tokenizer of the stage's model (or of `path`), with the config's chat template (loaded before the
+    data, so every data problem surfaces before minutes of weight loading)."""
     from hftune.models.tokenizer import load_tokenizer
 
     model_args = cfg.model
     return load_tokenizer(
-        model_args.model_name_or_path,
+        path or model_args.model_name_or_path,
         chat_template=cfg.hftune.chat_template,
         trust_remote_code=bool(cfg.training.trust_remote_code),
         revision=model_args.model_revision,
@@ -487,7 +497,7 @@ def save_artifact(
             # PEFT's placeholder card ("[More Information Needed]") says nothing true; hftune's cards are
             # generated from the manifests when a model is pushed.
             (out / "README.md").unlink(missing_ok=True)
-            (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=True))
+            (out / "config.hftune.yaml").write_text(yaml.safe_dump(cfg.saved(), sort_keys=True))
             artifacts.write_json(out / "metrics.json", metrics)
             if trainer is not None:
                 artifacts.write_json(out / "log_history.json", trainer.state.log_history)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftune import distributed
+from hftune import artifacts, distributed
 from hftune.config import StageConfig, StageSchema, hftune_field, parse_stage_config
 from hftune.errors import UserError
 from hftune.models.tiny import ARCHITECTURES
@@ -72,9 +72,6 @@ def _check(values: dict[str, Any]) -> list[str]:
             )
         if values.get("use_peft"):
             problems.append("`use_peft`: a model trained from scratch trains every weight; set it to false")
-    for key in ("init_vocab_size", "init_hidden_size", "init_num_layers", "init_num_heads"):
-        if values.get(key) is not None and values[key] < 1:
-            problems.append(f"`{key}`: must be positive, got {values[key]}")
     if values.get("dataset_streaming"):
         if not (values.get("max_steps") or 0) > 0:
             problems.append(
@@ -140,8 +137,14 @@ def schema() -> StageSchema:
     )
 
 
-def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
-    cfg = parse_stage_config(schema(), config_path, argv)
+def parse(
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> StageConfig:
+    cfg = parse_stage_config(schema(), config_path, argv, values=values, source=source)
     from hftune.data.detect import AUTO
     from hftune.data.mixture import data_parts
 
@@ -254,11 +257,16 @@ def _whole_blocks(trainer, cfg: StageConfig) -> dict[str, Any]:
     }
 
 
-def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
-    extras = cfg.hftune
+def prepare(cfg: StageConfig, *, resume: bool = False) -> common.Prepared:
+    """The trainer and corpus, built and checked but not trained (for tests and inspection)."""
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from hftune.models import loading
+
     dirs = common.run_dirs(cfg, resume)
-    parents = None
-    if extras.init_architecture:
+    model_args = common.model_args(cfg)
+    if cfg.hftune.init_architecture:
         # The initial weights live in the work folder (so --resume finds them) and go with it afterwards:
         # the finished artifact is a full model that needs nothing else.
         # Built once a machine, each in a folder of its own (machines may share a filesystem); the other
@@ -267,26 +275,79 @@ def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
         with distributed.local_main_first():
             if not (init / "config.json").is_file():
                 _init_model(cfg, init)
-        cfg.model.model_name_or_path = str(init)
-        parents = [{"role": "init", "from_scratch": extras.init_architecture}]
-    p = causal_lm.prepare(cfg, formats=("language_modeling",), resume=resume, dirs=dirs, load_data=_load_data)
-    wrapped = cfg.training.packing and cfg.training.packing_strategy == "wrapped"
-    blocks = _whole_blocks(p.trainer, cfg) if wrapped else {}  # (BFD bins are short by design)
+        model_args = common.model_args(cfg, model_name_or_path=str(init))
 
-    def report(trainer) -> tuple[dict[str, Any], dict[str, Any]]:
-        counts = dict(blocks)
-        if cfg.training.include_num_input_tokens_seen == "non_padding":
-            # The Trainer's count of the non-padding input tokens of every batch it trained on: each epoch
-            # counts again (a token seen twice trained twice), and a resumed run starts from the count its
-            # checkpoint saved, so it is the tokens behind the saved weights. With every block trained once
-            # it equals corpus_tokens (less the partial block when dropped).
-            counts["tokens_trained"] = trainer.state.num_input_tokens_seen
-        if _streaming(cfg):
-            counts["documents_streamed"] = p.data.n_train  # read into the packer (see hftune.data.streaming)
-        return counts, counts
+    # Tokenizer and corpus first: every data problem surfaces before minutes of weight loading.
+    tokenizer = common.load_stage_tokenizer(cfg, model_args.model_name_or_path)
+    recipe, data = _load_data(cfg, tokenizer, dirs)
+    causal_lm.check_format(recipe, ("language_modeling",), "pretraining")
+    args = common.trainer_args(cfg, dirs)
 
-    n_train = p.data.n_train if _streaming(cfg) else None
-    return causal_lm.finish(cfg, p, parents=parents, n_train=n_train, report=report)
+    set_seed(args.seed)  # before any weight is drawn (LoRA, for continued pretraining with `use_peft`)
+    model = loading.load_model(
+        model_args.model_name_or_path,
+        model_args,
+        trust_remote_code=bool(args.trust_remote_code),
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    common.ignore_bias_buffers(model, cfg)
+    # Wrapped blocks span documents on purpose; BFD packing (or padding-free rows) must keep them apart.
+    wrapped = args.packing and args.packing_strategy == "wrapped"
+    if (args.packing or args.padding_free) and not wrapped:
+        causal_lm.check_packing_isolation(model, tokenizer, "packing" if args.packing else "padding_free")
+
+    checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
+    with common.trl_settings_are_user_errors(cfg.source):
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
+            peft_config=loading.lora_config(model_args),
+        )
+    # Wrapped blocks are plain text, every token a label (and may be a stream, unscannable).
+    causal_lm.check_trainer(trainer, data, args, masks=not wrapped)
+    return common.Prepared(trainer, data, recipe, tokenizer, checkpoint, dirs)
+
+
+def run(cfg: StageConfig, *, resume: bool = False) -> causal_lm.Result:
+    p = prepare(cfg, resume=resume)
+    trainer, data, args = p.trainer, p.data, cfg.training
+    wrapped = args.packing and args.packing_strategy == "wrapped"
+    counts = _whole_blocks(trainer, cfg) if wrapped else {}  # (BFD bins are short by design)
+
+    metrics = causal_lm.train(trainer, p.checkpoint)
+    if args.include_num_input_tokens_seen == "non_padding":
+        # The Trainer's count of the non-padding input tokens of every batch it trained on: each epoch
+        # counts again (a token seen twice trained twice), and a resumed run starts from the count its
+        # checkpoint saved, so it is the tokens behind the saved weights. With every block trained once
+        # it equals corpus_tokens (less the partial block when dropped).
+        counts["tokens_trained"] = trainer.state.num_input_tokens_seen
+    if _streaming(cfg):
+        counts["documents_streamed"] = data.n_train  # read into the packer (see hftune.data.streaming)
+    metrics.update(counts)
+
+    if cfg.hftune.init_architecture:
+        parents = [{"role": "init", "from_scratch": cfg.hftune.init_architecture}]
+    else:
+        parents = [artifacts.parent_ref(cfg.model.model_name_or_path, "base_model")]
+    n_train = (
+        data.n_train if _streaming(cfg) else len(data.train) if args.packing else len(trainer.train_dataset)
+    )
+    manifest = common.save_artifact(
+        p.dirs,
+        cfg,
+        stage="pretrain",
+        trainer=trainer,
+        tokenizer=p.tokenizer,
+        metrics=metrics,
+        parents=parents,
+        data={**common.data_manifest(p.recipe, data, cfg.hftune.data_files, n_train), **counts},
+        prepared=data,
+        write_extra=lambda out: common.save_generation_config(trainer.model, p.tokenizer, out),
+    )
+    return causal_lm.Result(p.dirs.final, metrics, manifest, trainer)
 
 
 def summary(result: causal_lm.Result) -> str:

@@ -29,28 +29,52 @@ class Stage(Protocol):
     """What a stage module offers (module-level functions)."""
 
     def schema(self) -> Any: ...  # config.StageSchema (imports TRL)
-    def parse(self, config_path: str | None, argv: list[str] | None = None) -> Any: ...  # StageConfig
+    def parse(  # StageConfig; `values`: the file's values already read (no file), named by `source`
+        self, config_path: str | None, argv: list[str] | None = None, *, values=None, source=None
+    ) -> Any: ...
     def run(self, cfg: Any, *, resume: bool = False) -> Any: ...
     def summary(self, result: Any) -> str: ...
 
 
+# The module of a command that is not `hftune.stages.<command>`, and the light module with a command's
+# `--help` information (`Options`) where the stage module itself imports torch at module level.
+_MODULES = {"eval": "hftune.evaluation.harness"}
+_OPTIONS = {"ppo": "hftune.stages.rl.config", "eval": "hftune.evaluation.suite"}
+# The commands that train several algorithms, one stage each, and the role later stages take them in.
+_FAMILIES = {"ppo": "rl", "dpo": "po"}
+
+
 @dataclass(frozen=True)
 class StageSpec:
-    name: str  # the pipeline's name for it (`stage: NAME`)
-    module: str  # the module implementing `Stage`
-    command: str  # the `hftune COMMAND` that runs it alone
-    role: str  # what later stages take from it (ppo, rloo and grpo are all the "rl" stage)
+    """One stage. Its `name` is its one identity: `stage: NAME` in a pipeline, `stage` in its config and in
+    its artifact's manifest, and (for `hftune ppo` / `hftune dpo`) the algorithm that trains it."""
+
+    name: str
+    command: str  # the `hftune COMMAND` that runs it (`hftune ppo --algorithm rloo` runs rloo)
     short: str = ""  # one line for `hftune --help`
     description: str = ""  # the head of `hftune COMMAND --help`
     handoff: dict[str, str] = field(default_factory=dict)  # config key -> role of the stage that fills it
     optional_handoff: frozenset[str] = frozenset()  # keys taken only when the pipeline has that stage
-    algorithm: str | None = None  # the RL stages: the `algorithm` the pipeline sets
     trains: bool = True  # a training stage (can run in several processes)
-    options: str | None = None  # the module offering `Options`, when it is not `module`
+
+    @property
+    def module(self) -> str:
+        """The module implementing `Stage` (one a command: `hftune/stages/<command>.py`)."""
+        return _MODULES.get(self.command, f"hftune.stages.{self.command}")
+
+    @property
+    def role(self) -> str:
+        """What later stages take it as: its command, or its family (`rl`: ppo, rloo, grpo; `po`: dpo, kto,
+        orpo, simpo), any of which fills the same handoff."""
+        return _FAMILIES.get(self.command, self.command)
+
+    @property
+    def algorithm(self) -> str | None:
+        """The `algorithm` the pipeline sets for it (the stages of a command that trains several)."""
+        return self.name if self.command in _FAMILIES else None
 
 
 _RL_HANDOFF = {"model_name_or_path": "sft", "reward_model_path": "reward"}
-_RL_OPTIONS = "hftune.stages.rl.config"  # the RL stage's keys and checks, without torch or TRL
 _RL_DESCRIPTION = (
     "RLHF against a frozen reward model (and/or a task `verifier`) with hftune's own PPO "
     "(`algorithm: ppo`) or TRL's RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are "
@@ -63,7 +87,6 @@ _RL_DESCRIPTION = (
 # Offline preference optimisation from the SFT model (ORPO and SimPO need no reference, and may start from
 # the pretrained base when the pipeline has no SFT stage: the handoff is then optional).
 _PO_HANDOFF = {"model_name_or_path": "sft"}
-_PO_OPTIONS = "hftune.stages.po.config"  # the stage's keys and checks, without torch or TRL
 _PO_DESCRIPTION = (
     "Offline preference optimisation with TRL's DPOTrainer (`algorithm: dpo`; `loss_type` sigmoid, ipo, "
     "hinge, robust, ...), KTOTrainer (`kto`, on unpaired good/bad rows or pairs split in halves), or the "
@@ -77,9 +100,7 @@ STAGES: dict[str, StageSpec] = {
     for spec in (
         StageSpec(
             "pretrain",
-            "hftune.stages.pretrain",
-            command="pretrain",
-            role="pretrain",
+            "pretrain",
             short="pretrain a base model on plain text, from scratch or continued",
             description="Pretraining on plain text with TRL's SFTTrainer: from scratch "
             "(`init_architecture`: a tokenizer trained on the data and random weights) or continued from "
@@ -88,9 +109,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "sft",
-            "hftune.stages.sft",
-            command="sft",
-            role="sft",
+            "sft",
             short="supervised fine-tuning (LoRA/QLoRA) with TRL's SFTTrainer",
             description="Supervised fine-tuning with TRL's SFTTrainer. Config keys are TRL's SFTConfig and "
             "ModelConfig fields plus the hftune options below; `--key value` flags override the file.",
@@ -99,9 +118,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "reward",
-            "hftune.stages.reward",
-            command="reward",
-            role="reward",
+            "reward",
             short="reward modelling on preference pairs with TRL's RewardTrainer",
             description="Reward modelling with TRL's RewardTrainer on top of an SFT output. Config keys are "
             "TRL's RewardConfig and ModelConfig fields plus the hftune options below; `--key value` flags "
@@ -111,63 +128,27 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "ppo",
-            "hftune.stages.rl.stage",
-            command="ppo",
-            role="rl",
+            "ppo",
             short="RLHF: PPO (or RLOO / GRPO) against the reward model, KL-anchored to the SFT policy",
             description=_RL_DESCRIPTION,
             handoff=_RL_HANDOFF,
-            algorithm="ppo",
-            options=_RL_OPTIONS,
         ),
-        StageSpec(
-            "rloo",
-            "hftune.stages.rl.stage",
-            "ppo",
-            "rl",
-            handoff=_RL_HANDOFF,
-            algorithm="rloo",
-            options=_RL_OPTIONS,
-        ),
-        StageSpec(
-            "grpo",
-            "hftune.stages.rl.stage",
-            "ppo",
-            "rl",
-            handoff=_RL_HANDOFF,
-            algorithm="grpo",
-            options=_RL_OPTIONS,
-        ),
+        *(StageSpec(name, "ppo", handoff=_RL_HANDOFF) for name in ("rloo", "grpo")),
         StageSpec(
             "dpo",
-            "hftune.stages.po.stage",
-            command="dpo",
-            role="po",
+            "dpo",
             short="offline preference optimisation: DPO (or IPO, KTO, ORPO, SimPO) on preference pairs",
             description=_PO_DESCRIPTION,
             handoff=_PO_HANDOFF,
             optional_handoff=frozenset({"model_name_or_path"}),
-            algorithm="dpo",
-            options=_PO_OPTIONS,
         ),
         *(
-            StageSpec(
-                name,
-                "hftune.stages.po.stage",
-                "dpo",
-                "po",
-                handoff=_PO_HANDOFF,
-                optional_handoff=frozenset({"model_name_or_path"}),
-                algorithm=name,
-                options=_PO_OPTIONS,
-            )
+            StageSpec(name, "dpo", handoff=_PO_HANDOFF, optional_handoff=frozenset({"model_name_or_path"}))
             for name in ("kto", "orpo", "simpo")
         ),
         StageSpec(
             "eval",
-            "hftune.evaluation.harness",
-            command="eval",
-            role="eval",
+            "eval",
             short="compare base, SFT, RLHF and best-of-N side by side, with confidence intervals",
             description="Evaluate model variants on the same held-out prompts with the same decoding: "
             "reward, win rates, KL to SFT, length, loops, diversity, reference metrics and task verifiers, "
@@ -182,7 +163,6 @@ STAGES: dict[str, StageSpec] = {
             },
             optional_handoff=frozenset({"base_model"}),
             trains=False,
-            options="hftune.evaluation.suite",
         ),
     )
 }
@@ -199,4 +179,4 @@ def load(name: str) -> Stage:
 def options(name: str) -> Options:
     """The light module with stage `name`'s `--help` information."""
     spec = STAGES[name]
-    return importlib.import_module(spec.options or spec.module)  # type: ignore[return-value]
+    return importlib.import_module(_OPTIONS.get(spec.command, spec.module))  # type: ignore[return-value]

@@ -70,8 +70,6 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(
             "`load_in_4bit`/`load_in_8bit`: not supported for reward models yet; use LoRA in full precision"
         )
-    if (values.get("report_bootstrap") or 0) < 0:
-        problems.append(f"`report_bootstrap`: must be >= 0, got {values['report_bootstrap']}")
     return problems
 
 
@@ -101,8 +99,14 @@ def schema() -> StageSchema:
     )
 
 
-def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
-    return parse_stage_config(schema(), config_path, argv)
+def parse(
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> StageConfig:
+    return parse_stage_config(schema(), config_path, argv, values=values, source=source)
 
 
 @dataclass
@@ -189,8 +193,8 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
 
     from hftune.models import loading, scoring
 
-    args, model_args = cfg.training, cfg.model
     dirs = common.run_dirs(cfg, resume)
+    args, model_args = common.trainer_args(cfg, dirs), common.model_args(cfg)
     source = loading.resolve_source(model_args.model_name_or_path)
     if source.is_reward_model:
         raise UserError(

@@ -15,9 +15,9 @@ from hftune import distributed
 from hftune.config import (
     StageConfig,
     StageSchema,
+    algorithm_given,
+    field_defaults,
     hftune_field,
-    load_yaml_mapping,
-    parse_overrides,
     parse_stage_config,
 )
 from hftune.errors import did_you_mean
@@ -132,17 +132,8 @@ def _check(values: dict[str, Any]) -> list[str]:
         )
     if not rm_weight and not values.get("verifier"):
         problems.append("`reward_model_weight`: 0 leaves no reward; set `verifier: module:function`")
-    for key in ("reward_model_weight", "verifier_weight"):
-        if values.get(key) is not None and values[key] < 0:
-            problems.append(f"`{key}`: must be >= 0, got {values[key]}")
     if values.get("verifier") and ":" not in str(values["verifier"]):
         problems.append(f"`verifier`: `module:function`, got {values['verifier']!r}")
-    if values.get("response_length") is not None and values["response_length"] <= 0:
-        problems.append(f"`response_length`: must be positive, got {values['response_length']}")
-    if (values.get("kl_coef") or 0) < 0:
-        problems.append(f"`kl_coef`: must be >= 0, got {values['kl_coef']}")
-    if values.get("max_kl") is not None and values["max_kl"] <= 0:
-        problems.append(f"`max_kl`: must be positive, got {values['max_kl']}")
     if values.get("load_in_4bit") or values.get("load_in_8bit"):
         problems.append("`load_in_4bit`/`load_in_8bit`: not supported for the RL stage yet")
     if values.get("algorithm", "ppo") == "ppo" and distributed.is_distributed():
@@ -172,7 +163,9 @@ def _check(values: dict[str, Any]) -> list[str]:
 def _vllm_problems(values: dict[str, Any]) -> list[str]:
     """TRL's vLLM generation options (RLOO / GRPO), checked before any weights load: TRL would only fail
     once the trainer starts, or quietly ignore options that `use_vllm: false` switches off."""
-    options = sorted(k for k in values if k.startswith("vllm_"))
+    # Set to something other than TRL's default: a saved config (config.hftune.yaml) lists every option.
+    defaults = field_defaults(_trl_config(values.get("algorithm", "ppo")))
+    options = sorted(k for k in values if k.startswith("vllm_") and values[k] != defaults.get(k))
     if not values.get("use_vllm"):
         return [f"`{k}`: a vLLM option, but `use_vllm` is false (set `use_vllm: true`)" for k in options]
     problems = []
@@ -205,7 +198,7 @@ def cuda_for_vllm() -> bool:
 def _unknown_key_hint(key: str) -> str | None:
     """PPO's error for a vLLM key (where vLLM generation is), or a TRL PPOConfig key hftune's PPO does not
     take (why)."""
-    from hftune.stages.rl.ppo import UNSUPPORTED_KEYS
+    from hftune.stages.rl.ppo_config import UNSUPPORTED_KEYS
 
     if key in UNSUPPORTED_KEYS:
         return f"a key of TRL's old PPOConfig that hftune's PPO does not take: {UNSUPPORTED_KEYS[key]}"
@@ -227,9 +220,9 @@ def _trl_config(algorithm: str) -> type:
         from trl import GRPOConfig
 
         return GRPOConfig
-    from hftune.stages.rl import ppo
+    from hftune.stages.rl import ppo_config
 
-    return ppo.config_class()
+    return ppo_config.config_class()
 
 
 def schema(algorithm: str = "ppo") -> StageSchema:
@@ -239,7 +232,7 @@ def schema(algorithm: str = "ppo") -> StageSchema:
     if algorithm in ("rloo", "grpo"):
         defaults.update(log_completions=False, disable_dropout=True)
     return StageSchema(
-        name="ppo",
+        name=algorithm,
         classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": RLExtras},
         defaults=defaults,
         check=_check,
@@ -248,9 +241,12 @@ def schema(algorithm: str = "ppo") -> StageSchema:
     )
 
 
-def parse(config_path: str | None, argv: list[str] | None = None) -> StageConfig:
-    # The TRL section depends on the algorithm, so read it first (a bad value is reported by the parse).
-    values = load_yaml_mapping(config_path) if config_path else {}
-    values.update(parse_overrides(list(argv or []))[0])
-    algorithm = values.get("algorithm", "ppo")
-    return parse_stage_config(schema(algorithm if algorithm in ALGORITHMS else "ppo"), config_path, argv)
+def parse(
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> StageConfig:
+    chosen = schema(algorithm_given(config_path, argv, values, ALGORITHMS))
+    return parse_stage_config(chosen, config_path, argv, values=values, source=source)

@@ -1,16 +1,17 @@
-"""The RL stage (`hftune ppo`): optimise the SFT policy against a frozen reward model while a KL penalty
-keeps it near the SFT model. PPO is hftune's own (`ppo.py`, `ppo_trainer.py`, `ppo_objective.py`);
-`algorithm: rloo` / `algorithm: grpo` run on TRL's maintained trainers (`group.py`); all three read the same
-config keys (`config.py`).
+"""`hftune ppo`: RLHF. Optimise the SFT policy against a frozen reward model (and/or a task verifier) while a
+KL penalty keeps it near the SFT model, with hftune's own PPO (`algorithm: ppo`; TRL removed its PPOTrainer
+in 1.13) or TRL's maintained RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). All three read the same
+config keys (`rl/config.py`) and get the same reward (`rl/rewards.py`).
 
     hftune ppo --config configs/tiny/ppo.yaml [--algorithm rloo] [--resume]
 
 Reads top to bottom: load the SFT tokenizer and check the reward model reads text the same way, render the
-prompts with the chat template, load the policy (SFT weights + a fresh LoRA adapter: switching the adapter
-off gives the reference policy, so no second copy is held), the value model (from the reward model, PPO
-only) and the frozen reward model, train with guardrails (`guardrails.py`) and one console line a step
-(`progress.py`), then write the policy adapter, tokenizer, config, metrics and manifest atomically.
-Rewards come from `hftune.models.scoring` (`rewards.py`), the path the reward stage and the eval harness use.
+prompts with the chat template, load the frozen reward model, build the algorithm's trainer (`_ppo_trainer`:
+the policy is the SFT model with a fresh LoRA adapter, the adapter switched off being the reference, and a
+value model from the reward model; `_group_trainer`: TRL's trainer on the same policy), train with
+guardrails (`rl/guardrails.py`) and one console line a step (`rl/progress.py`), then write the policy
+adapter, tokenizer, config, metrics and manifest atomically. The machinery lives in `stages/rl/`: hftune's
+PPO loop (`ppo_trainer.py`) on PPO's arithmetic (`ppo_objective.py`), its config class (`ppo_config.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from hftune.models import loading, scoring
 from hftune.models.tokenizer import check_same_tokenizer, load_tokenizer
 from hftune.stages import common
 from hftune.stages.finite import StopOnNonFinite
-from hftune.stages.rl import group
 from hftune.stages.rl.config import parse, schema  # noqa: F401 (the Stage interface the registry loads)
 from hftune.stages.rl.guardrails import (
     KL_KEYS,
@@ -44,7 +44,7 @@ from hftune.stages.rl.guardrails import (
     RolloutStats,
 )
 from hftune.stages.rl.progress import RLProgress, replace_progress_callback
-from hftune.stages.rl.rewards import RewardFn, Verifier, heldout_evaluator, prompt_rows
+from hftune.stages.rl.rewards import RewardFn, Verifier, encode_prompts, heldout_evaluator, prompt_rows
 from hftune.stages.rl.seeding import seed_run
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Prepared:
 
 def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     """The trainer with its guardrails, built and checked but not trained (for tests and inspection)."""
-    model_args, extras = cfg.model, cfg.hftune
+    model_args, extras = common.model_args(cfg), cfg.hftune
     # Before anything draws: the same seed then gives the same adapter init, rollouts and minibatch order.
     seed_run(cfg.training)
     dirs = common.run_dirs(cfg, resume)
@@ -128,11 +128,9 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     resume_from = common.checkpoint_to_resume(dirs, cfg, resume, data)
     with common.trl_settings_are_user_errors(cfg.source):
         if extras.algorithm == "ppo":
-            from hftune.stages.rl import ppo
-
-            trainer = ppo.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
+            trainer = _ppo_trainer(cfg, dirs, tokenizer, prompts, reward_fn)
         else:
-            trainer = group.build_trainer(cfg, tokenizer, prompts, heldout, reward_fn)
+            trainer = _group_trainer(cfg, dirs, tokenizer, prompts, heldout, reward_fn)
 
     evaluate = None
     if heldout:
@@ -159,6 +157,126 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> Prepared:
     return Prepared(
         trainer, guardrails, scorer, reward_fn, data, recipe, tokenizer, dirs, resume_from, progress
     )
+
+
+def _ppo_trainer(
+    cfg: StageConfig,
+    dirs: common.RunDirs,
+    tokenizer,
+    prompts,
+    reward_fn: RewardFn,
+    *,
+    separate_reference: bool = False,
+):
+    """hftune's PPOTrainer on the SFT policy (fresh LoRA adapter, or full fine-tuning with a frozen copy as
+    the reference), a value model started from the reward model, and `reward_fn`. `separate_reference`
+    holds a second copy as reference with LoRA too (only for measuring what the shared reference saves).
+    The held-out prompts are checked by the guardrails; a checkpoint to resume is `train`'s argument."""
+    from peft import get_peft_model
+
+    from hftune.stages.rl.ppo_trainer import PPOTrainer
+
+    model_args, extras = common.model_args(cfg), cfg.hftune
+    # PPOConfig's `response_length` and `kl_coef` are hftune's keys, the same for every algorithm.
+    args = common.trainer_args(cfg, dirs, response_length=extras.response_length, kl_coef=extras.kl_coef)
+    rollout = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+    if len(prompts) < rollout:  # before any weights load
+        raise UserError(
+            f"{cfg.source}: a PPO rollout takes {rollout} prompts (per_device_train_batch_size x "
+            f"gradient_accumulation_steps x num_mini_batches) but the data has {len(prompts)} training "
+            "prompts; lower those or add prompts"
+        )
+    tokenizer.padding_side = "left"  # queries are left padded so generation continues each prompt directly
+    queries = encode_prompts(tokenizer, prompts)
+
+    path = model_args.model_name_or_path
+    policy = loading.load_model(
+        path, model_args, for_training=True, gradient_checkpointing=args.gradient_checkpointing
+    )
+    common.ignore_bias_buffers(policy, cfg)
+    reference = None
+    if model_args.use_peft:
+        policy = get_peft_model(policy, loading.lora_config(model_args))
+    if separate_reference or not model_args.use_peft:
+        reference = loading.load_model(path, model_args, for_training=False)
+    # The value model starts from the reward model (it already reads replies for their worth), or, with a
+    # verifier as the only reward, from the SFT model with a fresh head.
+    value = loading.load_reward_model(extras.reward_model_path or path, model_args, for_training=True)
+    value.config.pad_token_id = tokenizer.pad_token_id
+    if reward_fn.scorer is not None and reward_fn.normalize:
+        _normalise_value_head(value, reward_fn.scorer.stats)
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        policy=policy,
+        value_model=value,
+        reward_fn=reward_fn,
+        prompts=prompts,
+        queries=queries,
+        reference=reference,
+    )
+    if reward_fn.scorer is not None:  # called, not trained: moved to where the policy trains
+        reward_fn.scorer.model.to(trainer.args.device)
+    return trainer
+
+
+def _normalise_value_head(value, stats: dict[str, float]) -> None:
+    """Start the value model on the scale of the rewards it must predict: rewards are normalised with the
+    reward stage's statistics, so the head copied from the reward model is too (measured: with raw-scale
+    values against normalised rewards, early advantages are mostly value error and the reward falls)."""
+    import torch
+
+    head = value.score
+    scaled = torch.nn.Linear(
+        head.in_features, head.out_features, bias=True, dtype=head.weight.dtype, device=head.weight.device
+    )
+    with torch.no_grad():
+        bias = head.bias if head.bias is not None else torch.zeros_like(scaled.bias)
+        scaled.weight.copy_(head.weight / stats["std"])
+        scaled.bias.copy_((bias - stats["mean"]) / stats["std"])
+    value.score = scaled
+
+
+def _group_trainer(cfg: StageConfig, dirs: common.RunDirs, tokenizer, prompts, heldout, reward_fn: RewardFn):
+    """RLOO / GRPO on TRL's maintained trainers, with the same reward and the same hftune keys."""
+    from datasets import Dataset
+    from trl import GRPOTrainer, RLOOTrainer
+
+    model_args, extras = common.model_args(cfg), cfg.hftune
+    # TRL's names for hftune's keys, which mean the same for every algorithm.
+    args = common.trainer_args(
+        cfg,
+        dirs,
+        max_completion_length=extras.response_length,
+        beta=extras.kl_coef,
+        num_generations=extras.num_generations,
+    )
+    policy = loading.load_model(
+        model_args.model_name_or_path,
+        model_args,
+        for_training=True,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    common.ignore_bias_buffers(policy, cfg)
+    # TRL >= 1.14.2 ends a completion at every eos id of the policy's generation config as well as the
+    # tokenizer's; a base model's config can name another one (e.g. <|endoftext|> beside the chat template's
+    # <|im_end|>). Rollouts end at the end-of-turn token only, as the reward's missing-EOS check, the
+    # held-out check and the eval read them.
+    policy.generation_config.eos_token_id = tokenizer.eos_token_id
+    trainer_class = RLOOTrainer if extras.algorithm == "rloo" else GRPOTrainer
+    trainer = trainer_class(
+        model=policy,
+        reward_funcs=reward_fn,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        eval_dataset=Dataset.from_dict({"prompt": heldout}) if heldout else None,
+        processing_class=tokenizer,
+        peft_config=loading.lora_config(model_args),
+    )
+    # TRL moves the models it is given; a reward *function* keeps its model where it was loaded (the CPU).
+    if reward_fn.scorer is not None:
+        reward_fn.scorer.model.to(trainer.accelerator.device)
+    return trainer
 
 
 def trained_policy(trainer):
@@ -218,7 +336,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> RLResult:
         manifest = common.save_artifact(
             p.dirs,
             cfg,
-            stage="ppo",
+            stage=cfg.stage,  # the algorithm: ppo, rloo or grpo
             trainer=trainer,
             tokenizer=p.tokenizer,
             metrics=metrics,

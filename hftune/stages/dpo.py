@@ -1,38 +1,147 @@
-"""The preference-optimisation stage (`hftune dpo`): train a policy straight on preference data, without a
-reward model or generation. DPO / IPO / ... (TRL's DPOTrainer) and KTO (KTOTrainer) compare the policy with
-a frozen reference; ORPO and SimPO (TRL's experimental ORPOTrainer / CPOTrainer, `trainers.py`) need none.
+"""`hftune dpo`: offline preference optimisation. Train a policy straight on preference data, without a
+reward model or generation: DPO / IPO / ... (TRL's DPOTrainer) and KTO (KTOTrainer) compare the policy with a
+frozen reference; ORPO and SimPO (TRL's experimental ORPOTrainer / CPOTrainer) need none.
 
     hftune dpo --config configs/tiny/dpo.yaml [--algorithm kto] [--resume]
 
-Reads top to bottom: seed, load the tokenizer and the preference data (the same recipes as `hftune reward`;
-KTO also reads unpaired good/bad rows, and splits pairs into their halves), load the model (the SFT model,
-its adapter merged, plus a fresh LoRA adapter: switching it off gives the reference, so no second copy is
-held), measure the held-out pairs, train, measure them again (`diagnostics`), and write the adapter,
-tokenizer, config, metrics and manifest atomically.
+Reads top to bottom: the config (hftune's keys, defaults and checks; the TRL config class depends on
+`algorithm`), then `run`: seed, load the tokenizer and the preference data (the same recipes as `hftune
+reward`; KTO also reads unpaired good/bad rows, and splits pairs into their halves), load the model (the SFT
+model, its adapter merged, plus a fresh LoRA adapter: switching it off gives the reference, so no second
+copy is held), build the algorithm's TRL trainer, measure the held-out pairs, train, measure them again
+(`diagnose`), and write the adapter, tokenizer, config, metrics and manifest atomically.
+
+Imports neither torch nor TRL at module level, so that `hftune dpo --help` answers at once. The only module
+importing `trl.experimental` (ORPO and CPO/SimPO live there in TRL 1.10-1.16; DPO and KTO are TRL's
+maintained trainers); pinned by the project's TRL range (setup.cfg), and `tests/test_po.py` runs each.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hftune import artifacts
-from hftune.config import StageConfig
-from hftune.errors import UserError
-from hftune.models import loading
-from hftune.stages import common
-from hftune.stages.finite import StopOnNonFinite
-from hftune.stages.po import trainers
-from hftune.stages.po.config import (  # noqa: F401 (parse / schema: the Stage interface the registry loads)
-    PAIR_FORMATS,
-    UNPAIRED_FORMAT,
-    parse,
-    schema,
+from hftune.config import (
+    StageConfig,
+    StageSchema,
+    algorithm_given,
+    hftune_field,
+    parse_stage_config,
 )
+from hftune.errors import UserError
+from hftune.stages import common
+from hftune.stages.common import DataExtras, common_checks
 
 logger = logging.getLogger(__name__)
+
+# hftune pins the TRL versions whose experimental trainers it runs and tests them; TRL's notice that the
+# API may change is for code that does not.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+ALGORITHMS = ("dpo", "kto", "orpo", "simpo")
+PAIR_FORMATS = ("preference", "implicit_preference")
+UNPAIRED_FORMAT = "unpaired_preference"
+
+
+@dataclass
+class POExtras(DataExtras):
+    """What TRL's DPO / KTO / ORPO / CPO configs lack. Names never clash with TRL's."""
+
+    algorithm: str = hftune_field(
+        "dpo",
+        "`dpo` (TRL's DPOTrainer; `loss_type` picks sigmoid = DPO, ipo, hinge, robust, ...), `kto` "
+        "(KTOTrainer: unpaired good/bad completions; pairs are split into their halves), or the "
+        "reference-free `orpo` / `simpo` (TRL's experimental ORPOTrainer, and CPOTrainer with "
+        "`loss_type: simpo`). For simpo hftune sets `loss_type: simpo`, `cpo_alpha: 0`, `beta: 2.0` and "
+        "`simpo_gamma: 0.5` (the SimPO paper's); orpo and simpo also set `remove_unused_columns: false`.",
+        choices=ALGORITHMS,
+    )
+    max_drift: float | None = hftune_field(
+        10.0,
+        "Warn when, on the held-out pairs, the policy's mean log-probability of a chosen reply has moved "
+        "more than this many nats from the reference's (DPO / KTO; null: never).",
+    )
+
+
+EXTRAS = POExtras
+TRL_CONFIGS = ("DPOConfig (or KTOConfig / ORPOConfig / CPOConfig with `algorithm`)", "ModelConfig")
+DEFAULTS: dict[str, Any] = {"output_dir": "runs/dpo", **common.ADAPTER_STAGE_DEFAULTS}
+
+
+def _check(values: dict[str, Any]) -> list[str]:
+    return common_checks(values)  # (each key's bounds: config.RANGE_RULES)
+
+
+def _trl_config(algorithm: str) -> type:
+    """The TRL config class of `algorithm` (imports TRL)."""
+    if algorithm == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig
+    if algorithm == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig
+    if algorithm == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+def schema(algorithm: str = "dpo") -> StageSchema:
+    from trl import ModelConfig
+
+    defaults = {**DEFAULTS, **common.hardware_defaults()}
+    if algorithm in ("orpo", "simpo"):
+        # Their collator needs every column; TRL sets this itself, with a warning, when it is left on.
+        defaults["remove_unused_columns"] = False
+    if algorithm == "simpo":
+        # SimPO is CPO's trainer with its length-normalised, reference-free loss and no SFT term
+        # (Meng et al. 2024), with the paper's beta / gamma defaults.
+        defaults.update(loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5)
+    return StageSchema(
+        name=algorithm,
+        classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": POExtras},
+        defaults=defaults,
+        check=_check,
+    )
+
+
+def parse(
+    config_path: str | None,
+    argv: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> StageConfig:
+    chosen = schema(algorithm_given(config_path, argv, values, ALGORITHMS))
+    return parse_stage_config(chosen, config_path, argv, values=values, source=source)
+
+
+def _trainer_class(algorithm: str) -> type:
+    if algorithm == "kto":
+        from trl import KTOTrainer
+
+        return KTOTrainer
+    if algorithm == "orpo":
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer
+    if algorithm == "simpo":
+        from trl.experimental.cpo import CPOTrainer
+
+        return CPOTrainer
+    from trl import DPOTrainer
+
+    return DPOTrainer
+
 
 # What the trainers log for each pair (TRL's names, the same across DPO, KTO, ORPO and CPO).
 DIAGNOSTICS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/chosen", "logps/rejected")
@@ -51,12 +160,14 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> common.Prepared:
     """The trainer and data, built and checked but not trained (for tests and inspection)."""
     from transformers import set_seed
 
-    args, model_args, extras = cfg.training, cfg.model, cfg.hftune
-    algorithm = extras.algorithm
+    from hftune.models import loading
+    from hftune.stages.finite import StopOnNonFinite
+
+    algorithm = cfg.hftune.algorithm
     # Before anything draws: the LoRA adapter is initialised from torch's global RNG inside TRL's trainer.
-    set_seed(args.seed)
+    set_seed(cfg.training.seed)
     dirs = common.run_dirs(cfg, resume)
-    trust = bool(args.trust_remote_code)
+    args, model_args = common.trainer_args(cfg, dirs), common.model_args(cfg)
     tokenizer = common.load_stage_tokenizer(cfg)
     formats = PAIR_FORMATS + ((UNPAIRED_FORMAT,) if algorithm == "kto" else ())
     recipe, data = common.load_data(cfg, tokenizer, dirs, formats=formats)
@@ -71,14 +182,16 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> common.Prepared:
     model = loading.load_model(
         model_args.model_name_or_path,
         model_args,
-        trust_remote_code=trust,
+        trust_remote_code=bool(args.trust_remote_code),
         gradient_checkpointing=args.gradient_checkpointing,
     )
     common.ignore_bias_buffers(model, cfg)
     checkpoint = common.checkpoint_to_resume(dirs, cfg, resume, data)
+    # DPO and KTO given a LoRA `peft_config` and no `ref_model` use the model with its adapter switched off as
+    # the reference: one copy of the weights in memory, not two.
+    trainer_class = _trainer_class(algorithm)
     with common.trl_settings_are_user_errors(cfg.source):
-        trainer = trainers.build(
-            algorithm,
+        trainer = trainer_class(
             model=model,
             args=args,
             train_dataset=train,

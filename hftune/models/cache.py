@@ -1,5 +1,6 @@
-"""A cache of generations, rewards and log-probabilities, so that adding a variant to an eval (or
-re-rendering a report) does not regenerate or rescore the others.
+"""A cache of what models compute (generations, rewards, log-probabilities), so that adding a variant to an
+eval (or re-rendering a report, or restarting a labelling session's sampling) does not regenerate or rescore
+the others.
 
 Keys are hashes of everything the value depends on: the model's fingerprint (the files it loads, not its
 name), the exact prompt tokens, the decoding settings and the seed. One SQLite file: writes are atomic and

@@ -1,1 +1,0 @@
-"""Offline preference optimisation (`hftune dpo`): DPO and its losses, KTO, ORPO, SimPO on TRL."""
