@@ -41,8 +41,20 @@ def _setup_logging(debug: bool) -> None:
 
         datasets.disable_progress_bars()
     if not debug:
-        for noisy in ("bitsandbytes", "httpx", "urllib3", "filelock"):
+        # `kernels`: importing TRL's configs imports transformers' Trainer, which imports PEFT, which imports
+        # bitsandbytes; on a CPU with AVX512-BF16 bitsandbytes then fetches a CPU kernel from the Hub at
+        # import, and offline `kernels` warns on every command about a kernel hftune never uses.
+        for noisy in ("bitsandbytes", "kernels", "httpx", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # hftune tokenizes every row whole on purpose, to measure it and drop, truncate or flag the rows
+        # longer than `max_length` itself (`too_long`), as TRL's trainers measure theirs; transformers'
+        # warning that such a sequence "will result in indexing errors" is about a model call that never
+        # happens.
+        tokenization = logging.getLogger("transformers.tokenization_utils_base")
+        if not tokenization.filters:  # once a process (tests call `main` many times)
+            tokenization.addFilter(
+                lambda record: not record.getMessage().startswith("Token indices sequence length is longer")
+            )
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # its INFO notes are for its developers
         # Deprecation notices between the libraries hftune wraps (TRL calling transformers' old names) are
         # for their maintainers, not for someone training a model; --debug shows them.
@@ -362,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(
         "--stage",
         default="sft",
-        choices=("pretrain", "sft", "reward", "ppo"),
+        choices=registry.DATA_STAGES,
         help="the stage --config is for (default sft)",
     )
     pp.add_argument(

@@ -394,8 +394,24 @@ _SEED = Rule(lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED} (2*
 # `save_steps: 0.1` is a fraction of the run (TRL's convention), `save_steps: 100` a step count.
 _INTERVAL = Rule(lambda v: v > 0, "positive (a number of steps, or a fraction of the run below 1)")
 
+# A run's optimizer steps beyond this are a typo (`max_steps: 1e29`): a billion steps at 100 a second is four
+# months of training, and the LR scheduler and the progress bar are sized by the number, so it is refused
+# now rather than after the model loads (or as a step count past int64 in torch).
+MAX_STEPS = 10**9
+
+
+def _one_of(*choices: str) -> Rule:
+    """A key whose value is one word of a fixed vocabulary (the trainer's own; TRL reads any other word as a
+    mistake only once the model is loaded, or not at all)."""
+    return Rule(lambda v: v in choices, "one of " + ", ".join(choices), kind=str)
+
+
+_PORT = Rule(lambda v: 0 <= v <= 65535, "in 0..65535")
+
 # Key -> its rule, applied to whichever keys a stage's schema has: the one home of every bound on a single
-# key's value (a stage's own checks hold only rules across keys).
+# key's value (a stage's own checks hold only rules across keys, e.g. a loss that depends on `algorithm`).
+# Every number of the preference and RL trainers' configs has one, or is on the commented list of numbers
+# that need none (tests/test_bad_inputs_config.py::test_every_trainer_number_has_a_range).
 RANGE_RULES: dict[str, Rule] = {
     # Optimisation: a bad value trains garbage (NaN weights, no update at all) or crashes in torch late.
     "learning_rate": _POSITIVE,
@@ -406,7 +422,8 @@ RANGE_RULES: dict[str, Rule] = {
     "reward_model_weight": _NON_NEGATIVE,
     "verifier_weight": _NON_NEGATIVE,
     "max_steps": Rule(
-        lambda v: v == -1 or v >= 1, "a positive number of steps, or -1 (train for `num_train_epochs`)"
+        lambda v: v == -1 or 1 <= v <= MAX_STEPS,
+        f"a number of steps from 1 to {MAX_STEPS:,}, or -1 (train for `num_train_epochs`)",
     ),
     "num_train_epochs": _POSITIVE,
     "warmup_steps": _NON_NEGATIVE,
@@ -472,7 +489,7 @@ RANGE_RULES: dict[str, Rule] = {
     "max_samples": Rule(lambda v: v >= 1, ">= 1 (or null for every row)"),
     "eval_fraction": _PROBABILITY,
     "confidence": Rule(lambda v: 0 < v < 1, "in (0, 1)"),
-    "port": Rule(lambda v: 0 <= v <= 65535, "in 0..65535"),
+    "port": _PORT,
     "dataloader_num_workers": _NON_NEGATIVE,
     # TRL 1.16 types it `int | str | None` for one string, "auto" (TRL's default: pad to 128 on Neuron only);
     # any other string reached TRL's own `int(value)` and failed with a message naming no key.
@@ -483,6 +500,70 @@ RANGE_RULES: dict[str, Rule] = {
     ),
     # `output_dir: ""` would be the current folder.
     "output_dir": Rule(lambda v: v.strip() != "", "a folder name, not empty", kind=str),
+    # TrainingArguments' schedules and limits (every trainer's).
+    "eval_delay": _NON_NEGATIVE,
+    "save_total_limit": _count("a number of checkpoints"),  # 0 would delete every checkpoint: no resume
+    "torch_empty_cache_steps": _count("a number of steps"),
+    "dataloader_prefetch_factor": _count("a number of batches"),
+    "ddp_bucket_cap_mb": _POSITIVE,
+    "ddp_timeout": _POSITIVE,
+    "dataset_num_proc": _count("a number of processes"),
+    "router_aux_loss_coef": _NON_NEGATIVE,  # MoE load balancing's weight (0: off)
+    # Preference optimisation: DPO (TRL's DPOConfig).
+    # Robust DPO / cDPO read it as the chance a preference label is flipped: at 0.5 the pair says nothing,
+    # above it the loss trains the opposite preference (TRL only warns). CPO's sigmoid loss reads it alike.
+    "label_smoothing": Rule(lambda v: 0 <= v < 0.5, "in [0, 0.5) (the chance a preference label is flipped)"),
+    "f_divergence_type": _one_of("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"),
+    "f_alpha_divergence_coef": Rule(lambda v: 0 < v < 1, "in (0, 1) (the f-DPO paper's alpha-divergence)"),
+    "ld_alpha": _UNIT,  # LD-DPO: 1 weighs the verbose tokens fully, 0 masks them
+    "discopop_tau": _POSITIVE,  # a temperature: the log-ratio is divided by it
+    "precompute_ref_batch_size": _count("a batch size"),
+    "ref_model_mixup_alpha": _UNIT,  # TR-DPO: the share of the policy mixed into the reference
+    "ref_model_sync_steps": _count("a number of steps"),
+    # KTO: weights of the desirable / undesirable losses (a negative one trains the opposite way).
+    "desirable_weight": _POSITIVE,
+    "undesirable_weight": _POSITIVE,
+    # ORPO / CPO / SimPO.
+    "max_completion_length": _count("a number of tokens"),
+    "padding_value": _NON_NEGATIVE,  # a token id
+    "cpo_alpha": _NON_NEGATIVE,  # weight of CPO's SFT term (0: SimPO's reference-free loss alone)
+    "simpo_gamma": _NON_NEGATIVE,  # SimPO's target reward margin (a negative margin rewards the rejected)
+    # RLOO / GRPO (TRL's), PPO (hftune's).
+    "repetition_penalty": _POSITIVE,  # divides the logits of repeated tokens
+    "epsilon_high": _POSITIVE,
+    "delta": Rule(lambda v: v > 1, "above 1 (two-sided GRPO's upper clip of the policy ratio)"),
+    "num_completions_to_print": _count("a number of completions"),
+    "max_tool_calling_iterations": _count("a number of turns"),
+    "top_entropy_quantile": _UNIT,
+    "entropy_coef": _NON_NEGATIVE,
+    "entropy_coef_min": _NON_NEGATIVE,
+    "entropy_coef_max": _NON_NEGATIVE,
+    "entropy_coef_delta": _POSITIVE,
+    "entropy_target": _NON_NEGATIVE,  # nats
+    "sapo_temperature_pos": _POSITIVE,
+    "sapo_temperature_neg": _POSITIVE,
+    "vespo_k_pos": _NON_NEGATIVE,
+    "vespo_k_neg": _NON_NEGATIVE,
+    "vespo_lambda_pos": _NON_NEGATIVE,
+    "vespo_lambda_neg": _NON_NEGATIVE,
+    "off_policy_mask_threshold": _POSITIVE,
+    "scale_rewards": _one_of("group", "batch", "none"),
+    "multi_objective_aggregation": _one_of("sum_then_normalize", "normalize_then_sum"),
+    "importance_sampling_level": _one_of("token", "sequence"),
+    "kl_estimator": _one_of("k1", "k3"),  # hftune's PPO
+    # vLLM generation (RLOO / GRPO).
+    "vllm_server_port": _PORT,
+    "vllm_group_port": _PORT,
+    "vllm_server_timeout": _POSITIVE,
+    "vllm_max_model_length": _count("a number of tokens"),
+    "vllm_tensor_parallel_size": _count("a number of GPUs"),
+    "vllm_model_impl": _one_of("vllm", "transformers"),
+    "vllm_importance_sampling_mode": _one_of(
+        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
+    ),
+    "vllm_importance_sampling_clip_min": _NON_NEGATIVE,
+    "vllm_importance_sampling_clip_max": _POSITIVE,
+    "vllm_importance_sampling_cap": _POSITIVE,
 }
 
 
@@ -655,11 +736,57 @@ def algorithm_given(
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What an `env:` block may set: the variables that steer the Hugging Face stack, the hardware and the run's
+# logging, which is what TRL's CLI has the block for. Nothing else: a config is shared and saved with the
+# model, and a variable such as LD_PRELOAD, PYTHONPATH or PATH would choose the code that hftune and its own
+# launches (torchrun, accelerate) run, with nothing among the config's keys to show it.
+_ENV_FAMILIES = (
+    *("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TRL_", "ACCELERATE_", "HFTUNE_"),
+    *("TORCH_", "NCCL_", "WANDB_"),
+)
+_ENV_NAMES = frozenset(
+    {
+        *("TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"),
+        *("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG"),
+        *("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"),
+        *("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ENABLE_MPS_FALLBACK"),
+    }
+)
+# The few in those families that load code, or send a credential or a model somewhere else.
+_ENV_NOT_IN_A_CONFIG = {
+    "HF_MODULES_CACHE": "transformers imports a model's Python code from it",
+    "TORCH_EXTENSIONS_DIR": "torch loads compiled extensions from it",
+    "HF_ENDPOINT": "it sends the Hub token and the uploads to another server",
+    "HF_TOKEN_PATH": "it chooses which Hub token hftune uses",
+    "WANDB_BASE_URL": "it sends the W&B key and the run's logs to another server",
+}
+# Variables that choose which programs or libraries run: named as such in the refusal. NCCL_*_PLUGIN are
+# shared libraries NCCL loads.
+_ENV_LOADS_CODE = re.compile(
+    r"LD_|DYLD_|PYTHON|PERL|RUBY|NODE_|JAVA_|.*PLUGIN|.*PATH$|(BASH_ENV|ENV|SHELL|IFS|PS4|PROMPT_COMMAND)$"
+)
+_ENV_ALLOWED = (
+    f"a config's `env:` sets only {', '.join(p + '*' for p in _ENV_FAMILIES)} and hardware variables such as "
+    "CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS (docs/configuration.md); export anything else in your shell"
+)
+
+
+def _env_refusal(key: str) -> str | None:
+    """Why an `env:` block may not set `key` (None: it may)."""
+    upper = key.upper()  # names are case-blind on Windows; a lower-case LD_PRELOAD is named for what it is
+    if upper in _ENV_NOT_IN_A_CONFIG:
+        return _ENV_NOT_IN_A_CONFIG[upper] + ", so a config may not set it"
+    if _ENV_LOADS_CODE.match(upper):
+        return "it changes which programs or libraries load and run, so a config may not set it"
+    if key in _ENV_NAMES or key.startswith(_ENV_FAMILIES):
+        return None
+    return "not a variable a config may set"
 
 
 def _env_block(raw: Any, problems: list[str]) -> dict[str, str]:
     """The `env:` mapping of a config file as environment variables (values as text, as TRL's CLI sets
-    them); secrets are refused like secret config keys, since the block is saved with the model."""
+    them); secrets are refused like secret config keys, since the block is saved with the model, and so is
+    any variable not on the allowlist above (`_env_refusal`)."""
     if not isinstance(raw, dict):
         problems.append(f"`env`: must be a mapping of environment variable -> value, got {show(raw)}")
         return {}
@@ -673,12 +800,14 @@ def _env_block(raw: Any, problems: list[str]) -> dict[str, str]:
                 f"{where}: secrets do not belong in a config file (it is saved next to the model); "
                 "export it in your shell, or run `hf auth login` for the Hub token"
             )
+        elif not isinstance(value, str | int | float):  # bool is an int
+            problems.append(f"{where}: must be a text or a number, got {show(value)}")
+        elif refusal := _env_refusal(key):
+            problems.append(f"{where}: {refusal}; {_ENV_ALLOWED}")
         elif isinstance(value, bool):
             env[key] = "true" if value else "false"
-        elif isinstance(value, str | int | float):
-            env[key] = str(value)
         else:
-            problems.append(f"{where}: must be a text or a number, got {show(value)}")
+            env[key] = str(value)
     return env
 
 

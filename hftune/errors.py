@@ -32,7 +32,28 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+# Keys transformers and TRL renamed, old -> new: spelling alone points an old name elsewhere (`torch_dtype` is
+# closer to `torch_compile` than to `dtype`), and configs written for an older release still carry them.
+RENAMED = {
+    "torch_dtype": "dtype",  # transformers 4.56, TRL's ModelConfig
+    "evaluation_strategy": "eval_strategy",  # transformers 4.41
+    "no_cuda": "use_cpu",  # transformers 4.34
+    "per_gpu_train_batch_size": "per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
+    "push_to_hub_model_id": "hub_model_id",
+    "max_seq_length": "max_length",  # TRL 0.20, SFTConfig
+    "rloo_k": "num_generations",  # TRL 0.22, RLOOConfig
+    "response_length": "max_completion_length",  # TRL's old RLOO
+}
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """' (did you mean `x`?)' or '' — appended to an 'unknown key' message."""
+    """' (did you mean `x`?)' or '' — appended to an 'unknown key' message. A known old name points at its
+    new one when that is among the candidates (an old name for a key this config does not have is not
+    renamed here, so it gets the plain spelling hint)."""
+    candidates = list(candidates)
+    renamed = RENAMED.get(name)
+    if renamed in candidates:
+        return f" (renamed: use `{renamed}`)"
     match = closest(name, candidates)
     return f" (did you mean `{match}`?)" if match else ""

@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from hftune import artifacts, distributed, quick_fingerprint
-from hftune.config import ConfigError, value_problem
+from hftune.config import ConfigError, show, value_problem
 from hftune.errors import StageFailed, UserError, did_you_mean
 from hftune.stages import registry
 from hftune.stages.registry import STAGES
@@ -252,6 +252,15 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
                 problems.append(f"{where}: `{key}` is filled in by the pipeline from the {taken[0]} stage")
         values.update(entry)
         if STAGES[name].algorithm:
+            # A stage's name is its algorithm: a config (file or entry) that asks for another would be trained
+            # as the stage's name says, so the contradiction is refused rather than settled silently.
+            asked = values.get("algorithm", STAGES[name].algorithm)
+            if asked != STAGES[name].algorithm:
+                known = isinstance(asked, str) and asked in STAGES
+                better = f"use `stage: {asked}`" if known else "remove `algorithm` (the stage sets it)"
+                said = asked if isinstance(asked, str) and len(asked) <= 40 else show(asked)
+                problems.append(f"{where}: stage {name}'s config says `algorithm: {said}`; {better}")
+                continue
             values["algorithm"] = STAGES[name].algorithm
         for seed in seeds or [None]:
             run = PlannedStage(name, dict(values), source, root / name, launch=launch, seed=seed)

@@ -25,6 +25,10 @@ STAGES = {
     "ppo": (["ppo"], "configs/tiny/ppo.yaml"),
     "rloo": (["ppo", "--algorithm", "rloo"], "configs/tiny/ppo.yaml"),
     "grpo": (["ppo", "--algorithm", "grpo"], "configs/tiny/ppo.yaml"),
+    "dpo": (["dpo"], "configs/tiny/dpo.yaml"),
+    "kto": (["dpo", "--algorithm", "kto"], "configs/tiny/dpo.yaml"),
+    "orpo": (["dpo", "--algorithm", "orpo"], "configs/tiny/dpo.yaml"),
+    "simpo": (["dpo", "--algorithm", "simpo"], "configs/tiny/dpo.yaml"),
     "eval": (["eval"], "eval/suites/tiny.yaml"),
 }
 
@@ -110,6 +114,33 @@ BAD_VALUES = [
     ("eval", "split_seed", "99999999999"),
     ("eval", "max_new_tokens", "100000000000"),
     ("eval", "batch_size", "100000000000"),
+    # The preference and RL trainers' own numbers and words (issue 31: each trained and saved, or failed
+    # with a traceback once the model had loaded).
+    ("sft", "max_steps", "1.0e+29"),
+    ("dpo", "max_steps", "1.0e+29"),
+    ("dpo", "label_smoothing", "0.9"),
+    ("dpo", "label_smoothing", "0.5"),
+    ("dpo", "f_divergence_type", "kl"),
+    ("dpo", "f_alpha_divergence_coef", "0"),
+    ("dpo", "discopop_tau", "0"),
+    ("dpo", "ld_alpha", "1.5"),
+    ("dpo", "ref_model_mixup_alpha", "2.0"),
+    ("dpo", "ref_model_sync_steps", "0"),
+    ("dpo", "save_total_limit", "0"),
+    ("kto", "desirable_weight", "-1"),
+    ("kto", "undesirable_weight", "0"),
+    ("simpo", "cpo_alpha", "-1"),
+    ("simpo", "simpo_gamma", "-5"),
+    ("simpo", "label_smoothing", "0.7"),
+    ("orpo", "max_completion_length", "0"),
+    ("ppo", "kl_estimator", "k2"),
+    ("rloo", "repetition_penalty", "0"),
+    ("rloo", "epsilon_high", "-0.2"),
+    ("grpo", "delta", "0.5"),
+    ("grpo", "scale_rewards", "always"),
+    ("grpo", "importance_sampling_level", "word"),
+    ("grpo", "top_entropy_quantile", "1.5"),
+    ("grpo", "vllm_server_port", "70000"),
 ]
 
 
@@ -419,3 +450,114 @@ def test_weight_check_names_the_first_broken_trainable_parameter(random_tiny_mod
         layers.self_attn.o_proj.weight[1, 1] = -math.inf
     with pytest.raises(UserError, match=r"`model\.layers\.0\.self_attn\.o_proj\.weight` holds inf"):
         check_finite_weights(random_tiny_model)
+
+
+# --- Preference and RL trainers: each number has a range, each word a vocabulary (issue 31) ----------------
+
+# Numbers of the trainers' configs that need no range, and why. Every other number must have a
+# config.RANGE_RULES entry: a field a TRL release adds fails the test below until given one or a reason.
+NEEDS_NO_RANGE = {
+    # Set by the launcher (torchrun / accelerate), not by a config: -1 means one process.
+    "local_rank",
+    # CPO's AlphaPO shape: any finite real (0: plain log-probability rewards; both signs are in AlphaPO).
+    "alpha",
+    # Bounded with the other vLLM options in stages/rl/config.py (checked only with `use_vllm: true`;
+    # tests/test_ppo.py pins that message).
+    "vllm_gpu_memory_utilization",
+}
+
+
+def _numeric_fields(cls) -> list[str]:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and any(t in (int, float) for t in (typing.get_args(hints[f.name]) or (hints[f.name],)))
+    ]
+
+
+def test_every_trainer_number_has_a_range():
+    from trl import DPOConfig, GRPOConfig, KTOConfig, RLOOConfig
+    from trl.experimental.cpo import CPOConfig
+    from trl.experimental.orpo import ORPOConfig
+
+    from hftune.config import INFINITY_ALLOWED, RANGE_RULES
+    from hftune.stages.rl.ppo_config import PPOConfig
+
+    missing = {
+        f"{cls.__name__}.{name}"
+        for cls in (DPOConfig, KTOConfig, ORPOConfig, CPOConfig, RLOOConfig, GRPOConfig, PPOConfig)
+        for name in _numeric_fields(cls)
+        if name not in RANGE_RULES and name not in NEEDS_NO_RANGE and name not in INFINITY_ALLOWED
+    }
+    assert not missing, (
+        f"numbers with no RANGE_RULES entry (or a reason in NEEDS_NO_RANGE): {sorted(missing)}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "keys", "mentions"),
+    [
+        # A DPO loss TRL does not have: before, a traceback in the first training step.
+        ("dpo", {"loss_type": "sigmoidd"}, ["`loss_type`", "'sigmoidd'", "did you mean", "sigmoid"]),
+        ("dpo", {"loss_type": "[sigmoid, bogus]"}, ["`loss_type`", "'bogus'"]),
+        ("kto", {"loss_type": "sigmoid"}, ["`loss_type`", "kto, apo_zero_unpaired"]),
+        ("simpo", {"loss_type": "kto"}, ["`loss_type`", "simpo"]),
+        ("grpo", {"loss_type": "grpoo"}, ["`loss_type`", "'grpoo'", "dr_grpo"]),
+        # With LoRA the reference is the adapter switched off: no separate model to sync (a traceback after
+        # the model loaded).
+        ("dpo", {"sync_ref_model": "true"}, ["`sync_ref_model`", "use_peft: false"]),
+        ("kto", {"sync_ref_model": "true"}, ["`sync_ref_model`", "use_peft: false"]),
+        ("grpo", {"sync_ref_model": "true"}, ["`sync_ref_model`", "use_peft: false"]),
+        (
+            "rloo",
+            {"sync_ref_model": "true", "use_peft": "false", "kl_coef": "0"},
+            ["`sync_ref_model`", "kl_coef"],
+        ),
+        (
+            "dpo",
+            {"sync_ref_model": "true", "use_peft": "false", "precompute_ref_log_probs": "true"},
+            ["`sync_ref_model`", "precompute_ref_log_probs"],
+        ),
+        # TRL raised these once the trainer was built, after the model loaded.
+        ("dpo", {"loss_type": "exo_pair"}, ["`label_smoothing`", "exo_pair"]),
+        ("dpo", {"loss_type": "aot", "f_divergence_type": "js_divergence"}, ["`f_divergence_type`", "aot"]),
+        # SFT's option asked of preference data: the hint says why not and what to do.
+        ("reward", {"too_long": "truncate"}, ["`too_long`", "never truncated", "max_length"]),
+        ("dpo", {"too_long": "truncate"}, ["`too_long`", "never cut", "max_length"]),
+    ],
+    ids=lambda x: str(x),
+)
+def test_trainer_settings_refused_before_the_model_loads(stage, keys, mentions, tmp_path, capsys):
+    argv, _ = stage_config(tmp_path, stage, **keys)
+    refused(argv, tmp_path, capsys, mentions=["cfg.yaml", *mentions])
+
+
+def test_sync_ref_model_with_a_full_copy_is_kept(tmp_path):
+    # Full fine-tuning keeps a reference copy, which TRL updates: the one case sync_ref_model works.
+    from hftune.stages import dpo
+
+    _, path = stage_config(tmp_path, "dpo", sync_ref_model="true", use_peft="false")
+    assert dpo.parse(str(path)).training.sync_ref_model is True
+
+
+@pytest.mark.parametrize(
+    ("stage", "said"), [("dpo", "simpo"), ("kto", "dpo"), ("grpo", "rloo"), ("dpo", "ipo")]
+)
+def test_pipeline_stage_whose_config_names_another_algorithm(stage, said, tmp_path, capsys):
+    # The stage's name was the algorithm that trained: `stage: dpo` with a config saying simpo trained DPO.
+    _, shipped = STAGES[stage]
+    write(tmp_path / "stage.yaml", with_key((REPO / shipped).read_text(), "algorithm", said))
+    write(
+        tmp_path / "pipe.yaml", f"output_dir: runs/p\nstages:\n  - {{stage: {stage}, config: stage.yaml}}\n"
+    )
+    better = f"use `stage: {said}`" if said != "ipo" else "remove `algorithm`"
+    refused(
+        ["pipeline", "--config", "pipe.yaml"],
+        tmp_path,
+        capsys,
+        mentions=["pipe.yaml", f"stage {stage}'s config says `algorithm: {said}", better],
+    )

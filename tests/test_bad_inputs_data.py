@@ -271,6 +271,24 @@ CASES = {
         [],
         ["data.jsonl", "row 0", "empty_turn", "chosen reply is blank"],
     ),
+    "a lone surrogate in a reply, strict": (
+        # JSON can spell a lone surrogate as an escape; no UTF-8 encoder (tokenizer, hash, Arrow) takes it.
+        {
+            "strict.yaml": ALPACA,
+            "data.jsonl": jsonl(GOOD) + '{"instruction": "hi", "output": "ok \\ud800"}\n',
+        },
+        "strict.yaml",
+        "data.jsonl",
+        [],
+        ["data.jsonl", "row 1", "bad_unicode", "not valid Unicode"],
+    ),
+    "only lone surrogates": (
+        {"data.jsonl": '{"instruction": "\\udc00", "output": "ok"}\n'},
+        "tiny_alpaca",
+        "data.jsonl",
+        [],
+        ["data.jsonl", "all 1 rows were dropped (bad_unicode 1)", "row 0"],
+    ),
     # --- rows: wrong shapes and values -------------------------------------------------------------------
     "row over max_length, strict": (
         {"strict.yaml": ALPACA, "data.jsonl": jsonl(GOOD, {"instruction": "word " * 50, "output": "ok"})},
@@ -568,3 +586,56 @@ def test_every_json_layout_and_csv_dialect_reads_the_same_text(tmp_path):
             assert got.train[1]["messages"] == want.train[1]["messages"]
         else:
             assert got.fingerprint == want.fingerprint, name
+
+
+# --- mixtures: a config whose `data_recipe` is a list ------------------------------------------------------
+
+
+def mixture_config(root, parts: list) -> str:
+    """The tiny SFT config with `data_recipe` a mixture of `parts`, written under `root`."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs/tiny/sft.yaml").read_text())
+    write(root / "mix.yaml", yaml.safe_dump({**config, "data_recipe": parts, "output_dir": "out"}))
+    return "mix.yaml"
+
+
+@pytest.mark.parametrize(
+    "parts, mentions",
+    [
+        # 1e7 repeats of each row grew the process past 4 GB before anything said a word.
+        (["tiny_alpaca", {"recipe": "tiny_dolly", "weight": 1e7}], ["data_recipe[1]", "weight", "1000"]),
+        (
+            ["tiny_alpaca", {"recipe": "tiny_dolly"}, {"recipe": "tiny_alpaca", "max_samples": 10}],
+            ["data_recipe[2]", "data_recipe[0]", "tiny_alpaca", "weight"],
+        ),
+        (
+            [
+                {"recipe": "tiny_alpaca", "data_files": "a.jsonl"},
+                {"recipe": "tiny_alpaca", "data_files": "./a.jsonl"},
+            ],
+            ["data_recipe[1]", "a.jsonl", "weight"],
+        ),
+    ],
+    ids=["weight 1e7", "the same recipe twice", "the same recipe and data file twice"],
+)
+def test_a_mixture_that_would_train_on_far_too_many_or_doubled_rows_is_refused(
+    parts, mentions, tmp_path, capsys, tokenizer_dir
+):
+    write(tmp_path / "a.jsonl", jsonl(GOOD, {"instruction": "What is 3 + 3?", "output": "6"}))
+    argv = ["sft", "--config", mixture_config(tmp_path, parts), "--model_name_or_path", tokenizer_dir]
+    refused(argv, tmp_path, capsys, mentions=mentions)
+
+
+def test_a_mixture_weight_up_to_the_bound_and_distinct_parts_are_accepted(tmp_path):
+    from types import SimpleNamespace
+
+    from hftune.data.mixture import MAX_WEIGHT, data_parts
+
+    write(tmp_path / "a.jsonl", jsonl(GOOD))
+    value = [
+        {"recipe": "tiny_alpaca", "weight": MAX_WEIGHT},
+        {"recipe": "tiny_alpaca", "data_files": str(tmp_path / "a.jsonl")},  # the same recipe, other data
+    ]
+    parts = data_parts(SimpleNamespace(data_recipe=value, data_files=None, max_samples=None))
+    assert [p.weight for p in parts] == [MAX_WEIGHT, 1.0]

@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from bad_input import refused, run_cli, snapshot, write
@@ -395,3 +396,93 @@ def test_a_from_scratch_parent_is_not_a_missing_name(root):
     assert ModelCard(text).data.base_model is None
     lineage = text[text.index("## Lineage") : text.index("## Evaluation")]
     assert "| 0 | from scratch |" in lineage and "| 1 | pretraining |" in lineage
+
+
+# ------------------------------------------------------------------ symlinks, weights, the token's name
+
+
+def full_model(root: Path, name: str = "full") -> Path:
+    """A finished full-model artifact (config.json and a model.safetensors) beside the LoRA one."""
+    from safetensors.numpy import save_file
+
+    folder = root / name
+    shutil.copytree(root / "sft", folder)
+    for adapter_file in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / adapter_file).unlink()
+    write(folder / "config.json", json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    save_file({"lm_head.weight": np.zeros((2, 2), dtype=np.float32)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def linked_elsewhere(path: Path) -> Path:
+    """`path` moved beside the root (another disk, say) and a symlink to it left in its place."""
+    target = path.parent.parent.parent / f"elsewhere-{path.name}"
+    shutil.move(path, target)
+    path.symlink_to(target)
+    return target
+
+
+def weight_linked_to_nothing(root: Path) -> None:
+    folder = full_model(root)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(root / "gone.safetensors")
+
+
+def weight_that_is_a_folder(root: Path) -> None:
+    folder = full_model(root)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").mkdir()
+
+
+SYMLINK_CASES = {
+    "push of a symlinked tokenizer.json": (
+        lambda r: linked_elsewhere(r / "sft/tokenizer.json"),
+        ["sft/tokenizer.json", "symbolic link", "cp "],
+    ),
+    "push of a symlinked vocab.txt to the machine's file": (
+        lambda r: (r / "sft/vocab.txt").symlink_to(r.parent / OUTSIDE),
+        ["sft/vocab.txt", "symbolic link", OUTSIDE],
+    ),
+    "push of a symlinked config.hftune.yaml": (
+        lambda r: linked_elsewhere(r / "sft/config.hftune.yaml"),
+        ["sft/config.hftune.yaml", "symbolic link"],
+    ),
+    "push of a weight linked to nothing": (
+        weight_linked_to_nothing,
+        ["full/model.safetensors", "not a file"],
+    ),
+    "push of a full model whose weight is a folder": (weight_that_is_a_folder, ["full", "no weights"]),
+}
+
+
+@pytest.mark.parametrize("case", SYMLINK_CASES)
+def test_push_refuses_a_symlink_it_does_not_follow_and_a_folder_without_weights(case, root, capsys):
+    """Before: a symlink was skipped without a word, so a push could exit 0 with no weights or no tokenizer
+    staged."""
+    setup, mentions = SYMLINK_CASES[case]
+    setup(root)
+    folder = "full" if (root / "full").exists() else "sft"
+    refused(["push", folder, *DRY], root, capsys, mentions=mentions)
+
+
+@pytest.mark.parametrize("weights", ["adapter_model.safetensors", "model.safetensors"])
+def test_push_stages_a_symlinked_weight_file_as_the_file_it_points_to(weights, root, capsys):
+    """Weights kept on another disk behind a symlink are uploaded, as a plain file with the target's bytes;
+    before, the push exited 0 with no weights staged."""
+    folder = root / "sft" if weights.startswith("adapter") else full_model(root)
+    target = linked_elsewhere(folder / weights)
+    code, _, err = run_cli(["push", folder.name, *DRY], root, capsys)
+    assert code == 0, err
+    staged = root / "staged" / weights
+    assert not staged.is_symlink() and staged.read_bytes() == target.read_bytes()
+
+
+def test_push_refuses_a_file_named_after_the_token_without_printing_it(root, capsys, monkeypatch):
+    """A shard named after the Hub token would put the token in the repo's file list (only contents were
+    checked): refused, exit 2, the file named with the token redacted, in no output."""
+    token = "hf_" + "Q" * 34
+    monkeypatch.setenv("HF_TOKEN", token)
+    folder = full_model(root)
+    shutil.copyfile(folder / "model.safetensors", folder / f"{token}.safetensors")
+    err = refused(["push", "full", *DRY], root, capsys, mentions=["full/<redacted>.safetensors", "Hub token"])
+    assert token not in err

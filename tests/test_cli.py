@@ -123,3 +123,72 @@ def test_tiny_command_builds_a_loadable_model(tmp_path, capsys):
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert cli.main(["tiny", str(tmp_path / "x"), "--arch", "bert"]) == 2
     assert "bert" in capsys.readouterr().err
+
+
+def test_a_renamed_key_points_to_its_new_name(tmp_path, capsys):
+    """Spelling alone sent `torch_dtype` to `torch_compile`; the old names transformers and TRL renamed
+    point to the new ones."""
+    write_config = tmp_path / "old.yaml"
+    write_config.write_text(
+        "model_name_or_path: tiny:llama\ndata_recipe: tiny_alpaca\n"
+        "torch_dtype: float32\nevaluation_strategy: steps\nmax_seq_length: 64\n"
+    )
+    err = refused(["sft", "--config", str(write_config)], tmp_path, capsys)
+    assert "`torch_dtype`: unknown key (renamed: use `dtype`)" in err
+    assert "`evaluation_strategy`: unknown key (renamed: use `eval_strategy`)" in err
+    assert "`max_seq_length`: unknown key (renamed: use `max_length`)" in err
+    assert "torch_compile" not in err
+
+
+# Run as `python -c BOOT ARGS...`: bitsandbytes is told the CPU has AVX512-BF16 (as many servers' do), so
+# importing it takes the path that fetches a CPU kernel through `kernels`, whatever this machine's CPU.
+BOOT = """
+import importlib.abc, importlib.machinery, sys
+
+class AVX512BF16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, AVX512BF16())
+from hftune import cli
+code = cli.main(sys.argv[1:])
+print("bitsandbytes imported:", "bitsandbytes.backends.cpu.ops" in sys.modules)
+sys.exit(code)
+"""
+
+
+@pytest.mark.integration  # launches a process
+def test_a_cheap_command_prints_no_library_noise(tmp_path, tiny_llama):
+    """`hftune data preview --config` parses a stage config (TRL's configs import transformers' Trainer,
+    PEFT, bitsandbytes) and measures rows longer than the tokenizer's `model_max_length`. Before, every such
+    command printed `kernels`' offline notice about bitsandbytes' CPU kernel and transformers' "indexing
+    errors" warning."""
+    import json
+    import shutil
+
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(Path(tiny_llama) / name, tokenizer / name)
+    config = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 16}))
+    argv = ["data", "preview", "--config", str(REPO / "configs/tiny/sft.yaml"), "--model", str(tokenizer)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", BOOT, *argv, "--n", "1"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bitsandbytes imported: True" in proc.stdout  # the import that fetches the kernel did run
+    for noise in ("kernels-community", "publisher trust", "Token indices sequence length"):
+        assert noise not in proc.stderr, proc.stderr
+    assert "[hftune] recipe tiny_alpaca" in proc.stderr  # hftune's own notes still print

@@ -510,3 +510,82 @@ def test_fingerprint_is_stable_and_tracks_the_data(tmp_path):
         != prepare_dataset(recipe, data_files=str(changed)).fingerprint
     )
     assert prepare_dataset(recipe, eval_fraction=0.1).fingerprint != base  # what is trained on changed
+
+
+# --- text hygiene: replies that read the same, text that is not Unicode, documents of a .txt file ----------
+
+
+def test_pairs_whose_replies_differ_only_invisibly_are_identical_and_kept_text_is_untouched(tmp_path):
+    pairs = [
+        {"prompt": "2 + 2?", "chosen": "4", "rejected": "4\u200b"},  # a zero-width space
+        {"prompt": "Name it.", "chosen": "a  b\n", "rejected": "a b"},  # whitespace runs
+        {"prompt": "Spell fi.", "chosen": "\ufb01", "rejected": "fi"},  # NFKC: the ligature is "fi"
+        {"prompt": "Greet.", "chosen": "Hello\u200b there ", "rejected": "Go away."},  # kept as written
+        {"prompt": "Case?", "chosen": "Yes", "rejected": "yes"},  # case is a difference a labeller may mean
+    ]
+    recipe = Recipe(
+        name="pairs", path=None, source=Source(path="x.jsonl"), format="preference", converter="pairwise"
+    )
+    prepared = prepare_dataset(recipe, data_files=write_jsonl(tmp_path / "pairs.jsonl", pairs))
+    assert prepared.dropped == {"identical": 3}
+    assert [row["chosen"][-1]["content"] for row in prepared.train] == ["Hello\u200b there ", "Yes"]
+
+
+def test_a_lone_surrogate_drops_its_row_counted_and_strict_names_it(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        '{"instruction": "hi", "output": "ok"}\n'
+        '{"instruction": "x \\ud800", "output": "ok"}\n'
+        '{"instruction": "yo", "output": "\\udfff!"}\n'
+    )
+    prepared = prepare_dataset(load_recipe("tiny_alpaca"), data_files=path)
+    assert prepared.dropped == {"bad_unicode": 2} and prepared.examples == {"bad_unicode": [1, 2]}
+    assert prepared.train[0]["messages"][1]["content"] == "ok"
+    with pytest.raises(UserError, match=r"row 1 \(0-based\) is bad: bad_unicode: .*not valid Unicode"):
+        prepare_dataset(load_recipe("tiny_alpaca"), data_files=path, strict=True)
+
+
+TXT_CORPORA = pytest.mark.parametrize(
+    "text, documents",
+    [
+        # Blank lines (spaces and tabs count as blank) separate documents; a document keeps its line breaks.
+        (
+            "Title\nfirst line\nsecond line\n\nNext doc\r\n \t\n\n\nLast one\n",
+            ["Title\nfirst line\nsecond line", "Next doc", "Last one"],
+        ),
+        ("\n\ndoc one\n\ndoc two\n\n\n", ["doc one", "doc two"]),
+        # No blank line between documents: one document per line (tiny_corpus's layout), as before; a blank
+        # line after the last one separates nothing (it is a blank row, dropped as empty_text).
+        ("one\ntwo\nthree\n\n", ["one", "two", "three", ""]),
+        ("  indented\nkept as written  \n", ["  indented", "kept as written  "]),
+    ],
+    ids=["paragraphs", "blank lines around", "lines", "lines as written"],
+)
+
+
+@TXT_CORPORA
+def test_a_txt_corpus_is_read_as_documents_separated_by_blank_lines(text, documents, tmp_path):
+    from hftune.data.files import read_file
+
+    (tmp_path / "corpus.txt").write_bytes(text.encode())
+    assert [row["text"] for row in read_file(tmp_path / "corpus.txt", "text").rows] == documents
+
+
+@TXT_CORPORA
+def test_a_streamed_txt_corpus_has_the_same_documents(text, documents, tmp_path):
+    # `dataset_streaming: true` reads the file lazily; its documents are the ones a prepared run trains on.
+    from hftune.data.streaming import _lines
+
+    (tmp_path / "corpus.txt").write_bytes(text.encode())
+    assert [row["text"] for row in _lines(tmp_path / "corpus.txt")] == documents
+
+
+def test_a_txt_corpus_is_held_out_by_paragraph(tmp_path):
+    paragraphs = [f"Document {i}.\nIts second line.\nIts third line." for i in range(40)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs) + "\n")
+    prepared = prepare_dataset(
+        load_recipe("tiny_corpus"), data_files=tmp_path / "corpus.txt", eval_fraction=0.2
+    )
+    held_out = [row["text"] for row in prepared.eval]
+    assert prepared.n_source_rows == 40 and held_out and set(held_out) <= set(paragraphs)
+    assert sorted([*held_out, *(row["text"] for row in prepared.train)]) == sorted(paragraphs)

@@ -118,3 +118,59 @@ def test_a_stage_with_data_cache_false_prepares_afresh(isolated_cache, tmp_path,
     assert not isolated_cache.exists()
     sft.prepare(sft.parse(str(REPO / "configs/tiny/sft.yaml"), argv))
     assert len(list(isolated_cache.iterdir())) == 1
+
+
+def test_a_truncated_or_overwritten_entry_is_named_once_and_prepared_again(
+    isolated_cache, chat_tokenizer, caplog
+):
+    parts = [Part(load_recipe("tiny_alpaca"))]
+    calls: list = []
+    rows = list(prepare(parts, chat_tokenizer, calls).train)  # now: the entry's files are memory-mapped
+    (entry,) = isolated_cache.iterdir()
+    (arrow,) = (entry / "train").glob("*.arrow")
+    whole = arrow.read_bytes()
+    # Token ids overwritten in place: the same size, the file still loads, the rows are wrong.
+    middle = len(whole) // 2
+    arrow.write_bytes(
+        whole[:middle] + bytes(b ^ 0xFF for b in whole[middle : middle + 64]) + whole[middle + 64 :]
+    )
+    with caplog.at_level(logging.WARNING, logger="hftune"):
+        again = prepare(parts, chat_tokenizer, calls)
+    assert len(calls) == 2 and list(again.train) == rows
+    damaged = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(damaged) == 1 and str(entry) in damaged[0] and "train/" in damaged[0], damaged
+    (arrow,) = (entry / "train").glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: len(whole) // 3])  # a truncated file
+    again = prepare(parts, chat_tokenizer, calls)
+    assert len(calls) == 3 and list(again.train) == rows
+    prepare(parts, chat_tokenizer, calls)  # the rebuilt entry is whole: read back
+    assert len(calls) == 3
+
+
+def test_a_transform_imports_its_helper_beside_it_and_a_changed_helper_prepares_again(
+    isolated_cache, tmp_path, chat_tokenizer
+):
+    import sys
+
+    (tmp_path / "helper_31.py").write_text("SUFFIX = '!'\n")
+    (tmp_path / "hook_31.py").write_text(
+        "from helper_31 import SUFFIX\n\n\n"
+        "def shout(row):\n    return {**row, 'output': row['output'] + SUFFIX}\n"
+    )
+    shutil.copy(REPO / "data_recipes/fixtures/alpaca.jsonl", tmp_path / "alpaca.jsonl")
+    (tmp_path / "t.yaml").write_text(
+        "source: {path: alpaca.jsonl}\nformat: conversational\nconverter: alpaca\ntransform: hook_31:shout\n"
+    )
+    path_before = list(sys.path)
+    calls: list = []
+    data = prepare([Part(load_recipe(str(tmp_path / "t.yaml")))], chat_tokenizer, calls)
+    assert data.train[0]["messages"][-1]["content"].endswith("!")
+    # The folder was importable only while the transform loaded, and its helper is not left behind for
+    # another recipe's `helper_31`.
+    assert sys.path == path_before and "helper_31" not in sys.modules
+    prepare([Part(load_recipe(str(tmp_path / "t.yaml")))], chat_tokenizer, calls)
+    assert len(calls) == 1  # a local transform's rows are cached too
+    (tmp_path / "helper_31.py").write_text("SUFFIX = '?'\n")  # only the helper changes
+    (tmp_path / "t.yaml").write_text((tmp_path / "t.yaml").read_text() + "\n")  # parse the hook again
+    data = prepare([Part(load_recipe(str(tmp_path / "t.yaml")))], chat_tokenizer, calls)
+    assert len(calls) == 2 and data.train[0]["messages"][-1]["content"].endswith("?")

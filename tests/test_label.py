@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,6 +57,17 @@ def items_data(completions: list[list[str]]) -> dict:
     }
 
 
+def page_client(app, **kwargs):
+    """A TestClient that writes as the real page does: with the write token written into the page it gets."""
+    from starlette.testclient import TestClient
+
+    client = TestClient(app, **kwargs)
+    found = re.search(r'<meta name="hftune-write-token" content="([^"]+)">', client.get("/").text)
+    assert found, "the page carries no write token"
+    client.headers["X-Hftune-Token"] = found.group(1)
+    return client
+
+
 def test_each_labeller_sees_a_stable_shuffle_that_is_never_the_sampling_order():
     for k in (2, 3, 5):
         orders = {tuple(label_app.shown_order("salt", f"item{i}", "ann", k)) for i in range(40)}
@@ -65,11 +77,9 @@ def test_each_labeller_sees_a_stable_shuffle_that_is_never_the_sampling_order():
 
 
 def test_a_ranking_is_saved_in_sampling_order_once_and_a_torn_last_line_is_dropped(tmp_path):
-    from starlette.testclient import TestClient
-
     data = items_data([["first", "second", "third"], ["a", "b", "c"]])
     store = LabelStore(tmp_path)
-    client = TestClient(label_app.create_app(label_app.Labelling(data, store)))
+    client = page_client(label_app.create_app(label_app.Labelling(data, store)))
     page = client.get("/api/next", params={"labeller": "ann"}).json()
     assert page["done"] == 0 and page["total"] == 2 and page["item"]["number"] == 1
     shown = [c["text"] for c in page["item"]["completions"]]
@@ -78,9 +88,8 @@ def test_a_ranking_is_saved_in_sampling_order_once_and_a_torn_last_line_is_dropp
     body = {"labeller": "ann", "item": "item0", "action": "rank", "ranks": ranks_shown}
     after = client.post("/api/submit", json=body).json()
     assert after["saved"] and after["done"] == 1 and after["item"]["id"] == "item1"
-    assert (
-        client.post("/api/submit", json=body).json()["saved"] is False
-    )  # a resent submit is not a second row
+    # A resent submit is not a second row, and is on disk all the same.
+    assert client.post("/api/submit", json=body).json()["saved"] is True
     (row,) = read_rows(tmp_path / "labels.jsonl")
     expected = {text: rank for text, rank in zip(shown, ranks_shown, strict=True)}
     assert {t: r for t, r in zip(row["completions"], row["ranks"], strict=True)} == expected
@@ -167,12 +176,10 @@ def test_kendall_tau_b():
 
 
 def test_stats_count_skips_flags_and_agreement(tmp_path, capsys):
-    from starlette.testclient import TestClient
-
     data = items_data([["a", "b", "c"]] * 4)
     store = LabelStore(tmp_path)
     labelling = label_app.Labelling(data, store)
-    client = TestClient(label_app.create_app(labelling))
+    client = page_client(label_app.create_app(labelling))
 
     def rank(labeller: str, item: str, by_text: dict[str, int]) -> None:
         page = labelling.next_for(labeller)

@@ -165,3 +165,14 @@ def test_precomputed_reference_log_probs_train_the_same_objective(chain, tmp_pat
     result = po.run(po.parse(CONFIG, argv))
     assert "ref_chosen_logps" in result.trainer.train_dataset.column_names
     assert result.metrics["heldout_before/rewards/margins"] == 0 and result.metrics["global_step"] == 3
+
+
+def test_dpo_loss_types_are_trls():
+    # TRL names DPOTrainer's losses only in DPOConfig's help: a TRL release that adds or drops one shows here.
+    import re
+    from dataclasses import fields
+
+    from trl import DPOConfig
+
+    help_text = next(f for f in fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    assert set(po.DPO_LOSS_TYPES) == set(re.findall(r"`'(\w+)'`", help_text))

@@ -34,3 +34,14 @@ def test_rollouts_end_at_the_end_of_turn_token_only(chain, tmp_path, monkeypatch
     assert p.trainer.model.generation_config.eos_token_id == eos
     # What TRL stops generation at and masks after (TRL >= 1.14.2; older ones read only the tokenizer's).
     assert getattr(p.trainer, "eos_token_ids", [eos]) == [eos]
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_num_generations_reaches_trls_own_check(tmp_path, algorithm):
+    # `num_generations: 4` with a batch of 4: TRL's GRPOConfig checks its generation batch against its own
+    # default (8) while it is built, and refused this before hftune set the value; RLOO accepted it.
+    config = Path(__file__).resolve().parent.parent / "configs/tiny/ppo.yaml"
+    argv = ["--algorithm", algorithm, "--num_generations", "4", "--per_device_train_batch_size", "4"]
+    cfg = rl.parse(str(config), [*argv, "--output_dir", str(tmp_path / "out")])
+    assert cfg.training.num_generations == cfg.hftune.num_generations == 4
+    assert rl.parse(str(config), ["--algorithm", algorithm]).training.num_generations == 8  # hftune's default

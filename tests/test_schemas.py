@@ -5,6 +5,7 @@ and drop their bad rows under a reason that says what is wrong."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -367,3 +368,272 @@ def test_preview_unpaired_shows_label_and_marks_the_completion(chat_tokenizer):
     labels = re.findall(r"\[label: (true|false) \((?:un)?desirable\)\]", out)
     assert labels == [str(row["label"]).lower() for row in list(data.train)[:3]]
     assert "kept 200 of 200 rows" in out
+
+
+# --- real schemas as their datasets write them (issue 31) -----------------------------------------------
+
+
+def ultrafeedback_rows(n: int) -> list[dict]:
+    """HuggingFaceH4/ultrafeedback_binarized's columns: a prompt text, chosen/rejected conversations, and the
+    chosen conversation again as `messages` (for SFT), with scores and an id."""
+    rows = []
+    for i in range(n):
+        user = {"role": "user", "content": f"What is {i} plus {i}?"}
+        good, bad = f"{i} plus {i} is {2 * i}.", f"{i} plus {i} is {2 * i + 1}."
+        rows.append(
+            {
+                "prompt": user["content"],
+                "prompt_id": f"{i:08x}",
+                "chosen": [user, {"role": "assistant", "content": good}],
+                "rejected": [user, {"role": "assistant", "content": bad}],
+                "messages": [user, {"role": "assistant", "content": good}],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            }
+        )
+    return rows
+
+
+def stage_config(path: Path, model: str, data: str, out: Path, **keys) -> str:
+    """A stage config in TRL's CLI style: the model, `dataset_name` and a one-step run."""
+    values = {"model_name_or_path": model, "dataset_name": data, "output_dir": str(out), "max_steps": 1}
+    values |= {"report_to": "none", "gradient_checkpointing": False, "lora_r": 4, "lora_alpha": 8, **keys}
+    path.write_text("".join(f"{key}: {value}\n" for key, value in values.items()))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("formats", "converter", "format_name"),
+    [
+        (("preference", "implicit_preference"), "pairwise", "preference"),
+        (("conversational", "prompt_completion", "language_modeling"), "messages", "conversational"),
+        (("prompt_only",), "messages", "prompt_only"),
+        (None, "messages", "conversational"),
+    ],
+)
+def test_ultrafeedback_is_read_in_the_layout_the_stage_trains_on(tmp_path, formats, converter, format_name):
+    from hftune.data.detect import dataset_recipe
+
+    data = prepare_dataset(
+        dataset_recipe(jsonl(tmp_path / "uf.jsonl", *ultrafeedback_rows(3))), formats=formats
+    )
+    assert (data.converter, data.format) == (converter, format_name)
+    if format_name == "preference":
+        assert data.train[0]["chosen"] == [{"role": "assistant", "content": "0 plus 0 is 0."}]
+        assert data.train[0]["prompt"] == [{"role": "user", "content": "What is 0 plus 0?"}]
+
+
+def test_the_stages_name_the_formats_detection_reads_for_them():
+    from hftune.stages import registry
+    from hftune.stages.common import stage_formats
+
+    assert stage_formats("reward") == stage_formats("dpo") == ("preference", "implicit_preference")
+    assert stage_formats("kto")[-1] == "unpaired_preference"
+    assert stage_formats("sft") == ("conversational", "prompt_completion", "language_modeling")
+    assert stage_formats("ppo") == stage_formats("rloo") == stage_formats("grpo") == ("prompt_only",)
+    assert stage_formats("eval") is None
+    assert {"dpo", "kto", "orpo", "simpo", "rloo", "grpo"} <= set(registry.DATA_STAGES)
+
+
+def test_ultrafeedback_via_dataset_name_trains_reward_and_dpo(chain, tmp_path):
+    from hftune.stages import dpo, reward
+
+    data = jsonl(tmp_path / "ultrafeedback.jsonl", *ultrafeedback_rows(8))
+    config = stage_config(tmp_path / "rm.yaml", chain["sft"], data, tmp_path / "rm", eval_fraction=0.25)
+    rm = reward.run(reward.parse(config, ["--per_device_train_batch_size", "2"]))
+    assert json.loads((rm.output_dir / "manifest.json").read_text())["data"]["format"] == "preference"
+    config = stage_config(tmp_path / "dpo.yaml", chain["sft"], data, tmp_path / "dpo")
+    po = dpo.run(dpo.parse(config, ["--per_device_train_batch_size", "2"]))
+    manifest = json.loads((po.output_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "dpo" and manifest["data"]["format"] == "preference"
+
+
+def prompt_rows(n: int) -> list[dict]:
+    """Prompt-only rows as TRL documents them for PPO / RLOO / GRPO: a text, or a list of turns."""
+    rows: list[dict] = [{"prompt": f"What is {i} plus {i}?"} for i in range(n - 1)]
+    return [
+        *rows,
+        {"prompt": [{"role": "system", "content": "Add."}, {"role": "user", "content": "1 plus 1?"}]},
+    ]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo"])
+def test_prompt_only_data_trains_rl_with_no_transform(chain, tmp_path, algorithm):
+    from hftune.stages import ppo as rl
+
+    data = jsonl(tmp_path / "prompts.jsonl", *prompt_rows(8))
+    keys = dict(reward_model_path=chain["rm"], algorithm=algorithm, response_length=8, num_generations=2)
+    keys |= dict(per_device_train_batch_size=4, heldout_every=100, max_kl=1000.0, eval_fraction=0.0)
+    config = stage_config(tmp_path / "rl.yaml", chain["sft"], data, tmp_path / "rl", **keys)
+    result = rl.run(rl.parse(config, []))
+    manifest = json.loads((result.output_dir / "manifest.json").read_text())
+    assert manifest["stage"] == algorithm
+    assert manifest["data"]["format"] == "prompt_only" and manifest["data"]["dropped"] == {}
+
+
+def test_prompt_only_rows_read_by_a_recipe_and_refused_by_sft(tmp_path):
+    from hftune.data.detect import dataset_recipe
+
+    jsonl(tmp_path / "questions.jsonl", *({"question": f"What is {i}?", "id": i} for i in range(3)))
+    recipe = tmp_path / "questions.yaml"
+    recipe.write_text(
+        "source: {path: questions.jsonl}\nformat: prompt_only\nconverter: prompt_only\n"
+        "mapping: {prompt: question}\n"
+    )
+    data = prepare_dataset(str(recipe))
+    assert data.dropped == {} and data.train[1]["prompt"] == [{"role": "user", "content": "What is 1?"}]
+    # A prompt is not a conversation to train on, and the recipe cannot say otherwise.
+    recipe.write_text(
+        "source: {path: questions.jsonl}\nconverter: prompt_only\nmapping: {prompt: question}\n"
+    )
+    with pytest.raises(UserError, match="fits: prompt_only"):
+        load_recipe(str(recipe))
+    prompts = dataset_recipe(jsonl(tmp_path / "p.jsonl", *prompt_rows(3)))
+    with pytest.raises(UserError, match=r"is prompt-only .* data; this stage trains on conversational"):
+        prepare_dataset(prompts, formats=("conversational", "prompt_completion", "language_modeling"))
+    # A prompt must hand over to the model with a user turn.
+    bad = jsonl(tmp_path / "bad.jsonl", {"prompt": [{"role": "user", "content": "a"}, bot("b")]})
+    with pytest.raises(UserError, match="no_user_turn"):
+        prepare_dataset(dataset_recipe(bad), formats=("prompt_only",))
+
+
+def test_kto_rows_are_not_read_as_prompt_completion_for_sft(tmp_path):
+    from hftune.data.detect import dataset_recipe
+
+    rows = [{"prompt": "a?", "completion": "wrong", "label": False}]
+    with pytest.raises(UserError, match="is unpaired preference"):
+        prepare_dataset(
+            dataset_recipe(jsonl(tmp_path / "kto.jsonl", *rows)),
+            formats=("conversational", "prompt_completion", "language_modeling"),
+        )
+
+
+def bot(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def lf_alpaca_rows(n: int) -> list[dict]:
+    """LLaMA-Factory's alpaca schema: instruction / input / output plus `system` and `history`."""
+    return [
+        {
+            "instruction": f"And {i} more?",
+            "input": "",
+            "output": f"Then it is {10 + i}.",
+            "system": "You add numbers.",
+            "history": [["What is 5 plus 5?", "It is 10."], [f"Remember {i}.", f"Noted: {i}."]],
+        }
+        for i in range(n)
+    ]
+
+
+def test_llama_factory_alpaca_system_and_history_become_turns(tmp_path):
+    data = prepare_dataset("alpaca", data_files=jsonl(tmp_path / "lf.jsonl", *lf_alpaca_rows(2)))
+    assert data.train[1]["messages"] == [
+        {"role": "system", "content": "You add numbers."},
+        {"role": "user", "content": "What is 5 plus 5?"},
+        bot("It is 10."),
+        {"role": "user", "content": "Remember 1."},
+        bot("Noted: 1."),
+        {"role": "user", "content": "And 1 more?"},
+        bot("Then it is 11."),
+    ]
+    bad = [{"instruction": "a", "input": "", "output": "b", "history": [["only the question"]]}]
+    bad += [{"instruction": "a", "input": "", "output": "b", "history": "not a list"}]
+    bad += [{"instruction": "a", "input": "", "output": "b", "history": [["", "blank question"]]}]
+    with pytest.raises(UserError, match=r"malformed 2, empty_turn 1.*`history` item 0 is not a \[user"):
+        prepare_dataset("alpaca", data_files=jsonl(tmp_path / "bad.jsonl", *bad))
+
+
+def test_llama_factory_alpaca_with_history_trains_multi_turn_sft(tmp_path, tiny_llama):
+    from hftune.stages import sft
+
+    argv = ["--model_name_or_path", tiny_llama, "--output_dir", str(tmp_path / "sft"), "--max_steps", "1"]
+    argv += ["--data_recipe", "alpaca", "--max_samples", "8", "--per_device_train_batch_size", "4"]
+    config = REPO / "configs/tiny/sft.yaml"
+    data = jsonl(tmp_path / "lf.jsonl", *lf_alpaca_rows(8))
+    result = sft.run(sft.parse(str(config), [*argv, "--data_files", data]))
+    tokenizer = result.trainer.processing_class
+    for example in result.trainer.train_dataset:
+        ids, labels = example["input_ids"], example["labels"]
+        text = tokenizer.decode(ids)
+        trained = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+        # The history and the system turn reach the model; only the assistant's turns are trained.
+        assert "You add numbers." in text and "What is 5 plus 5?" in text and "Remember" in text
+        assert trained.startswith("It is 10.") and "Noted: " in trained and "Then it is 1" in trained
+        assert "What is" not in trained and "You add" not in trained and "Remember" not in trained
+
+
+def test_openai_weight_0_turns_are_not_trained(tmp_path):
+    from hftune.data.detect import dataset_recipe
+
+    turns = [
+        {"role": "user", "content": "hi"},
+        {**bot("bad"), "weight": 0},
+        {"role": "user", "content": "again"},
+    ]
+    rows = [{"messages": [*turns, {**bot("good"), "weight": 1}]}, {"messages": [turns[0], bot("fine")]}]
+    data = prepare_dataset(dataset_recipe(jsonl(tmp_path / "openai.jsonl", *rows)))
+    assert data.dropped == {"turn_weight_0": 1} and data.train_indices == [1]
+    with pytest.raises(UserError, match="turn 1: the assistant turn has `weight: 0`"):
+        prepare_dataset(dataset_recipe(jsonl(tmp_path / "w0.jsonl", rows[0])))
+    odd = [{"messages": [turns[0], {**bot("x"), "weight": 0.5}]}]
+    with pytest.raises(UserError, match="OpenAI's per-turn weight is 0 or 1"):
+        prepare_dataset(dataset_recipe(jsonl(tmp_path / "odd.jsonl", *odd)))
+
+
+def test_a_sharegpt_pair_given_to_pairwise_names_sharegpt_preference(tmp_path):
+    sharegpt = {"conversations": [{"from": "human", "value": "q"}], "rejected": {"from": "gpt", "value": "b"}}
+    rows = [{**sharegpt, "chosen": {"from": "gpt", "value": "a"}}, {**sharegpt, "chosen": [{"from": "gpt"}]}]
+    recipe = tmp_path / "pairs.yaml"
+    recipe.write_text("source: {path: pairs.jsonl}\nformat: preference\nconverter: pairwise\n")
+    jsonl(tmp_path / "pairs.jsonl", *rows)
+    with pytest.raises(UserError, match=r"malformed 2.*read it with `converter: sharegpt_preference`"):
+        prepare_dataset(str(recipe))
+
+
+def test_unread_columns_are_logged_and_previewed(tmp_path, caplog, tiny_llama):
+    from hftune.data.sources import unread_columns
+    from hftune.stages.preview import preview_recipe
+
+    data = jsonl(tmp_path / "uf.jsonl", *ultrafeedback_rows(3))
+    with caplog.at_level(logging.INFO, logger="hftune.data"):
+        prepare_dataset("alpaca", data_files=jsonl(tmp_path / "lf.jsonl", {**lf_alpaca_rows(1)[0], "id": 7}))
+    assert "columns ignored (the `alpaca` converter does not read them): id" in caplog.text
+    assert unread_columns(load_recipe("alpaca"), ["instruction", "output", "history"]) == []
+    out = preview_recipe(data, tiny_llama, n=1)
+    assert "columns ignored in " in out and "prompt, prompt_id, chosen, rejected, score_chosen" in out
+
+
+@pytest.mark.parametrize(
+    ("stage", "rows", "mentions"),
+    [
+        ("sft", prompt_rows(3), ["prompt-only (prompt) data", "conversational, prompt_completion"]),
+        (
+            "reward",
+            [{"prompt": "a?", "completion": "b", "label": True}],
+            ["unpaired preference", "preference"],
+        ),
+        (
+            "sft",
+            [{"messages": [{"role": "user", "content": "a"}, {**bot("b"), "weight": 0}]}],
+            ["all 1 rows were dropped", "turn_weight_0", "`weight: 0`"],
+        ),
+    ],
+)
+def test_data_a_stage_cannot_train_on_is_refused(tmp_path, capsys, tiny_llama, stage, rows, mentions):
+    from bad_input import refused
+
+    data = jsonl(tmp_path / "data.jsonl", *rows)
+    config = stage_config(tmp_path / "stage.yaml", tiny_llama, data, tmp_path / "out")
+    refused([stage, "--config", config], tmp_path, capsys, mentions=[data, *mentions])
+
+
+@pytest.mark.parametrize(("stage", "shown"), [("dpo", "-> preference rows"), ("kto", "-> preference rows")])
+def test_preview_a_preference_stages_config(tmp_path, capsys, tiny_llama, stage, shown):
+    from bad_input import run_cli
+
+    data = jsonl(tmp_path / "uf.jsonl", *ultrafeedback_rows(4))
+    config = stage_config(tmp_path / "po.yaml", tiny_llama, data, tmp_path / "out")
+    code, out, err = run_cli(["data", "preview", "--config", config, "--stage", stage], tmp_path, capsys)
+    assert code == 0, err
+    assert shown in out and "[chosen: " in out and "columns ignored in " in out

@@ -54,6 +54,11 @@ def write_pipeline(tmp_path: Path, *, ppo: dict | None = None, stages=None, **ev
 def pretend_finished(monkeypatch, done: set[Path]) -> dict:
     """Make the pipeline see the folders in `done` as finished artifacts (each with a manifest hash named
     for it) and read its ledger from the returned dict, which a test fills as runs "finish"."""
+    # Modules that take these functions by name bind them when first imported: imported now, they keep the
+    # real ones (a first import under the patch would keep the stand-ins for the rest of the session).
+    import hftune.evaluation.contamination
+    import hftune.models.loading  # noqa: F401
+
     monkeypatch.setattr(pipeline.artifacts, "is_complete", lambda p: Path(p) in done)
     monkeypatch.setattr(
         pipeline.artifacts,

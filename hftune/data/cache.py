@@ -2,13 +2,15 @@
 
 Preparing 100k chats (load, convert, check, render each through the chat template to measure it) costs
 tens of seconds, and every stage of every rerun paid it again. The key is everything the result depends
-on: each part's recipe, the bytes of its local data file (or folder), its transform's source, the
-tokenizer's vocabulary and chat template, the stage's settings (max_length, too_long, split, seed, the
-prompts held out upstream, formats) and the source of hftune's data code itself; a change to any of them is
-another key. Data from the Hub is not cached here (`datasets` caches the download; its content is not
-known without reading it), nor a streamed corpus.
+on: each part's recipe, the bytes of its local data file (or folder), its transform's source and the
+local modules that imports, the tokenizer's vocabulary and chat template, the stage's settings (max_length,
+too_long, split, seed, the prompts held out upstream, formats) and the source of hftune's data code itself;
+a change to any of them is another key. Data from the Hub is not cached here (`datasets` caches the
+download; its content is not known without reading it), nor a streamed corpus.
 
-A hit is read back as memory-mapped Arrow (`save_prepared` / `load_prepared`). SFT rows carry their tokens
+A hit is read back as memory-mapped Arrow (`save_prepared` / `load_prepared`) only after every file is
+checked against the size and sha256 written with it (`prepare.damage`): a truncated or overwritten entry
+is named in a warning and prepared again, never trained on. SFT rows carry their tokens
 (`tokens.sft_columns`), so a rerun tokenizes nothing; the other trainers' own tokenization of the rows is
 cached by `datasets` beside them, and done once too.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hftune.data.prepare import PREPARED_META, PreparedData, load_prepared, save_prepared
+from hftune.data.prepare import PREPARED_META, PreparedData, damage, load_prepared, save_prepared
+from hftune.data.recipe import transform_files
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +49,15 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _transform_digest(spec: str | None) -> str | None:
-    """The source file of a recipe's `module:function` transform (its code decides which rows survive)."""
-    if not spec:
+def _transform_digest(recipe) -> str | None:
+    """The source of a recipe's `module:function` transform and of the local modules it imports (their code
+    decides which rows survive, and how): a changed helper beside the transform is another key."""
+    if not recipe.transform:
         return ""
-    found = importlib.util.find_spec(spec.split(":")[0])
-    if found is None or not found.origin or not Path(found.origin).is_file():
+    files = transform_files(recipe.transform, recipe.path.parent if recipe.path else None)
+    if files is None:
         return None
-    return _file_digest(Path(found.origin))
+    return hashlib.sha256("".join(f"{f.name}\0{_file_digest(f)}\n" for f in files).encode()).hexdigest()
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -85,7 +88,7 @@ def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
             path = resolve_source_path(recipe)
         else:
             return None
-        transform = _transform_digest(recipe.transform)
+        transform = _transform_digest(recipe)
         if not path.exists() or transform is None:
             return None
         described.append(
@@ -109,9 +112,19 @@ def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _read(folder: Path) -> PreparedData | None:
-    """The entry saved in `folder`, or None when there is none or it is damaged (then prepared again)."""
+def _read(folder: Path, warn: bool = True) -> PreparedData | None:
+    """The entry saved in `folder`, or None when there is none or it is damaged (then prepared again, never
+    trained on: every file is checked against the checksums written with it). `warn`: say so (once a run:
+    `cached` reads an entry twice, the second time while holding its turn)."""
     if not (folder / PREPARED_META).is_file():
+        return None
+    try:
+        problem = damage(folder)
+    except (OSError, ValueError, TypeError) as err:  # a mangled checksums file is damage too
+        problem = f"its checksums cannot be read ({err})"
+    if problem is not None:
+        if warn:
+            logger.warning("data cache entry %s is damaged (%s); preparing the data again", folder, problem)
         return None
     try:
         data = load_prepared(folder)
@@ -152,7 +165,7 @@ def cached(cache_key: str | None, compute: Callable[[], PreparedData]) -> Prepar
     if cache_key is None:
         return compute()
     folder = cache_dir() / cache_key
-    data = _read(folder)
+    data = _read(folder, warn=False)  # a damaged entry is named once, below, by the run that replaces it
     if data is not None:
         return data
     with _turn(cache_key):

@@ -1,10 +1,10 @@
-"""Converters: one raw dataset row -> a conversation (list of {role, content}), a text, preference pairs, or
-an unpaired (prompt, completion, label) example.
+"""Converters: one raw dataset row -> a conversation (list of {role, content}), a prompt, a text, preference
+pairs, or an unpaired (prompt, completion, label) example.
 
 Each converter is registered by name in `CONVERTERS` with the dataset columns it reads (and their
-defaults, which a recipe's `mapping` can point elsewhere) and what it yields ("chat", "text", "preference"
-or "unpaired"; `hftune.data.formats` checks and formats each kind). A bad row raises `RowProblem`.
-Adding one is a decorated function, like `alpaca` below.
+defaults, which a recipe's `mapping` can point elsewhere) and what it yields ("chat", "prompt", "text",
+"preference" or "unpaired"; `hftune.data.formats` checks and formats each kind). A bad row raises
+`RowProblem`. Adding one is a decorated function, like `alpaca` below.
 
 A chat with tools (a `tools` column, assistant `tool_calls`, `tool` turns) is the one chat that is not a
 plain list of turns: it is {"messages": [turns], "tools": "<JSON string>"}. Tool schemas and tool-call
@@ -30,7 +30,7 @@ from hftune.data.problems import PairProblem, RowProblem, is_blank
 class Converter:
     name: str
     fn: Callable[[Mapping[str, Any], Mapping[str, str]], Any]
-    yields: str  # "chat" or "text": which formats can take the output (Format.accepts)
+    yields: str  # the kind of output ("chat", "prompt", "text", ...): which formats take it (Format.accepts)
     columns: dict[str, str]  # field -> default dataset column
     optional: frozenset[str]  # columns a dataset may lack
     keys: dict[str, str]  # field -> default key inside each turn (not a column)
@@ -104,16 +104,41 @@ def _instruction_turns(instruction: str, context: str | None, answer: str) -> li
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
+def _history(row, key: str) -> list[dict[str, str]]:
+    """LLaMA-Factory's alpaca `history`: the earlier exchanges, [[instruction, response], ...], as turns."""
+    value = row.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RowProblem("malformed", f"`{key}` is a {type(value).__name__}, not a list of [user, assistant]")
+    turns = []
+    for i, exchange in enumerate(value):
+        if not isinstance(exchange, list | tuple) or len(exchange) != 2:
+            raise RowProblem("malformed", f"`{key}` item {i} is not a [user, assistant] pair")
+        user, reply = (_text(text, f"`{key}` item {i}") for text in exchange)
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return turns
+
+
 @converter(
     "alpaca",
-    columns={"instruction": "instruction", "input": "input", "output": "output"},
-    optional=("input",),
+    columns={
+        "instruction": "instruction",
+        "input": "input",
+        "output": "output",
+        "system": "system",
+        "history": "history",
+    },
+    optional=("input", "system", "history"),
 )
 def alpaca(row, col):
-    """Alpaca-style instruction / optional input / output -> one user and one assistant turn."""
-    return _instruction_turns(
+    """Alpaca-style instruction / optional input / output -> one user and one assistant turn. LLaMA-Factory's
+    alpaca adds an optional `system` (the system turn) and `history` (the earlier [instruction, response]
+    exchanges, which become the turns before this one, so a follow-up trains with its context)."""
+    turns = _history(row, col["history"]) + _instruction_turns(
         _value(row, col["instruction"]), _value(row, col["input"], optional=True), _value(row, col["output"])
     )
+    return _with_system(_value(row, col["system"], optional=True), turns)
 
 
 @converter(
@@ -242,6 +267,8 @@ def _tool_turns(row, key: str, col) -> tuple[list[dict[str, Any]], bool]:
             )
         # An assistant turn that calls tools often has no text (null or ""): the calls are its content.
         content = _value(turn, col["content"], optional=bool(calls), where=where)
+        if role == "assistant":
+            _check_weight(turn, where)
         message: dict[str, Any] = {"role": role, "content": content or ""}
         if calls:
             message["tool_calls"] = calls
@@ -252,6 +279,25 @@ def _tool_turns(row, key: str, col) -> tuple[list[dict[str, Any]], bool]:
         uses_tools = uses_tools or bool(calls) or role == "tool"
         messages.append(message)
     return messages, uses_tools
+
+
+def _check_weight(turn: Mapping[str, Any], where: str) -> None:
+    """OpenAI fine-tuning's per-turn `weight`: 1 (or none) trains the turn, 0 leaves it out of the loss.
+
+    hftune's loss mask comes from the chat template's assistant markers, which mark every assistant turn, so
+    a turn cannot be left out alone: such a row is dropped (counted) rather than trained on what the data said
+    not to train."""
+    weight = turn.get("weight")
+    if weight is None or (weight == 1 and not isinstance(weight, bool)):
+        return
+    if weight == 0 and not isinstance(weight, bool):
+        raise RowProblem(
+            "turn_weight_0",
+            f"{where}the assistant turn has `weight: 0` (OpenAI's 'do not train on this turn'); hftune "
+            "trains every assistant turn of a conversation, so it does not train this row: drop the turn's "
+            "`weight` to train it, or cut the conversation before it",
+        )
+    raise RowProblem("malformed", f"{where}`weight` is {weight!r}; OpenAI's per-turn weight is 0 or 1")
 
 
 @converter(
@@ -313,6 +359,13 @@ def _user(content: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
 
+def _prompt_turns(row, col) -> list[dict[str, str]]:
+    """The `prompt` field as turns: a text is one user turn, a list is {role, content} turns."""
+    if isinstance(row.get(col["prompt"]), list):
+        return _turns(row, col["prompt"], col, roles={})
+    return _user(_value(row, col["prompt"]))
+
+
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowProblem("malformed", f"{what} is a {type(value).__name__}, not a number")
@@ -341,6 +394,20 @@ def _shared_prompt(chosen: list[dict[str, str]], rejected: list[dict[str, str]],
     return prompt, chosen_reply, rejected_reply
 
 
+def _not_sharegpt(row, col) -> None:
+    """Refuse a ShareGPT preference row (LLaMA-Factory's ranking layout: {from, value} turns) by name: read
+    as `pairwise` it would only say that `prompt` or a turn's `role` is missing."""
+    for key in ("chosen", "rejected"):
+        value = row.get(col[key])
+        turn = value[0] if isinstance(value, list) and value else value
+        if isinstance(turn, Mapping) and col["role"] not in turn and "from" in turn:
+            raise RowProblem(
+                "malformed",
+                f"`{col[key]}` is a ShareGPT {{from, value}} turn: this is ShareGPT preference data "
+                "(conversations, chosen, rejected); read it with `converter: sharegpt_preference`",
+            )
+
+
 @converter(
     "pairwise",
     columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "margin": "margin"},
@@ -357,6 +424,7 @@ def pairwise(row, col):
     turn. A `margin` column, when the data has one, must be set on every row: TRL
     batches margins only if every example carries one.
     """
+    _not_sharegpt(row, col)
     if isinstance(row.get(col["prompt"]), list):
         # TRL's explicit-prompt format: the prompt turns, then the chosen and rejected reply turns.
         prompt = _turns(row, col["prompt"], col, roles={})
@@ -425,11 +493,7 @@ def ranked(row, col):
     Every pair of one prompt is kept, as in InstructGPT's reward model; pairs come in completion-index
     order (0-1, 0-2, ..., 1-2, ...) and a tied pair is left out as `tie`.
     """
-    prompt = (
-        _turns(row, col["prompt"], col, roles={})
-        if isinstance(row.get(col["prompt"]), list)
-        else _user(_value(row, col["prompt"]))
-    )
+    prompt = _prompt_turns(row, col)
     completions = [
         _text(c, f"completion {k}") for k, c in enumerate(_list(row, col["completions"], "a list of texts"))
     ]
@@ -471,6 +535,15 @@ def prompt_completion(row, col):
         else:
             sides.append([{"role": role, "content": _value(row, col[field])}])
     return sides[0] + sides[1]
+
+
+@converter(
+    "prompt_only", columns={"prompt": "prompt"}, yields="prompt", keys={"role": "role", "content": "content"}
+)
+def prompt_only(row, col):
+    """TRL's prompt-only layout (the prompts PPO, RLOO and GRPO generate from): `prompt` as a text (one user
+    turn) or a list of {role, content} turns ending with the user's."""
+    return _prompt_turns(row, col)
 
 
 def _reply(row, key: str, col, roles: Mapping[str, str]) -> str:
@@ -554,9 +627,6 @@ def _label(row, key: str) -> bool:
 def unpaired(row, col):
     """Unpaired preference (KTO, trl-lib/kto-mix-14k): a prompt (text -> one user turn, or a list of turns),
     one completion (text, or a one-assistant-turn list) and a boolean `label` (true = desirable)."""
-    if isinstance(row.get(col["prompt"]), list):
-        prompt = _turns(row, col["prompt"], col, roles={})
-    else:
-        prompt = _user(_value(row, col["prompt"]))
+    prompt = _prompt_turns(row, col)
     completion = _reply(row, col["completion"], col, roles={})
     return {"prompt": prompt, "completion": completion, "label": _label(row, col["label"])}

@@ -99,6 +99,7 @@ LAYOUTS = (
         "prompt_completion",
         "prompt_completion",
     ),
+    Layout("prompt-only (prompt)", frozenset({"prompt"}), "prompt_only", "prompt_only"),
     Layout("language modeling (text)", frozenset({"text"}), "text", "language_modeling"),
 )
 
@@ -133,35 +134,32 @@ def detect(
 ) -> Recipe:
     """`recipe` (converter and format `auto`) with the converter and format its rows' layout calls for.
 
-    `formats` are the TRL formats the stage trains on: a layout whose own format the stage cannot take is
-    read as the first of them that its converter's output fits (a conversation as a prompt for RL)."""
+    `formats` are the TRL formats the stage trains on (None: any). Rows can fit several layouts (an
+    UltraFeedback row has `messages` and `prompt` / `chosen` / `rejected`): the first layout the stage can
+    train on is taken, read as its own format when the stage takes that, else as the first of `formats`
+    its converter's output fits (a conversation as a prompt for RL). A layout that only reads fewer of the
+    same columns than one the stage cannot take is never a fallback: prompt / completion / label rows are
+    KTO data, and SFT must not train on their undesirable completions."""
     present = set(columns)
     first = rows[0] if len(rows) else {}
-    for layout in LAYOUTS:
-        if layout.columns <= present and (layout.test is None or layout.test(first)):
+    found = [
+        layout
+        for layout in LAYOUTS
+        if layout.columns <= present and (layout.test is None or layout.test(first))
+    ]
+    if not found:
+        _no_layout(recipe, columns, present)
+    unfit: list[Layout] = []
+    for layout in found:
+        chosen = _format_for(layout, formats)
+        if chosen is not None and not any(layout.columns <= other.columns for other in unfit):
             break
+        unfit.append(layout)
     else:
-        if {"chosen", "rejected"} <= present:
-            raise UserError(
-                f"{recipe.source.describe()}: `chosen` and `rejected` are texts with no prompt; hftune needs "
-                "the prompt: a `prompt` column, conversations (lists of turns), or hh-rlhf transcripts"
-            )
-        known = "; ".join(sorted({", ".join(sorted(layout.columns)) for layout in LAYOUTS}))
         raise UserError(
-            f"{recipe.source.describe()}: columns {', '.join(columns)} are none of TRL's standard formats "
-            f"(columns: {known}). Write a data recipe that maps them (see `hftune data list` and the "
-            "README's Data section)."
+            f"{recipe.source.describe()} is {found[0].name} data; this stage trains on "
+            f"{', '.join(formats or ())} rows"
         )
-    kind = CONVERTERS[layout.converter].yields
-    chosen = layout.format
-    if formats is not None and chosen not in formats:
-        fits = [name for name in formats if FORMATS[name].accepts == kind]
-        if not fits:
-            raise UserError(
-                f"{recipe.source.describe()} is {layout.name} data; this stage trains on "
-                f"{', '.join(formats)} rows"
-            )
-        chosen = fits[0]
     tools = " with a `tools` column" if "tools" in present and layout.converter == "messages" else ""
     logger.info(
         "%s: detected TRL format %s%s; read with the `%s` converter as `%s` rows",
@@ -172,3 +170,26 @@ def detect(
         chosen,
     )
     return recipe.replaced(converter=layout.converter, format=chosen, mapping={})
+
+
+def _format_for(layout: Layout, formats: Sequence[str] | None) -> str | None:
+    """The TRL format `layout` is read as for a stage training on `formats`; None when it takes none."""
+    if formats is None or layout.format in formats:
+        return layout.format
+    kind = CONVERTERS[layout.converter].yields
+    return next((name for name in formats if kind in FORMATS[name].accepts), None)
+
+
+def _no_layout(recipe: Recipe, columns: Sequence[str], present: set[str]) -> None:
+    """Refuse columns that fit no TRL layout, saying what would."""
+    if {"chosen", "rejected"} <= present:
+        raise UserError(
+            f"{recipe.source.describe()}: `chosen` and `rejected` are texts with no prompt; hftune needs "
+            "the prompt: a `prompt` column, conversations (lists of turns), or hh-rlhf transcripts"
+        )
+    known = "; ".join(sorted({", ".join(sorted(layout.columns)) for layout in LAYOUTS}))
+    raise UserError(
+        f"{recipe.source.describe()}: columns {', '.join(columns)} are none of TRL's standard formats "
+        f"(columns: {known}). Write a data recipe that maps them (see `hftune data list` and the "
+        "README's Data section)."
+    )

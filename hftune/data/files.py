@@ -8,7 +8,8 @@ a CSV answer `007` became the number 7 (and trained as "7.0"), a JSON `42` next 
 - JSON keeps its own types, and a JSON number remembers its source text (`JsonInt` / `JsonFloat`): it still
   compares and computes as a number (margins, ranks, scores), and a field the recipe reads as text gets
   the digits as the file wrote them (`3.10` stays "3.10", `1e5` stays "1e5", never "100000.0").
-- a plain-text file is one row per line, column `text`.
+- a plain-text file is one row per document (documents are separated by blank lines; a file without
+  a blank line is one document per line), column `text`.
 
 Every file is UTF-8 (a leading byte-order mark is allowed). Anything these readers cannot make sense of is a
 `UserError` that names the file and the line: a non-UTF-8 byte, a line that is not JSON, a CSV row with more
@@ -208,8 +209,26 @@ def _read_csv(path: Path, text: str) -> Rows:
 
 
 def _read_text(path: Path, text: str) -> Rows:
-    """One row per line (line breaks "\\n", "\\r\\n" or "\\r"), column `text`, as `datasets`' text loader."""
+    """Documents separated by blank lines, column `text`; a file without a blank line is one per line.
+
+    A plain-text corpus usually holds documents of several lines (paragraphs, articles) separated by a blank
+    line, and the held-out split is by document, so a document must not be cut at its line breaks. A file
+    with no blank line at all (a line-per-document corpus such as `tiny_corpus`) keeps one document per line,
+    as `datasets`' text loader reads it. Line breaks ("\\n", "\\r\\n" or "\\r") inside a document are "\\n";
+    a line of only spaces or tabs is blank, and nothing else of a document is changed.
+    """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[-1] == "":
         lines.pop()
-    return Rows([{"text": line} for line in lines], ["text"])
+    filled = [n for n, line in enumerate(lines) if line.strip(" \t")]
+    # Blank lines before the first or after the last line of text separate nothing.
+    if not filled or len(filled) == filled[-1] - filled[0] + 1:
+        return Rows([{"text": line} for line in lines], ["text"])
+    documents, current = [], []
+    for line in [*lines, ""]:
+        if line.strip(" \t"):
+            current.append(line)
+        elif current:
+            documents.append("\n".join(current))
+            current = []
+    return Rows([{"text": document} for document in documents], ["text"])

@@ -1,10 +1,10 @@
 """Checks per kind of converter output, and the TRL dataset formats a checked example becomes.
 
-`KINDS` says, for each kind a converter yields ("chat", "text", "preference", "unpaired"), how a converted
-example is checked (roles, blank turns, alternation, the recipe's system prompt; a failure raises
+`KINDS` says, for each kind a converter yields ("chat", "prompt", "text", "preference", "unpaired"), how a
+converted example is checked (roles, blank turns, alternation, the recipe's system prompt; a failure raises
 `RowProblem`) and what the trainer will tokenize for it. `FORMATS` maps each TRL format name a recipe can
-ask for to the function that turns one checked unit into a training row; a format accepts one kind of
-converter.
+ask for to the function that turns one checked unit into a training row; a format accepts one or more
+kinds (prompt-only rows come from a conversation, whose last reply is dropped, or from a prompt as is).
 Adding a format is one decorated function, see `trl_format`.
 
 A chat unit is a plain list of turns, or, for a conversation with tools, {"messages": [turns], "tools":
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blank
+from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blank, same_text
 from hftune.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: recipe.py imports this module
@@ -108,6 +108,15 @@ def _check_chat(unit: list[dict[str, str]] | dict[str, Any], recipe: Recipe) -> 
     return {"messages": messages, "tools": unit["tools"]}
 
 
+def _check_prompt(messages: list[dict[str, str]], recipe: Recipe) -> list[dict[str, str]]:
+    """A prompt for RL (prompt-only data): valid turns that hand over to the model with a user turn."""
+    messages = _check_turns(messages, recipe)
+    if not messages or messages[-1]["role"] != "user":
+        raise RowProblem("no_user_turn", "the prompt does not end with a user turn")
+    _check_alternating(messages)
+    return messages
+
+
 def _check_text(value: str, recipe: Recipe) -> str:
     if is_blank(value):
         raise RowProblem("empty_text", "the text is blank")
@@ -132,7 +141,8 @@ def _check_preference(pairs: list[dict | PairProblem], recipe: Recipe) -> list[d
         for side in ("chosen", "rejected"):
             if is_blank(pair[side]):
                 raise RowProblem("empty_turn", f"the {side} reply is blank")
-        if pair["chosen"].strip() == pair["rejected"].strip():
+        # Replies that differ only by invisible characters or spacing are the same reply (`same_text`).
+        if same_text(pair["chosen"], pair["rejected"]):
             checked.append(PairProblem("identical", "the chosen and rejected replies are the same text"))
             continue
         checked.append({**pair, "prompt": prompt})
@@ -176,6 +186,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "chat": Kind(_check_chat, lambda conversation: [conversation]),
+    "prompt": Kind(_check_prompt, lambda prompt: [prompt]),
     "text": Kind(_check_text, lambda value: [value]),
     "preference": Kind(_check_preference, lambda pair: list(_replies(pair)), paired=True),
     "unpaired": Kind(
@@ -192,17 +203,17 @@ KINDS: dict[str, Kind] = {
 class Format:
     name: str
     fn: Callable[[Any], dict[str, Any]]  # one unit (a conversation, a text, a preference pair) -> one row
-    accepts: str  # the converter kind it takes (Converter.yields)
+    accepts: tuple[str, ...]  # the converter kinds it takes (Converter.yields)
 
 
 FORMATS: dict[str, Format] = {}
 
 
-def trl_format(name: str, *, accepts: str):
-    """Register `fn(example) -> row` as the TRL dataset format `name`."""
+def trl_format(name: str, *, accepts: str | tuple[str, ...]):
+    """Register `fn(example) -> row` as the TRL dataset format `name`, built from the kind(s) `accepts`."""
 
     def register(fn):
-        FORMATS[name] = Format(name, fn, accepts)
+        FORMATS[name] = Format(name, fn, (accepts,) if isinstance(accepts, str) else tuple(accepts))
         return fn
 
     return register
@@ -230,11 +241,14 @@ def prompt_completion(unit):
     return {"prompt": conversation[:-1], "completion": conversation[-1:], **tools}
 
 
-@trl_format("prompt_only", accepts="chat")
+@trl_format("prompt_only", accepts=("chat", "prompt"))
 def prompt_only(unit):
-    """TRL's conversational prompt-only (PPO, RLOO, GRPO): everything before the last assistant turn."""
+    """TRL's conversational prompt-only (PPO, RLOO, GRPO): a conversation's turns before its last assistant
+    turn, or a prompt as it is (prompt-only data, which ends with a user turn)."""
     conversation, tools = _split_tools(unit)
-    return {"prompt": conversation[:-1], **tools}
+    if conversation[-1]["role"] == "assistant":
+        conversation = conversation[:-1]
+    return {"prompt": conversation, **tools}
 
 
 def _with_margin(row: dict[str, Any], pair: dict) -> dict[str, Any]:
@@ -271,9 +285,9 @@ def language_modeling(value):
 
 def format_mismatch(format_name: str, spec: Converter) -> str | None:
     """Why format `format_name` cannot take what converter `spec` yields; None when it can."""
-    if FORMATS[format_name].accepts == spec.yields:
+    if spec.yields in FORMATS[format_name].accepts:
         return None
-    fits = [f for f, fmt in FORMATS.items() if fmt.accepts == spec.yields]
+    fits = [f for f, fmt in FORMATS.items() if spec.yields in fmt.accepts]
     return f"`{format_name}` cannot be built by the `{spec.name}` converter; it fits: {', '.join(fits)}"
 
 

@@ -11,7 +11,11 @@ prepares each part with `prepare_dataset` (the same checks, drops and held-out r
 and combines them, keeping per-part counts for the log and the manifest.
 
 A weight scales how many training rows a part contributes: 2.0 repeats each of its rows twice, 0.5 keeps
-a seeded half. Held-out rows are never weighted: every part's held-out prompts are held out once.
+a seeded half. Held-out rows are never weighted: every part's held-out prompts are held out once. A weight
+is at most `MAX_WEIGHT`: the repeats are real rows in memory (a weight of 1e7 on a few hundred rows grew the
+process past 4 GB), and a weight is a ratio between parts, so a larger one is written as smaller weights on
+the other parts (any weight above 0 still contributes a row). A part names its recipe and data once: the
+same rows twice would be held out and trained on twice; `weight` is how a part gets more.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -33,6 +38,7 @@ from hftune.errors import UserError, did_you_mean
 logger = logging.getLogger("hftune.data")
 
 PART_KEYS = ("recipe", "data_files", "max_samples", "weight")
+MAX_WEIGHT = 1000.0  # see the module docstring: repeats are rows in memory, and weights are ratios
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ def mixture_problems(value: Any) -> list[str]:
         weight = item.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not (0 < weight < math.inf):
             problems.append(f"{where}.weight: must be a positive number, got {weight!r}")
+        elif weight > MAX_WEIGHT:
+            problems.append(
+                f"{where}.weight: {weight!r} is over {MAX_WEIGHT:g}; a weight repeats its rows in memory, "
+                "and weights are ratios between parts: give the other parts smaller weights instead"
+            )
     return problems
 
 
@@ -93,7 +104,7 @@ def data_parts(extras: Any, script: Any = None) -> list[Part]:
                 "`data_recipe` is a mixture: give each part its own `data_files` instead of a top-level "
                 "`data_files` / `dataset_name`"
             )
-        return [_part(item, extras.max_samples) for item in value]
+        return _distinct([_part(item, extras.max_samples) for item in value])
     if name is not None:
         if extras.data_files is not None:
             raise UserError("`dataset_name` and `data_files`: choose one (both say where the rows are)")
@@ -116,6 +127,24 @@ def _part(item: str | dict, max_samples: int | None) -> Part:
         item.get("max_samples", max_samples),
         float(item.get("weight", 1.0)),
     )
+
+
+def _distinct(parts: list[Part]) -> list[Part]:
+    """The mixture's parts, refused when two read the same recipe file on the same data: that part's rows
+    would be held out twice and trained on twice, which no one means; `weight` gives a part more rows."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, part in enumerate(parts):
+        recipe = str(part.recipe.path or part.recipe.name)
+        data = str(Path(part.data_files).resolve()) if part.data_files else part.recipe.source.describe()
+        first = seen.setdefault((recipe, data), i)
+        if first != i:
+            rows = f"data_files {part.data_files}" if part.data_files else f"its source {data}"
+            raise UserError(
+                f"`data_recipe[{i}]`: the same recipe ({part.name}) on the same data ({rows}) as "
+                f"`data_recipe[{first}]`; a mixture names each part once: to give it more rows, set its "
+                "`weight` (e.g. weight: 2.0)"
+            )
+    return parts
 
 
 def prepare_parts(parts: list[Part], **kwargs: Any) -> PreparedData:

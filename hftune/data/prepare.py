@@ -23,7 +23,7 @@ import datasets
 from hftune.data.converters import CONVERTERS
 from hftune.data.detect import AUTO, detect
 from hftune.data.formats import FORMATS, KINDS, Format, format_mismatch
-from hftune.data.problems import PairProblem, RowProblem, format_counts, is_blank
+from hftune.data.problems import PairProblem, RowProblem, bad_unicode, format_counts, is_blank
 from hftune.data.prompt_keys import is_held_out, prompt_key, split_value
 from hftune.data.recipe import Recipe, load_recipe
 from hftune.data.sources import check_columns, load_rows
@@ -95,10 +95,48 @@ class PreparedData:
 
 
 PREPARED_META = "prepared.json"
+# Size and sha256 of every file save_prepared wrote, so a reader can tell a damaged copy (a truncated Arrow
+# file, bytes overwritten) from the rows as written (`damage`).
+PREPARED_SUMS = "checksums.json"
+
+
+def file_checksums(folder: Path) -> dict[str, list]:
+    """Every file under `folder` (but the checksums themselves): relative path -> [size, sha256]."""
+    sums = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != PREPARED_SUMS):
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        sums[file.relative_to(folder).as_posix()] = [file.stat().st_size, digest.hexdigest()]
+    return sums
+
+
+def damage(folder: Path) -> str | None:
+    """What differs in `folder` from what save_prepared wrote there (None: nothing). Files added beside
+    them later (`datasets`' caches of the trainers' passes) are not its rows and are not checked. Sizes are
+    compared first, so a truncated file is found without reading the rest; every byte is then hashed
+    (about a second a gigabyte), which is what reading the rows back would cost anyway."""
+    try:
+        recorded = json.loads((folder / PREPARED_SUMS).read_text())
+    except (OSError, ValueError):
+        return f"no readable {PREPARED_SUMS}"
+    if not isinstance(recorded, dict):
+        return f"{PREPARED_SUMS} is not a mapping"
+    for name, (size, _) in recorded.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {size} were written"
+    actual = file_checksums(folder)
+    changed = [name for name, sums in recorded.items() if actual.get(name) != sums]
+    return f"{changed[0]} is not the file that was written (its sha256 differs)" if changed else None
 
 
 def save_prepared(data: PreparedData, folder: Path) -> None:
-    """Write prepared rows (Arrow) and their bookkeeping (JSON) so other processes can read them back."""
+    """Write prepared rows (Arrow), their bookkeeping (JSON) and every file's checksum (`damage`) so other
+    processes can read them back."""
     import dataclasses
 
     from hftune.artifacts import atomic_dir
@@ -111,6 +149,7 @@ def save_prepared(data: PreparedData, folder: Path) -> None:
         meta = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
         del meta["train"], meta["eval"]
         (tmp / PREPARED_META).write_text(json.dumps(meta))
+        (tmp / PREPARED_SUMS).write_text(json.dumps(file_checksums(tmp)))
 
 
 def load_prepared(folder: Path) -> PreparedData:
@@ -244,6 +283,9 @@ def prepare_dataset(
             if recipe.transform_fn is not None:
                 row = apply_transform(recipe, row, i, label)
             example = kind.check(spec.fn(row, recipe.mapping), recipe)
+            # A lone surrogate (JSON can escape one: "\\ud800") cannot be encoded; no tokenizer takes it.
+            if unreadable := bad_unicode(example):
+                raise RowProblem("bad_unicode", unreadable)
         except RowProblem as problem:
             problems.append((i, problem.reason, problem.detail))
             continue

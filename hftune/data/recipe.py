@@ -13,10 +13,12 @@ the same Recipe is handed to every caller, so Recipe and Source are frozen.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ LOCAL_BUILDERS = {
     ".jsonl": "json",
     ".csv": "csv",
     ".parquet": "parquet",
-    ".txt": "text",  # one row per line, column `text` (plain-text corpora for pretraining)
+    ".txt": "text",  # one row per document (blank-line separated; see files._read_text), column `text`
 }
 
 
@@ -324,11 +326,98 @@ def _resolve_transform(spec: str, recipe_dir: Path | None) -> Callable[[dict], d
         if local is None or not local.is_file():
             where = f" and there is no {local}" if local else ""
             raise UserError(f"cannot import `{module_name}` ({err}){where}") from err
-        module_spec = importlib.util.spec_from_file_location(f"_hftune_transform_{local.stem}", local)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = _load_beside(local, recipe_dir)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         functions = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise UserError(f"`{module_name}` has no function `{fn_name}`{did_you_mean(fn_name, functions)}")
     return fn
+
+
+def _load_beside(file: Path, folder: Path) -> Any:
+    """The transform module `file` from the recipe's `folder`, which is importable while it loads, so the
+    module can import a helper module beside it (`import helpers`), as it would run from that folder.
+
+    sys.path gets the folder only while the module executes, and the helper modules it imported from there
+    leave sys.modules afterwards (the transform keeps its own references): another recipe's folder may hold
+    a helper of the same name, and must get its own. Import helpers at the module's top, not in a function.
+    """
+    module_spec = importlib.util.spec_from_file_location(f"_hftune_transform_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    entry, before = str(folder), set(sys.modules)
+    sys.path.insert(0, entry)
+    try:
+        module_spec.loader.exec_module(module)
+    except (ImportError, SyntaxError) as err:
+        raise UserError(f"cannot load {file}: {type(err).__name__}: {err}") from err
+    finally:
+        if entry in sys.path:  # the one added, even if the module moved it
+            sys.path.remove(entry)
+        for name in set(sys.modules) - before:
+            origin = getattr(sys.modules[name], "__file__", None)
+            if origin and Path(origin).resolve().is_relative_to(folder.resolve()):
+                del sys.modules[name]
+    return module
+
+
+def transform_files(spec: str, recipe_dir: Path | None) -> list[Path] | None:
+    """The source files a `module:function` transform runs: its module's file and, transitively, the modules
+    it imports that are found beside it (in its folder, or its package's, as `_resolve_transform` makes them
+    importable), in a stable order. Installed libraries it imports are not followed. None when the module's
+    file cannot be found (its rows are then never cached)."""
+    module_name = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.origin and Path(found.origin).is_file():
+        first = Path(found.origin)
+        # The sys.path folder the module was found under: absolute imports beside it resolve from there.
+        depth = module_name.count(".") + (first.name == "__init__.py")
+        root = first.parents[depth]
+        # An installed module: follow its own package only, never the libraries installed beside it.
+        package = module_name.split(".")[0] if root.name in ("site-packages", "dist-packages") else None
+    elif recipe_dir is not None and (recipe_dir / (module_name.replace(".", "/") + ".py")).is_file():
+        first, root, package = recipe_dir / (module_name.replace(".", "/") + ".py"), recipe_dir, None
+    else:
+        return None
+    files, todo = [first], [first]
+    while todo:
+        file = todo.pop()
+        for imported in _local_imports(file, root, package):
+            if imported not in files:
+                files.append(imported)
+                todo.append(imported)
+    return sorted(files)
+
+
+def _local_imports(file: Path, root: Path, package: str | None) -> list[Path]:
+    """The files under `root` that `file`'s import statements (anywhere in it) name: `import a.b`, `from a
+    import b` (a module or a name), `from . import b`; each package's `__init__.py` on the way included.
+    With `package`, absolute imports of other top-level names are not followed."""
+    if file.suffix != ".py":
+        return []
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (SyntaxError, ValueError):
+        return []  # hashed as bytes all the same; it cannot have run
+    names: list[tuple[Path, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [(root, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = root if node.level == 0 else file.parents[node.level - 1]
+            module = node.module or ""
+            names += [(base, module)] if module else []
+            names += [(base, f"{module}.{alias.name}".strip(".")) for alias in node.names]
+    found = []
+    for base, dotted in names:
+        if package and base == root and dotted.split(".")[0] != package:
+            continue
+        folder = base
+        for part in dotted.split("."):
+            for candidate in (folder / part / "__init__.py", folder / f"{part}.py"):
+                if candidate.is_file() and candidate.resolve().is_relative_to(root.resolve()):
+                    found.append(candidate)
+            folder = folder / part
+    return found

@@ -6,6 +6,7 @@ Hub datasets by `datasets`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from hftune.data.converters import CONVERTERS
 from hftune.data.files import read_file
 from hftune.data.recipe import LOCAL_BUILDERS, Recipe, Source
 from hftune.errors import UserError, did_you_mean
+
+logger = logging.getLogger("hftune.data")
 
 
 def resolve_source_path(recipe: Recipe) -> Path:
@@ -122,9 +125,26 @@ def load_rows(
     return _first(dataset, max_rows), dataset.column_names, recipe.source.describe()
 
 
+def unread_columns(recipe: Recipe, columns: Sequence[str]) -> list[str]:
+    """The columns of the data that the recipe's converter does not read (none are known with a transform,
+    whose output columns only its rows show)."""
+    if recipe.transform_fn is not None:
+        return []
+    read = {recipe.mapping[f] for f in CONVERTERS[recipe.converter].columns}
+    return [column for column in columns if column not in read]
+
+
 def check_columns(recipe: Recipe, columns: list[str], label: str) -> None:
-    """Refuse (one UserError for all) rows that lack a column the recipe's converter reads."""
+    """Refuse (one UserError for all) rows that lack a column the recipe's converter reads; say which columns
+    it leaves unread, since their content does not reach the model."""
     spec = CONVERTERS[recipe.converter]
+    if unread := unread_columns(recipe, columns):
+        logger.info(
+            "%s: columns ignored (the `%s` converter does not read them): %s",
+            label,
+            spec.name,
+            ", ".join(unread),
+        )
     missing = [
         (f, recipe.mapping[f])
         for f in spec.columns

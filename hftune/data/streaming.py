@@ -182,23 +182,51 @@ def _streamed(label: str, **kwargs: Any) -> Iterator[Mapping[str, Any]]:
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
-    """A `.txt` file's lines as `{"text": line}` (as `files` reads them: UTF-8, a BOM allowed, "\\n", "\\r\\n"
-    or "\\r" line breaks) or a `.jsonl` file's objects, one line at a time."""
+    """A `.txt` file's documents as `{"text": document}` (as `files` reads them: UTF-8, a BOM allowed, "\\n",
+    "\\r\\n" or "\\r" line breaks; documents separated by blank lines, or one a line in a file without one)
+    or a `.jsonl` file's objects, one line at a time."""
     text = path.suffix == ".txt"
-    number = 0
+    paragraphs = text and _has_paragraphs(path)
+    number, document = 0, []
     try:
         with path.open(encoding="utf-8-sig") as lines:  # universal newlines, as `files` splits them
             for number, line in enumerate(lines, start=1):
                 line = line.removesuffix("\n")
-                if text:
+                if paragraphs:
+                    if line.strip(" \t"):
+                        document.append(line)
+                    elif document:
+                        yield {"text": "\n".join(document)}
+                        document = []
+                elif text:
                     yield {"text": line}
                 elif line.strip():
                     yield _json_row(path, line, number)
+            if document:
+                yield {"text": "\n".join(document)}
     except UnicodeDecodeError as err:
         raise UserError(
             f"data file {path} is not UTF-8 text: after line {number}, byte 0x{err.object[err.start]:02x} "
             f"({err.reason}). hftune reads data files as UTF-8; re-save it as UTF-8"
         ) from None
+
+
+def _has_paragraphs(path: Path) -> bool:
+    """Whether a blank line separates two lines of text in a `.txt` file (then its documents are paragraphs,
+    as `files` reads them whole); reads up to the first such line, in the worst case the file once."""
+    seen_text = blank_after_text = False
+    try:
+        with path.open(encoding="utf-8-sig") as lines:
+            for line in lines:
+                if not line.strip(" \t\n"):
+                    blank_after_text = seen_text
+                elif blank_after_text:
+                    return True
+                else:
+                    seen_text = True
+    except UnicodeDecodeError:
+        return False  # `_lines` reports it, naming the line
+    return False
 
 
 def _json_row(path: Path, line: str, number: int) -> dict[str, Any]:

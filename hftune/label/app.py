@@ -5,22 +5,25 @@ the sampling order), named only by slot letters; the server maps a submitted ran
 order, so nothing on the page tells which completion was sampled first. Every model text is sent as JSON
 and put on the page as text, never as HTML, and the page runs only its own script (Content-Security-Policy),
 loads nothing from elsewhere and works offline. With an access token (serving beyond loopback) every request
-must carry it: `?token=` once sets a cookie.
+must carry it: `?token=` once sets a cookie. Every write, also on loopback, must come from the page this
+run served (its write token, JSON, its own origin: `guard`), so a page on another origin cannot label.
 """
 
 from __future__ import annotations
 
 import datetime
-import hmac
 import random
+import secrets
 import string
 import unicodedata
 from pathlib import Path
 from typing import Any
 
+from hftune.label import guard
 from hftune.label.store import FLAGS, LabelStore
 
 STATIC = Path(__file__).with_name("static")
+TOKEN_SLOT = "__HFTUNE_WRITE_TOKEN__"  # in index.html: where the page served gets this run's write token
 TOKEN_COOKIE = "hftune_label_token"
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -43,6 +46,10 @@ def shown_order(salt: str, item: str, labeller: str, k: int) -> list[int]:
 
 class BadRequest(ValueError):
     pass
+
+
+class Conflict(ValueError):
+    """The labeller already answered the item otherwise: this answer is not saved, and the page says why."""
 
 
 def _labeller(value: Any) -> str:
@@ -84,7 +91,7 @@ class Labelling:
         if not isinstance(body, dict):
             raise BadRequest("expected a JSON object")
         labeller = _labeller(body.get("labeller"))
-        if body.get("item") not in self.by_id:
+        if not isinstance(body.get("item"), str) or body["item"] not in self.by_id:
             raise BadRequest("unknown item")
         item = self.items[self.by_id[body["item"]]]
         k = len(item["completions"])
@@ -121,40 +128,66 @@ class Labelling:
             shown=order,
             time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
-        saved = self.store.append(row)
-        return {**self.next_for(labeller), "saved": saved}
+        earlier = self.store.append(row)
+        if earlier is not None and _answer(earlier) != _answer(row):
+            # One answer a labeller an item (stats and training count each once). Only this run's page can
+            # write, so the earlier answer is the labeller's own, from another tab or an earlier visit; the
+            # page must keep this one on screen and say so, never move on as if it were saved.
+            raise Conflict(
+                f"not saved: {labeller} already answered this prompt ({earlier['status']}, "
+                f"{earlier.get('time', 'earlier')}); reload the page for the next one"
+            )
+        # Saved now, or the same answer was already (a submit sent twice): either way it is on disk.
+        return {**self.next_for(labeller), "saved": True}
+
+
+def _answer(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["status"], row.get("ranks"), row.get("flag")
 
 
 def create_app(labelling: Labelling, *, token: str | None = None, allowed_hosts: list[str] | None = None):
+    """The app. `token`: the access token every request needs (serving beyond loopback). Every write needs
+    this run's write token, made here and written only into the page served at `/`."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    async def guard(request: Request, call_next):
-        if token is not None:
-            given = request.query_params.get("token")
-            if given is not None and hmac.compare_digest(given, token):
-                # Trade the token in the address for a cookie, and drop it from the address bar.
-                response: Response = RedirectResponse(
-                    request.url.remove_query_params("token"), status_code=303
-                )
-                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-                return response
-            if not hmac.compare_digest(request.cookies.get(TOKEN_COOKIE, ""), token):
-                return JSONResponse(
-                    {"error": "access token required: open the address hftune label printed"}, 401
-                )
+    write_token = secrets.token_urlsafe(32)
+    index = (STATIC / "index.html").read_text(encoding="utf-8")
+    index = index.replace(TOKEN_SLOT, write_token)
+
+    def refuse(status: int, message: str) -> Response:
+        return JSONResponse({"error": message}, status, headers=HEADERS)
+
+    async def check(request: Request, call_next):
+        try:
+            if token is not None:
+                given = request.query_params.get("token")
+                if guard.same_token(given, token, "access token"):
+                    # Trade the token in the address for a cookie, and drop it from the address bar.
+                    response: Response = RedirectResponse(
+                        request.url.remove_query_params("token"), status_code=303
+                    )
+                    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+                    return response
+                if not guard.same_token(request.cookies.get(TOKEN_COOKIE), token, "access token"):
+                    return refuse(401, "access token required: open the address hftune label printed")
+            if request.method not in guard.READ_METHODS:
+                own_origin = f"{request.url.scheme}://{request.url.netloc}"  # netloc: the Host header
+                guard.check_write(request.headers, own_origin, write_token)
+        except guard.Refused as err:
+            return refuse(err.status, str(err))
         response = await call_next(request)
         response.headers.update(HEADERS)
         return response
 
     async def page(request: Request):
-        return FileResponse(STATIC / "index.html")
+        return HTMLResponse(index)
 
     async def next_item(request: Request):
         try:
@@ -164,18 +197,19 @@ def create_app(labelling: Labelling, *, token: str | None = None, allowed_hosts:
 
     async def submit(request: Request):
         try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "expected a JSON object"}, 400)
-        try:
+            body = await guard.json_body(request)
             # The fsync runs in a worker thread, so one labeller's save does not stall the others' pages.
             from starlette.concurrency import run_in_threadpool
 
             return JSONResponse(await run_in_threadpool(labelling.submit, body))
+        except guard.Refused as err:
+            return JSONResponse({"error": str(err)}, err.status)
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, 400)
+        except Conflict as err:
+            return JSONResponse({"error": str(err), "saved": False}, 409)
 
-    middleware = [Middleware(BaseHTTPMiddleware, dispatch=guard)]
+    middleware = [Middleware(BaseHTTPMiddleware, dispatch=check)]
     if allowed_hosts:
         # On loopback only the loopback names: a page elsewhere cannot reach the server by DNS rebinding.
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))

@@ -83,17 +83,19 @@ class LabelStore:
         with self._lock:
             return {r["item"] for r in self.rows if r["labeller"] == labeller}
 
-    def append(self, row: dict[str, Any]) -> bool:
-        """Write one submission durably; False (nothing written) if this labeller already answered the item,
-        as a page reloaded during a submit may send it twice."""
+    def append(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Write one submission durably and return None; or, if this labeller already answered the item
+        (a submit sent twice, another tab), write nothing and return that earlier answer, for the caller
+        to tell the labeller: one answer a labeller an item, the first."""
         with self._lock:
-            if any(r["item"] == row["item"] and r["labeller"] == row["labeller"] for r in self.rows):
-                return False
+            for r in self.rows:
+                if r["item"] == row["item"] and r["labeller"] == row["labeller"]:
+                    return r
             self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
             self.rows.append(row)
-            return True
+            return None
 
     def close(self) -> None:
         self._file.close()

@@ -7,11 +7,14 @@
 The upload is assembled in a staging folder from an allowlist: the weights (a LoRA adapter, or a full
 model's safetensors and config), the tokenizer with its chat template, a model card rendered from the
 manifests (`hftune.publish.card`), and the manifest, resolved config and metrics. Nothing else ever leaves
-the machine: no pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs, no symlinks or hard
-links (either may be a file from elsewhere on the machine). `--dry-run OUTDIR` replaces only a new, empty or
-earlier dry-run folder (unless `--overwrite`), and leaves nothing behind if it fails. The token comes only
-from `HF_TOKEN` or the Hub login cache (`hf auth login`), is handed to `HfApi` and nowhere else, and every
-staged file is checked not to contain it before anything is sent."""
+the machine: no pickles (*.bin, *.pt), no checkpoints, no `.work` folders, no logs, no hard links and no
+symlinks (either may be a file from elsewhere on the machine) but a symlinked weight file, whose target is
+uploaded (weights kept on another disk; a safetensors file holds tensors, not any file of the machine). A
+folder with no weights to upload is refused rather than pushed without them. `--dry-run OUTDIR` replaces
+only a new, empty or earlier dry-run folder (unless `--overwrite`), and leaves nothing behind if it fails.
+The token comes only from `HF_TOKEN` or the Hub login cache (`hf auth login`), is handed to `HfApi` and
+nowhere else, and every staged file, its name included, is checked not to contain it before anything is
+sent."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import shlex
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,8 +106,14 @@ def select_files(folder: Path) -> list[Path]:
             raise UserError(f"{folder}: full-model weights without config.json")
         weights = shards + [folder / n for n in MODEL_FILES]
     names = [*weights, *(folder / n for n in TOKENIZER_FILES), *(folder / n for n in RECORD_FILES)]
-    # A file only; a symlink could point anywhere on the machine.
-    files = [p for p in dict.fromkeys(names) if p.is_file() and not p.is_symlink()]
+    for path in names:
+        if path.is_symlink():
+            _check_symlink(path)
+    files = [p for p in dict.fromkeys(names) if p.is_file()]
+    if not any(p.suffix == ".safetensors" for p in files):
+        # Only the full-model branch gets here (the adapter's weights are checked above): every *.safetensors
+        # is something other than a file (a folder, a link to nothing).
+        raise UserError(f"{folder}: no weights to upload (no *.safetensors file); nothing was pushed")
     for path in files:
         # A hard link is the same file as another name somewhere else on this file system (perhaps outside
         # the artifact, perhaps not the user's to publish): nothing says which of the two hftune wrote.
@@ -118,6 +127,22 @@ def select_files(folder: Path) -> list[Path]:
         if path.suffix == ".safetensors":
             _check_safetensors(path)
     return files
+
+
+def _check_symlink(path: Path) -> None:
+    """A symlinked weight file is uploaded as the file it points to, once that is a regular file (its header
+    is checked like any weight file's); any other symlink is refused, never skipped: a symlinked vocab.txt or
+    config could be any file on the machine, and the upload would silently lack it."""
+    target = os.path.realpath(path)
+    if path.suffix != ".safetensors":
+        raise UserError(
+            f"{path} is a symbolic link (to {target}); refusing to upload it, since only weight files "
+            f"(*.safetensors) are followed. If it is meant to be there, replace it by a plain copy "
+            f"({_copy_command(path)}) and push again."
+        )
+    if not os.path.isfile(target):
+        raise UserError(f"{path} is a symbolic link to {target}, which is not a file; nothing was pushed")
+    logger.info("%s: a symbolic link; uploading the file it points to, %s", path.name, target)
 
 
 def _copy_command(path: Path) -> str:
@@ -195,11 +220,16 @@ def stage_files(
     eval_dir: str | os.PathLike | None = None,
     base_model_id: str | None = None,
     link_weights: bool = False,
+    secrets: Sequence[str] = (),
 ) -> list[str]:
     """Write into `dest` (an empty folder) exactly what is uploaded; returns the file names. Everything is
-    checked (the card rendered, the files chosen) before the first file is written."""
+    checked (the card rendered, the files chosen, their names free of `secrets`) before the first file is
+    written or named in the log."""
     text = card.render(folder, eval_dir=eval_dir, repo_id=repo_id, base_model_id=base_model_id, by="push")
-    for src in select_files(folder):
+    selected = select_files(folder)
+    for src in selected:
+        _check_name(src.relative_to(folder), folder, secrets)
+    for src in selected:
         target = dest / src.name
         if src.name == "adapter_config.json":
             edit = {"base_model_name_or_path": base_model_id} if base_model_id else None
@@ -233,10 +263,24 @@ def _safetensors_header(path: Path) -> bytes:
         return f.read(min(length, 100_000_000))
 
 
+def _check_name(name: Path, folder: Path, secrets: Sequence[str]) -> None:
+    """A file's path in the repo is public too: a token in any of its parts (a shard named after it) is
+    refused, and the message names the file with the token redacted."""
+    if any(s and s in part for s in secrets for part in name.parts):
+        shown = str(folder / name)
+        for s in secrets:
+            if s:
+                shown = shown.replace(s, "<redacted>")
+        raise UserError(
+            f"{shown}: the file's name contains the Hub token; nothing was uploaded. Rename it and retry."
+        )
+
+
 def assert_no_secret(dest: Path, secrets: list[str]) -> None:
-    """The last check before anything is sent: no staged file contains a token."""
+    """The last check before anything is sent: no staged file contains a token, in its bytes or its name."""
     needles = [s.encode() for s in secrets if s]
     for path in sorted(dest.iterdir()):
+        _check_name(path.relative_to(dest), dest, secrets)
         data = _safetensors_header(path) if path.suffix == ".safetensors" else path.read_bytes()
         if any(n in data for n in needles):
             raise UserError(f"{path.name} contains the Hub token; nothing was uploaded. Remove it and retry.")
@@ -358,19 +402,21 @@ def push(
             _disk_errors("--dry-run", out),
             artifacts.atomic_dir(out, overwrite=overwrite, what="--dry-run") as tmp,
         ):
-            files = stage_files(folder, tmp, **stage_kwargs)
-            assert_no_secret(tmp, _live_secrets(_token_if_any()))
+            secrets = _live_secrets(_token_if_any())
+            files = stage_files(folder, tmp, secrets=secrets, **stage_kwargs)
+            assert_no_secret(tmp, secrets)
         logger.info("dry run: wrote %s; nothing was uploaded", out)
         return PushResult(repo_id, files, out, None)
 
     token = _token()  # before any work: a missing login is the likeliest mistake
+    secrets = _live_secrets(token)
     stage = lineage.read_manifest(folder)["stage"]
     message = commit_message or f"Upload hftune {stage} artifact"
     with tempfile.TemporaryDirectory(prefix="hftune-push-") as tmp:
         staged = Path(tmp)
         with _disk_errors("staging the upload in", staged):
-            files = stage_files(folder, staged, link_weights=True, **stage_kwargs)
-        assert_no_secret(staged, _live_secrets(token))
+            files = stage_files(folder, staged, link_weights=True, secrets=secrets, **stage_kwargs)
+        assert_no_secret(staged, secrets)
         url = upload(staged, files, repo_id, token, private=private, revision=revision, message=message)
     return PushResult(repo_id, files, None, url)
 

@@ -281,6 +281,8 @@ def load_data(
     from hftune.data.prompt_keys import held_out_upstream
 
     parts = data_parts(cfg.hftune, cfg.sections.get("script"))
+    # The stage says what it trains on, so `dataset_name` data is read in a layout it can take.
+    formats = formats or stage_formats(cfg.stage)
 
     def prepare():
         from hftune.data import cache
@@ -313,6 +315,14 @@ def load_data(
         data = load_prepared(folder)
     logger.info("data: %s", data.summary())
     return read_as(parts, data), data
+
+
+def stage_formats(stage: str) -> tuple[str, ...] | None:
+    """The TRL formats stage `stage` trains on (`registry.StageSpec.formats`); None where it names none."""
+    from hftune.stages import registry
+
+    spec = registry.STAGES.get(stage)
+    return (spec.formats or None) if spec is not None else None
 
 
 def prepare_rows(

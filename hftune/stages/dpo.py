@@ -32,7 +32,7 @@ from hftune.config import (
     hftune_field,
     parse_stage_config,
 )
-from hftune.errors import UserError
+from hftune.errors import UserError, did_you_mean
 from hftune.stages import common
 from hftune.stages.common import DataExtras, common_checks
 
@@ -72,8 +72,68 @@ TRL_CONFIGS = ("DPOConfig (or KTOConfig / ORPOConfig / CPOConfig with `algorithm
 DEFAULTS: dict[str, Any] = {"output_dir": "runs/dpo", **common.ADAPTER_STAGE_DEFAULTS}
 
 
+# DPOTrainer's `loss_type` words in TRL 1.16. DPOConfig types the key `list[str]` and names the words only in
+# its help and in the trainer's error for an unknown one, raised in the first training step; the words depend
+# on `algorithm` (KTO's and CPO's `loss_type` are TRL's field choices, checked by the parse), so they are
+# checked here. tests/test_po.py compares this list with TRL's help text, so a TRL bump that adds one shows.
+DPO_LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+# The losses built on the chosen-rejected reward difference: the only ones TRL gives an f-divergence other
+# than the reverse KL (the f-DPO paper's log Z term cancels only there).
+F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
+
+
 def _check(values: dict[str, Any]) -> list[str]:
-    return common_checks(values)  # (each key's bounds: config.RANGE_RULES)
+    """Rules across keys (each key's own bounds: config.RANGE_RULES), found before any weights load: TRL
+    checks these only when the trainer is built, after the model loaded, or in the first step."""
+    problems = common_checks(values)
+    algorithm = values.get("algorithm", "dpo")
+    if values.get("sync_ref_model") and values.get("use_peft"):
+        problems.append(
+            "`sync_ref_model`: updates a separate reference model, but with LoRA (`use_peft: true`) the "
+            "reference is the policy with its adapter switched off; set `use_peft: false` to train "
+            f"{algorithm} with a full copy as the reference, or remove `sync_ref_model`"
+        )
+    if values.get("sync_ref_model") and values.get("precompute_ref_log_probs"):
+        problems.append(
+            "`sync_ref_model`: the reference changes while training, so its log-probabilities cannot be "
+            "computed once beforehand; remove `precompute_ref_log_probs` or `sync_ref_model`"
+        )
+    if algorithm == "dpo":
+        losses = values.get("loss_type") or ["sigmoid"]
+        for loss in losses:
+            if loss not in DPO_LOSS_TYPES:
+                problems.append(
+                    f"`loss_type`: {loss!r} is not a loss of TRL's DPOTrainer; one of "
+                    f"{', '.join(DPO_LOSS_TYPES)}{did_you_mean(str(loss), DPO_LOSS_TYPES)}"
+                )
+        if "exo_pair" in losses and not values.get("label_smoothing"):
+            problems.append(
+                "`label_smoothing`: `loss_type: exo_pair` needs it above 0 (the EXO paper uses 1e-3)"
+            )
+        divergence = values.get("f_divergence_type", "reverse_kl")
+        if divergence != "reverse_kl" and not set(losses) <= set(F_DIVERGENCE_LOSSES):
+            others = ", ".join(sorted(set(losses) - set(F_DIVERGENCE_LOSSES)))
+            problems.append(
+                f"`f_divergence_type`: {divergence} works with the losses {', '.join(F_DIVERGENCE_LOSSES)} "
+                f"only (the f-DPO paper's derivation), not {others}"
+            )
+    return problems
 
 
 def _trl_config(algorithm: str) -> type:
@@ -111,7 +171,18 @@ def schema(algorithm: str = "dpo") -> StageSchema:
         classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": POExtras},
         defaults=defaults,
         check=_check,
+        unknown_key_hint=_unknown_key_hint,
     )
+
+
+def _unknown_key_hint(key: str) -> str | None:
+    """SFT's `too_long` asked of preference data (which hftune never truncates), with what to do instead."""
+    if key == "too_long":
+        return (
+            "preference rows longer than `max_length` are dropped and counted (`too_long` in the manifest), "
+            "never cut: a cut pair may lose where its replies differ; raise `max_length`"
+        )
+    return None
 
 
 def parse(

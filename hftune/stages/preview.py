@@ -11,9 +11,6 @@ from pathlib import Path
 from hftune.errors import UserError
 from hftune.stages import registry
 
-# The TRL formats a stage reads data in a TRL format as (None: the layout's own format).
-STAGE_FORMATS = {"pretrain": ("language_modeling",), "ppo": ("prompt_only",)}
-
 
 def preview_recipe(
     recipe: str,
@@ -26,11 +23,13 @@ def preview_recipe(
 ) -> str:
     """A recipe (a built-in name or a YAML path) or a data file / folder in a TRL format (its layout
     detected), rendered through `model`'s tokenizer."""
+    from hftune.data.prepare import prepare_dataset
     from hftune.data.preview import preview
     from hftune.data.recipe import load_recipe
     from hftune.models.tokenizer import load_tokenizer
 
     # The recipe first: a bad name is refused at once, before a model (`tiny:ARCH` builds one) is loaded.
+
     if Path(recipe).exists() and Path(recipe).suffix not in (".yaml", ".yml"):
         from hftune.data.detect import dataset_recipe
 
@@ -38,7 +37,10 @@ def preview_recipe(
     else:
         loaded = load_recipe(recipe)
     tokenizer = load_tokenizer(model, chat_template=chat_template)
-    return preview(loaded, tokenizer, n=n, max_length=max_length, data_files=data_files)
+    data = prepare_dataset(loaded, tokenizer=tokenizer, max_length=max_length, data_files=data_files)
+    shown = preview(loaded, tokenizer, n=n, max_length=max_length, prepared=data)
+    read_as = loaded.replaced(converter=data.converter, format=data.format)
+    return shown + _ignored(read_as, data_files)
 
 
 def preview_config(
@@ -53,13 +55,20 @@ def preview_config(
     """The rows `stage`'s config would train on (one recipe, a mixture or `dataset_name`, with its
     max_length, too_long and held-out split); `model`, `chat_template` and `max_length` override the
     config's."""
+    from hftune.data.detect import AUTO
     from hftune.data.mixture import data_parts, read_as
     from hftune.data.preview import preview
     from hftune.models.tokenizer import load_tokenizer
-    from hftune.stages.common import prepare_rows
+    from hftune.stages.common import prepare_rows, stage_formats
 
+    if stage not in registry.DATA_STAGES:
+        raise UserError(
+            f"data preview --stage: `{stage}` trains on no data; one of {', '.join(registry.DATA_STAGES)}"
+        )
     module = registry.load(stage)
-    cfg = module.parse(config, [])
+    # One module trains several stages (`hftune dpo --algorithm kto`): preview the one asked for.
+    algorithm = registry.STAGES[stage].algorithm
+    cfg = module.parse(config, ["--algorithm", algorithm] if algorithm else [])
     model = model or cfg.model.model_name_or_path
     if not model:
         raise UserError(f"{config} names no model (`model_name_or_path`): pass --model for its tokenizer")
@@ -69,8 +78,24 @@ def preview_config(
     too_long = module.too_long(cfg) if stage == "pretrain" else getattr(cfg.hftune, "too_long", "drop")
     parts = data_parts(cfg.hftune, cfg.script)
     prepared = prepare_rows(
-        cfg, parts, tokenizer, max_length=max_length, too_long=too_long, formats=STAGE_FORMATS.get(stage)
+        cfg, parts, tokenizer, max_length=max_length, too_long=too_long, formats=stage_formats(cfg.stage)
     )
-    return preview(
+    shown = preview(
         read_as(parts, prepared), tokenizer, n=n, max_length=max_length, prepared=prepared, too_long=too_long
+    )
+    # A part's own recipe says what it reads; `dataset_name` data is read as its layout was detected.
+    recipes = [part.recipe if part.recipe.converter != AUTO else read_as([part], prepared) for part in parts]
+    return shown + "".join(_ignored(r, part.data_files) for r, part in zip(recipes, parts, strict=True))
+
+
+def _ignored(recipe, data_files: str | None) -> str:
+    """A line naming the data's columns that the recipe leaves unread (empty when it reads them all)."""
+    from hftune.data.sources import load_rows, unread_columns
+
+    _, columns, label = load_rows(recipe, data_files, max_rows=1)
+    unread = unread_columns(recipe, columns)
+    if not unread:
+        return ""
+    return f"\ncolumns ignored in {label} (the `{recipe.converter}` converter does not read them): " + (
+        ", ".join(unread)
     )

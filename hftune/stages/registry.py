@@ -56,6 +56,9 @@ class StageSpec:
     handoff: dict[str, str] = field(default_factory=dict)  # config key -> role of the stage that fills it
     optional_handoff: frozenset[str] = frozenset()  # keys taken only when the pipeline has that stage
     trains: bool = True  # a training stage (can run in several processes)
+    # The TRL formats it trains on, in order of preference: data in a TRL format (`dataset_name`) is read as
+    # the first layout that fits one of them (`data.detect`), so one file can feed several stages.
+    formats: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -75,6 +78,7 @@ class StageSpec:
 
 
 _RL_HANDOFF = {"model_name_or_path": "sft", "reward_model_path": "reward"}
+_PAIRS = ("preference", "implicit_preference")
 _RL_DESCRIPTION = (
     "RLHF against a frozen reward model (and/or a task `verifier`) with hftune's own PPO "
     "(`algorithm: ppo`) or TRL's RLOOTrainer / GRPOTrainer (`algorithm: rloo` / `grpo`). Config keys are "
@@ -106,6 +110,7 @@ STAGES: dict[str, StageSpec] = {
             "(`init_architecture`: a tokenizer trained on the data and random weights) or continued from "
             "`model_name_or_path`. Config keys are TRL's SFTConfig and ModelConfig fields plus the hftune "
             "options below.",
+            formats=("language_modeling",),
         ),
         StageSpec(
             "sft",
@@ -115,6 +120,7 @@ STAGES: dict[str, StageSpec] = {
             "ModelConfig fields plus the hftune options below; `--key value` flags override the file.",
             handoff={"model_name_or_path": "pretrain"},
             optional_handoff=frozenset({"model_name_or_path"}),
+            formats=("conversational", "prompt_completion", "language_modeling"),
         ),
         StageSpec(
             "reward",
@@ -125,6 +131,7 @@ STAGES: dict[str, StageSpec] = {
             "override the file. Prints and saves a held-out report (pairwise accuracy with a 95% CI, "
             "margins, score statistics, score/length correlation).",
             handoff={"model_name_or_path": "sft"},
+            formats=_PAIRS,
         ),
         StageSpec(
             "ppo",
@@ -132,8 +139,9 @@ STAGES: dict[str, StageSpec] = {
             short="RLHF: PPO (or RLOO / GRPO) against the reward model, KL-anchored to the SFT policy",
             description=_RL_DESCRIPTION,
             handoff=_RL_HANDOFF,
+            formats=("prompt_only",),
         ),
-        *(StageSpec(name, "ppo", handoff=_RL_HANDOFF) for name in ("rloo", "grpo")),
+        *(StageSpec(name, "ppo", handoff=_RL_HANDOFF, formats=("prompt_only",)) for name in ("rloo", "grpo")),
         StageSpec(
             "dpo",
             "dpo",
@@ -141,9 +149,17 @@ STAGES: dict[str, StageSpec] = {
             description=_PO_DESCRIPTION,
             handoff=_PO_HANDOFF,
             optional_handoff=frozenset({"model_name_or_path"}),
+            formats=_PAIRS,
         ),
         *(
-            StageSpec(name, "dpo", handoff=_PO_HANDOFF, optional_handoff=frozenset({"model_name_or_path"}))
+            StageSpec(
+                name,
+                "dpo",
+                handoff=_PO_HANDOFF,
+                optional_handoff=frozenset({"model_name_or_path"}),
+                # KTO also trains on unpaired rows, and splits pairs into a good and a bad half.
+                formats=(*_PAIRS, "unpaired_preference") if name == "kto" else _PAIRS,
+            )
             for name in ("kto", "orpo", "simpo")
         ),
         StageSpec(
@@ -169,6 +185,8 @@ STAGES: dict[str, StageSpec] = {
 
 # `hftune COMMAND`: one command a module (rloo and grpo run as `hftune ppo --algorithm ...`).
 COMMANDS: dict[str, StageSpec] = {spec.command: spec for spec in STAGES.values() if spec.name == spec.command}
+# The stages that train on data, which `hftune data preview --stage` can show.
+DATA_STAGES = tuple(name for name, spec in STAGES.items() if spec.formats)
 
 
 def load(name: str) -> Stage:

@@ -5,6 +5,9 @@
 const NAME_KEY = "hftune-label-name"; // per browser session: a second tab or browser can be a second labeller
 const $ = (id) => document.getElementById(id);
 const state = { name: sessionStorage.getItem(NAME_KEY), item: null, ranks: [], focus: 0, busy: false };
+// This run's write token, written into the page by the server: every write sends it back in a header, which
+// a page of another origin can neither read nor send (app.py, guard.py).
+const WRITE_TOKEN = document.querySelector('meta[name="hftune-write-token"]').content;
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -15,7 +18,9 @@ function el(tag, cls, text) {
 
 async function api(path, body) {
   const init = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Hftune-Token": WRITE_TOKEN },
+    body: JSON.stringify(body),
   };
   const response = await fetch(path, init);
   const data = await response.json().catch(() => ({ error: response.statusText }));
@@ -115,7 +120,10 @@ async function send(action, extra) {
   }
   state.busy = true;
   try {
-    show(await api("/api/submit", body));
+    const page = await api("/api/submit", body);
+    // Move on only once the server says this answer is on disk; otherwise keep it on screen and say why.
+    if (page.saved !== true) throw new Error(page.error || "not saved");
+    show(page);
   } catch (err) {
     say(err.message);
   } finally {

@@ -26,6 +26,9 @@ from hftune.stages.common import DataExtras, common_checks
 
 ALGORITHMS = ("ppo", "rloo", "grpo")
 # TRL fields hftune's own keys stand for (so one key means one thing whichever trainer runs).
+# `num_generations` is not among them: RLOO's and GRPO's configs have the key under the same name and
+# meaning, and check it against the batch while they are built, so their section is built with hftune's value
+# (built without it, it checked TRL's default of 8 and refused a batch of 4 that `num_generations: 4` fits).
 OWNED = frozenset(
     {
         "reward_model_path",
@@ -35,9 +38,12 @@ OWNED = frozenset(
         "missing_eos_penalty",
         "beta",
         "max_completion_length",
-        "num_generations",
     }
 )
+# GRPO's `loss_type` words in TRL 1.16 (GRPOConfig types it `str` and lists them only in its help; an unknown
+# one failed inside the first training step). The key depends on `algorithm` (KTO's and CPO's `loss_type`
+# differ), so it is checked here, not in config.RANGE_RULES.
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
 @dataclass
@@ -140,6 +146,14 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(PPO_DISTRIBUTED)
     if sharding := distributed.sharding():
         problems.append(RL_SHARDED.format(sharding))
+    if values.get("sync_ref_model"):
+        problems.extend(_sync_ref_model_problems(values))
+    if values.get("algorithm") == "grpo" and values.get("loss_type", "dapo") not in GRPO_LOSS_TYPES:
+        loss = str(values["loss_type"])
+        problems.append(
+            f"`loss_type`: {loss!r} is not a loss of TRL's GRPOTrainer; one of "
+            f"{', '.join(GRPO_LOSS_TYPES)}{did_you_mean(loss, GRPO_LOSS_TYPES)}"
+        )
     if values.get("algorithm") in ("rloo", "grpo"):
         problems.extend(_vllm_problems(values))
         batch = (values.get("per_device_train_batch_size") or 1) * (
@@ -160,6 +174,22 @@ def _check(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _sync_ref_model_problems(values: dict[str, Any]) -> list[str]:
+    """Why `sync_ref_model: true` (TR-DPO's reference updates, RLOO / GRPO) cannot run, found before any
+    weights load (TRL refused both only once the model had loaded). With LoRA the reference is the policy with
+    its adapter switched off: there is no separate reference model to update. Full fine-tuning
+    (`use_peft: false`) keeps a copy, which TRL updates."""
+    if values.get("use_peft"):
+        return [
+            "`sync_ref_model`: updates a separate reference model, but with LoRA (`use_peft: true`) the "
+            "reference is the policy with its adapter switched off; set `use_peft: false` (a full copy as "
+            "the reference) or remove `sync_ref_model`"
+        ]
+    if not values.get("kl_coef", field_defaults(RLExtras)["kl_coef"]):
+        return ["`sync_ref_model`: `kl_coef: 0` uses no reference model, so there is nothing to update"]
+    return []
+
+
 def _vllm_problems(values: dict[str, Any]) -> list[str]:
     """TRL's vLLM generation options (RLOO / GRPO), checked before any weights load: TRL would only fail
     once the trainer starts, or quietly ignore options that `use_vllm: false` switches off."""
@@ -170,15 +200,15 @@ def _vllm_problems(values: dict[str, Any]) -> list[str]:
         return [f"`{k}`: a vLLM option, but `use_vllm` is false (set `use_vllm: true`)" for k in options]
     problems = []
     mode = values.get("vllm_mode", "colocate")
+    utilization = values.get("vllm_gpu_memory_utilization")
+    if utilization is not None and not 0 < utilization <= 1:
+        problems.append(f"`vllm_gpu_memory_utilization`: a fraction in (0, 1], got {utilization}")
     if mode not in VLLM_MODES:
         problems.append(
             f"`vllm_mode`: one of {', '.join(VLLM_MODES)}, got {mode!r}{did_you_mean(str(mode), VLLM_MODES)}"
         )
     if mode == "colocate" and any(k.startswith("vllm_server_") for k in options):
         problems.append("`vllm_server_*`: options of `vllm_mode: server`, but `vllm_mode` is colocate")
-    utilization = values.get("vllm_gpu_memory_utilization")
-    if utilization is not None and not 0 < utilization <= 1:
-        problems.append(f"`vllm_gpu_memory_utilization`: a fraction in (0, 1], got {utilization}")
     if importlib.util.find_spec("vllm") is None:
         problems.append(
             "`use_vllm`: vLLM is not installed; `pip install 'hftune[vllm]'` installs a version TRL supports"
@@ -231,6 +261,8 @@ def schema(algorithm: str = "ppo") -> StageSchema:
     defaults = {**DEFAULTS, **common.hardware_defaults()}
     if algorithm in ("rloo", "grpo"):
         defaults.update(log_completions=False, disable_dropout=True)
+        # TRL's section and hftune's are built from one value even when the config leaves it unset.
+        defaults["num_generations"] = field_defaults(RLExtras)["num_generations"]
     return StageSchema(
         name=algorithm,
         classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": RLExtras},
