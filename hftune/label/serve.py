@@ -97,6 +97,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Listening before the address is printed: a browser that opens it at once waits in the backlog
+        # until uvicorn accepts, instead of being refused while the server starts.
+        sock.listen(128)
     except OSError as err:
         sock.close()
         raise UserError(
