@@ -211,7 +211,7 @@ def _cmd_card(ns: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)}")
-    kwargs = dict(eval_dir=ns.eval, repo_id=ns.repo_id, base_model_id=ns.base_model_id)
+    kwargs = dict(eval_dir=ns.eval, repo_id=ns.repo_id, base_model_id=ns.base_model_id, license=ns.license)
     if ns.output:
         print(f"wrote {card.write(ns.dir, ns.output, overwrite=ns.overwrite, **kwargs)}")
     else:
@@ -239,6 +239,7 @@ def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
         revision=ns.revision,
         commit_message=ns.commit_message,
         base_model_id=ns.base_model_id,
+        license=ns.license,
         overwrite=ns.overwrite,
     )
     print(hub.summary(result))
@@ -445,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="HUB_ID",
             help="the Hub id of the adapter's base, for adapters trained on a local folder (rewrites "
             "base_model_name_or_path in the uploaded adapter_config.json and the card's base_model)",
+        )
+        p.add_argument(
+            "--license",
+            metavar="ID",
+            help="the card's license, a Hub license id (apache-2.0, mit, other, ...); default: the base "
+            "model's license if its files name one, else `other` with a note in the card",
         )
         common(p, writes=writes)
 

@@ -198,7 +198,8 @@ def test_card_of_a_reward_model_on_a_full_model_chain(chain):
     text = card.render(chain["rm"])
     data = ModelCard(text).data
     assert data.pipeline_tag == "text-classification"
-    assert data.base_model == "tiny:llama"  # rm -> sft (full FT) -> tiny:llama
+    assert data.base_model == chain["sft"]  # the LoRA reward model loads on the full-FT SFT folder
+    assert data.base_model_relation == "adapter"
     assert {"reward-model", "sft"} <= set(data.tags)
     lineage = text[text.index("## Lineage") : text.index("## Evaluation")]
     assert lineage.index("| supervised fine-tuning |") < lineage.index("| reward model |")

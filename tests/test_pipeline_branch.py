@@ -409,15 +409,17 @@ def test_without_a_caveat_the_reports_are_unchanged():
     assert "†" not in render_markdown(*plain)
 
 
-def test_an_unrecorded_lineage_is_marked_as_unknown_and_seed_lines_carry_the_mark():
-    from hftune.evaluation.harness import seed_lines
+def test_an_unrecorded_lineage_is_marked_as_unknown_and_verdict_lines_carry_the_mark():
+    from hftune.evaluation.harness import verdict_lines
 
     results, samples = results_with({"rlhf": True, "dpo": None}, seeds=True)
     assert "whether dpo trained against it is not recorded" in render_markdown(results, samples)
-    assert seed_lines(results) == [
-        "dpo (2 seeds): reward † vs sft per seed +0.000, +0.200; across seeds +0.100 [-0.500, +0.700]: "
-        "does not survive the seeds"
-    ]
+    assert verdict_lines(results)[1] == (
+        "dpo vs sft (2 seeds): does not hold: verifier +0.100 [+0.000, +0.200]: not clearly different over "
+        "prompts · reward † +0.100 [+0.000, +0.200]; per seed +0.000, +0.200; across seeds +0.100 "
+        "[-0.500, +0.700]: does not survive the seeds"
+    )
+    assert "†" not in verdict_lines(results)[0]  # rlhf trained against the reward model
     # The browser's columns for the seed runs of dpo carry the mark.
     page = render_html(results, samples)
     assert 'dpo@dpo-seed1<sup class="fn">†</sup>' in page and 'rlhf<sup class="fn">' not in page

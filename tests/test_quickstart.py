@@ -54,6 +54,9 @@ def test_rlhf_and_dpo_fix_the_biased_demonstrations_on_held_out_prompts(tmp_path
         claim = gain(ppo, metric)
         assert claim["ci_low"] > 0 and claim["seeds"]["n"] == 3 and claim["survives_seeds"], (metric, claim)
     assert ppo["trained_against_reward_model"] is True
+    # The verdict results.json records (and the terminal, report.md and report.html print), on the verifier.
+    claim = {v["claim"]: v for v in results["verdicts"]}["rlhf vs sft"]
+    assert claim["metric"] == "verifier" and claim["seeds"]["n"] == 3 and claim["word"] == "holds", claim
     # What RL costs, measured: it moved away from SFT, and the reward model is partly gamed (exact
     # answers fall while the verifier's accuracy rises).
     assert ppo["metrics"]["kl_to_sft"]["mean"] > 0

@@ -24,7 +24,7 @@ import numpy as np
 from hftune import artifacts, distributed
 from hftune.config import StageConfig
 from hftune.errors import UserError
-from hftune.evaluation import contamination, report, reward_exposure, stats, text_metrics
+from hftune.evaluation import contamination, report, reward_exposure, stats, text_metrics, verdict
 from hftune.evaluation.measures import (
     aggregate,
     check_verifier,
@@ -298,6 +298,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
             reward_exposure.annotate(variants, rlhf_runs(suite), suite.reward_model)
     if suite.judge:
         results["judge"] = run_judge(suite, prompts, shown, boot)
+    results["verdicts"] = verdict.verdicts(results)  # after the reward-model caveats, which its lines mark
     samples = sample_table(prompts, shown, per_prompt, sample_rows)
     with artifacts.atomic_dir(suite.output_dir, overwrite=cfg.overwrite) as out:
         artifacts.write_json(out / "results.json", results)
@@ -339,34 +340,12 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
-# The differences to the baseline whose seed-level verdict the summary prints, in this order.
-SEED_CLAIMS = ("reward", "verifier")
-
-
-def seed_lines(results: dict[str, Any]) -> list[str]:
-    """For each variant trained with several seeds: its difference to the baseline per seed in reward and,
-    where the suite has one, in the verifier's accuracy (the ground truth a reward model can be gamed on),
-    the interval across seeds, and whether the claim survives the seeds."""
-    lines = []
-    caveats = report.reward_caveats(results)
-    for name, variant in (results.get("variants") or {}).items():
-        if not variant.get("seed_runs"):
-            continue
-        for metric in SEED_CLAIMS:
-            diff = (variant.get("vs_baseline") or {}).get(metric) or {}
-            seeds = diff.get("seeds")
-            if not seeds:
-                continue
-            per_seed = ", ".join(f"{x:+.3f}" for x in seeds.get("per_seed", []))
-            verdict = "survives the seeds" if diff.get("survives_seeds") else "does not survive the seeds"
-            # The reward of a variant that never trained against the reward model: the footnote applies.
-            mark = f" {report.CAVEAT_MARK}" if metric == "reward" and name in caveats else ""
-            across = f"{seeds['mean']:+.3f} [{seeds['ci_low']:+.3f}, {seeds['ci_high']:+.3f}]"
-            lines.append(
-                f"{name} ({seeds['n']} seeds): {metric}{mark} vs {results.get('baseline')} per seed "
-                f"{per_seed}; across seeds {across}: {verdict}"
-            )
-    return lines
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """One line per claim (sft vs base, each RL variant vs sft, best-of-N vs sft, DPO vs RL): its verdict,
+    then each metric checked with its paired difference and, for a seeded variant, the per-seed differences,
+    the interval across seeds and whether the claim survives the seeds (`verdict.py`; the reports show the
+    same lines)."""
+    return verdict.lines(results)
 
 
 def summary(result: EvalResult) -> str:
@@ -375,6 +354,6 @@ def summary(result: EvalResult) -> str:
         f"{report.summary_table(result.results)}\n\n"
         + (f"{contamination.summary_line(audited)}\n" if audited else "")
         + f"held-out prompts: {result.results.get('held_out_by')}\n"
-        + "".join(f"{line}\n" for line in seed_lines(result.results))
+        + "".join(f"{line}\n" for line in verdict_lines(result.results))
         + f"report: {result.output_dir / 'report.html'}\nresults: {result.output_dir / 'results.json'}"
     )

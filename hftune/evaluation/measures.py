@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from hftune.errors import UserError
-from hftune.evaluation import seeds, stats, text_metrics
+from hftune.evaluation import seeds, stats, text_metrics, verdict
 from hftune.evaluation.prompts import Prompts, last_user
 from hftune.evaluation.suite import Suite, seed_runs
 from hftune.models.cache import Cache, key
@@ -178,6 +178,21 @@ def aggregate(
     if "win_rate" in suite.metrics:
         win_rates = stats.win_rate_matrix({v: s["reward"] for v, s in stacks.items() if "reward" in s}, boot)
     seeds.annotate(variants, win_rates, stacks, groups, baseline, suite.confidence, paths)
+    # The paired differences the verdicts need beyond `vs_baseline` (sft vs base, dpo vs rlhf, ...).
+    pairs: dict[str, dict[str, dict]] = {}
+    for v, parent in verdict.claims(variants):
+        if baseline in (parent, v):  # read from `vs_baseline` (`verdict.differences`)
+            continue
+        for m in verdict.CHECKED:
+            if m in per_prompt[v] and m in per_prompt[parent]:
+                s = boot.summary(per_prompt[v][m] - per_prompt[parent][m])
+                if s is None:
+                    continue
+                seed_level = seeds.difference_block(stacks[v][m], stacks[parent][m], suite.confidence)
+                if seed_level is not None:
+                    s["seeds"] = seed_level
+                    s["survives_seeds"] = seeds.survives(s, seed_level, 0.0)
+                pairs.setdefault(v, {}).setdefault(parent, {})[m] = s
     results = {
         "suite": {
             "name": suite.name,
@@ -201,6 +216,8 @@ def aggregate(
         "win_rates": win_rates,
         "judge": None,
     }
+    if pairs:
+        results["pairs"] = pairs
     if any(len(members) > 1 for members in groups.values()):
         results["seed_info"] = {
             "confidence": suite.confidence,

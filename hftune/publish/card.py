@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from hftune.errors import UserError
 from hftune.evaluation.report import markdown
 from hftune.evaluation.report import results as eval_results
 from hftune.evaluation.report.sections import metrics_table
+from hftune.evaluation.report.table import Cell, stat_cell
 from hftune.lineage import Lineage, Node, is_hub_id, lineage, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -181,8 +182,15 @@ def _license(base: str) -> str | None:
     return str(license_) if license_ and isinstance(license_, str | int | float) else None
 
 
-def _metadata(info: CardInfo, root_name: str) -> str:
-    from huggingface_hub import ModelCardData
+def _metadata(
+    info: CardInfo,
+    base: str | None,
+    relation: str | None,
+    license_: str,
+    model_name: str,
+    evaluation: Evaluation | None,
+) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
 
     hub_datasets, recipes = _datasets_and_recipes(info.lineage)
     tags = ["hftune", "trl"]
@@ -194,15 +202,73 @@ def _metadata(info: CardInfo, root_name: str) -> str:
         if node.stage in _RL_STAGES:  # (older manifests: `stage: ppo`, the algorithm in their metrics)
             tags.append(str(algorithm or node.stage))
     tags += recipes
+    results = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type="hftune-eval",
+            dataset_name=evaluation.suite,
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=value,
+        )
+        for metric, value in (evaluation.headline() if evaluation else [])
+    ]
     data = ModelCardData(
-        base_model=root_name,
+        base_model=base,
         library_name="peft" if info.is_adapter else "transformers",
         datasets=hub_datasets or None,
         tags=list(dict.fromkeys(tags)),
-        license=_license(info.lineage.root.name),
+        license=license_,
         pipeline_tag="text-classification" if info.is_reward_model else "text-generation",
+        model_name=model_name if results else None,
+        eval_results=results or None,
+        **({"base_model_relation": relation} if base and relation else {}),
     )
     return data.to_yaml()
+
+
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+
+
+def _license_choice(license_: str | None, info: CardInfo) -> tuple[str, str | None]:
+    """The `license` of the metadata and where it came from: `--license`, else the base model's license (from
+    its files on this machine), else `other` with None (the card then says no license was given)."""
+    if license_ is not None:
+        if not _LICENSE_ID.fullmatch(license_):
+            raise UserError(
+                f"--license {license_!r}: expected a Hub license id such as apache-2.0, mit or other "
+                "(lowercase letters, digits, '.', '+', '-')"
+            )
+        return license_, "--license"
+    inherited = _license(info.lineage.root.name)
+    if inherited:
+        return inherited, "the base model's license"
+    return "other", None
+
+
+def _real_base(info: CardInfo, base_model_id: str | None) -> tuple[str | None, str | None]:
+    """The Hub metadata's `base_model` and `base_model_relation`. An adapter's base is the model it loads on:
+    `--base-model-id`, else its direct parent as the manifest names it (an SFT folder for an adapter trained
+    on one, not the root of the lineage). A full model links to the root of its lineage (none for a model
+    trained from scratch)."""
+    if base_model_id:
+        return base_model_id, "adapter" if info.is_adapter else "finetune"
+    if info.is_adapter:
+        parent = _model_parent(info.lineage.nodes[-1])
+        if parent is not None:
+            return parent, "adapter"
+        return (None, None) if info.lineage.from_scratch else (info.load_base, "adapter")
+    if info.lineage.from_scratch:
+        return None, None
+    return info.lineage.root.name, "finetune"  # a merged LoRA chain too: its weights are the fine-tune
+
+
+def _model_parent(node: Node) -> str | None:
+    """The model a stage trained on (not the reward model it trained against), as its manifest names it."""
+    for ref in (node.manifest or {}).get("parents") or []:
+        if isinstance(ref, dict) and ref.get("role") != "reward_model" and ref.get("name_or_path"):
+            return str(ref["name_or_path"])
+    return None
 
 
 # -------------------------------------------------------------------------------------------------- body
@@ -313,7 +379,8 @@ def _training_config(folder: Path, chain: Lineage) -> list[str]:
     return [
         "## Training config",
         "",
-        f"The resolved hftune config{title}: every default explicit, secrets removed.",
+        *_hyperparameters(config),
+        f"The full resolved hftune config{title}: every default explicit, secrets removed.",
         "",
         "<details><summary>config.hftune.yaml</summary>",
         "",
@@ -322,6 +389,52 @@ def _training_config(folder: Path, chain: Lineage) -> list[str]:
         _fence(text),
         "",
         "</details>",
+        "",
+    ]
+
+
+def _hyperparameters(config: Any) -> list[str]:
+    """The few settings a reader looks for first, as a table (those the config has)."""
+    if not isinstance(config, dict):
+        return []
+
+    def has(key: str) -> bool:
+        return config.get(key) is not None and config.get(key) != ""
+
+    rows = []
+    for key, label in (("algorithm", "algorithm"), ("learning_rate", "learning rate")):
+        if has(key):
+            rows.append((label, config[key]))
+    if has("max_steps") and isinstance(config["max_steps"], int) and config["max_steps"] > 0:
+        rows.append(("steps", config["max_steps"]))
+    elif has("num_train_epochs"):
+        rows.append(("epochs", config["num_train_epochs"]))
+    if has("per_device_train_batch_size"):
+        batch = f"{config['per_device_train_batch_size']} per device"
+        if (
+            isinstance(config.get("gradient_accumulation_steps"), int)
+            and config["gradient_accumulation_steps"] > 1
+        ):
+            batch += f" x {config['gradient_accumulation_steps']} accumulation steps"
+        rows.append(("batch size", batch))
+    if config.get("use_peft") is True:
+        rows.append(("LoRA r / alpha", f"{config.get('lora_r', '?')} / {config.get('lora_alpha', '?')}"))
+    elif config.get("use_peft") is False:
+        rows.append(("LoRA", "no (full fine-tune)"))
+    for key, label in (
+        ("max_length", "max_length"),
+        ("beta", "beta"),
+        ("kl_coef", "kl_coef"),
+        ("seed", "seed"),
+    ):
+        if has(key):
+            rows.append((label, config[key]))
+    if not rows:
+        return []
+    return [
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {markdown.escape(k)} | {markdown.escape(_fmt(v))} |" for k, v in rows),
         "",
     ]
 
@@ -378,13 +491,84 @@ def _usage(info: CardInfo, repo_id: str | None) -> list[str]:
     return head + code + tail
 
 
-def _eval_section(eval_dir: str | os.PathLike | None, folder: Path) -> list[str]:
-    """The eval's metrics table, as report.md shows it but turned on its side (a row per metric fits a card
-    better than a column per metric), so both list the same metrics in the same order, formatted alike."""
-    title = ["## Evaluation", ""]
+@dataclass
+class Evaluation:
+    """An eval folder's results.json, and where this card's model is in it: its variant, and for one seed run
+    of a seeded variant, that run (its index in `seed_runs`, its name and seed)."""
+
+    folder: Path
+    results: dict[str, Any]
+    variant: str | None
+    seed_index: int | None = None
+    seed_run: str | None = None
+    seed: Any = None
+
+    @property
+    def suite(self) -> str:
+        return str((self.results.get("suite") or {}).get("name") or "eval")
+
+    def own(self, metric: str) -> float | None:
+        """This model's own mean of `metric`: its seed run's where it is one, else its variant's."""
+        if self.variant is None:
+            return None
+        cell = eval_results.stat(self.results, self.variant, metric)
+        if not isinstance(cell, dict):
+            return None
+        if self.seed_index is not None:
+            per_seed = (cell.get("seeds") or {}).get("per_seed") or []
+            value = per_seed[self.seed_index] if self.seed_index < len(per_seed) else None
+        else:
+            value = cell.get("mean")
+        return float(value) if eval_results.finite(value) else None
+
+    def headline(self) -> list[tuple[str, float]]:
+        """This model's metrics for the Hub's model-index: every metric the eval measured for it, in the
+        report's order (a seed run's own numbers, not its variant's mean)."""
+        out = []
+        for metric in eval_results.metric_names(self.results):
+            value = self.own(metric)
+            if value is not None:
+                out.append((eval_results.label(self.results, metric), value))
+        return out
+
+    def verdicts(self) -> tuple[list[str], bool]:
+        """The `line`s of the eval's verdicts about this model's variant (as the variant or its baseline), and
+        whether they were chosen that way (False: every line, since the variant is unknown)."""
+        entries = [e for e in self.results.get("verdicts") or [] if isinstance(e, dict) and e.get("line")]
+        if self.variant is not None:
+            mine = [e for e in entries if self.variant in (e.get("variant"), e.get("baseline"))]
+            if mine:
+                return [str(e["line"]) for e in mine], True
+        return [str(e["line"]) for e in entries], False
+
+
+def _evaluation(eval_dir: str | os.PathLike | None, folder: Path) -> Evaluation | None:
     if eval_dir is None:
-        return [*title, "No evaluation was given for this card (`--eval EVAL_DIR` adds one).", ""]
+        return None
     results = _read_results(Path(eval_dir))
+    mine = os.path.realpath(folder)
+
+    def same(path: Any) -> bool:
+        return isinstance(path, str) and os.path.realpath(path) == mine
+
+    for variant, entry in (results.get("variants") or {}).items():
+        for i, run in enumerate(entry.get("seed_runs") or []):
+            if isinstance(run, dict) and same(run.get("model")):
+                return Evaluation(Path(eval_dir), results, variant, i, str(run.get("run")), run.get("seed"))
+        models = entry.get("model")
+        if any(same(m) for m in (models if isinstance(models, list) else [models])):
+            return Evaluation(Path(eval_dir), results, variant)
+    return Evaluation(Path(eval_dir), results, None)
+
+
+def _eval_section(evaluation: Evaluation | None, folder: Path) -> list[str]:
+    """The eval's metrics table, as report.md shows it but turned on its side (a row per metric fits a card
+    better than a column per metric), so both list the same metrics in the same order, formatted alike. This
+    model's column is marked; a seed run gets a column of its own numbers beside its variant's mean."""
+    title = ["## Evaluation", ""]
+    if evaluation is None:
+        return [*title, "No evaluation was given for this card (`--eval EVAL_DIR` adds one).", ""]
+    results, eval_dir = evaluation.results, evaluation.folder
     level = eval_results.confidence(results)
     note = (
         f"From {_code(eval_dir)}: each cell is the mean and its paired bootstrap {level} CI over the same "
@@ -393,13 +577,50 @@ def _eval_section(eval_dir: str | os.PathLike | None, folder: Path) -> list[str]
     if "win_rate" in eval_results.metric_names(results):
         win = eval_results.info(results, "win_rate")["description"]
         note += f" **{markdown.escape(eval_results.label(results, 'win_rate'))}**: {markdown.escape(win)}"
-    lines = [*title, note, "", *markdown.table(metrics_table(results).transposed("metric"))]
+    lines = [*title, note, "", *_own_column_note(evaluation), *markdown.table(_marked_table(evaluation))]
     n = _prompt_counts(results)
     if n:
         lines += [f"n (prompts per cell): {', '.join(str(x) for x in sorted(n))}", ""]
-    if not _evaluated(Path(eval_dir), folder):
+    if evaluation.variant is None and not _evaluated(eval_dir, folder):
         lines += [f"Note: this evaluation does not list {_code(folder)} among the models it compared.", ""]
     return lines
+
+
+def _own_column_note(evaluation: Evaluation) -> list[str]:
+    variant = evaluation.variant
+    if variant is None:
+        return []
+    name = markdown.escape(variant)
+    if evaluation.seed_run is None:
+        return [f"This model is the **{name}** column (marked *this model*).", ""]
+    runs = (evaluation.results["variants"][variant].get("seed_runs")) or []
+    return [
+        f"This model is one seed run of the **{name}** variant: {_code(evaluation.seed_run)} (seed "
+        f"{markdown.escape(evaluation.seed)}). The **{name}** column is the mean over its {len(runs)} seed "
+        f"runs; the column marked *this model* is this run's own mean over the same prompts (no interval: "
+        "one run).",
+        "",
+    ]
+
+
+def _marked_table(evaluation: Evaluation):
+    """The transposed metrics table, this model's column marked (a seed run: its own column after its
+    variant's)."""
+    table = metrics_table(evaluation.results).transposed("metric")
+    if evaluation.variant is None:
+        return table
+    header, rows = list(table.header), [list(row) for row in table.rows]
+    at = next((i for i, c in enumerate(header) if i > 0 and c.text == evaluation.variant), None)
+    if at is None:
+        return table
+    if evaluation.seed_run is None:
+        header[at] = replace(header[at], tag="this model", strong=True)
+    else:
+        header.insert(at + 1, Cell(evaluation.seed_run, tag="this model", strong=True))
+        for row, metric in zip(rows, eval_results.metric_names(evaluation.results), strict=False):
+            value = evaluation.own(metric)
+            row.insert(at + 1, stat_cell(None if value is None else {"mean": value}))
+    return replace(table, header=header, rows=rows)
 
 
 def _prompt_counts(results: dict[str, Any]) -> set[int]:
@@ -481,6 +702,215 @@ def _provenance(info: CardInfo) -> list[str]:
     return [*lines, ""]
 
 
+def _reward_report(node: Node) -> dict[str, Any]:
+    """A reward model's held-out report: its reward_report.json, else the numbers its manifest kept."""
+    if node.folder is not None and (node.folder / "reward_report.json").is_file():
+        try:
+            report = artifacts.read_json_object(node.folder / "reward_report.json")
+        except UserError:
+            report = {}
+        if report:
+            return report
+    return dict((node.manifest or {}).get("metrics") or {})
+
+
+def _reward_nodes(info: CardInfo) -> list[Node]:
+    return [n for n in info.lineage.nodes if n.stage == "reward" and n.manifest]
+
+
+def _synthetic_recipes(info: CardInfo) -> list[str]:
+    """The lineage's data recipes that are hftune's built-in synthetic ones (their description says so)."""
+    from hftune.data.recipe import BUILTIN_RECIPES_DIR
+
+    found = []
+    for node in info.lineage.nodes:
+        recipe = ((node.manifest or {}).get("data") or {}).get("recipe")
+        path = (
+            BUILTIN_RECIPES_DIR / f"{recipe}.yaml"
+            if isinstance(recipe, str) and recipe.isidentifier()
+            else None
+        )
+        if path is None or not path.is_file():
+            continue
+        try:
+            description = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description") or ""
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+            continue
+        if str(description).lower().startswith("synthetic"):
+            found.append(recipe)
+    return list(dict.fromkeys(found))
+
+
+def _ci_text(cell: dict | None) -> str:
+    if not isinstance(cell, dict) or not eval_results.finite(cell.get("mean")):
+        return "-"
+    low, high = cell.get("ci_low"), cell.get("ci_high")
+    ci = (
+        f" [{_fmt(float(low))}, {_fmt(float(high))}]"
+        if eval_results.finite(low) and eval_results.finite(high)
+        else ""
+    )
+    return f"{_fmt(float(cell['mean']))}{ci}"
+
+
+def _recipes_text(info: CardInfo) -> str:
+    recipes = _datasets_and_recipes(info.lineage)
+    names = recipes[0] + recipes[1]
+    return ", ".join(map(_code, names)) if names else "its training data"
+
+
+def _use_sections(info: CardInfo, evaluation: Evaluation | None) -> list[str]:
+    """Intended use, out-of-scope use and limitations, each sentence from what the run recorded."""
+    own_recipe = ((info.lineage.nodes[-1].manifest or {}).get("data") or {}).get("recipe")
+    data = _code(own_recipe) if own_recipe else _recipes_text(info)
+    synthetic = _synthetic_recipes(info)
+    if info.is_reward_model:
+        intended = (
+            f"Scoring replies to prompts like those of {data} (one scalar per reply; higher is preferred), "
+            "e.g. as the reward model of an RLHF stage or to rank candidate replies."
+        )
+    else:
+        intended = (
+            "Generating chat replies (through the tokenizer's chat template) to prompts like those of "
+            f"{data}."
+        )
+    if evaluation is not None and evaluation.variant is not None:
+        intended += (
+            f" It was evaluated as the {_code(evaluation.variant)} variant of the {_code(evaluation.suite)} "
+            "suite (see Evaluation)."
+        )
+    measured = "the held-out split of each stage's training data (the metrics in Lineage)"
+    if evaluation is not None and evaluation.variant is not None:
+        measured += f" and the held-out prompts of the {_code(evaluation.suite)} evaluation"
+    out_of_scope = [f"- Uses beyond what was measured: this card reports measurements only on {measured}."]
+    if synthetic:
+        out_of_scope.append(
+            f"- Real-world prompts: the training data ({', '.join(map(_code, synthetic))}) is synthetic, "
+            "generated by hftune's built-in recipes; nothing here measures behaviour on real user prompts."
+        )
+    if evaluation is None:
+        out_of_scope.append(
+            "- Decisions that need evaluation results: no evaluation was attached to this card."
+        )
+    return [
+        "## Intended use",
+        "",
+        intended,
+        "",
+        "## Out-of-scope use",
+        "",
+        *out_of_scope,
+        "",
+        "## Limitations",
+        "",
+        *_limitations(info, evaluation, synthetic),
+        "",
+    ]
+
+
+def _limitations(info: CardInfo, evaluation: Evaluation | None, synthetic: list[str]) -> list[str]:
+    lines = []
+    last = info.lineage.nodes[-1]
+    manifest = last.manifest or {}
+    if evaluation is not None and evaluation.seed_run is not None:
+        runs = evaluation.results["variants"][evaluation.variant].get("seed_runs") or []
+        seeds = ", ".join(markdown.escape(r.get("seed")) for r in runs if isinstance(r, dict))
+        lines.append(
+            f"- Seeds: this is one of {len(runs)} seed runs (seeds {seeds}) of the same recipe; the "
+            "Evaluation shows its own numbers beside their mean."
+        )
+    elif evaluation is not None and evaluation.variant is not None:
+        lines.append(
+            f"- Seeds: one training run (seed {markdown.escape(manifest.get('seed', '?'))}); the evaluation "
+            "has no other seed of this variant, so run-to-run variance was not measured."
+        )
+    else:
+        lines.append(f"- Seeds: one training run (seed {markdown.escape(manifest.get('seed', '?'))}).")
+    if evaluation is not None and evaluation.variant is not None:
+        verifier = eval_results.stat(evaluation.results, evaluation.variant, "verifier")
+        if isinstance(verifier, dict) and eval_results.finite(verifier.get("mean")):
+            own = evaluation.own("verifier")
+            text = markdown.escape(_ci_text(verifier))
+            if evaluation.seed_run is not None and own is not None:
+                text = f"this run {_fmt(own)}; the mean over its variant's seed runs {text}"
+            lines.append(
+                f"- Verifier accuracy (replies a programmatic checker marks correct) on the eval's prompts: "
+                f"{text}."
+            )
+        kl = eval_results.stat(evaluation.results, evaluation.variant, "kl_to_sft")
+        if isinstance(kl, dict) and eval_results.finite(kl.get("mean")):
+            lines.append(
+                f"- KL to the SFT model on the eval's prompts: {markdown.escape(_ci_text(kl))} nats."
+            )
+    metrics = manifest.get("metrics") or {}
+    kl_last = metrics.get("objective/kl last", metrics.get("kl last"))
+    if eval_results.finite(kl_last) and last.stage in _RL_STAGES:
+        lines.append(
+            f"- KL to the SFT model in training (the last logged `objective/kl`): {_fmt(float(kl_last))}."
+        )
+    for node in _reward_nodes(info):
+        report = _reward_report(node)
+        corr = report.get("length_correlation")
+        if not eval_results.finite(corr):
+            continue
+        who = "This reward model's" if node is last else f"The reward model {_code(node.name)}'s"
+        line = f"- {who} scores correlate with reply length: r = {float(corr):+.2f} on its held-out pairs"
+        if report.get("length_flag"):
+            line += (
+                " (flagged: the reward may be tracking length, so a higher reward may partly be longer "
+                "replies)"
+            )
+        lines.append(line + ".")
+    if synthetic:
+        lines.append(
+            f"- Synthetic data: {', '.join(map(_code, synthetic))} are hftune's built-in synthetic recipes "
+            "(small, templated tasks)."
+        )
+    return lines
+
+
+def _verdict_section(evaluation: Evaluation | None) -> list[str]:
+    if evaluation is None or not evaluation.results.get("verdicts"):
+        return []
+    lines, chosen = evaluation.verdicts()
+    if not lines:
+        return []
+    note = (
+        f"The evaluation's verdicts on the claims about {_code(evaluation.variant)}:"
+        if chosen
+        else "The evaluation's verdicts (this card could not tell which of them are about this model):"
+    )
+    return ["## Verdict", "", note, "", *(f"- {markdown.escape(line)}" for line in lines), ""]
+
+
+def _reward_accuracy(info: CardInfo) -> list[str]:
+    if not info.is_reward_model or info.lineage.nodes[-1].stage != "reward":
+        return []
+    report = _reward_report(info.lineage.nodes[-1])
+    accuracy = report.get("accuracy")
+    if not eval_results.finite(accuracy):
+        return []
+    ci = report.get("accuracy_ci95")
+    text = (
+        f"Held-out pairwise accuracy (the chosen reply scored above the rejected one): {float(accuracy):.3f}"
+    )
+    if isinstance(ci, list) and len(ci) == 2 and all(eval_results.finite(x) for x in ci):
+        text += f" (95% bootstrap CI {float(ci[0]):.3f}-{float(ci[1]):.3f})"
+    if isinstance(report.get("n_pairs"), int):
+        text += f" over {report['n_pairs']} pairs"
+    if eval_results.finite(report.get("accuracy_before")):
+        text += f"; before training {float(report['accuracy_before']):.3f}"
+    return ["## Reward model accuracy", "", text + ".", ""]
+
+
+def _license_lines(license_: str, source: str | None) -> list[str]:
+    if source is None:
+        return ["> **No license was given: set `--license`** (the metadata says `license: other`).", ""]
+    if source == "--license":
+        return [f"License: {_code(license_)}.", ""]
+    return [f"License: {_code(license_)} ({source}, read from its files; `--license` sets another).", ""]
+
+
 def _summary(info: CardInfo, root: str) -> str:
     last = info.lineage.nodes[-1]
     kind = "LoRA adapter (PEFT)" if info.is_adapter else "full model"
@@ -513,6 +943,7 @@ def render(
     eval_dir: str | os.PathLike | None = None,
     repo_id: str | None = None,
     base_model_id: str | None = None,
+    license: str | None = None,
     by: str = "card",
 ) -> str:
     """The card (README.md text) for a finished artifact folder. Its first line after the metadata is a
@@ -523,23 +954,31 @@ def render(
         raise UserError(f"--base-model-id {base_model_id!r}: expected a Hub model id such as ORG/NAME")
     info = inspect_folder(folder, base_model_id)
     root = info.lineage.root.name
-    # With --base-model-id the Hub link is the model a user loads this adapter on; the body keeps the full
-    # local lineage either way. A model trained from scratch has no base model to link to.
-    meta_base = base_model_id or (None if info.lineage.from_scratch else root)
-    title = markdown.escape(repo_id or info.folder.resolve().name)
+    # The Hub link is the model a user loads this on: an adapter's own base (--base-model-id, else its direct
+    # parent), a full model's root; the body keeps the full local lineage either way. A model trained from
+    # scratch has no base model to link to.
+    meta_base, relation = _real_base(info, base_model_id)
+    license_, license_source = _license_choice(license, info)
+    evaluation = _evaluation(eval_dir, info.folder)
+    name = repo_id or info.folder.resolve().name
     body = [
-        f"# {title}",
+        f"# {markdown.escape(name)}",
         "",
         _summary(info, root),
         "",
+        *_license_lines(license_, license_source),
         *_warnings_section(info),
+        *_use_sections(info, evaluation),
+        *_verdict_section(evaluation),
+        *_reward_accuracy(info),
         *_lineage_section(info),
-        *_eval_section(eval_dir, info.folder),
+        *_eval_section(evaluation, info.folder),
         *_usage(info, repo_id),
         *_training_config(info.folder, info.lineage),
         *_provenance(info),
     ]
-    text = strip_secrets(f"---\n{_metadata(info, meta_base)}\n---\n\n" + "\n".join(body))
+    meta = _metadata(info, meta_base, relation, license_, name, evaluation)
+    text = strip_secrets(f"---\n{meta}\n---\n\n" + "\n".join(body))
     head, sep, rest = text.partition("\n---\n\n")
     return f"{head}{sep}{_MARKER.format(by=by, digest=_sha256(text))}\n{rest}"
 

@@ -219,13 +219,16 @@ def stage_files(
     repo_id: str | None = None,
     eval_dir: str | os.PathLike | None = None,
     base_model_id: str | None = None,
+    license: str | None = None,
     link_weights: bool = False,
     secrets: Sequence[str] = (),
 ) -> list[str]:
     """Write into `dest` (an empty folder) exactly what is uploaded; returns the file names. Everything is
     checked (the card rendered, the files chosen, their names free of `secrets`) before the first file is
     written or named in the log."""
-    text = card.render(folder, eval_dir=eval_dir, repo_id=repo_id, base_model_id=base_model_id, by="push")
+    text = card.render(
+        folder, eval_dir=eval_dir, repo_id=repo_id, base_model_id=base_model_id, license=license, by="push"
+    )
     selected = select_files(folder)
     for src in selected:
         _check_name(src.relative_to(folder), folder, secrets)
@@ -386,6 +389,7 @@ def push(
     revision: str = "main",
     commit_message: str | None = None,
     base_model_id: str | None = None,
+    license: str | None = None,
     overwrite: bool = False,
 ) -> PushResult:
     """Upload `folder` to `repo_id`, or with `dry_run` stage it there and upload nothing. The dry-run folder
@@ -393,7 +397,7 @@ def push(
     if not lineage.is_hub_id(repo_id) or "/" not in repo_id:
         raise UserError(f"--repo-id {repo_id!r}: expected ORG/NAME (a user or organisation, then a name)")
     folder = check_artifact(folder)
-    stage_kwargs = dict(repo_id=repo_id, eval_dir=eval_dir, base_model_id=base_model_id)
+    stage_kwargs = dict(repo_id=repo_id, eval_dir=eval_dir, base_model_id=base_model_id, license=license)
     if dry_run is not None:
         out = Path(dry_run)
         _check_dry_run_folder(folder, out, overwrite)

@@ -290,6 +290,8 @@ table.narrow td { text-align: left; }
 .dec { display: block; font-size: 10px; font-weight: 400; color: var(--muted); }
 .tag { font-size: 11px; background: #e8eef7; color: var(--accent); padding: 1px 6px; border-radius: 8px; }
 td.better { background: #dcf2de; } td.worse { background: #f8dcdc; } td.changed { background: #fbefd0; }
+td.better_prompts { background: #eff9f0; } td.worse_prompts { background: #fcf0f0; }
+td.changed_prompts { background: #fdf7e8; } ul.verdicts li { margin: 0.2em 0; }
 .matrix td { text-align: center; min-width: 96px; }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 16px; }
 figure { margin: 0; padding: 10px; border: 1px solid var(--line); border-radius: 6px; background: #fff; }

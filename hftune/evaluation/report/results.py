@@ -105,17 +105,21 @@ def label(results: dict, metric: str) -> str:
 def direction(results: dict, metric: str, difference: dict | None) -> str | None:
     """'better' / 'worse' for a difference whose CI excludes 0 (by the metric's direction), 'changed' when
     the metric has no preferred direction, None when the difference is not significant. A variant trained
-    with several seeds claims a difference only when it also survives the seeds (`survives_seeds`)."""
+    with several seeds claims a difference only when it also survives the seeds (`survives_seeds`): where it
+    does not, the mark is the hollow one ('better_prompts', 'worse_prompts', 'changed_prompts': over prompts,
+    not across seeds). The same rule as the verdicts (`evaluation/verdict.py`)."""
     if not difference or not (finite(difference.get("ci_low")) and finite(difference.get("ci_high"))):
-        return None
-    if difference.get("survives_seeds") is False:
         return None
     if difference["ci_low"] <= 0 <= difference["ci_high"]:
         return None
     higher = info(results, metric).get("higher_is_better")
     if higher is None:
-        return "changed"
-    return "better" if (difference["mean"] > 0) == bool(higher) else "worse"
+        mark = "changed"
+    else:
+        mark = "better" if (difference["ci_low"] > 0) == bool(higher) else "worse"
+    return (
+        f"{mark}_prompts" if "seeds" in difference and difference.get("survives_seeds") is not True else mark
+    )
 
 
 def confidence(results: dict) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dataclasses import replace
 from typing import Any
 
+from hftune.evaluation import verdict as verdicts
 from hftune.evaluation.report.results import (
     CAVEAT_MARK,
     REWARD_METRICS,
@@ -61,6 +62,7 @@ HOW_TO_READ = [
 def report(results: dict, samples: list[dict]) -> list[Section]:
     """Every section of report.md and report.html, in order; a section with nothing to say is left out."""
     parts = [
+        verdict(results),
         variants(results),
         held_out(results),
         *clean_subset(results),
@@ -73,6 +75,16 @@ def report(results: dict, samples: list[dict]) -> list[Section]:
         examples(results, samples),
     ]
     return [part for part in parts if part is not None]
+
+
+def verdict(results: dict) -> Section | None:
+    """The answer first: one line per claim (results.json's `verdicts`, the lines the terminal prints), and
+    the rule they and the tables' marks follow."""
+    lines = verdicts.lines(results)
+    if not lines:
+        return None
+    note = [Cell(verdicts.RULE.format(conf=confidence(results)))]
+    return Section("verdict", "Verdict", note=note, items=[[Cell(line)] for line in lines])
 
 
 def variants(results: dict) -> Section:
@@ -235,10 +247,16 @@ def diffs(results: dict) -> Section:
         f"{MARKS['better']} better, {MARKS['worse']} worse, {MARKS['changed']} changed (for metrics without "
         "a preferred direction)."
     )
-    if any(v.get("seed_runs") for v in (results.get("variants") or {}).values()):
+    seeded = any(
+        v.get("seed_runs") or any("seeds" in (d or {}) for d in (v.get("vs_baseline") or {}).values())
+        for v in (results.get("variants") or {}).values()
+    )
+    if seeded:
         note += (
-            " For a variant trained with several seeds, a difference is marked only if its interval across "
-            "seeds (a t-interval over the per-seed means) excludes 0 as well."
+            " For a variant trained with several seeds, a difference is marked ▲ / ▼ / ● only if its "
+            "interval across seeds (a t-interval over the per-seed means) excludes 0 as well; where it does "
+            f"not, the mark is hollow: {MARKS['better_prompts']} / {MARKS['worse_prompts']} / "
+            f"{MARKS['changed_prompts']}, over prompts but not across seeds. The verdicts follow this rule."
         )
     header = [Cell("variant"), *(_metric_header(results, m) for m in columns)]
     table = Table(header, rows, "stats", _footnotes(results, *rows, short=True))

@@ -13,8 +13,16 @@ from typing import Any
 
 from hftune.evaluation.report.results import finite
 
-# A difference whose interval excludes 0, by the metric's direction, and the symbol it is shown with.
-MARKS = {"better": "▲", "worse": "▼", "changed": "●"}
+# A difference whose interval excludes 0, by the metric's direction, and the symbol it is shown with; the
+# hollow ones: over prompts but not across seeds (a seeded variant whose seed-level interval includes 0).
+MARKS = {
+    "better": "▲",
+    "worse": "▼",
+    "changed": "●",
+    "better_prompts": "△",
+    "worse_prompts": "▽",
+    "changed_prompts": "○",
+}
 
 
 @dataclass(frozen=True)
