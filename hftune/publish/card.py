@@ -253,13 +253,11 @@ def _real_base(info: CardInfo, base_model_id: str | None) -> tuple[str | None, s
     trained from scratch)."""
     if base_model_id:
         return base_model_id, "adapter" if info.is_adapter else "finetune"
+    if info.lineage.from_scratch:
+        return None, None  # trained from random weights here: no model on the Hub to link to
     if info.is_adapter:
         parent = _model_parent(info.lineage.nodes[-1])
-        if parent is not None:
-            return parent, "adapter"
-        return (None, None) if info.lineage.from_scratch else (info.load_base, "adapter")
-    if info.lineage.from_scratch:
-        return None, None
+        return parent or info.load_base, "adapter"
     return info.lineage.root.name, "finetune"  # a merged LoRA chain too: its weights are the fine-tune
 
 
