@@ -113,6 +113,18 @@ def hardware_defaults(*, liger: bool = False) -> dict[str, Any]:
     }
 
 
+def pair_key_hint(key: str) -> str | None:
+    """Why SFT's `too_long` is not a key of the stages that train on pairs (reward, dpo): its `truncate` cuts
+    one reply, and a pair cut to fit could lose the very tokens where its replies differ."""
+    if key == "too_long":
+        return (
+            "pairs longer than `max_length` are always dropped and counted (`too_long` in the manifest), "
+            "never cut (never truncated to fit): a cut pair may lose where its replies differ; raise "
+            "`max_length`, or see the lengths with `hftune data preview`"
+        )
+    return None
+
+
 TOKENIZER_KEYS = ("pad_token", "eos_token", "chat_template_path")
 
 

@@ -171,18 +171,8 @@ def schema(algorithm: str = "dpo") -> StageSchema:
         classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": POExtras},
         defaults=defaults,
         check=_check,
-        unknown_key_hint=_unknown_key_hint,
+        unknown_key_hint=common.pair_key_hint,
     )
-
-
-def _unknown_key_hint(key: str) -> str | None:
-    """SFT's `too_long` asked of preference data (which hftune never truncates), with what to do instead."""
-    if key == "too_long":
-        return (
-            "preference rows longer than `max_length` are dropped and counted (`too_long` in the manifest), "
-            "never cut: a cut pair may lose where its replies differ; raise `max_length`"
-        )
-    return None
 
 
 def parse(

@@ -96,20 +96,8 @@ def schema() -> StageSchema:
         classes={"training": RewardConfig, "model": ModelConfig, "hftune": RewardExtras},
         defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=_check,
-        unknown_key_hint=_unknown_key_hint,
+        unknown_key_hint=common.pair_key_hint,
     )
-
-
-def _unknown_key_hint(key: str) -> str | None:
-    """Why SFT's `too_long` is not a reward key: its `truncate` cuts one reply, and a pair cut to fit could
-    lose the very tokens where its chosen and rejected replies differ, so the model would learn from noise."""
-    if key == "too_long":
-        return (
-            "pairs longer than `max_length` are always dropped and counted (`too_long` in the manifest), "
-            "never truncated: a cut pair may lose where its replies differ; raise `max_length`, or see the "
-            "lengths with `hftune data preview`"
-        )
-    return None
 
 
 def parse(
