@@ -41,6 +41,10 @@ ENV_PREFIXES = (
     *("TRL_", "TRANSFORMERS_"),
 )
 ENV_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+# Set by hftune itself when a stage module is imported (hftune.stages.dpo quietens TRL's experimental-API
+# warning): whether it is set yet says which modules this process imported, not what a run is made from, so
+# a cached rerun in a fresh process must not read it as a change.
+OWN_ENV = frozenset({"TRL_EXPERIMENTAL_SILENCE"})
 # Files up to this size are hashed by content; larger ones (a model's weights named by path) by size and
 # modification time, so that a rerun never reads gigabytes to find that nothing changed.
 CONTENT_LIMIT = 64 * 2**20
@@ -59,7 +63,11 @@ def environment() -> dict[str, Any]:
         "python": sys.version,
         "hftune_files": _package_hash(Path(__file__).parent),
         "hardware": _hardware(),
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES) or k in ENV_NAMES},
+        "env": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if (k.startswith(ENV_PREFIXES) or k in ENV_NAMES) and k not in OWN_ENV
+        },
         "cwd": os.getcwd(),  # relative paths in the values are read from here
     }
 

@@ -105,6 +105,14 @@ def eval_output():
         },
         "variants": variants,
         "win_rates": win_rates,
+        "training": {
+            "rlhf": {
+                "metrics": {"reward": "objective/scores", "kl": "objective/kl"},
+                "runs": {
+                    "rlhf": {"step": [1, 2, 3, 4], "reward": [0.1, 0.3, 0.4, 0.6], "kl": [0, 0.2, 0.5, 0.7]}
+                },
+            }
+        },
         "judge": {
             "model": "judge-mini",
             "win_rates": {
@@ -177,7 +185,7 @@ def test_reports_are_complete_and_escaped(tmp_path, eval_output):
     assert " - |" in ref_row
 
     images = _images(page)
-    assert len(images) == 4
+    assert len(images) == 5
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000 for png in images)
     assert "Plot skipped" not in page
     assert 'src="http' not in page and "<link" not in page  # self-contained
@@ -201,22 +209,25 @@ def test_a_variant_name_is_escaped_in_every_table(tmp_path, eval_output):
     for text in (md, page):
         assert "<img src=x" not in text and "onerror=alert(1)>" not in text
     # Variants, metrics, paired differences, the win-rate matrix (a row and a column) and 5 examples; the
-    # HTML has every prompt in its browser instead: a column head and a choice for A and for B.
+    # HTML has every prompt in its browser instead (a column head and a choice for A and for B), and the
+    # names each plot draws (reward, win rates, reward vs KL, length: `data-variants`).
     assert md.count("&lt;img src=x onerror=alert(1)&gt;") == 10
-    assert page.count("&lt;img src=x onerror=alert(1)&gt;") == 8
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;") == 12
+    drawn = re.findall(r'<figure data-variants="([^"]*)"', page)
+    assert sum("&lt;img src=x onerror=alert(1)&gt;" in names for names in drawn) == 4
     assert '<th data-v="0">&lt;img src=x onerror=alert(1)&gt;</th>' in page
 
 
 def test_plots_degrade_without_data(tmp_path, eval_output):
     results, _ = eval_output
-    results = {**results, "win_rates": {}, "judge": None, "baseline": None}
+    results = {**results, "win_rates": {}, "judge": None, "baseline": None, "training": None}
     for v in results["variants"].values():
         v["metrics"].pop("kl_to_sft", None)
         v["vs_baseline"] = {}
     write_reports(tmp_path, results, [])
     page = (tmp_path / "report.html").read_text()
     assert _images(page) == []
-    assert page.count("Plot skipped") == 4
+    assert page.count("Plot skipped") == 5
     assert "no variant has both a reward and kl_to_sft" in page
     assert "No baseline" in (tmp_path / "report.md").read_text()
 
@@ -228,21 +239,30 @@ def test_plots_degrade_without_data(tmp_path, eval_output):
 
 def test_summary_table(eval_output):
     results, _ = eval_output
-    table = summary_table(results)
-    lines = table.splitlines()
-    assert len(lines) == 1 + len(VARIANTS)
+    wide = summary_table(results, width=1000)
+    lines = wide.splitlines()[: 1 + len(VARIANTS)]
     header = lines[0].split()
     assert header[:4] == ["variant", "reward", "win", "vs"]
     for metric in ("verifier", "exact_match", "kl_to_sft", "length", "eos_rate", "loop_rate"):
         assert metric in header
     assert "distinct_2" not in header  # not a headline metric
     assert [line.split()[0] for line in lines[1:]] == list(VARIANTS)
+    # Each cell is the mean ± the wider side of its interval (never understating it).
     reward = results["variants"]["rlhf"]["metrics"]["reward"]
-    assert f"{reward['mean']:.3f} [{reward['ci_low']:.3f}, {reward['ci_high']:.3f}]" in lines[3]
-    assert "0.500 [0.500, 0.500]" in lines[2]  # sft vs itself
+    spread = max(reward["mean"] - reward["ci_low"], reward["ci_high"] - reward["mean"])
+    assert f"{reward['mean']:.3f} ±{spread:.3f}" in lines[3]
+    assert "0.500 ±0.000" in lines[2]  # sft vs itself
     # The reference row has no kl_to_sft: its cell is '-', in the kl_to_sft column.
     column = lines[0].index("kl_to_sft")
     assert lines[4][column] == "-"
+    assert "Left out" not in wide
+    # At the terminal's 100 columns the last columns are left out, and named.
+    table = summary_table(results)
+    assert max(map(len, table.splitlines())) <= 100
+    kept = table.splitlines()[0].split()
+    assert kept[:4] == header[:4] and len(kept) < len(header)
+    left_out = next(line for line in table.splitlines() if line.startswith("Left out to fit 100 columns: "))
+    assert "loop_rate" not in kept and left_out.endswith("loop_rate (see report.md).")
 
 
 def _browser() -> str | None:
@@ -410,6 +430,6 @@ def test_browser_sorts_and_filters_in_chromium(tmp_path, eval_output):
     assert descending == [*indexes(sorted(ranked, key=lambda s: (-difference(s), s["prompt_index"]))), "3"]
     # The header follows the choice, and the evil reply and prompt are text (4 plots, no other image).
     assert re.search(r'<th class="bd">sft − rlhf</th>', dom.stdout)
-    assert re.search(r"<body[^>]* data-images=\"4\"", dom.stdout)
+    assert re.search(r"<body[^>]* data-images=\"5\"", dom.stdout)
     assert not re.search(r"<body[^>]* data-pwned", dom.stdout)
     assert re.search(r"of 12 prompts shown", dom.stdout)

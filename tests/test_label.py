@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from report_page import chrome, ready_for_browser
 
 from hftune.errors import UserError
 from hftune.label import app as label_app
@@ -25,21 +25,7 @@ from hftune.label import stats as label_stats
 from hftune.label.store import LabelStore, read_rows
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = next(
-    (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
-)
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-def _browser_ready() -> bool:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return False
-    return CHROMIUM is not None and CHROMEDRIVER is not None
-
-
-needs_browser = pytest.mark.skipif(not _browser_ready(), reason="needs selenium, chromium and chromedriver")
+needs_browser = ready_for_browser
 
 
 # --- fast checks, no model -----------------------------------------------------------------------------
@@ -271,24 +257,7 @@ def start_label(config: Path) -> tuple[subprocess.Popen, str, list[str]]:
 
 
 def browser(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return chrome(tmp_path / "chromium-profile")
 
 
 def wait_for(driver, condition, timeout: float = 30):

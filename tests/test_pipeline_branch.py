@@ -393,7 +393,8 @@ def test_reports_mark_the_reward_of_a_variant_that_never_saw_the_reward_model():
     summary = summary_table(results).splitlines()
     dpo_line = next(line for line in summary if line.startswith("dpo"))
     assert "†" in dpo_line and not any("†" in line for line in summary if line.startswith(("sft", "rlhf")))
-    assert summary[-1].startswith("† Reward-model scores") and summary[-2] == ""
+    footnote = summary.index("") + [line.startswith("†") for line in summary[summary.index("") :]].index(True)
+    assert summary[footnote].startswith("† Reward-model scores") and summary[footnote - 1] == ""
 
     # The model card's table (publish/card.py renders exactly this) carries the footnote too.
     card = "\n".join(report_markdown.table(metrics_table(results).transposed("metric")))

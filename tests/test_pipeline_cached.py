@@ -218,3 +218,17 @@ def test_hftune_files_include_the_linked_built_in_recipes_and_their_data(tmp_pat
     (tmp_path / "data" / "rows.jsonl").write_text('{"text": "b"}\n')
     assert quick_fingerprint._package_hash(tmp_path / "pkg") != before
     assert quick_fingerprint.environment()["hftune_files"] == quick_fingerprint.environment()["hftune_files"]
+
+
+def test_a_variable_hftune_sets_on_import_is_no_change(monkeypatch):
+    """hftune.stages.dpo sets TRL_EXPERIMENTAL_SILENCE when imported: a run recorded before that import (a
+    pipeline in a fresh process) and a rerun after it (or the other way round) see the same environment,
+    while any other TRL_ variable is a change."""
+    monkeypatch.delenv("TRL_EXPERIMENTAL_SILENCE", raising=False)
+    before = quick_fingerprint.environment()["env"]
+    import hftune.stages.dpo  # noqa: F401
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    assert quick_fingerprint.environment()["env"] == before
+    monkeypatch.setenv("TRL_SOMETHING_ELSE", "1")
+    assert quick_fingerprint.environment()["env"] != before

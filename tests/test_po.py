@@ -34,11 +34,16 @@ def test_dpo_is_evaluated_beside_sft_with_cis_and_the_reward_model_caveat(chain,
     argv += ["--variants", "[sft, rlhf]", "--output_dir", tmp_path / "eval"]
     code, _, err = run_cli(argv, tmp_path, capsys)
     assert code == 0, err
-    variants = json.loads((tmp_path / "eval" / "results.json").read_text())["variants"]
-    dpo = variants["dpo"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    dpo = results["variants"]["dpo"]
+    # The suite's 40 rows repeat some questions: each distinct prompt is evaluated once.
+    n = results["n_prompts"]
+    repeats = results["duplicates"]
+    assert n == repeats["n_distinct"] == repeats["n_rows"] - repeats["n_dropped"] <= 40
+    assert repeats["n_dropped"] > 0
     for metric in ("reward", "verifier", "kl_to_sft"):
         cell = dpo["metrics"][metric]
-        assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"] and cell["n"] == 40
+        assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"] and cell["n"] == n
     assert {"reward", "verifier"} <= set(dpo["vs_baseline"])
     assert dpo["trained_against_reward_model"] is False
     assert dpo["metrics"]["kl_to_sft"]["mean"] > 0  # it moved away from SFT, and the eval measures how far

@@ -169,13 +169,21 @@ def test_the_terminal_and_both_reports_show_the_same_lines():
     assert "reward † -0.500" in lines[2]
     terminal = summary(EvalResult(Path("out"), r, [], None))
     md, page = render_markdown(r, []), render_html(r, [])
-    for line in lines:
-        assert f"\n{line}\n" in terminal
-        assert f"\n- {escape(line)}\n" in md
-        assert f"<li>{html.escape(line)}</li>" in page
+    assert max(map(len, terminal.splitlines())) <= 100
+    for entry in r["verdicts"]:
+        head, segments = verdict.parts(entry)
+        item = f"{head}. {entry['why']} {' · '.join(segments)}"
+        assert entry["line"] == f"{head}: {' · '.join(segments)}"  # the same words and numbers, broken up
+        assert "\n".join(verdict.wrapped(entry, 100)) in terminal
+        words = " ".join(verdict.wrapped(entry, 100)).replace("  - ", " ").split()
+        assert words == item.replace(" · ", " ").split()
+        assert f"\n- **{escape(head)}.** {escape(entry['why'])} {escape(' · '.join(segments))}\n" in md
+        assert f"<li><b>{html.escape(head)}.</b> {html.escape(entry['why'])} " in page
+        assert f"{html.escape(' · '.join(segments))}</li>" in page
     # The verdict comes first, with the rule the marks follow.
     assert md.index("## Verdict") < md.index("## Variants") and "△ / ▽" in md
     assert page.index("<h2>Verdict</h2>") < page.index("<h2>Variants</h2>")
     # A results.json written before the verdicts existed renders the same lines, computed on the fly.
     del r["verdicts"]
-    assert all(f"\n- {escape(line)}\n" in render_markdown(r, []) for line in lines)
+    again = render_markdown(r, [])
+    assert all(escape(" · ".join(verdict.parts(e)[1])) in again for e in verdict.verdicts(r))

@@ -19,10 +19,14 @@ from hftune.errors import UserError
 from hftune.lineage import lineage
 
 
-def audit(keys: list[str], models: dict[str, str | None]) -> dict[str, Any]:
+def audit(
+    keys: list[str], models: dict[str, str | None], duplicates: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Overlap of the evaluated prompt `keys` with the training prompts of each stage behind `models`
     (name -> folder: the variants and the reward model). Stages without a record (a Hub model, a folder hftune
-    did not train) are listed as unaudited."""
+    did not train) are listed as unaudited. `duplicates` (`prompts.distinct`: the repeated rows dropped
+    before the eval, so each prompt counts once) is recorded with the audit, which lists what the
+    evaluated prompts are."""
     stages: dict[str, dict[str, Any]] = {}
     used_by: dict[str, list[str]] = {}
     unaudited: set[str] = set()
@@ -56,6 +60,7 @@ def audit(keys: list[str], models: dict[str, str | None]) -> dict[str, Any]:
         "contaminated_prompts": contaminated,
         "clean_prompts": len(keys) - len(contaminated),
         "unaudited": sorted(unaudited),
+        **({"duplicates": duplicates} if duplicates else {}),
     }
 
 
@@ -81,9 +86,21 @@ def summary_line(result: dict[str, Any]) -> str:
     overlapping = [f"{e['stage']} {e['overlap']}" for e in result["stages"].values() if e["overlap"]]
     audited = len(result["stages"])
     if not overlapping:
-        return f"contamination audit: 0 of {result['n_prompts']} prompts seen in training ({audited} stages)"
+        line = f"contamination audit: 0 of {result['n_prompts']} prompts seen in training ({audited} stages)"
+    else:
+        line = (
+            f"contamination audit: {len(result['contaminated_prompts'])} of {result['n_prompts']} prompts "
+            f"seen in training ({', '.join(overlapping)}); metrics on the {result['clean_prompts']} clean "
+            "ones are in results.json (`clean_subset`)"
+        )
+    return line + duplicates_clause(result.get("duplicates"))
+
+
+def duplicates_clause(duplicates: dict[str, Any] | None) -> str:
+    """'; 281 distinct prompts (300 rows, 19 repeats dropped: ...)' when rows repeated a prompt."""
+    if not duplicates or not duplicates.get("n_dropped"):
+        return ""
     return (
-        f"contamination audit: {len(result['contaminated_prompts'])} of {result['n_prompts']} prompts seen "
-        f"in training ({', '.join(overlapping)}); metrics on the {result['clean_prompts']} clean ones are "
-        "in results.json (`clean_subset`)"
+        f"; {duplicates['n_distinct']} distinct prompts ({duplicates['n_rows']} rows, "
+        f"{duplicates['n_dropped']} repeats dropped: results.json `duplicates`)"
     )

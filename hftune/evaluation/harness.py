@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,8 @@ import numpy as np
 from hftune import artifacts, distributed
 from hftune.config import StageConfig
 from hftune.errors import UserError
-from hftune.evaluation import contamination, report, reward_exposure, stats, text_metrics, verdict
+from hftune.evaluation import contamination, curves, report, reward_exposure, stats, text_metrics, verdict
+from hftune.evaluation.config_diff import config_diff
 from hftune.evaluation.measures import (
     aggregate,
     check_verifier,
@@ -156,7 +158,9 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
         logger.warning("base variant without few-shot examples: a base model may not answer at all")
     n = len(prompts.messages)
     # Before any generation: no number may come from prompts a stage behind these models trained on.
-    audited = contamination.audit(prompts.keys, {**paths, "reward_model": suite.reward_model})
+    audited = contamination.audit(
+        prompts.keys, {**paths, "reward_model": suite.reward_model}, duplicates=prompts.duplicates
+    )
     contamination.refuse_if_contaminated(audited, suite.allow_contamination, cfg.source)
     logger.info(contamination.summary_line(audited))
     logger.info("eval %s: %d prompts, variants %s", suite.name, n, ", ".join(suite.variants))
@@ -279,8 +283,12 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
             bon["kl_to_sft"] = np.full(n, math.log(m) - (m - 1) / m)
 
     boot = stats.Bootstrap(n, suite.bootstrap_samples, suite.confidence, seed=suite.seed)
-    results = aggregate(suite, per_prompt, boot, paths, greedy, sampled)
+    results = aggregate(suite, per_prompt, boot, paths, greedy, sampled, tasks=prompts.tasks)
     results["contamination"] = audited
+    results["duplicates"] = prompts.duplicates  # n_rows, n_distinct, n_dropped, repeated
+    results["training"] = curves.training(suite)  # each trained variant's curves, per seed run
+    # What differs between the variants' training configs (read now: the folders may be gone at a re-render).
+    results["config_diff"] = config_diff({name: v.get("model") for name, v in results["variants"].items()})
     results["held_out_by"] = prompts.held_out_by or f"the suite's rule (eval_fraction {suite.eval_fraction})"
     if audited["contaminated_prompts"] and audited["clean_prompts"] >= 2:
         # Allowed contamination: the same metrics on the prompts no stage trained on, beside the full ones.
@@ -352,8 +360,16 @@ def summary(result: EvalResult) -> str:
     audited = result.results.get("contamination")
     return (
         f"{report.summary_table(result.results)}\n\n"
-        + (f"{contamination.summary_line(audited)}\n" if audited else "")
+        + (
+            textwrap.fill(contamination.summary_line(audited), report.WIDTH, subsequent_indent="    ") + "\n"
+            if audited
+            else ""
+        )
         + f"held-out prompts: {result.results.get('held_out_by')}\n"
-        + "".join(f"{line}\n" for line in verdict_lines(result.results))
+        + "".join(
+            f"{line}\n"
+            for entry in verdict.entries(result.results)
+            for line in verdict.wrapped(entry, report.WIDTH)
+        )
         + f"report: {result.output_dir / 'report.html'}\nresults: {result.output_dir / 'results.json'}"
     )

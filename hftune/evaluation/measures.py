@@ -5,7 +5,6 @@ of samples.jsonl. `harness.run` calls these in order."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from typing import Any
@@ -13,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from hftune.errors import UserError
-from hftune.evaluation import seeds, stats, text_metrics, verdict
-from hftune.evaluation.prompts import Prompts, last_user
-from hftune.evaluation.suite import Suite, seed_runs
+from hftune.evaluation import rankings, seeds, stats, text_metrics, verdict
+from hftune.evaluation.prompts import UNTAGGED, Prompts, last_user
+from hftune.evaluation.report.results import HEADLINE
+from hftune.evaluation.suite import Suite, seed_runs, suite_function
 from hftune.models.cache import Cache, key
 from hftune.models.generation import Decoding
 
@@ -117,16 +117,7 @@ def _verify(verify, prompts: Prompts, i: int, text: str, failed: list[tuple[int,
 
 
 def load_verifier(spec: str):
-    module, _, name = spec.partition(":")
-    try:
-        verify = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"`verifier`: cannot import {spec}: {err}") from None
-    except Exception as err:  # the user's module failed while importing
-        raise UserError(f"`verifier`: importing {spec} failed: {type(err).__name__}: {err}") from None
-    if not callable(verify):
-        raise UserError(f"`verifier`: {spec} is a {type(verify).__name__}, not a function")
-    return verify
+    return suite_function("verifier", spec)
 
 
 def check_verifier(spec: str, prompts: Prompts) -> None:
@@ -146,12 +137,19 @@ def check_verifier(spec: str, prompts: Prompts) -> None:
 
 
 def aggregate(
-    suite: Suite, per_prompt, boot: stats.Bootstrap, paths, greedy: Decoding, sampled: Decoding
+    suite: Suite,
+    per_prompt,
+    boot: stats.Bootstrap,
+    paths,
+    greedy: Decoding,
+    sampled: Decoding,
+    tasks: list[str] | None = None,
 ) -> dict:
     """results.json from per-prompt metrics: per variant each metric's mean and bootstrap CI over prompts,
-    paired differences against the baseline, the win-rate matrix. `per_prompt` may hold the seed runs of a
-    variant under their own names (`suite.seed_runs`): they are folded into the one variant here, with a CI
-    across seeds beside each prompt-level one (`evaluation/seeds.py`)."""
+    paired differences against the baseline, the win-rate matrix, and with `tasks` (each prompt's task) the
+    per-task subtotals. `per_prompt` may hold the seed runs of a variant under their own names
+    (`suite.seed_runs`): they are folded into the one variant here, with a CI across seeds beside each
+    prompt-level one (`evaluation/seeds.py`)."""
     groups = {
         variant: [r for r in runs if r in per_prompt]
         for variant, runs in seed_runs(suite).items()
@@ -218,6 +216,9 @@ def aggregate(
     }
     if pairs:
         results["pairs"] = pairs
+    if tasks is not None:
+        results["tasks"] = task_subtotals(suite, per_prompt, tasks, baseline, stacks)
+    rankings.add(results, stacks, boot)  # length-controlled win rates and the ranking, from the same wins
     if any(len(members) > 1 for members in groups.values()):
         results["seed_info"] = {
             "confidence": suite.confidence,
@@ -225,6 +226,53 @@ def aggregate(
             "claim": seeds.CLAIM_RULE,
         }
     return results
+
+
+def task_subtotals(
+    suite: Suite,
+    per_prompt: dict[str, dict[str, np.ndarray]],
+    tasks: list[str],
+    baseline: str | None,
+    stacks: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """results.json `tasks`: per task (in order of first appearance, `other` last) its number of prompts
+    and, for each variant, the headline metrics (report.results.HEADLINE) as mean and CI over that task's
+    prompts alone, with the paired differences against the baseline. `per_prompt` is folded: a seeded
+    variant's value per prompt is the mean over its runs, as in every other table. Each task's intervals
+    come from resamples of its own prompts (the eval's seed and count), so a task with few prompts gets the
+    wide interval it deserves. With `stacks` (each variant's (runs, prompts) values), a difference where a
+    side was trained with several seeds also gets its interval across seeds over the task's prompts and
+    `survives_seeds`, as the whole-suite differences do, so its mark follows the same rule."""
+    labels = np.asarray(tasks)
+    names = sorted(dict.fromkeys(tasks), key=lambda t: t == UNTAGGED)  # stable: first appearance otherwise
+    out: dict[str, Any] = {}
+    for task in names:
+        chosen = np.flatnonzero(labels == task)
+        boot = stats.Bootstrap(len(chosen), suite.bootstrap_samples, suite.confidence, seed=suite.seed)
+        subset = {
+            v: {m: np.asarray(values)[chosen] for m, values in metrics.items() if m in HEADLINE}
+            for v, metrics in per_prompt.items()
+        }
+        entry: dict[str, Any] = {"n": len(chosen), "variants": {}, "vs_baseline": {}}
+        for v, metrics in subset.items():
+            entry["variants"][v] = {m: s for m, values in metrics.items() if (s := boot.summary(values))}
+            if baseline and v != baseline:
+                entry["vs_baseline"][v] = {
+                    m: s
+                    for m, values in metrics.items()
+                    if m in subset[baseline] and (s := boot.summary(values - subset[baseline][m]))
+                }
+                for m, summary in entry["vs_baseline"][v].items():
+                    pair = [((stacks or {}).get(name) or {}).get(m) for name in (v, baseline)]
+                    if all(x is not None for x in pair):
+                        seed_level = seeds.difference_block(
+                            *(stats.runs(x)[:, chosen] for x in pair), suite.confidence
+                        )
+                        if seed_level is not None:
+                            summary["seeds"] = seed_level
+                            summary["survives_seeds"] = seeds.survives(summary, seed_level, 0.0)
+        out[task] = entry
+    return out
 
 
 def run_judge(suite: Suite, prompts: Prompts, shown, boot: stats.Bootstrap) -> dict[str, Any]:

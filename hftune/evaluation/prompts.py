@@ -6,14 +6,30 @@ Which rows are held out is read from the SFT model's `prompts.json` (the prompt 
 has one, so the eval measures exactly what SFT never saw, whatever rows SFT dropped; otherwise the held-out
 rule itself decides (`prompt_keys.is_held_out`, a function of each prompt alone, with the suite's
 `eval_fraction` and `split_seed`). Either way the contamination audit checks the result against every
-stage behind every evaluated model."""
+stage behind every evaluated model.
+
+Each distinct prompt is evaluated once: a source may repeat a row, and a prompt counted twice would narrow
+every bootstrap interval without adding evidence. Rows are the same prompt when the conversation the model
+sees and the reference are the same (the same question with another reference is kept: its reference
+metrics differ). The first occurrence is kept, in order, before `max_prompts` takes the first prompts, so
+the cap counts distinct prompts; `duplicates` records what was dropped. A suite's `tasks` tags each prompt
+with a task, for the per-task subtotals."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from hftune.errors import UserError
-from hftune.evaluation.suite import Suite
+from hftune.evaluation.suite import Suite, suite_function
+
+logger = logging.getLogger(__name__)
+REPEATED_SHOWN = 50  # entries of `duplicates.repeated` kept in results.json, most repeated first
+UNTAGGED = "other"  # the task of a prompt no `tasks` pattern matches
 
 # ------------------------------------------------------------------------------------------------------
 
@@ -25,6 +41,10 @@ class Prompts:
     few_shot: list[tuple[str, str]]  # (question, answer) pairs from the training rows
     keys: list[str] = field(default_factory=list)  # each prompt's key (prompt_keys.prompt_key)
     held_out_by: str | None = None  # the artifact whose held-out prompts these are (None: the suite's rule)
+    # The rows the evaluated prompts stand for: {n_rows, n_distinct, n_dropped, repeated: [{prompt,
+    # reference, count}]} (`distinct`).
+    duplicates: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] | None = None  # each prompt's task, when the suite sets `tasks`
 
 
 def last_user(messages: list[dict[str, str]]) -> str:
@@ -66,8 +86,7 @@ def load_prompts(suite: Suite) -> Prompts:
             else (list(data.train), data.train_keys)
         )
         seen = list(data.train) if suite.split == "eval" else []
-    pairs = [prompt_and_reference(r) for r in rows][: suite.max_prompts]
-    keys = keys[: suite.max_prompts]
+    pairs, keys, duplicates = distinct([prompt_and_reference(r) for r in rows], keys, suite.max_prompts)
     if len(pairs) < 2:
         raise UserError(f"{suite.data_recipe}: {len(pairs)} prompt(s) to evaluate; need at least 2")
     few_shot: list[tuple[str, str]] = []
@@ -83,4 +102,63 @@ def load_prompts(suite: Suite) -> Prompts:
             if len(few_shot) == suite.few_shot:
                 break
     held_out_by = suite.sft_model if recorded is not None else None
-    return Prompts([p for p, _ in pairs], [r for _, r in pairs], few_shot, keys, held_out_by)
+    messages, references = [p for p, _ in pairs], [r for _, r in pairs]
+    tasks = task_labels(suite.tasks, messages, references) if suite.tasks else None
+    return Prompts(messages, references, few_shot, keys, held_out_by, duplicates, tasks)
+
+
+def distinct(
+    pairs: list[tuple[list[dict[str, str]], str | None]], keys: list[str], max_prompts: int | None
+) -> tuple[list[tuple[list[dict[str, str]], str | None]], list[str], dict[str, Any]]:
+    """The first occurrence of each distinct (conversation, reference), in order, at most `max_prompts` of
+    them, with their keys, and what the rows behind them repeated: {n_rows, n_distinct, n_dropped, repeated}
+    (the repeated prompts, most repeated first, at most REPEATED_SHOWN). The counts are of the rows behind
+    the evaluated prompts, so `n_distinct` is always the number evaluated."""
+    first: dict[str, int] = {}  # identity -> index of its first row (a dict keeps first-occurrence order)
+    counts: Counter[str] = Counter()
+    for i, (messages, reference) in enumerate(pairs):
+        identity = json.dumps([messages, reference], sort_keys=True, ensure_ascii=False)
+        first.setdefault(identity, i)
+        counts[identity] += 1
+    evaluated = list(first)[:max_prompts]
+    repeated = sorted((x for x in evaluated if counts[x] > 1), key=lambda x: -counts[x])  # ties: in order
+    n_rows = sum(counts[x] for x in evaluated)
+    duplicates = {
+        "n_rows": n_rows,
+        "n_distinct": len(evaluated),
+        "n_dropped": n_rows - len(evaluated),
+        "repeated": [
+            {"prompt": last_user(pairs[first[x]][0]), "reference": pairs[first[x]][1], "count": counts[x]}
+            for x in repeated[:REPEATED_SHOWN]
+        ],
+    }
+    if duplicates["n_dropped"]:
+        logger.info(
+            "%d distinct prompts (%d rows, %d repeats dropped: each prompt is evaluated once)",
+            len(evaluated), n_rows, n_rows - len(evaluated),
+        )  # fmt: skip
+    return [pairs[first[x]] for x in evaluated], [keys[first[x]] for x in evaluated], duplicates
+
+
+def task_labels(spec: dict[str, str] | str, messages: list[list[dict[str, str]]], references) -> list[str]:
+    """Each prompt's task, from the suite's `tasks`: a mapping {task: regex}, searched in the prompt's text
+    (its last user turn, what the verifier reads), where the first task whose pattern matches wins and a
+    prompt none matches is UNTAGGED; or `module:function`, called with (prompt text, reference) and
+    returning the task's name. A function that fails stops the eval here, before anything is generated."""
+    texts = [last_user(m) for m in messages]
+    if isinstance(spec, dict):
+        patterns = [(task, re.compile(pattern)) for task, pattern in spec.items()]  # checked by the suite
+        return [next((task for task, p in patterns if p.search(text)), UNTAGGED) for text in texts]
+    tag = suite_function("tasks", spec)
+    labels = []
+    for i, (text, reference) in enumerate(zip(texts, references, strict=True)):
+        try:
+            label = tag(text, reference)
+        except Exception as err:  # the user's code: any exception is its failure on this prompt
+            raise UserError(
+                f"`tasks`: {spec} failed on prompt {i} ({text!r:.80}): {type(err).__name__}: {err}"
+            ) from None
+        if not isinstance(label, str) or not label:
+            raise UserError(f"`tasks`: {spec} returned {label!r:.40} for prompt {i}, not a task name")
+        labels.append(label)
+    return labels

@@ -7,6 +7,8 @@ the file (`hftune eval --config eval/suites/tiny.yaml --max_prompts 16`).
 
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,12 @@ class Suite:
     verifier: str | None = hftune_field(
         None, "Task verifier `module:function(prompt, response, reference) -> float` (1.0 = correct)."
     )
+    tasks: dict[str, str] | str | None = hftune_field(
+        None,
+        "Tag each prompt with a task, for per-task subtotals (results.json `tasks`, a report table): a "
+        "mapping {task: regex}, searched in the prompt's text in order, the first match wins and a prompt "
+        "none matches is `other`; or `module:function(prompt, reference) -> task name`.",
+    )
     bootstrap_samples: int = hftune_field(2000, "Bootstrap resamples of the prompts for the 95% CIs.")
     confidence: float = hftune_field(0.95, "Confidence level of the intervals.")
     judge: dict | None = hftune_field(
@@ -160,6 +168,7 @@ def _check(values: dict[str, Any]) -> list[str]:
     verifier = values.get("verifier")
     if verifier and ":" not in verifier:
         problems.append(f"`verifier`: expected `module:function`, got {verifier!r}")
+    problems += _tasks_problems(values.get("tasks"))
     fmt = values["few_shot_format"]
     if "{prompt}" not in fmt or "{response}" not in fmt:
         problems.append("`few_shot_format`: must contain `{prompt}` and `{response}`")
@@ -168,6 +177,27 @@ def _check(values: dict[str, Any]) -> list[str]:
         isinstance(x, dict) and {"prompt", "response"} <= set(x) for x in few
     ):
         problems.append("`few_shot`: each example needs `prompt` and `response`")
+    return problems
+
+
+def _tasks_problems(tasks: Any) -> list[str]:
+    """`tasks` is `module:function` or a non-empty mapping of task names to regexes that compile."""
+    if tasks is None:
+        return []
+    if isinstance(tasks, str):
+        module, _, name = tasks.partition(":")
+        return [] if module and name else [f"`tasks`: expected `module:function` or a mapping, got {tasks!r}"]
+    if not tasks:
+        return ["`tasks`: an empty mapping (give {task: regex, ...}, or leave `tasks` out)"]
+    problems = []
+    for task, pattern in tasks.items():
+        if not isinstance(pattern, str):
+            problems.append(f"`tasks.{task}`: expected a regex string, got {pattern!r:.80}")
+            continue
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            problems.append(f"`tasks.{task}`: bad regex {pattern!r:.80}: {err}")
     return problems
 
 
@@ -193,6 +223,21 @@ def _rlhf_models_problems(models: Any) -> list[str]:
 EXTRAS = Suite
 DEFAULTS: dict[str, Any] = {}
 TRL_CONFIGS: tuple[str, ...] = ()  # a suite is hftune's own config
+
+
+def suite_function(key: str, spec: str):
+    """The `module:function` a suite key names (`verifier`, `tasks`), imported; a one-line error naming the
+    key when it cannot be."""
+    module, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"`{key}`: cannot import {spec}: {err}") from None
+    except Exception as err:  # the user's module failed while importing
+        raise UserError(f"`{key}`: importing {spec} failed: {type(err).__name__}: {err}") from None
+    if not callable(function):
+        raise UserError(f"`{key}`: {spec} is a {type(function).__name__}, not a function")
+    return function
 
 
 def schema() -> StageSchema:

@@ -19,6 +19,7 @@ else the reward; the others checked (`CHECKED`) must agree: when one holds and a
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 CHECKED = ("verifier", "reward", "expected_reward")
@@ -216,7 +217,42 @@ def verdicts(results: dict) -> list[dict]:
     return [entry for entry in out if entry is not None]
 
 
-def lines(results: dict) -> list[str]:
-    """The verdict lines: those results.json holds, else computed now (an older results.json)."""
+def entries(results: dict) -> list[dict]:
+    """The verdicts results.json holds, else computed now (an older results.json)."""
     recorded = results.get("verdicts")
-    return [v["line"] for v in (recorded if isinstance(recorded, list) else verdicts(results))]
+    return recorded if isinstance(recorded, list) else verdicts(results)
+
+
+def lines(results: dict) -> list[str]:
+    """The verdict lines (`line` of each entry)."""
+    return [v["line"] for v in entries(results)]
+
+
+def parts(entry: dict) -> tuple[str, list[str]]:
+    """An entry's line as its head ("rlhf vs sft (3 seeds): holds") and its segments, one per metric checked:
+    the pieces every rendering shows (the terminal one per line, the reports in one item)."""
+    line, word = str(entry["line"]), str(entry.get("word", ""))
+    head, found, rest = line.partition(f": {word}: ")
+    return (f"{head}: {word}", rest.split(" · ")) if found and rest else (line, [])
+
+
+def wrapped(entry: dict, width: int) -> list[str]:
+    """One verdict for a terminal `width` columns wide: the head and why, then each metric's segment on its
+    own indented lines; the words and numbers of `line`, only broken into lines."""
+    head, segments = parts(entry)
+    out = textwrap.wrap(f"{head}. {entry.get('why', '')}".strip(), width, subsequent_indent="    ")
+    for segment in segments:
+        out += _packed(segment.split("; "), width, "  - ", "      ")
+    return out
+
+
+def _packed(chunks: list[str], width: int, first: str, rest: str) -> list[str]:
+    """`chunks` joined by "; ", broken between chunks (an interval is never split) while they fit."""
+    out = [first + chunks[0]]
+    for chunk in chunks[1:]:
+        if len(out[-1]) + 2 + len(chunk) <= width:
+            out[-1] += f"; {chunk}"
+        else:
+            out[-1] += ";"
+            out.append(rest + chunk)
+    return [line for text in out for line in textwrap.wrap(text, width, subsequent_indent=rest)]

@@ -162,3 +162,21 @@ def verify_answer(prompt: str, response: str, reference: str | None = None) -> f
     del reference  # by design: see the docstring
     kind, answer = _solve(prompt)
     return 1.0 if _CHECKS[kind](response, answer) else 0.0
+
+
+# --- tagging prompts with a task (a suite's `tasks: module:function`) -------------------------------------
+
+_COMPARE = next(pattern for pattern, kind in _TASK_FORMS if kind == "compare")
+
+
+def larger_position(prompt: str, reference: str | None = None) -> str:
+    """The family of a compare prompt ("Which is larger, a or b?"): `first larger`, `second larger` (or
+    `equal`) by where the larger number stands; any other prompt is `other`. For the per-task subtotals of
+    the biased suite: its demonstrator names the first number 60% of the time, so SFT is right more often
+    when the first is larger, and what RLHF has to fix shows up in the `second larger` family."""
+    del reference  # the family is read from the question alone
+    m = _COMPARE.fullmatch(" ".join(prompt.split()))
+    if not m:
+        return "other"
+    first, second = int(m[1]), int(m[2])
+    return "first larger" if first > second else "second larger" if second > first else "equal"

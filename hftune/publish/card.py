@@ -30,6 +30,7 @@ import yaml
 from hftune import artifacts
 from hftune.config import strip_secrets
 from hftune.errors import UserError
+from hftune.evaluation import verdict
 from hftune.evaluation.report import markdown
 from hftune.evaluation.report import results as eval_results
 from hftune.evaluation.report.sections import metrics_table
@@ -529,15 +530,15 @@ class Evaluation:
                 out.append((eval_results.label(self.results, metric), value))
         return out
 
-    def verdicts(self) -> tuple[list[str], bool]:
-        """The `line`s of the eval's verdicts about this model's variant (as the variant or its baseline), and
-        whether they were chosen that way (False: every line, since the variant is unknown)."""
+    def verdicts(self) -> tuple[list[dict], bool]:
+        """The eval's verdicts about this model's variant (as the variant or its baseline), and whether they
+        were chosen that way (False: every verdict, since the variant is unknown)."""
         entries = [e for e in self.results.get("verdicts") or [] if isinstance(e, dict) and e.get("line")]
         if self.variant is not None:
             mine = [e for e in entries if self.variant in (e.get("variant"), e.get("baseline"))]
             if mine:
-                return [str(e["line"]) for e in mine], True
-        return [str(e["line"]) for e in entries], False
+                return mine, True
+        return entries, False
 
 
 def _evaluation(eval_dir: str | os.PathLike | None, folder: Path) -> Evaluation | None:
@@ -870,15 +871,24 @@ def _limitations(info: CardInfo, evaluation: Evaluation | None, synthetic: list[
 def _verdict_section(evaluation: Evaluation | None) -> list[str]:
     if evaluation is None or not evaluation.results.get("verdicts"):
         return []
-    lines, chosen = evaluation.verdicts()
-    if not lines:
+    entries, chosen = evaluation.verdicts()
+    if not entries:
         return []
     note = (
         f"The evaluation's verdicts on the claims about {_code(evaluation.variant)}:"
         if chosen
         else "The evaluation's verdicts (this card could not tell which of them are about this model):"
     )
-    return ["## Verdict", "", note, "", *(f"- {markdown.escape(line)}" for line in lines), ""]
+    return ["## Verdict", "", note, "", *(f"- {_verdict(entry)}" for entry in entries), ""]
+
+
+def _verdict(entry: dict) -> str:
+    """One verdict as the eval's reports show it: its head in bold, why, then each metric checked."""
+    head, segments = verdict.parts(entry)
+    if not segments:  # a line not in the verdicts' shape: as it is
+        return markdown.escape(str(entry["line"]))
+    why = f" {entry['why']}" if entry.get("why") else ""
+    return f"**{markdown.escape(head)}.**{markdown.escape(why)} {markdown.escape(' · '.join(segments))}"
 
 
 def _reward_accuracy(info: CardInfo) -> list[str]:

@@ -15,14 +15,22 @@ The model card (hftune.publish.card) shows the same metrics table through the sa
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from hftune.artifacts import write_text
 from hftune.evaluation.report.html import render_html
 from hftune.evaluation.report.markdown import render_markdown
-from hftune.evaluation.report.results import CAVEAT_MARK, HEADLINE, reward_caveats
+from hftune.evaluation.report.results import (
+    CAVEAT_MARK,
+    HEADLINE,
+    confidence,
+    metric_names,
+    reward_caveats,
+    stat,
+)
 from hftune.evaluation.report.sections import metrics_table
-from hftune.evaluation.report.table import plain
+from hftune.evaluation.report.table import Cell
 
 __all__ = [
     "CAVEAT_MARK",
@@ -34,6 +42,9 @@ __all__ = [
 ]
 
 
+WIDTH = 100  # the terminal summary's widest line
+
+
 def write_reports(out_dir: Path, results: dict, samples: list[dict]) -> None:
     """Write out_dir/report.md and out_dir/report.html (each written atomically)."""
     out_dir = Path(out_dir)
@@ -42,13 +53,46 @@ def write_reports(out_dir: Path, results: dict, samples: list[dict]) -> None:
     write_text(out_dir / "report.html", render_html(results, samples))
 
 
-def summary_table(results: dict) -> str:
-    """A short plain-text table printed at the end of `hftune eval`: one row per variant, columns = the
-    headline metrics present (reward, win rate vs the baseline, verifier, exact_match, kl_to_sft, length,
-    eos_rate, loop_rate...), each as `mean [ci_low, ci_high]`; missing -> '-'. A marked reward cell (a
-    variant that never trained against the reward model) has its footnote below the table."""
+def summary_table(results: dict, width: int = WIDTH) -> str:
+    """The plain-text table printed at the end of `hftune eval`, at most `width` columns wide: one row per
+    variant, columns = the headline metrics present (reward, win rate vs the baseline, verifier, exact_match,
+    kl_to_sft, length, eos_rate, loop_rate...), each cell `mean ±h` with h the wider side of its CI (so the
+    interval is never understated); missing -> '-'. Columns that do not fit are named below the table (the
+    full table, with the exact intervals, is in report.md and report.html). A marked reward cell (a variant
+    that never trained against the reward model) has its footnote below the table."""
     table = metrics_table(results, only=HEADLINE)
-    grid = [[c.text for c in table.header], *([plain(c) for c in row] for row in table.rows)]
-    widths = [max(len(row[i]) for row in grid) for i in range(len(table.header))]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in grid)
-    return "\n".join([*(line.rstrip() for line in lines), *(f"\n{note}" for note in table.footnotes)])
+    metrics = [m for m in metric_names(results) if m in HEADLINE]  # the table's columns, in its order
+    columns = [[table.header[0].text, *(row[0].text for row in table.rows)]]
+    for i, metric in enumerate(metrics, start=1):
+        cells = (_compact(row[i], stat(results, row[0].text, metric)) for row in table.rows)
+        columns.append([table.header[i].text, *cells])
+    widths = [max(map(len, column)) for column in columns]
+    cut = []
+    while len(columns) > 2 and sum(widths) + 2 * (len(widths) - 1) > width:
+        cut.insert(0, columns.pop()[0])
+        widths.pop()
+    lines = [
+        "  ".join(column[i].ljust(w) for column, w in zip(columns, widths, strict=True)).rstrip()
+        for i in range(len(columns[0]))
+    ]
+    if not table.rows:
+        return "\n".join(lines)
+    lines += [
+        "",
+        f"mean ±h: h is the wider side of the {confidence(results)} CI (exact intervals: report.md).",
+    ]
+    if cut:
+        lines.append(f"Left out to fit {width} columns: {', '.join(cut)} (see report.md).")
+    for note in table.footnotes:
+        lines += ["", textwrap.fill(note, width)]
+    return "\n".join(lines)
+
+
+def _compact(cell: Cell, value: dict | None) -> str:
+    """A statistic as `mean ±h` (h: the wider side of its interval, at the cell's precision), with its
+    footnote mark."""
+    text = cell.text
+    if cell.ci is not None and value:
+        spread = max(value["mean"] - value["ci_low"], value["ci_high"] - value["mean"])
+        text += f" ±{spread:.{len(cell.text.partition('.')[2])}f}"
+    return text + (f" {cell.note}" if cell.note else "")

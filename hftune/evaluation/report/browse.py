@@ -9,6 +9,7 @@ in the prompt. Nothing here computes more than that difference, which the script
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from hftune.evaluation.report.results import (
@@ -19,6 +20,7 @@ from hftune.evaluation.report.results import (
     variant_names,
 )
 from hftune.evaluation.report.sections import facts
+from hftune.evaluation.report.table import number
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Browser:
     # Per column: its rewards come from a reward model the variant never trained against (`caveat` says so).
     caveated: list[bool] = field(default_factory=list)
     caveat: str | None = None
+    seeded: bool = False  # some column is a seeded variant's seed mean
 
     def difference(self, row: Row) -> float | None:
         """reward(A) - reward(B) on one prompt, for the page as it opens (the script recomputes it)."""
@@ -63,42 +66,100 @@ def browser(results: dict, samples: list[dict]) -> Browser | None:
     """Every prompt of samples.jsonl, in its order; None when there are none."""
     if not samples:
         return None
-    known = variant_names(results)
+    runs = _seed_runs(results)
     seen = {name for sample in samples for name in (sample.get("variants") or {})}
-    names = [n for n in known if n in seen] + sorted(seen - set(known))
+    names = _columns(results, runs, seen)
     kinds = {n: ((results.get("variants") or {}).get(n) or {}).get("kind") for n in names}
     references = {n for n in names if kinds[n] == "reference"}
-    rows = [_row(sample, names, references) for sample in samples]
+    rows = [_row(sample, names, references, runs) for sample in samples]
     rewarded = [
         i for i in range(len(names)) if any(r.answers[i] and r.answers[i].reward is not None for r in rows)
     ]
     a, b = _pair(results, names, kinds, rewarded)
     caveats = reward_caveats(results)
     # A seed run's column (`rlhf@ppo-seed1`) shares its variant's caveat.
-    run_of = {
-        str(run.get("run")): name
-        for name, variant in (results.get("variants") or {}).items()
-        if isinstance(variant, dict)
-        for run in variant.get("seed_runs") or []
-        if isinstance(run, dict)
-    }
+    run_of = {run: name for name, members in runs.items() for run in members}
     caveated = [run_of.get(n, n) in caveats for n in names]
+    labels = [f"{n} (mean of {len(runs[n])} seeds)" if n in runs else n for n in names]
     return Browser(
-        names, rewarded, a, b, rows, caveated, caveat_footnote(results, short=True) if any(caveated) else None
+        labels,
+        rewarded,
+        a,
+        b,
+        rows,
+        caveated,
+        caveat_footnote(results, short=True) if any(caveated) else None,
+        seeded=any(n in runs for n in names),
     )
 
 
-def _row(sample: dict, names: list[str], references: set[str]) -> Row:
+def _seed_runs(results: dict) -> dict[str, list[str]]:
+    """variant -> the names of its seed runs (`rlhf@ppo-seed1`, ...), for the variants trained with several
+    seeds: their replies are stored under the run names only."""
+    out = {}
+    for name, variant in (results.get("variants") or {}).items():
+        members = [
+            str(run["run"])
+            for run in (variant or {}).get("seed_runs") or []
+            if isinstance(run, dict) and run.get("run")
+        ]
+        if members:
+            out[name] = members
+    return out
+
+
+def _columns(results: dict, runs: dict[str, list[str]], seen: set[str]) -> list[str]:
+    """The reply columns: results.json's variants in order, a seeded variant as its seed-mean column
+    followed by each of its runs, then any name only samples.jsonl has."""
+    out = []
+    for name in variant_names(results):
+        members = [r for r in runs.get(name, []) if r in seen]
+        if members:
+            out += [name, *members]
+        elif name in seen:
+            out.append(name)
+    return out + sorted(seen - set(out))
+
+
+def _row(sample: dict, names: list[str], references: set[str], runs: dict[str, list[str]]) -> Row:
     replies = sample.get("variants") or {}
     reference = sample.get("reference")
     if reference is not None and references & set(replies):
         reference = None  # already a column
+    answers = []
+    for name in names:
+        if name in runs:
+            answers.append(_seed_mean([replies.get(r) for r in runs[name]]))
+        else:
+            answers.append(_answer(replies[name]) if isinstance(replies.get(name), dict) else None)
     return Row(
         index=str(sample.get("prompt_index", "?")),
         prompt="" if sample.get("prompt") is None else str(sample["prompt"]),
         reference=None if reference is None else str(reference),
-        answers=[_answer(replies[n]) if isinstance(replies.get(n), dict) else None for n in names],
+        answers=answers,
     )
+
+
+def _seed_mean(replies: list) -> Answer | None:
+    """A seeded variant's column: its reward is the mean over the runs' rewards (what its metrics and the
+    paired differences use per prompt), its facts say how many runs got it right, and its text lists the
+    distinct replies with how many runs gave each, so a reader sees at once whether the seeds agree."""
+    replies = [r for r in replies if isinstance(r, dict)]
+    if not replies:
+        return None
+    rewards = [float(r["reward"]) for r in replies if finite(r.get("reward"))]
+    reward = sum(rewards) / len(rewards) if rewards else None
+    out = [f"mean reward {number(reward, 3)}"] if reward is not None else []
+    verified = [r["verified"] for r in replies if finite(r.get("verified"))]
+    if verified:
+        out.append(f"{sum(v >= 1 for v in verified)} of {len(verified)} seeds correct")
+    texts = Counter("" if r.get("response") is None else str(r["response"]) for r in replies)
+    if len(texts) == 1:
+        out.append(f"the {len(replies)} seeds reply alike")
+        response = next(iter(texts))
+    else:
+        response = "\n".join(f"×{count}: {text}" for text, count in texts.most_common())
+    return Answer(reward=reward, facts=out, response=response)
 
 
 def _answer(reply: dict) -> Answer:

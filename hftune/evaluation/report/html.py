@@ -16,7 +16,7 @@ from typing import Any
 
 from hftune.evaluation.report import browse, sections
 from hftune.evaluation.report.plots import Plot, render_plots
-from hftune.evaluation.report.results import CAVEAT_MARK, baseline, confidence
+from hftune.evaluation.report.results import CAVEAT_MARK, baseline, confidence, prompt_count
 from hftune.evaluation.report.table import (
     MARKS,
     Cell,
@@ -41,30 +41,44 @@ def _escape(text: Any) -> str:
 def render_html(results: dict, samples: list[dict]) -> str:
     """The whole of report.html."""
     suite = (results.get("suite") or {}).get("name", "eval")
-    n_prompts = results.get("n_prompts", len(samples))
-    body = []
+    body, contents = [], []  # the parts, and (id, title) of each for the contents bar
     for part in sections.report(results, samples):
         if part.name == "examples":  # the page has every prompt, in the browser, instead of the first few
-            body.append(_browser(browse.browser(results, samples)))
+            prompts = _browser(browse.browser(results, samples))
+            if prompts:
+                body.append(prompts)
+                contents.append(("prompts", "All prompts"))  # its heading's id
             continue
         body.append(_section(part))
+        contents.append((part.name, part.title))
         if part.name == "diffs":  # the plots draw the numbers of the tables above them
             body.append(_plots(render_plots(results, samples)))
+            contents.append(("plots", "Plots"))
     body.append(_suite(results))
     return PAGE.format(
         title=_escape(f"{suite} — hftune eval report"),
         css=CSS,
         heading=f"Eval report: {_escape(suite)}",
         subtitle=_escape(
-            f"{n_prompts} prompts · baseline: {baseline(results) or '-'} · {confidence(results)} CI"
+            f"{prompt_count(results, len(samples))} · baseline: {baseline(results) or '-'} · "
+            f"{confidence(results)} CI"
         ),
+        contents=_contents(contents),
         body="\n".join(body),
         script=SCRIPT,
     )
 
 
+def _contents(entries: list[tuple[str, str]]) -> str:
+    """The contents bar: a link to each part of the page, in order: to a <section> whose id is its
+    Section.name (unique) or "plots", or to the prompt browser's heading ("prompts"). The bar is one line,
+    which scrolls sideways on a phone."""
+    links = "".join(f'<a href="#{_escape(id_)}">{_escape(title)}</a>' for id_, title in entries)
+    return f'<nav class="contents" aria-label="Contents">{links}</nav>'
+
+
 def _section(part: Section) -> str:
-    out = f"<h2>{_escape(part.title)}</h2>"
+    out = f'<section id="{_escape(part.name)}"><h2>{_escape(part.title)}</h2>'
     if part.note:
         out += f'<p class="note">{_paragraph(part.note)}</p>'
     if part.empty:
@@ -76,11 +90,12 @@ def _section(part: Section) -> str:
     if part.glossary:
         entries = "".join(map(_definition, part.glossary))
         out += f"<details><summary>{_escape(part.glossary_title)}</summary><dl>{entries}</dl></details>"
-    return out + "".join(map(_example, part.examples))
+    return out + "".join(map(_example, part.examples)) + "</section>"
 
 
 def _table(rows: Table) -> str:
-    """The first column heads its row."""
+    """The first column heads its row. In its scroll box the first column and the header row stay in view
+    while the table scrolls (see CSS)."""
     head = "".join(f"<th>{_content(c)}</th>" for c in rows.header)
     body = "".join("<tr>" + "".join(_td(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows.rows)
     markup = (
@@ -199,9 +214,15 @@ def _browser(b: browse.Browser | None) -> str:
         if pair
         else f"All {len(b.rows)} prompts, each variant's greedy reply side by side; long texts are folded."
     )
+    if b.seeded:
+        note += (
+            " A variant trained with several seeds has a column for each seed and one for the seeds "
+            "together: their mean reward (what its metrics use) and their replies, with how many seeds "
+            "gave each."
+        )
     caveat = f'<p class="footnote">{_escape(b.caveat)}</p>' if b.caveat else ""
     return (
-        f'<h2>All prompts</h2><p class="note">{_escape(note)}</p>{caveat}<div id="browse">'
+        f'<h2 id="prompts">All prompts</h2><p class="note">{_escape(note)}</p>{caveat}<div id="browse">'
         f'<form class="controls" hidden>{controls}</form><div class="scroll">'
         f'<table class="browse" style="--columns: {columns}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{rows}</tbody></table></div></div>"
@@ -252,10 +273,13 @@ def _plots(plots: list[Plot]) -> str:
             body = f'<img alt="{_escape(plot.title)}" src="data:image/png;base64,{plot.png}">'
         else:
             body = f'<div class="skipped">Plot skipped: {_escape(plot.note)}</div>'
+        # The names it draws, for a reader's tools (and the tests) to check what a picture shows.
+        drawn = f' data-variants="{_escape(json.dumps(plot.variants))}"' if plot.png else ""
         figures.append(
-            f"<figure><h3>{_escape(plot.title)}</h3>{body}<figcaption>{_escape(plot.caption)}</figcaption></figure>"
+            f"<figure{drawn}><h3>{_escape(plot.title)}</h3>{body}"
+            f"<figcaption>{_escape(plot.caption)}</figcaption></figure>"
         )
-    return f'<h2>Plots</h2><div class="plots">{"".join(figures)}</div>'
+    return f'<section id="plots"><h2>Plots</h2><div class="plots">{"".join(figures)}</div></section>'
 
 
 def _suite(results: dict) -> str:
@@ -264,7 +288,8 @@ def _suite(results: dict) -> str:
 
 
 CSS = """
-:root { --fg: #1d2329; --muted: #5b6670; --line: #dde2e7; --bg2: #f5f7f9; --accent: #2f6db5; }
+:root { --fg: #1d2329; --muted: #5b6670; --line: #dde2e7; --bg2: #f5f7f9; --accent: #2f6db5;
+        --bar: 34px; /* the sticky contents bar's height, which sticky things below it keep clear of */ }
 * { box-sizing: border-box; }
 body { margin: 0; color: var(--fg); background: #fff; line-height: 1.45;
        font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
@@ -272,28 +297,47 @@ main { max-width: 1240px; margin: 0 auto; padding: 24px 20px 48px; }
 h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 18px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
 h3 { font-size: 14px; margin: 0 0 6px; }
+h1, h2, h3 { overflow-wrap: anywhere; }
+[id] { scroll-margin-top: var(--bar); }  /* a link to a part lands below the contents bar */
+nav.contents { position: sticky; top: 0; z-index: 5; height: var(--bar); display: flex; gap: 4px 16px;
+               align-items: center; overflow-x: auto; white-space: nowrap; scrollbar-width: thin;
+               background: #fff; border-bottom: 1px solid var(--line); margin: 8px 0 0; font-size: 13px; }
+nav.contents a { color: var(--accent); text-decoration: none; }
+nav.contents a:hover { text-decoration: underline; }
 .subtitle, .note, figcaption, .facts { color: var(--muted); }
 .note { margin: 4px 0 8px; font-size: 13px; }
 .footnote { margin: 4px 0 10px; font-size: 12px; color: var(--muted); max-width: 70em; }
 sup.fn { color: #a0522d; font-weight: 600; }
 code, pre { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+code { overflow-wrap: break-word; }  /* a long model path breaks in running text; a table cell scrolls */
 pre { background: var(--bg2); padding: 10px; overflow-x: auto; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: right; vertical-align: top; }
+/* A table wider or taller than the screen scrolls in its box, where its header row and first column stay
+   in view. Sticky cells need opaque backgrounds, and borders of their own: with collapsed borders the
+   table, not the cell, paints them, and they would scroll away from the cell. */
+.scroll { overflow: auto; max-height: 80vh; }
+table { border-collapse: separate; border-spacing: 0; font-size: 13px; }
+th, td { border: 0 solid var(--line); border-width: 0 1px 1px 0; padding: 4px 8px; text-align: right;
+         vertical-align: top; }
+tr > :first-child { border-left-width: 1px; }
+thead tr:first-child > * { border-top-width: 1px; }
 thead th { background: var(--bg2); text-align: center; font-weight: 600; }
 tbody th { text-align: left; background: #fbfcfd; white-space: nowrap; }
+.scroll thead th { position: sticky; top: 0; z-index: 2; }
+.scroll tr > :first-child { position: sticky; left: 0; z-index: 1; }
+.scroll thead tr > :first-child { z-index: 3; }
 table.narrow td { text-align: left; }
 .stats td { white-space: nowrap; }
 .mean { display: block; font-weight: 600; font-variant-numeric: tabular-nums; }
 .ci { display: block; font-size: 11px; color: var(--muted); font-variant-numeric: tabular-nums; }
 .dec { display: block; font-size: 10px; font-weight: 400; color: var(--muted); }
 .tag { font-size: 11px; background: #e8eef7; color: var(--accent); padding: 1px 6px; border-radius: 8px; }
-td.better { background: #dcf2de; } td.worse { background: #f8dcdc; } td.changed { background: #fbefd0; }
-td.better_prompts { background: #eff9f0; } td.worse_prompts { background: #fcf0f0; }
-td.changed_prompts { background: #fdf7e8; } ul.verdicts li { margin: 0.2em 0; }
+/* Marks colour a header cell too (opaque, so a marked sticky cell hides what scrolls beneath it). */
+:is(td, th).better { background: #dcf2de; } :is(td, th).worse { background: #f8dcdc; }
+:is(td, th).changed { background: #fbefd0; } :is(td, th).better_prompts { background: #eff9f0; }
+:is(td, th).worse_prompts { background: #fcf0f0; } :is(td, th).changed_prompts { background: #fdf7e8; }
+ul.verdicts li { margin: 0.2em 0; }
 .matrix td { text-align: center; min-width: 96px; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 16px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(520px, 100%), 1fr)); gap: 16px; }
 figure { margin: 0; padding: 10px; border: 1px solid var(--line); border-radius: 6px; background: #fff; }
 figure img { width: 100%; height: auto; display: block; }
 figcaption { font-size: 12px; margin-top: 4px; }
@@ -305,21 +349,24 @@ details { margin: 8px 0; } summary { cursor: pointer; color: var(--accent); }
 .example { border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; margin: 12px 0; }
 .prompt, .ref { margin-bottom: 6px; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; }
-.replies { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 8px; }
+.replies { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(260px, 100%), 1fr)); gap: 8px; }
 .reply { background: var(--bg2); border-radius: 4px; padding: 6px 8px; font-size: 13px; }
 .reply .who { font-weight: 600; margin-bottom: 2px; } .reply .facts { font-weight: 400; font-size: 12px; }
 .reply .text { display: block; }
 .controls { display: flex; flex-wrap: wrap; gap: 6px 16px; align-items: center; font-size: 13px;
-            position: sticky; top: 0; z-index: 1; background: #fff; padding: 6px 0; }
+            position: sticky; top: var(--bar); z-index: 4; background: #fff; padding: 6px 0; }
 .count { color: var(--muted); }
-/* The prompt browser: a table whose rows are grids of the same columns rather than table rows, so that
-   `content-visibility: auto` can spare the browser laying out and painting the thousands of rows out of
-   view (a real table lays out every row on each sort and filter). */
+/* The prompt browser: a table whose rows are grids of the same fixed columns rather than table rows, so
+   that no column's width depends on the other rows and sorting or filtering thousands of rows does not
+   measure them all again. (Not `content-visibility: auto` on the rows: rows it skips print and screenshot
+   blank.) The table is as wide as its columns' minimum widths (or its box), so that its rows, and the
+   sticky cells in them, reach its right end; its header sticks as a whole, its cells being in a row. */
 table.browse, table.browse thead, table.browse tbody { display: block; }
-table.browse { font-size: 12.5px; border-left: 1px solid var(--line); border-top: 1px solid var(--line); }
+table.browse { font-size: 12.5px; width: min-content; min-width: 100%; }
+table.browse thead { position: sticky; top: 0; z-index: 2; }
 table.browse tr { display: grid; grid-template-columns: var(--columns); }
-table.browse tbody tr { content-visibility: auto; contain-intrinsic-size: auto 120px; }
-table.browse th, table.browse td { border-width: 0 1px 1px 0; text-align: left; min-width: 0; }
+table.browse th, table.browse td { text-align: left; min-width: 0; }
+table.browse tbody td:first-child { background: #fff; }
 .controls[hidden], table.browse tr[hidden] { display: none; }
 table.browse td.bi, table.browse td.bd { text-align: right; }
 td.bd { font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -327,6 +374,26 @@ table.browse th.pick-a::after { content: " (A)"; } table.browse th.pick-b::after
 table.browse .facts { display: block; font-size: 11px; } td.none { color: var(--muted); }
 table.browse details { margin: 2px 0 0; } table.browse summary { font-size: 11px; }
 .refline { margin-top: 4px; color: var(--muted); }
+/* A phone: less padding and smaller type; the glossary's terms above their text. The controls scroll
+   away with the page rather than cover a good part of a small screen. */
+@media (max-width: 600px) {
+  body { font-size: 13px; }
+  main { padding: 12px 10px 32px; }
+  h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 20px; }
+  th, td { padding: 3px 5px; }
+  dl { grid-template-columns: minmax(0, 1fr); } dd { margin-bottom: 6px; }
+  figure { padding: 6px; }
+  .controls { position: static; }
+}
+/* On paper: no contents bar or controls, nothing sticky, and tables at full height (wide ones are cut at
+   the page's edge). Folded texts stay folded: CSS cannot open a <details>. */
+@media print {
+  nav.contents, .controls { display: none; }
+  main { max-width: none; padding: 0; }
+  .scroll { overflow: visible; max-height: none; }
+  .scroll thead th, .scroll tr > :first-child, table.browse thead { position: static; }
+  h2 { break-after: avoid; } tr, figure { break-inside: avoid; }
+}
 """
 
 # Run after load, when every data: image has decoded or failed; the tests read the title / attribute.
@@ -416,6 +483,7 @@ PAGE = """<!DOCTYPE html>
 <main>
 <h1>{heading}</h1>
 <div class="subtitle">{subtitle}</div>
+{contents}
 {body}
 </main>
 <script>{script}</script>

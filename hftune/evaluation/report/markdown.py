@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from hftune.evaluation.report import sections
+from hftune.evaluation.report.results import prompt_count
 from hftune.evaluation.report.table import MARKS, Cell, Definition, Example, Paragraph, Section, Table
 
 
@@ -27,11 +28,12 @@ def escape(text: Any) -> str:
 def render_markdown(results: dict, samples: list[dict]) -> str:
     """The whole of report.md."""
     suite = escape((results.get("suite") or {}).get("name", "eval"))
-    out = [f"# Eval report: {suite} ({escape(results.get('n_prompts', len(samples)))} prompts)", ""]
+    out = [f"# Eval report: {suite} ({escape(prompt_count(results, len(samples)))})", ""]
     for part in sections.report(results, samples):
         out += _section(part)
     out.append(
-        "Plots (reward and length distributions, win-rate heatmap, reward vs KL) and every prompt's replies "
+        "Plots (reward and length distributions, win-rate heatmap, reward vs KL, each trained variant's "
+        "training curves per seed) and every prompt's replies "
         "(sortable and filterable by the reward difference of two variants) are in report.html."
     )
     return "\n".join(out) + "\n"

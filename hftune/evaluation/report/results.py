@@ -122,6 +122,17 @@ def direction(results: dict, metric: str, difference: dict | None) -> str | None
     )
 
 
+def prompt_count(results: dict, fallback: int) -> str:
+    """How many prompts were evaluated, and, when the suite repeated some, that they were evaluated once:
+    "281 distinct prompts (300 rows, 19 repeats dropped)". Every interval is over these prompts."""
+    n = results.get("n_prompts", fallback)
+    duplicates = results.get("duplicates") or {}
+    dropped = duplicates.get("n_dropped")
+    if not dropped:
+        return f"{n} prompts"
+    return f"{n} distinct prompts ({duplicates.get('n_rows')} rows, {dropped} repeats dropped)"
+
+
 def confidence(results: dict) -> str:
     level = (results.get("suite") or {}).get("confidence", 0.95)
     return f"{level:.0%}" if finite(level) else "95%"

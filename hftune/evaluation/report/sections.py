@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from hftune.evaluation import verdict as verdicts
+from hftune.evaluation.report import rankings, tasks
 from hftune.evaluation.report.results import (
     CAVEAT_MARK,
     REWARD_METRICS,
@@ -64,12 +65,15 @@ def report(results: dict, samples: list[dict]) -> list[Section]:
     parts = [
         verdict(results),
         variants(results),
+        configs(results),
         held_out(results),
         *clean_subset(results),
         decoding(results),
         metrics(results),
         diffs(results),
+        tasks.section(results),
         win_rates(results),
+        rankings.section(results),
         judge(results),
         how_to_read(results),
         examples(results, samples),
@@ -80,11 +84,17 @@ def report(results: dict, samples: list[dict]) -> list[Section]:
 def verdict(results: dict) -> Section | None:
     """The answer first: one line per claim (results.json's `verdicts`, the lines the terminal prints), and
     the rule they and the tables' marks follow."""
-    lines = verdicts.lines(results)
-    if not lines:
+    entries = verdicts.entries(results)
+    if not entries:
         return None
     note = [Cell(verdicts.RULE.format(conf=confidence(results)))]
-    return Section("verdict", "Verdict", note=note, items=[[Cell(line)] for line in lines])
+    items = []
+    for entry in entries:
+        head, segments = verdicts.parts(entry)
+        items.append(
+            [Cell(f"{head}.", strong=True), Cell(f" {entry.get('why', '')} "), Cell(" · ".join(segments))]
+        )
+    return Section("verdict", "Verdict", note=note, items=items)
 
 
 def variants(results: dict) -> Section:
@@ -97,6 +107,28 @@ def variants(results: dict) -> Section:
         for name, v in (results.get("variants") or {}).items()
     ]
     return Section("variants", "Variants", table=Table(_header("variant", "kind", "model"), rows, "narrow"))
+
+
+def configs(results: dict) -> Section | None:
+    """The keys on which the variants' training configs differ (results.json's `config_diff`), one column a
+    variant: what to read first when two models differ."""
+    diff = results.get("config_diff")
+    if not isinstance(diff, dict) or not diff.get("keys"):
+        return None
+    names = list(diff.get("variants") or [])
+    rows = [
+        [Cell(key, code=True), *(Cell(values.get(n, "—"), code=n in values) for n in names)]
+        for key, values in diff["keys"].items()
+    ]
+    note = (
+        "The keys of the training configs (each run's config.hftune.yaml) on which the variants differ; a "
+        "key one stage alone has is left out (— where a variant's stage has no such key). A variant trained "
+        "with several seeds shows each run's value where its runs differ."
+    )
+    if diff.get("unread"):
+        note += " Not read: " + "; ".join(f"{n} ({why})" for n, why in diff["unread"].items()) + "."
+    table = Table(_header("key", *names), rows, "narrow")
+    return Section("configs", "Config diff", note=[Cell(note)], table=table)
 
 
 def _models(model: Any) -> str:
@@ -133,12 +165,29 @@ def held_out(results: dict) -> Section | None:
         Cell(f"Prompts held out by {results.get('held_out_by') or 'the suite'}. "),
         Cell(verdict, strong=bool(seen)),
     ]
+    repeats = _repeats(results.get("duplicates"))
+    if repeats:
+        note.append(Cell(repeats))
     if audit.get("unaudited"):
         note.append(
             Cell(f" Not audited (no record of their training data): {', '.join(audit['unaudited'])}.")
         )
     table = Table(_header("stage", "folder", "behind", "evaluated prompts it trained on"), rows, "narrow")
     return Section("held_out", "Held-out check", note=note, table=table)
+
+
+def _repeats(duplicates: dict | None, shown: int = 3) -> str | None:
+    """The sentence on prompts the suite repeated (each evaluated once, so no interval counts one twice)."""
+    if not duplicates or not duplicates.get("n_dropped"):
+        return None
+    listed = [
+        f"“{_clip(r.get('prompt'))}” ×{r.get('count')}" for r in (duplicates.get("repeated") or [])[:shown]
+    ]
+    return (
+        f" The suite's {duplicates.get('n_rows')} rows hold {duplicates.get('n_distinct')} distinct prompts: "
+        f"{duplicates['n_dropped']} repeats were dropped before generating, so each prompt counts once in "
+        f"every interval" + (f" (most repeated: {', '.join(listed)})." if listed else ".")
+    )
 
 
 def clean_subset(results: dict) -> list[Section]:
