@@ -171,6 +171,13 @@ def _cmd_label(ns: argparse.Namespace, rest: list[str]) -> int:
             )
         print(stats.render(stats.compute(Path(rest[1]))))
         return 0
+    if rest[:1] == ["auto"]:
+        from hftune.label import auto
+
+        if ns.config:
+            raise UserError(f"label auto: takes no --config: {auto.USAGE}")
+        print(auto.command(rest[1:]))
+        return 0
     if ns.help_all:
         _print_all_fields(label_config.schema())
         return 0
@@ -399,13 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
         "skip or flag. Every submission is appended to OUTPUT_DIR/labels.jsonl at once (the `ranked` "
         "schema, with labeller and model), and a restart resumes. Train on it with `hftune reward "
         "--data_recipe OUTPUT_DIR/recipe.yaml`; `hftune label stats OUTPUT_DIR` counts and measures "
-        "agreement between labellers. Serves on 127.0.0.1 only, unless `allow_remote` (then behind an access "
-        "token). Needs `pip install 'hftune[label]'`.",
+        "agreement between labellers, and with a machine: `hftune label auto OUTPUT_DIR --reward_model "
+        "PATH` (or `--verifier module:function`) ranks every item into OUTPUT_DIR/auto.jsonl. With a "
+        "`reward_model`, `order: uncertainty` serves first the items it is least sure of. Serves on "
+        "127.0.0.1 only, unless `allow_remote` (then behind an access token). Needs "
+        "`pip install 'hftune[label]'`.",
         help_text=lambda: (None, _stage_help(label_config, "label")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
         # No positionals: `--max_prompts 6` must reach the config, and `stats DIR` is read from what is left.
-        usage="hftune label --config FILE [--key value ...]\n       hftune label stats DIR",
+        usage="hftune label --config FILE [--key value ...]\n       hftune label stats DIR\n"
+        "       hftune label auto DIR --reward_model PATH | --verifier module:function",
     )
     p.add_argument("--config", metavar="FILE", help="label config YAML (keys below; --key value overrides)")
     p.add_argument("--help-all", action="store_true", help="list every config key with its help")

@@ -843,3 +843,20 @@ def hftune_field(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def named_function(key: str, spec: str):
+    """The function a config key names as `module:function` (a verifier, a task tagger, a hint), imported;
+    a one-line error naming the key when it cannot be."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"`{key}`: cannot import {spec}: {err}") from None
+    except Exception as err:  # the user's module failed while importing
+        raise UserError(f"`{key}`: importing {spec} failed: {type(err).__name__}: {err}") from None
+    if not callable(function):
+        raise UserError(f"`{key}`: {spec} is a {type(function).__name__}, not a function")
+    return function

@@ -178,6 +178,7 @@ CLI_IMPORTS = {
     "hftune.label.config",
     "hftune.label.serve",
     "hftune.label.stats",
+    "hftune.label.auto",
     "hftune.models.tiny",
     "hftune.publish.card",
     "hftune.publish.hub",

@@ -16,9 +16,9 @@ catches a missing config, an unknown verb or an unknown flag:
     training: the strict parser reads the config and the flags and refuses any unknown key, then a stub
     stands in for the stage's `run`;
   - `label` likewise, with a stub for the labelling server;
-  - `card`, `push`, `merge` and `label stats` read a finished artifact (`runs/tiny/ppo`, ...) that only a
-    training run makes: their arguments are parsed by the CLI's own parser, and any argument it does not
-    know fails (these verbs accept no config keys).
+  - `card`, `push`, `merge`, `label stats` and `label auto` read a finished artifact (`runs/tiny/ppo`,
+    ...) that only a training run makes: their arguments are parsed by the CLI's own parser (`label
+    auto`'s by its own), and any argument it does not know fails (these verbs accept no config keys).
 - `make TARGET`: the target exists in the Makefile.
 - `python SCRIPT.py`, `bash FILE`, `sbatch FILE`: the file exists, and every `--flag` is in the script.
 - `pip install 'hftune[EXTRA]'`: the extra exists in setup.cfg.
@@ -222,6 +222,15 @@ def check_hftune(args: list[str], ran: list) -> str | None:
     if not args:
         return "no verb"
     verb = args[0]
+    if args[:2] == ["label", "auto"]:  # reads a finished label folder: its arguments are checked only
+        from hftune.errors import UserError
+        from hftune.label import auto
+
+        try:
+            auto.parse(args[2:])
+        except UserError as err:
+            return str(err)
+        return None
     if verb in PARSE_ONLY or args[:2] == ["label", "stats"]:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
             try:

@@ -195,7 +195,7 @@ def test_stats_count_skips_flags_and_agreement(tmp_path, capsys):
     assert got["labellers"]["ann"] == {"ranked": 2, "skipped": 1, "flagged": 1}
     assert got["shared_items"] == 2 and got["agreement_kendall_tau"]["mean"] == pytest.approx(0.0)
     text = label_stats.render(got)
-    assert "items: 4; submissions: 6 (4 ranked, 1 skipped, 1 flagged: 1 broken)" in text
+    assert "items: 4; answers now: 4 ranked, 1 skipped, 1 flagged (1 broken); 6 rows in the file" in text
     assert "(Kendall's tau-b on 2 shared items): 0.000 [-1.000, 1.000]" in text
     from hftune.cli import main
 

@@ -66,10 +66,18 @@ def rank_by_the_verifier(address: str, prompts: int) -> int:
 
 
 def label_then_train_a_reward_model_as_the_readme_says(run: Path, scratch: Path) -> None:
-    """README's `hftune label` -> `label stats` -> `hftune reward` lines, as written (only `--port 0` added,
-    so the test takes a free port), in a folder where `runs/quickstart` is this test's quickstart run."""
-    label, stats, reward = readme_commands(
-        "hftune label --model_name_or_path", "hftune label stats", "hftune reward --config configs/biased"
+    """README's labelling loop, as written (only `--port 0` added, so the test takes a free port), in a
+    folder where `runs/quickstart` is this test's quickstart run: `hftune label` with `order: uncertainty`
+    (the items the reward model is least sure of first), a person ranking through the page's API, `label
+    auto` (the reward model ranks the same items), `label stats`, then a reward model and PPO on them."""
+    from hftune.label import items as label_items
+
+    label, auto, stats, reward, ppo = readme_commands(
+        "hftune label --model_name_or_path",
+        "hftune label auto",
+        "hftune label stats",
+        "hftune reward --config configs/biased",
+        "hftune ppo --config configs/biased",
     )
     (scratch / "runs").mkdir(parents=True)
     (scratch / "runs" / "quickstart").symlink_to(run)
@@ -92,11 +100,26 @@ def label_then_train_a_reward_model_as_the_readme_says(run: Path, scratch: Path)
         server.send_signal(signal.SIGINT)
         server.wait(60)
     assert ranked >= 5, ranked
-    for argv in (stats, reward):
+    # Active labelling: the first 20 items served are ones the reward model is less sure of than the first
+    # 20 of the recipe (its margin: the top completion's score minus the best other text's).
+    items = json.loads((run / "labels" / "items.json").read_text())["items"]
+    served = label_items.mean_margin(items[:20])
+    in_recipe_order = label_items.mean_margin(sorted(items, key=lambda item: item["position"])[:20])
+    print(
+        f"mean reward-model margin, first 20 items: served {served:.3f}, recipe order {in_recipe_order:.3f}"
+    )
+    assert served < in_recipe_order, (served, in_recipe_order)
+    told = {}
+    for name, argv in (("auto", auto), ("stats", stats), ("reward", reward), ("ppo", ppo)):
         done = subprocess.run([*hftune, *argv[1:]], cwd=scratch, text=True, capture_output=True, env=env)
         assert done.returncode == 0, (argv, done.stdout[-2000:], done.stderr[-2000:])
+        told[name] = done.stdout
+    assert "reward model" in told["stats"], told["stats"]  # people against the reward model
     manifest = json.loads((run / "reward-labelled" / "manifest.json").read_text())
-    assert manifest["data"]["trained_prompts"] == ranked, manifest["data"]
+    data = manifest["data"]  # one row a ranking; some of their prompts held out for the RM's accuracy
+    assert data["n_source_rows"] == data["trained_prompts"] + data["held_out_prompts"] == ranked, data
+    assert f"{ranked} rankings by 1 labeller" in data["description"], data
+    assert (run / "ppo-labelled" / "manifest.json").is_file()
 
 
 def words(text: str) -> str:

@@ -33,7 +33,6 @@ from hftune.evaluation.measures import (
     reply_metrics,
     run_judge,
     sample_table,
-    score_cached,
 )
 from hftune.evaluation.prompts import last_user, load_prompts
 from hftune.evaluation.suite import Suite, rlhf_runs, rlhf_variants
@@ -41,6 +40,7 @@ from hftune.models import loading, scoring
 from hftune.models.cache import Cache, fingerprint
 from hftune.models.generation import Decoding, logprobs, replies
 from hftune.models.loading import load_variants
+from hftune.models.scoring import score_cached
 from hftune.models.tokenizer import check_same_tokenizer, encode_prompt, load_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from hftune.config import named_function
 from hftune.errors import UserError
 from hftune.evaluation import rankings, seeds, stats, text_metrics, verdict
 from hftune.evaluation.prompts import UNTAGGED, Prompts, last_user
 from hftune.evaluation.report.results import HEADLINE
-from hftune.evaluation.suite import Suite, seed_runs, suite_function
-from hftune.models.cache import Cache, key
+from hftune.evaluation.suite import Suite, seed_runs
 from hftune.models.generation import Decoding
 
 logger = logging.getLogger(__name__)
@@ -41,21 +41,6 @@ METRIC_INFO = {
     "bleu": ("greedy", True, "Sentence BLEU-4 against the reference (smoothed)."),
     "verifier": ("greedy", True, "The suite's task verifier: 1 if the reply solves the task."),
 }
-
-
-def score_cached(
-    scorer, scorer_fingerprint: str, prompts, texts: list[str], cache: Cache, batch_size: int
-) -> list[float]:
-    """Rewards through the shared scoring path, cached by (reward model, prompt, reply)."""
-
-    def score(missing: list[int]) -> list[float]:
-        values = scorer.score(
-            [prompts[i] for i in missing], [texts[i] for i in missing], batch_size=batch_size
-        )
-        return [float(v) for v in values.tolist()]
-
-    keys = [key("reward", scorer_fingerprint, p, t) for p, t in zip(prompts, texts, strict=True)]
-    return cache.get_or_compute("rewards", keys, score)
 
 
 def reply_metrics(name: str, shown, prompts: Prompts, suite: Suite, rewards) -> dict[str, np.ndarray]:
@@ -117,7 +102,7 @@ def _verify(verify, prompts: Prompts, i: int, text: str, failed: list[tuple[int,
 
 
 def load_verifier(spec: str):
-    return suite_function("verifier", spec)
+    return named_function("verifier", spec)
 
 
 def check_verifier(spec: str, prompts: Prompts) -> None:

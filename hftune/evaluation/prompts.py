@@ -24,8 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from hftune.config import named_function
 from hftune.errors import UserError
-from hftune.evaluation.suite import Suite, suite_function
+from hftune.evaluation.suite import Suite
 
 logger = logging.getLogger(__name__)
 REPEATED_SHOWN = 50  # entries of `duplicates.repeated` kept in results.json, most repeated first
@@ -149,7 +150,7 @@ def task_labels(spec: dict[str, str] | str, messages: list[list[dict[str, str]]]
     if isinstance(spec, dict):
         patterns = [(task, re.compile(pattern)) for task, pattern in spec.items()]  # checked by the suite
         return [next((task for task, p in patterns if p.search(text)), UNTAGGED) for text in texts]
-    tag = suite_function("tasks", spec)
+    tag = named_function("tasks", spec)
     labels = []
     for i, (text, reference) in enumerate(zip(texts, references, strict=True)):
         try:

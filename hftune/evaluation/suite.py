@@ -7,7 +7,6 @@ the file (`hftune eval --config eval/suites/tiny.yaml --max_prompts 16`).
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,21 +222,6 @@ def _rlhf_models_problems(models: Any) -> list[str]:
 EXTRAS = Suite
 DEFAULTS: dict[str, Any] = {}
 TRL_CONFIGS: tuple[str, ...] = ()  # a suite is hftune's own config
-
-
-def suite_function(key: str, spec: str):
-    """The `module:function` a suite key names (`verifier`, `tasks`), imported; a one-line error naming the
-    key when it cannot be."""
-    module, _, name = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"`{key}`: cannot import {spec}: {err}") from None
-    except Exception as err:  # the user's module failed while importing
-        raise UserError(f"`{key}`: importing {spec} failed: {type(err).__name__}: {err}") from None
-    if not callable(function):
-        raise UserError(f"`{key}`: {spec} is a {type(function).__name__}, not a function")
-    return function
 
 
 def schema() -> StageSchema:

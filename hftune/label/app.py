@@ -7,6 +7,10 @@ and put on the page as text, never as HTML, and the page runs only its own scrip
 loads nothing from elsewhere and works offline. With an access token (serving beyond loopback) every request
 must carry it: `?token=` once sets a cookie. Every write, also on loopback, must come from the page this
 run served (its write token, JSON, its own origin: `guard`), so a page on another origin cannot label.
+
+A labeller has one current answer per item (`store.current`). Items are served in items.json order: first
+those with no answer, then, once every item has one, the skipped ones once more; then the end page. A
+different answer to an answered item is refused (undo first), except the second-pass answer to a skip.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import datetime
 import random
 import secrets
+import shlex
 import string
+import threading
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hftune.label import guard
-from hftune.label.store import FLAGS, LabelStore
+from hftune.label.store import ANSWERS, FLAGS, RECIPE_FILE, Answer, LabelStore, name_key, untied_pairs
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_SLOT = "__HFTUNE_WRITE_TOKEN__"  # in index.html: where the page served gets this run's write token
@@ -53,51 +60,110 @@ class Conflict(ValueError):
 
 
 def _labeller(value: Any) -> str:
-    name = value.strip() if isinstance(value, str) else ""
-    if not 1 <= len(name) <= 64 or any(unicodedata.category(c).startswith("C") for c in name):
+    """The name as sent, normalised (`store.normalise_name`); refused unless 1 to 64 printable characters."""
+    name = unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else ""
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        name = ""  # a control character inside: refused, never collapsed into a space
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= 64:
         raise BadRequest("a labeller name is 1 to 64 printable characters")
     return name
+
+
+def next_commands(out: Path, model: str) -> list[str]:
+    """What to run once labelling is done, runnable as shown: counts and agreement, then a reward model
+    trained on the derived data, starting from the model that was labelled."""
+    reward_dir = f"{out}-reward"
+    return [
+        f"hftune label stats {shlex.quote(str(out))}",
+        f"hftune reward --model_name_or_path {shlex.quote(model)} --data_recipe "
+        f"{shlex.quote(str(out / RECIPE_FILE))} --output_dir {shlex.quote(reward_dir)}",
+    ]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 class Labelling:
     """The items, the store and the rules of a submission; the routes below are thin."""
 
-    def __init__(self, data: dict[str, Any], store: LabelStore):
+    def __init__(
+        self,
+        data: dict[str, Any],
+        store: LabelStore,
+        *,
+        guidelines: str | None = None,
+        hints: dict[str, str] | None = None,
+    ):
         self.items = data["items"]
         self.by_id = {item["id"]: i for i, item in enumerate(self.items)}
         self.salt = data["order_salt"]
         self.sampling = data["sampling"]
         self.store = store
+        self.guidelines = guidelines
+        self.hints = hints or {}
+        self.next = next_commands(store.out, self.sampling["model"])
+        # Deciding whether an answer may be written and writing it are one step: two tabs of one labeller
+        # cannot both pass the check.
+        self._lock = threading.Lock()
 
-    def next_for(self, labeller: str) -> dict[str, Any]:
-        done = self.store.done(labeller)
-        todo = next((i for i, item in enumerate(self.items) if item["id"] not in done), None)
-        page: dict[str, Any] = {"done": len(done), "total": len(self.items), "item": None}
-        if todo is not None:
-            item = self.items[todo]
-            order = shown_order(self.salt, item["id"], labeller, len(item["completions"]))
-            page["item"] = {
-                "id": item["id"],
-                "number": todo + 1,
-                "prompt": item["prompt"],
-                "completions": [
-                    {"slot": string.ascii_uppercase[j], "text": item["completions"][i]}
-                    for j, i in enumerate(order)
-                ],
-            }
+    def _todo(self, answers: dict[str, Answer]) -> tuple[int | None, bool]:
+        """The index of the item to serve (None: all done), and whether the first pass is still on."""
+        unanswered = [i for i, item in enumerate(self.items) if item["id"] not in answers]
+        if unanswered:
+            return unanswered[0], True
+        again = (i for i, item in enumerate(self.items) if not answers[item["id"]].final)
+        return next(again, None), False
+
+    def next_for(self, name: str) -> dict[str, Any]:
+        labeller = self.store.display(name)
+        answers = {k: a for k, a in self.store.answers(labeller).items() if k in self.by_id}
+        todo, first_pass = self._todo(answers)
+        statuses = Counter(a.row["status"] for a in answers.values())
+        counts = {status: statuses[status] for status in ANSWERS}
+        page: dict[str, Any] = {
+            "labeller": labeller,
+            "done": sum(a.final for a in answers.values()),
+            "total": len(self.items),
+            "counts": counts,
+            "pass": "first" if first_pass else "skipped",
+            "can_undo": bool(answers),
+            "guidelines": self.guidelines,
+            "item": None,
+            "end": None,
+        }
+        if todo is None:
+            pairs = sum(untied_pairs(a.row["ranks"]) for a in answers.values() if a.row["status"] == "ranked")
+            page["end"] = {**counts, "pairs": pairs, "next": self.next}
+            return page
+        item = self.items[todo]
+        k = len(item["completions"])
+        order = shown_order(self.salt, item["id"], name_key(labeller), k)
+        ended = item.get("ended") or [True] * k  # items.json files from before `ended` was recorded
+        page["item"] = {
+            "id": item["id"],
+            "number": todo + 1,
+            "prompt": item["prompt"],
+            "hint": self.hints.get(item["id"]),
+            "completions": [
+                {"slot": string.ascii_uppercase[j], "text": item["completions"][i], "truncated": not ended[i]}
+                for j, i in enumerate(order)
+            ],
+        }
         return page
 
     def submit(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise BadRequest("expected a JSON object")
-        labeller = _labeller(body.get("labeller"))
+        labeller = self.store.display(_labeller(body.get("labeller")))
         if not isinstance(body.get("item"), str) or body["item"] not in self.by_id:
             raise BadRequest("unknown item")
         item = self.items[self.by_id[body["item"]]]
         k = len(item["completions"])
         action = body.get("action")
         row: dict[str, Any] = {"prompt": item["prompt"], "completions": item["completions"], "ranks": None}
-        order = shown_order(self.salt, item["id"], labeller, k)
+        order = shown_order(self.salt, item["id"], name_key(labeller), k)
         if action == "rank":
             shown = body.get("ranks")
             if not (
@@ -126,19 +192,63 @@ class Labelling:
             model=self.sampling["model"],
             sampling=self.sampling,
             shown=order,
-            time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            time=_now(),
         )
-        earlier = self.store.append(row)
-        if earlier is not None and _answer(earlier) != _answer(row):
-            # One answer a labeller an item (stats and training count each once). Only this run's page can
-            # write, so the earlier answer is the labeller's own, from another tab or an earlier visit; the
-            # page must keep this one on screen and say so, never move on as if it were saved.
-            raise Conflict(
-                f"not saved: {labeller} already answered this prompt ({earlier['status']}, "
-                f"{earlier.get('time', 'earlier')}); reload the page for the next one"
-            )
+        with self._lock:
+            if self._may_write(labeller, row):
+                self.store.append(row)
         # Saved now, or the same answer was already (a submit sent twice): either way it is on disk.
         return {**self.next_for(labeller), "saved": True}
+
+    def _may_write(self, labeller: str, row: dict[str, Any]) -> bool:
+        """Whether `row` is a new answer to write (False: the same answer stands already, a submit sent
+        twice); Conflict when the labeller's current answer is another one."""
+        answers = self.store.answers(labeller)
+        earlier = answers.get(row["item"])
+        if earlier is None:
+            return True
+        todo, first_pass = self._todo(answers)
+        # The second pass answers a skip: the item comes back once every item has an answer. A skip sent
+        # again is that answer only when it is the item served now; otherwise it is a resent first skip.
+        second_pass = not earlier.final and not first_pass
+        if _answer(earlier.row) == _answer(row):
+            return second_pass and todo == self.by_id[row["item"]]
+        if second_pass:
+            return True
+        # One current answer a labeller an item (stats and training count each once). Only this run's page
+        # can write, so the earlier answer is the labeller's own, from another tab or an earlier visit; the
+        # page must keep this one on screen and say so, never move on as if it were saved.
+        later = "" if earlier.final else "; skipped prompts come back once every prompt has an answer"
+        raise Conflict(
+            f"not saved: {labeller} already answered this prompt ({earlier.row['status']}, "
+            f"{earlier.row.get('time', 'earlier')}); undo it to answer again, or reload the page for the "
+            f"next one{later}"
+        )
+
+    def undo(self, body: Any) -> dict[str, Any]:
+        """Take back the labeller's most recent answer still standing, by appending a retraction row; that
+        item is then served again."""
+        if not isinstance(body, dict):
+            raise BadRequest("expected a JSON object")
+        labeller = self.store.display(_labeller(body.get("labeller")))
+        with self._lock:
+            latest = self.store.latest(labeller)
+            if latest is None:
+                raise BadRequest(f"nothing to undo: {labeller} has no answer standing")
+            self.store.append(
+                {
+                    "status": "retracted",
+                    "labeller": labeller,
+                    "item": latest.row["item"],
+                    "retracts": {
+                        "line": latest.line,
+                        "time": latest.row.get("time"),
+                        "status": latest.row["status"],
+                    },
+                    "time": _now(),
+                }
+            )
+        return {**self.next_for(labeller), "undone": latest.row["item"]}
 
 
 def _answer(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -195,19 +305,25 @@ def create_app(labelling: Labelling, *, token: str | None = None, allowed_hosts:
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, 400)
 
-    async def submit(request: Request):
-        try:
-            body = await guard.json_body(request)
-            # The fsync runs in a worker thread, so one labeller's save does not stall the others' pages.
-            from starlette.concurrency import run_in_threadpool
+    def writer(action):
+        async def write(request: Request):
+            try:
+                body = await guard.json_body(request)
+                # The fsync runs in a worker thread, so one labeller's save does not stall the others' pages.
+                from starlette.concurrency import run_in_threadpool
 
-            return JSONResponse(await run_in_threadpool(labelling.submit, body))
-        except guard.Refused as err:
-            return JSONResponse({"error": str(err)}, err.status)
-        except BadRequest as err:
-            return JSONResponse({"error": str(err)}, 400)
-        except Conflict as err:
-            return JSONResponse({"error": str(err), "saved": False}, 409)
+                return JSONResponse(await run_in_threadpool(action, body))
+            except guard.Refused as err:
+                return JSONResponse({"error": str(err)}, err.status)
+            except BadRequest as err:
+                return JSONResponse({"error": str(err)}, 400)
+            except Conflict as err:
+                return JSONResponse({"error": str(err), "saved": False}, 409)
+
+        return write
+
+    async def labellers(request: Request):
+        return JSONResponse({"labellers": labelling.store.labellers()})
 
     middleware = [Middleware(BaseHTTPMiddleware, dispatch=check)]
     if allowed_hosts:
@@ -216,7 +332,9 @@ def create_app(labelling: Labelling, *, token: str | None = None, allowed_hosts:
     routes = [
         Route("/", page),
         Route("/api/next", next_item),
-        Route("/api/submit", submit, methods=["POST"]),
+        Route("/api/submit", writer(labelling.submit), methods=["POST"]),
+        Route("/api/undo", writer(labelling.undo), methods=["POST"]),
+        Route("/api/labellers", labellers),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     return Starlette(routes=routes, middleware=middleware)

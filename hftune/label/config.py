@@ -9,6 +9,7 @@ from typing import Any
 from hftune.config import StageConfig, StageSchema, field_defaults, hftune_field, parse_stage_config
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ORDERS = ("recipe", "uncertainty")  # `order`: see `items.serving_order`
 
 
 @dataclass
@@ -47,11 +48,31 @@ class LabelSettings:
     cache_dir: str | None = hftune_field(
         None, "Generation cache (default: $HFTUNE_CACHE or ~/.cache/hftune)."
     )
+    order: str = hftune_field(
+        "recipe",
+        "The order items are served in. recipe: the recipe's. uncertainty: the items the `reward_model` is "
+        "least sure of first, by margin = its top completion's score minus the best score of a completion "
+        "with another text (smallest first; items whose completions are all one text last); with a "
+        "`verifier`, the items where its top completion fails the verifier while another passes come "
+        "before all others.",
+    )
+    reward_model: str | None = hftune_field(
+        None,
+        "A reward model folder (`hftune reward`) that scores every completion at sampling time, as the "
+        "eval and PPO score replies; the scores and each item's margin go into items.json. Required by "
+        "`order: uncertainty`.",
+    )
+    verifier: str | None = hftune_field(
+        None,
+        "Task verifier `module:function(prompt, response, reference) -> float` (as the eval's; passes at "
+        ">= 0.5) run on every completion at sampling time; with `order: uncertainty`, the items where it "
+        "and the reward model disagree come first. Needs `reward_model`.",
+    )
     output_dir: str = hftune_field(
         "runs/labels",
-        "Folder for items.json (the sampled completions), labels.jsonl (every submission, appended as it "
-        "comes) and recipe.yaml (`hftune reward --data_recipe OUTPUT_DIR/recipe.yaml`). A restart "
-        "resumes it.",
+        "Folder for items.json (the sampled completions), labels.jsonl (every submission and undo, appended "
+        "as it comes), train.jsonl (the current rankings, rewritten after each) and recipe.yaml (`hftune "
+        "reward --data_recipe OUTPUT_DIR/recipe.yaml`). A restart resumes it.",
     )
     host: str = hftune_field(
         "127.0.0.1", "Interface to serve on. Anything but loopback needs `allow_remote` and an access token."
@@ -61,6 +82,22 @@ class LabelSettings:
         False,
         "Serve on a non-loopback `host`. Every request then needs the access token (HFTUNE_LABEL_TOKEN, "
         "or one made up and printed at start).",
+    )
+    guidelines: str | None = hftune_field(
+        None,
+        "What labellers should prefer, shown on the page as plain text: the text itself, or a .md / .txt "
+        "file (read at start).",
+    )
+    hint: str | None = hftune_field(
+        None,
+        "A line shown with every prompt (what to look for): fixed text, or `module:function` called with "
+        "each prompt's text at start, returning the line (or null: none).",
+    )
+    aggregate: str = hftune_field(
+        "all",
+        "What OUTPUT_DIR/train.jsonl (the reward stage's data) holds of the current rankings: `all` (each "
+        "labeller's ranking of an item gives its pairs), `majority` (per item and pair of completions, "
+        "most labellers' preference; tied votes dropped) or `labeller:NAME` (only that labeller's).",
     )
 
 
@@ -73,6 +110,19 @@ def _check(values: dict[str, Any]) -> list[str]:
     if not 2 <= values["num_completions"] <= 26:
         # The page names completions A..Z; number keys rank up to 9, dragging any number.
         problems.append("`num_completions`: between 2 and 26 completions a prompt (number keys rank up to 9)")
+    if values["order"] not in ORDERS:
+        problems.append(f"`order`: one of {', '.join(ORDERS)}, got {values['order']!r}")
+    elif values["order"] == "uncertainty" and not values.get("reward_model"):
+        problems.append("`reward_model`: required by `order: uncertainty` (it measures how sure it is)")
+    if values.get("verifier"):
+        if ":" not in values["verifier"]:
+            problems.append(f"`verifier`: expected `module:function`, got {values['verifier']!r}")
+        if not values.get("reward_model"):
+            problems.append("`verifier`: needs a `reward_model` to disagree with")
+    from hftune.label.store import check_aggregate
+
+    if bad_aggregate := check_aggregate(str(values["aggregate"])):
+        problems.append(bad_aggregate)
     host = values["host"]
     if host not in LOOPBACK and not values.get("allow_remote"):
         problems.append(

@@ -7,23 +7,67 @@ folder of anything else, or one whose labels rank other samples, is refused and 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
+import re
 import secrets
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hftune.config import StageConfig
+from hftune.config import StageConfig, named_function
 from hftune.errors import UserError
 from hftune.label import items as label_items
 from hftune.label.config import LOOPBACK, LabelSettings
-from hftune.label.store import LABELS_FILE, RECIPE_FILE, LabelStore, write_recipe
+from hftune.label.store import LABELS_FILE, TRAIN_FILE, LabelStore
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "HFTUNE_LABEL_TOKEN"
+GUIDELINE_FILES = (".md", ".txt")
+FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # `module:function`; any other `hint` is the line
+
+
+def guidelines(value: str | None) -> str | None:
+    """The `guidelines` text: the value itself, or the .md / .txt file it names."""
+    if value is None or "\n" in value or not value.lower().endswith(GUIDELINE_FILES):
+        return value
+    path = Path(value)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = "no such file" if isinstance(err, FileNotFoundError) else str(err)
+        raise UserError(f"`guidelines`: cannot read {path}: {reason}") from None
+
+
+def hint_function(value: str | None) -> Callable[[str], str | None] | None:
+    """The `hint` key: a fixed line, or a `module:function` imported now (before any sampling)."""
+    if value is None:
+        return None
+    if not FUNCTION.fullmatch(value):
+        return lambda _prompt: value
+    return named_function("hint", value)
+
+
+def hints(fn: Callable[[str], str | None] | None, items: list[dict[str, Any]]) -> dict[str, str]:
+    """Each item's hint line, from the text of its prompt (its turns, joined by blank lines)."""
+    if fn is None:
+        return {}
+    out = {}
+    for item in items:
+        text = "\n\n".join(turn["content"] for turn in item["prompt"])
+        try:
+            line = fn(text)
+        except Exception as err:  # the user's own function: any failure is theirs to see, in one line
+            raise UserError(f"`hint`: failed on item {item['id']}: {type(err).__name__}: {err}") from None
+        if line is not None and not isinstance(line, str):
+            raise UserError(f"`hint`: returned {type(line).__name__} for item {item['id']}, not a string")
+        if line:
+            out[item["id"]] = line
+    return out
 
 
 def prepare(s: LabelSettings) -> tuple[Path, dict[str, Any]]:
@@ -56,15 +100,17 @@ def prepare(s: LabelSettings) -> tuple[Path, dict[str, Any]]:
 def run(cfg: StageConfig) -> None:
     s: LabelSettings = cfg.hftune
     _check_web_extra()  # before minutes of sampling, not after
+    text = guidelines(s.guidelines)  # so are the guidelines file and the hint function
+    hint = hint_function(s.hint)
     out, data = prepare(s)
-    write_recipe(out, s.model_name_or_path)
-    store = LabelStore(out)
+    lines = hints(hint, data["items"])
+    store = LabelStore(out, s.aggregate)  # (re)writes train.jsonl and recipe.yaml from the labels so far
     remote = s.host not in LOOPBACK
     token = (os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)) if remote else None
     from hftune.label.app import Labelling, create_app
 
     app = create_app(
-        Labelling(data, store),
+        Labelling(data, store, guidelines=text, hints=lines),
         token=token,
         allowed_hosts=None if remote else ["127.0.0.1", "localhost", "[::1]", "::1"],
     )
@@ -124,11 +170,14 @@ def _serve(app, sock: socket.socket) -> None:
 
 
 def summary(out: Path, store: LabelStore) -> str:
-    ranked = sum(r["status"] == "ranked" for r in store.rows)
-    labellers = len({r["labeller"] for r in store.rows})
+    from hftune.label.app import next_commands
+
+    t = store.training
+    stats, reward = next_commands(out, store.model or "MODEL")
     return (
-        f"{len(store.rows)} submissions ({ranked} rankings) by {labellers} labeller(s) in "
-        f"{out / LABELS_FILE}\n"
-        f"train a reward model on them: hftune reward --config ... --data_recipe {out / RECIPE_FILE}\n"
-        f"agreement and counts: hftune label stats {out}"
+        f"{len(store.rows)} rows by {len(store.labellers())} labeller(s) in {out / LABELS_FILE}\n"
+        f"training data ({t['aggregate']}): {t['rankings']} current rankings -> {t['rows']} rows, "
+        f"{t['pairs']} pairs in {out / TRAIN_FILE}\n"
+        f"agreement and counts: {stats}\n"
+        f"train a reward model on them: {reward}"
     )

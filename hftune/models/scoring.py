@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from hftune.errors import UserError
+from hftune.models.cache import Cache, key
 from hftune.models.tokenizer import encode_prompt, load_tokenizer
 
 Prompt = str | list[dict[str, str]]
@@ -134,3 +135,19 @@ def load_scorer(path: str, model_args=None, *, trust_remote_code: bool = False) 
     report = Path(path) / REPORT_FILE
     stats = json.loads(report.read_text()).get("score_stats", {}) if report.is_file() else {}
     return Scorer(model, tokenizer, stats)
+
+
+def score_cached(
+    scorer, scorer_fingerprint: str, prompts, texts: list[str], cache: Cache, batch_size: int
+) -> list[float]:
+    """Rewards through the shared scoring path, cached by (reward model, prompt, reply): the eval and
+    `hftune label` (its reward-model order and `label auto`) reuse each other's scores."""
+
+    def score(missing: list[int]) -> list[float]:
+        values = scorer.score(
+            [prompts[i] for i in missing], [texts[i] for i in missing], batch_size=batch_size
+        )
+        return [float(v) for v in values.tolist()]
+
+    keys = [key("reward", scorer_fingerprint, p, t) for p, t in zip(prompts, texts, strict=True)]
+    return cache.get_or_compute("rewards", keys, score)

@@ -647,6 +647,10 @@ def data_manifest(recipe, data, data_files: str | None, n_train: int) -> dict[st
         "n_eval": len(data.eval) if data.eval is not None else 0,
         "dropped": data.dropped,
     }
+    if recipe.description:
+        # What the rows are, in the recipe's words: for `hftune label`'s recipe, how the rankings were
+        # aggregated and how many (labellers, rankings, pairs) stand behind the rows counted here.
+        info["description"] = recipe.description
     if getattr(data, "dropped_pairs", None):
         info["dropped_pairs"] = data.dropped_pairs
     if getattr(data, "truncated", None):
