@@ -162,6 +162,9 @@ class AVX512BF16(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, AVX512BF16())
 from hftune import cli
 code = cli.main(sys.argv[1:])
+# PEFT up to 0.21 imports bitsandbytes with TRL's configs; 0.22 no longer does. Import it here if the
+# command did not, so the notice it brings is always there to be silenced.
+import bitsandbytes
 print("bitsandbytes imported:", "bitsandbytes.backends.cpu.ops" in sys.modules)
 sys.exit(code)
 """
