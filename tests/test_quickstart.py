@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_card import section
 
 from hftune import pipeline
 
@@ -177,12 +178,6 @@ def the_report_reads_on_any_screen(eval_dir: Path, terminal: str, screens: Path)
                 assert first_column_stays(chrome, "table.stats"), name
             screenshot_full(chrome, screens / f"report-{name}.png")
     print(f"report screenshots: {screens}")
-
-
-def section(card: str, title: str) -> str:
-    start = card.index(f"\n## {title}\n")
-    end = card.find("\n## ", start + 1)
-    return card[start : end if end > 0 else None]
 
 
 def every_card_reads(run: Path) -> None:

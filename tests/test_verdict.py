@@ -61,7 +61,11 @@ def test_claims_follow_the_lineage():
 def test_a_claim_that_holds_on_the_verifier_and_the_reward():
     r = results(rlhf={"verifier": diff(0.12, 0.08, 0.16), "reward": diff(1.5, 1.0, 2.0)})
     [v] = verdict.verdicts(r)
-    assert set(v) == {"claim", "variant", "baseline", "metric", "mean", "ci", "seeds", "word", "why", "line"}
+    assert set(v) == {
+        *("claim", "variant", "baseline", "metric", "mean", "ci", "seeds", "word", "why", "line"),
+        *("head", "segments"),
+    }
+    assert v["line"] == f"{v['head']}: " + " · ".join(v["segments"])
     assert (v["claim"], v["variant"], v["baseline"], v["metric"]) == (
         "rlhf vs sft",
         "rlhf",
@@ -185,5 +189,8 @@ def test_the_terminal_and_both_reports_show_the_same_lines():
     assert page.index("<h2>Verdict</h2>") < page.index("<h2>Variants</h2>")
     # A results.json written before the verdicts existed renders the same lines, computed on the fly.
     del r["verdicts"]
+    for entry in verdict.verdicts(r):  # written before the entries kept their pieces: split from the line
+        old = {k: v for k, v in entry.items() if k not in ("head", "segments")}
+        assert verdict.parts(old) == (entry["head"], entry["segments"])
     again = render_markdown(r, [])
     assert all(escape(" · ".join(verdict.parts(e)[1])) in again for e in verdict.verdicts(r))

@@ -191,6 +191,7 @@ def verdict(results: dict, variant: str, parent: str) -> dict | None:
     # The claim's seed count: the headline's, else any metric's (a variant's runs all answer every metric).
     n = next((diffs[m]["seeds"].get("n") for m in present if isinstance(diffs[m].get("seeds"), dict)), None)
     claim = f"{variant} vs {parent}"
+    title = f"{claim}{f' ({n} seeds)' if n else ''}: {word}"  # the verdict's head, before its segments
     return {
         "claim": claim,
         "variant": variant,
@@ -207,7 +208,9 @@ def verdict(results: dict, variant: str, parent: str) -> dict | None:
         },
         "word": word,
         "why": _why(word, parts),
-        "line": f"{claim}{f' ({n} seeds)' if n else ''}: {word}: " + " · ".join(segments),
+        "head": title,
+        "segments": segments,
+        "line": f"{title}: " + " · ".join(segments),
     }
 
 
@@ -231,6 +234,9 @@ def lines(results: dict) -> list[str]:
 def parts(entry: dict) -> tuple[str, list[str]]:
     """An entry's line as its head ("rlhf vs sft (3 seeds): holds") and its segments, one per metric checked:
     the pieces every rendering shows (the terminal one per line, the reports in one item)."""
+    if isinstance(entry.get("head"), str) and isinstance(entry.get("segments"), list):
+        return entry["head"], [str(s) for s in entry["segments"]]
+    # A results.json written before the entries kept their pieces: the line is head and segments joined.
     line, word = str(entry["line"]), str(entry.get("word", ""))
     head, found, rest = line.partition(f": {word}: ")
     return (f"{head}: {word}", rest.split(" · ")) if found and rest else (line, [])

@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from hftune.label import guard
-from hftune.label.store import ANSWERS, FLAGS, RECIPE_FILE, Answer, LabelStore, name_key, untied_pairs
+from hftune.label.store import (
+    ANSWERS,
+    FLAGS,
+    RECIPE_FILE,
+    Answer,
+    LabelStore,
+    name_key,
+    normalise_name,
+    untied_pairs,
+)
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_SLOT = "__HFTUNE_WRITE_TOKEN__"  # in index.html: where the page served gets this run's write token
@@ -61,10 +70,9 @@ class Conflict(ValueError):
 
 def _labeller(value: Any) -> str:
     """The name as sent, normalised (`store.normalise_name`); refused unless 1 to 64 printable characters."""
-    name = unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else ""
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        name = ""  # a control character inside: refused, never collapsed into a space
-    name = " ".join(name.split())
+    sent = value.strip() if isinstance(value, str) else ""
+    # A control character inside is refused, never collapsed into a space by the normalising.
+    name = "" if any(unicodedata.category(c).startswith("C") for c in sent) else normalise_name(sent)
     if not 1 <= len(name) <= 64:
         raise BadRequest("a labeller name is 1 to 64 printable characters")
     return name

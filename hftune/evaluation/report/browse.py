@@ -17,6 +17,7 @@ from hftune.evaluation.report.results import (
     caveat_footnote,
     finite,
     reward_caveats,
+    seed_run_names,
     variant_names,
 )
 from hftune.evaluation.report.sections import facts
@@ -94,18 +95,10 @@ def browser(results: dict, samples: list[dict]) -> Browser | None:
 
 
 def _seed_runs(results: dict) -> dict[str, list[str]]:
-    """variant -> the names of its seed runs (`rlhf@ppo-seed1`, ...), for the variants trained with several
-    seeds: their replies are stored under the run names only."""
-    out = {}
-    for name, variant in (results.get("variants") or {}).items():
-        members = [
-            str(run["run"])
-            for run in (variant or {}).get("seed_runs") or []
-            if isinstance(run, dict) and run.get("run")
-        ]
-        if members:
-            out[name] = members
-    return out
+    """variant -> the names of its seed runs, for the variants trained with several seeds: their replies are
+    stored under the run names only."""
+    runs = {name: seed_run_names(results, name) for name in variant_names(results)}
+    return {name: members for name, members in runs.items() if members}
 
 
 def _columns(results: dict, runs: dict[str, list[str]], seen: set[str]) -> list[str]:

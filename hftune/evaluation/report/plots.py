@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from hftune.evaluation.report.results import finite, variant_names, win_rate_names
+from hftune.evaluation.report.results import finite, seed_run_names, variant_names, win_rate_names
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +91,6 @@ class Box:
     values: list[float]  # one per prompt
     color: str
     run: bool = False  # one seed run of a seeded variant: drawn lighter, right after its variant's box
-
-
-def seed_run_names(results: dict, variant: str) -> list[str]:
-    """The runs of a variant trained with several seeds (results.json's `seed_runs`), [] for any other."""
-    rows = (results.get("variants") or {}).get(variant, {}).get("seed_runs") or []
-    return [row["run"] for row in rows if isinstance(row, dict) and row.get("run")]
 
 
 def distribution_boxes(results: dict, samples: list[dict], field: str) -> list[Box]:

@@ -49,6 +49,13 @@ def variant_names(results: dict) -> list[str]:
     return list(results.get("variants") or {})
 
 
+def seed_run_names(results: dict, variant: str) -> list[str]:
+    """The runs of a variant trained with several seeds (results.json's `seed_runs`: `rlhf@ppo-seed1`, ...,
+    the names its replies are stored under in samples.jsonl), [] for any other."""
+    rows = ((results.get("variants") or {}).get(variant) or {}).get("seed_runs") or []
+    return [str(row["run"]) for row in rows if isinstance(row, dict) and row.get("run")]
+
+
 def baseline(results: dict) -> str | None:
     name = results.get("baseline")
     return name if name in (results.get("variants") or {}) else None
