@@ -11,56 +11,15 @@ import logging
 import os
 import sys
 import textwrap
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
-from hftune import __version__
+from hftune import __version__, logs
 from hftune.errors import UserError
 from hftune.stages import registry
 from hftune.stages.common import HARDWARE_DEFAULTS
 
 logger = logging.getLogger("hftune")
-
-
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="[hftune] %(levelname)s %(message)s" if debug else "[hftune] %(message)s",
-        stream=sys.stderr,
-    )
-    # Our own loggers at INFO; the libraries keep their warnings but not their chatter. In a multi-process
-    # run only the main process reports progress and warnings (the others would repeat them); the others
-    # speak up for errors only.
-    from hftune import distributed
-
-    main = distributed.is_main_process()
-    logging.getLogger("hftune").setLevel(logging.DEBUG if debug else logging.INFO if main else logging.ERROR)
-    if not main:
-        import datasets
-
-        datasets.disable_progress_bars()
-    if not debug:
-        # `kernels`: importing TRL's configs imports transformers' Trainer, which imports PEFT, which imports
-        # bitsandbytes; on a CPU with AVX512-BF16 bitsandbytes then fetches a CPU kernel from the Hub at
-        # import, and offline `kernels` warns on every command about a kernel hftune never uses.
-        for noisy in ("bitsandbytes", "kernels", "httpx", "urllib3", "filelock"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-        # hftune tokenizes every row whole on purpose, to measure it and drop, truncate or flag the rows
-        # longer than `max_length` itself (`too_long`), as TRL's trainers measure theirs; transformers'
-        # warning that such a sequence "will result in indexing errors" is about a model call that never
-        # happens.
-        tokenization = logging.getLogger("transformers.tokenization_utils_base")
-        if not tokenization.filters:  # once a process (tests call `main` many times)
-            tokenization.addFilter(
-                lambda record: not record.getMessage().startswith("Token indices sequence length is longer")
-            )
-        logging.getLogger("accelerate").setLevel(logging.WARNING)  # its INFO notes are for its developers
-        # Deprecation notices between the libraries hftune wraps (TRL calling transformers' old names) are
-        # for their maintainers, not for someone training a model; --debug shows them.
-        warnings.filterwarnings(
-            "ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate)\."
-        )
 
 
 def _stage_help(module, command: str) -> str:
@@ -127,8 +86,15 @@ def _cmd_pipeline(ns: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise UserError(f"unexpected arguments: {' '.join(rest)} (stage keys go in the pipeline config)")
+    if ns.max_parallel is not None and (problem := pipeline.max_parallel_problem(ns.max_parallel)):
+        raise UserError(f"--max-parallel: {problem}")
     pipeline.run(
-        ns.config, dry_run=ns.dry_run, force=ns.force, output_dir=ns.output_dir, overwrite=ns.overwrite
+        ns.config,
+        dry_run=ns.dry_run,
+        force=ns.force,
+        output_dir=ns.output_dir,
+        overwrite=ns.overwrite,
+        max_parallel=ns.max_parallel,
     )
     return 0
 
@@ -234,7 +200,7 @@ def _cmd_push(ns: argparse.Namespace, rest: list[str]) -> int:
             f"unexpected arguments: {' '.join(rest)} (the token comes from HF_TOKEN or `hf auth login`)"
         )
     if not ns.debug:
-        # Like httpx's in _setup_logging: huggingface_hub's HTTP client (httpx2 in recent versions) logs
+        # Like httpx's in logs.setup: huggingface_hub's HTTP client (httpx2 in recent versions) logs
         # every request at INFO.
         logging.getLogger("httpx2").setLevel(logging.WARNING)
     result = hub.push(
@@ -335,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", metavar="STAGE", help="re-run STAGE and every stage after it")
     p.add_argument(
         "--output_dir", "--output-dir", metavar="DIR", help="write the run here (overrides the config's)"
+    )
+    p.add_argument(
+        "--max-parallel",
+        "--max_parallel",
+        metavar="N",
+        type=int,
+        help="train at most N independent runs at once (seed runs, sibling branches), each with its share "
+        "of the cores; 1 runs them one after another (overrides the config's `max_parallel`; default: as "
+        "many as the cores and memory allow on CPU, 1 with a GPU)",
     )
     common(p, writes="the output folder and its stage folders")
     p.set_defaults(func=_cmd_pipeline)
@@ -534,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    _setup_logging(debug)
+    logs.setup(debug)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Measured: with OMP_NUM_THREADS unset, PPO's generate/score loop on CPU ran 3x slower than with it set
     # to the same number of threads torch picks anyway.

@@ -31,12 +31,22 @@ and recorded in the ledger on its own (adding a seed later trains only the new r
 run as the seeds of one variant (`rlhf_models: {rlhf: [<output_dir>/ppo-seed1, ...]}`) and reports a CI
 across seeds beside each number. Without `seeds` the stage runs once in `<output_dir>/<stage>` as always.
 `--force ppo` re-runs every seed run, `--force ppo-seed2` that one run (and the stages that take from it).
+
+Runs that take nothing from each other (the seed runs, the reward model beside DPO) train side by side, each
+in a process of its own with its share of the cores (`hftune.side_by_side`): the same artifacts as one after
+another, sooner. `max_parallel: N` (a key of the pipeline config, or `--max-parallel N`) caps how many train
+at once; by default as many as the cores and the memory estimates allow on CPU, one with a GPU. A run side
+by side writes its progress to `<output_dir>/.pipeline/<run>.log` and the pipeline prints its summary when it
+ends; a run with the machine to itself trains in the pipeline's own process, as before. `freeze_gc: false`
+turns off what the pipeline does by default: Python's garbage collector skips the objects that live for the
+whole run (the imported libraries), which it would otherwise walk on every full collection.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -51,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from hftune import artifacts, distributed, quick_fingerprint
+from hftune import artifacts, distributed, quick_fingerprint, side_by_side
 from hftune.config import ConfigError, show, value_problem
 from hftune.errors import StageFailed, UserError, did_you_mean
 from hftune.stages import registry
@@ -63,7 +73,7 @@ logger = logging.getLogger(__name__)
 LEDGER = "pipeline.json"
 # config.json of the Hub models the shipped configs start from (architecture only), for offline plans.
 ARCHITECTURES = Path(__file__).parent / "architectures"
-PIPELINE_KEYS = ("output_dir", "stages")
+PIPELINE_KEYS = ("output_dir", "stages", "max_parallel", "freeze_gc")
 # Keys a stage takes from a seeded stage (one run per seed): every run, as the seeds of one variant.
 SEEDED_HANDOFF = {"rlhf_models": "rlhf"}
 # The eval's trained variants (`rlhf_models`) come from the RL stage and the preference-optimisation stage:
@@ -71,6 +81,15 @@ SEEDED_HANDOFF = {"rlhf_models": "rlhf"}
 VARIANTS_KEY = "rlhf_models"
 VARIANT_ROLES = ("rl", "po")
 SEEDED_ROLES = VARIANT_ROLES  # the stages whose runs the eval can take as the seeds of one variant
+
+
+@dataclass
+class RunOptions:
+    """How the pipeline runs its stages (keys of the pipeline config, not of any stage: they change how fast
+    it runs, never what it computes, so no stage re-runs when they change)."""
+
+    max_parallel: int | None = None  # runs training at once; None: as many as the cores and memory allow
+    freeze_gc: bool = True  # the garbage collector skips what lives for the whole pipeline (see run)
 
 
 @dataclass
@@ -192,9 +211,9 @@ def _beside(config_path: str, value: Any) -> Path:
     return file
 
 
-def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, list[PlannedStage]]:
-    """The stages of a pipeline config in order, with their merged values; `output_dir` overrides the
-    config's."""
+def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, list[PlannedStage], RunOptions]:
+    """The stages of a pipeline config in order, with their merged values, and how to run them; `output_dir`
+    overrides the config's."""
     raw = load_yaml_mapping(config_path)
     problems = [
         f"`{k}`: unknown key{did_you_mean(str(k), PIPELINE_KEYS)}" for k in raw if k not in PIPELINE_KEYS
@@ -211,6 +230,7 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
         problems.append(f"`output_dir`: expected a folder path (a string), got {raw['output_dir']!r:.80}")
         raw["output_dir"] = None
     root = Path(str(raw.get("output_dir") or "runs/pipeline"))
+    options = _run_options(raw, problems)
     plan: list[PlannedStage] = []
     seen: set[str] = set()
     for i, entry in enumerate(stages):
@@ -301,7 +321,29 @@ def load_plan(config_path: str, output_dir: str | None = None) -> tuple[Path, li
                 )
     if problems:
         raise ConfigError(config_path, problems)
-    return root, plan
+    return root, plan, options
+
+
+def _run_options(raw: dict[str, Any], problems: list[str]) -> RunOptions:
+    options = RunOptions()
+    n = raw.get("max_parallel", "auto")
+    if n != "auto":
+        if problem := max_parallel_problem(n):
+            problems.append(f"`max_parallel`: {problem}")
+        else:
+            options.max_parallel = n
+    freeze = raw.get("freeze_gc", True)
+    if not isinstance(freeze, bool):
+        problems.append(f"`freeze_gc`: expected true or false, got {freeze!r:.80}")
+    else:
+        options.freeze_gc = freeze
+    return options
+
+
+def max_parallel_problem(n: Any) -> str | None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return f"expected a whole number >= 1 (or auto: as many as the cores and memory allow), got {n!r:.80}"
+    return None
 
 
 def _source_roles(key: str, role: str) -> tuple[str, ...]:
@@ -537,8 +579,11 @@ def run(
     force: str | None = None,
     output_dir: str | None = None,
     overwrite: bool = False,
+    max_parallel: int | None = None,
 ) -> list[PlannedStage]:
-    root, plan = load_plan(config_path, output_dir)
+    root, plan, options = load_plan(config_path, output_dir)
+    if max_parallel is not None:
+        options.max_parallel = max_parallel
     names = list(dict.fromkeys(n for s in plan for n in (s.name, s.key)))
     if force and force not in names:
         raise UserError(f"--force {force}: no such stage in {config_path} ({', '.join(names)})")
@@ -574,43 +619,17 @@ def run(
     check_outputs(root, plan, overwrite=overwrite)
     forced = _forced(plan, force)
     _predict(root, plan, forced)
+    parallel = _parallelism(plan, options)
     # The plan before any stage trains (flushed: a log redirected to a file shows it first, not at the end).
-    print(describe(plan), flush=True)
+    print(describe(plan) + f"\nruns: {parallel.describe()}", flush=True)
     if dry_run:
         return plan
+    if options.freeze_gc:
+        # What is alive now (the libraries, the parsed configs) lives as long as the pipeline: left out of
+        # every collection from here on (see _release_memory).
+        gc.freeze()
     with artifacts.output_lock(root):
-        for i, stage in enumerate(plan):
-            # Decided again now: a stage before it may have been re-made (its new manifest changes this one's
-            # inputs). Both fingerprints are taken before the stage runs, from the same inputs.
-            stage.quick = _quick(stage, shared)
-            if decide(root, stage, forced=forced[i]) == "skip":
-                _confirm_quick(root, stage)
-                logger.info("stage %s: up to date (%s), skipped", stage.key, stage.output_dir)
-                continue
-            logger.info("stage %s: %s -> %s", stage.key, stage.action, stage.output_dir)
-            if stage.action == "run" and STAGES[stage.name].trains:
-                # A forced or changed stage starts over: an old run's checkpoints must not be resumed into
-                # it. The stage's work folder is the stage's own (it removes it when it finishes); the
-                # pipeline only clears it (check_outputs made sure it is hftune's) and records there which
-                # inputs this run started with.
-                work = artifacts.work_dir(stage.output_dir)
-                shutil.rmtree(work, ignore_errors=True)
-                work.mkdir(parents=True)
-                artifacts.write_json(work / STARTED, stage.fingerprint)
-            started = time.time()
-            if stage.launch is not None:
-                print(f"== {stage.key} ({stage.launch.num_processes} processes) ==", flush=True)
-                config_file = _write_stage_config(stage, root / ".pipeline")
-                _run_launched(stage, config_file, overwrite=overwrite)
-            else:
-                # `--overwrite` is a run option, not a setting: given to this run, the parsed config kept.
-                cfg = dataclasses.replace(stage.cfg, overwrite=overwrite)
-                with artifacts.output_lock(stage.output_dir):
-                    result = modules[stage.name].run(cfg, resume=stage.action == "resume")
-                print(f"== {stage.key} ==\n{modules[stage.name].summary(result)}")
-                del result
-                _release_memory()  # the next stage (or its launched processes) gets the GPU memory back
-            _record(root, stage, time.time() - started)
+        _execute(root, plan, modules, forced, shared, parallel, options, overwrite=overwrite)
     print(_done(plan), flush=True)
     return plan
 
@@ -634,6 +653,7 @@ def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> N
     # temporary folder (no ledger yet): the same command resumes it. Anything else in a folder without a
     # ledger is not this pipeline's.
     ours = {n for s in plan for n in (artifacts.work_dir(s.output_dir).name, f".{s.output_dir.name}.lock")}
+    ours.add(".pipeline")  # the logs of runs side by side, the configs of launched ones
     saving = tuple(f".{s.output_dir.name}.tmp-" for s in plan)
     entries = list(root.iterdir()) if root.is_dir() else []
     foreign = [p for p in entries if p.name not in ours and not p.name.startswith(saving)]
@@ -652,14 +672,199 @@ def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> N
         )
 
 
-def _release_memory() -> None:
+def _release_memory(freeze_gc: bool) -> None:
     import gc
 
     import torch
 
-    gc.collect()  # a finished stage's trainer, model and optimizer state
+    # A finished stage's trainer, model and optimizer state. With the collector frozen this walks only what
+    # the stage left (the libraries were frozen before it); what survives is frozen in turn, so the next
+    # stage's collections skip it too (and a stage that unfroze everything, like PPO's `freeze_gc`, is
+    # covered again).
+    gc.collect()
+    if freeze_gc:
+        gc.freeze()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _parallelism(plan: list[PlannedStage], options: RunOptions) -> side_by_side.Parallelism:
+    """How many runs may train at once: the config's `max_parallel` (or --max-parallel), else what the
+    cores and memory allow (side_by_side.default_parallelism) when the plan has runs that could overlap."""
+    if options.max_parallel is not None:
+        return side_by_side.Parallelism(options.max_parallel, "max_parallel")
+    sources = upstream(plan)
+    independent = any(
+        i not in sources[j] and j not in sources[i] for i in range(len(plan)) for j in range(i + 1, len(plan))
+    )
+    if not independent:
+        return side_by_side.Parallelism(1, "no two runs are independent")
+    from hftune import distributed
+
+    model_config = root_model_config(plan)
+    estimates = [_estimate_bytes(stage, model_config) for stage in plan]
+    return side_by_side.default_parallelism(estimates, distributed.accelerator_available())
+
+
+def _estimate_bytes(stage: PlannedStage, model_config) -> float | None:
+    if model_config is None or stage.cfg is None or not STAGES[stage.name].trains:
+        return None
+    from hftune.stages import memory
+
+    return memory.estimate(stage.name, stage.cfg, model_config).total
+
+
+def _execute(
+    root: Path,
+    plan: list[PlannedStage],
+    modules: dict[str, Any],
+    forced: list[bool],
+    shared: dict[str, Any],
+    parallel: side_by_side.Parallelism,
+    options: RunOptions,
+    *,
+    overwrite: bool,
+) -> None:
+    """Run the plan: each run once every run it takes from has finished, decided again then (a re-made
+    parent changes its inputs); runs that take nothing from each other side by side, up to `parallel.runs`.
+    A run that would train alone (nothing else running or ready) runs in this process with every thread."""
+    sources = upstream(plan)
+    pending, decided, done, running = list(range(len(plan))), set(), set(), {}
+    failed: list[str] = []
+    codes: list[int] = []
+    if parallel.runs > 1:
+        side_by_side.start_server(sorted({STAGES[s.name].module for s in plan}))
+    while pending or running:
+        # Decide each run whose sources are done; a skipped one is done at once and may make others ready.
+        while undecided := [i for i in pending if sources[i] <= done and i not in decided]:
+            for i in undecided:
+                decided.add(i)
+                if _decide_now(root, plan[i], forced[i], shared) == "skip":
+                    pending.remove(i)
+                    done.add(i)
+        ready = [i for i in pending if sources[i] <= done]
+        ran_alone = False
+        for i in ready if not failed else []:
+            stage = plan[i]
+            alone = parallel.runs == 1 or stage.launch is not None or (not running and len(ready) == 1)
+            if (alone and running) or len(running) >= parallel.runs:
+                break  # it needs the machine to itself, or every slot is taken: wait for a run to end
+            pending.remove(i)
+            _prepare_work(stage)
+            if alone:
+                started = time.time()
+                _run_here(root, stage, modules[stage.name], options, overwrite=overwrite)
+                _record(root, stage, time.time() - started)
+                done.add(i)
+                ran_alone = True
+                break  # what is ready has changed
+            running[i] = _start_beside(root, stage, parallel, options, overwrite=overwrite)
+        if ran_alone:
+            continue
+        if not running:
+            break  # nothing runs and nothing can start: a run failed and what takes from it is dropped
+        job = side_by_side.wait_any(list(running.values()))
+        i = next(k for k, j in running.items() if j is job)
+        del running[i]
+        if _finish_beside(root, plan[i], job):
+            done.add(i)
+        else:
+            failed.append(plan[i].key)
+            codes.append(job.process.exitcode)
+            pending = [k for k in pending if i not in sources[k]]  # nothing that takes from it starts
+    if failed:
+        raise StageFailed(
+            f"stage {', '.join(failed)} failed (the end of its log is above); the runs beside it finished "
+            "and are kept. Run the same command again to resume it from its last checkpoint.",
+            # A refused input exits 2 as the stage alone would; a signal (negative) as a shell reports it.
+            exit_code=128 - codes[0] if codes[0] < 0 else codes[0] or 1,
+        )
+
+
+def _decide_now(root: Path, stage: PlannedStage, forced: bool, shared: dict[str, Any]) -> str:
+    """A run's action when its turn comes (both fingerprints taken before it runs, from the same inputs); a
+    skipped one confirms its quick fingerprint."""
+    stage.quick = _quick(stage, shared)
+    if decide(root, stage, forced=forced) == "skip":
+        _confirm_quick(root, stage)
+        logger.info("stage %s: up to date (%s), skipped", stage.key, stage.output_dir)
+    return stage.action
+
+
+def _prepare_work(stage: PlannedStage) -> None:
+    logger.info("stage %s: %s -> %s", stage.key, stage.action, stage.output_dir)
+    if stage.action == "run" and STAGES[stage.name].trains:
+        # A forced or changed stage starts over: an old run's checkpoints must not be resumed into it. The
+        # stage's work folder is the stage's own (it removes it when it finishes); the pipeline only clears it
+        # (check_outputs made sure it is hftune's) and records there which inputs this run started with.
+        work = artifacts.work_dir(stage.output_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        artifacts.write_json(work / STARTED, stage.fingerprint)
+
+
+def _run_here(root: Path, stage: PlannedStage, module: Any, options: RunOptions, *, overwrite: bool) -> None:
+    """A run that has the machine to itself: in its own launched processes, or in this one."""
+    if stage.launch is not None:
+        print(f"== {stage.key} ({stage.launch.num_processes} processes) ==", flush=True)
+        config_file = _write_stage_config(stage, root / ".pipeline")
+        _run_launched(stage, config_file, overwrite=overwrite)
+        return
+    import torch
+
+    torch.set_num_threads(side_by_side.threads_each(1))  # a run beside others may have had fewer
+    # `--overwrite` is a run option, not a setting: given to this run, the parsed config kept.
+    cfg = dataclasses.replace(stage.cfg, overwrite=overwrite)
+    with artifacts.output_lock(stage.output_dir):
+        result = module.run(cfg, resume=stage.action == "resume")
+    print(f"== {stage.key} ==\n{module.summary(result)}", flush=True)
+    del result
+    _release_memory(options.freeze_gc)  # the next stage (or its launched processes) gets the memory back
+
+
+def _start_beside(
+    root: Path,
+    stage: PlannedStage,
+    parallel: side_by_side.Parallelism,
+    options: RunOptions,
+    *,
+    overwrite: bool,
+) -> side_by_side.Job:
+    job = side_by_side.start(
+        stage.key,
+        stage.name,
+        dataclasses.replace(stage.cfg, overwrite=overwrite),
+        resume=stage.action == "resume",
+        threads=side_by_side.threads_each(parallel.runs),
+        folder=root / ".pipeline",
+        freeze_gc=options.freeze_gc,
+        debug=logging.getLogger("hftune").isEnabledFor(logging.DEBUG),
+    )
+    print(
+        f"== {stage.key}: started beside the others ({job.threads} thread{'s' * (job.threads > 1)}; "
+        f"progress in {job.log}) ==",
+        flush=True,
+    )
+    return job
+
+
+def _finish_beside(root: Path, stage: PlannedStage, job: side_by_side.Job) -> bool:
+    """Report a run that trained beside others; record it if it finished."""
+    code = job.process.exitcode
+    if code == 0 and artifacts.is_complete(stage.output_dir) and job.summary.is_file():
+        print(
+            f"== {stage.key} ({job.elapsed:.0f} s beside the others) ==\n{job.summary.read_text()}",
+            flush=True,
+        )
+        _record(root, stage, job.elapsed)
+        return True
+    print(
+        f"== {stage.key}: failed (exit code {code}) after {job.elapsed:.0f} s; the end of {job.log}: ==\n"
+        f"{side_by_side.log_tail(job)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def _run_launched(stage: PlannedStage, config_file: Path, *, overwrite: bool = False) -> None:

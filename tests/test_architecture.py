@@ -109,8 +109,9 @@ CORE = {
     "hftune.distributed",
     "hftune.lineage",
     "hftune.resources",
+    "hftune.logs",
 }
-FACE = {"hftune.cli", "hftune.__main__", "hftune.pipeline", "hftune.quick_fingerprint"}
+FACE = {"hftune.cli", "hftune.__main__", "hftune.pipeline", "hftune.quick_fingerprint", "hftune.side_by_side"}
 LAYERS = {
     "hftune.data",
     "hftune.models",
@@ -157,7 +158,6 @@ CLI_DEFINES = {
     "main",
     "build_parser",
     "_Parser",
-    "_setup_logging",
     "_stage_help",
     "_print_all_fields",
     "_pipeline_help",
@@ -166,6 +166,7 @@ CLI_DEFINES = {
 # logging, locking and errors. Data, model and stage internals stay behind the commands' modules.
 CLI_IMPORTS = {
     "hftune",  # __version__
+    "hftune.logs",
     "hftune.errors",
     "hftune.config",  # describe_fields for --help, ConfigError
     "hftune.artifacts",  # the output lock, the full-disk message

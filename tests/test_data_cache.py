@@ -174,3 +174,89 @@ def test_a_transform_imports_its_helper_beside_it_and_a_changed_helper_prepares_
     (tmp_path / "t.yaml").write_text((tmp_path / "t.yaml").read_text() + "\n")  # parse the hook again
     data = prepare([Part(load_recipe(str(tmp_path / "t.yaml")))], chat_tokenizer, calls)
     assert len(calls) == 2 and data.train[0]["messages"][-1]["content"].endswith("?")
+
+
+def test_a_byte_identical_file_under_another_name_or_folder_reads_the_same_entry(
+    isolated_cache, tmp_path, chat_tokenizer, caplog
+):
+    """The key is the data's content: a copy of the file under another name, in another folder, read by a
+    recipe of another name (and description) with the same settings, is a hit; the entry read back names
+    the file this run read. One byte changed is a miss."""
+    data_file = tmp_path / "chats.jsonl"
+    shutil.copy(REPO / "data_recipes/fixtures/ultrachat.jsonl", data_file)
+    calls: list = []
+    first = prepare([Part(load_recipe("tiny_ultrachat"), str(data_file))], chat_tokenizer, calls)
+    assert first.source == str(data_file)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy = elsewhere / "renamed.jsonl"
+    shutil.copy(data_file, copy)
+    recipe_text = (REPO / "data_recipes/tiny_ultrachat.yaml").read_text()
+    (elsewhere / "my_chats.yaml").write_text(
+        recipe_text.replace("fixtures/ultrachat.jsonl", "renamed.jsonl").replace(
+            "description: Synthetic", "description: The same chats, renamed, of"
+        )
+    )
+    renamed = load_recipe(str(elsewhere / "my_chats.yaml"))  # its own source: the copy beside it
+    assert renamed.name != "tiny_ultrachat" and renamed.source.path == "renamed.jsonl"
+    for part in (Part(load_recipe("tiny_ultrachat"), str(copy)), Part(renamed)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hftune"):
+            again = prepare([part], chat_tokenizer, calls)
+        assert len(calls) == 1 and "read from" in caplog.text, (part, calls)
+        assert list(again.train) == list(first.train) and again.fingerprint == first.fingerprint
+        assert again.train_keys == first.train_keys and again.eval_keys == first.eval_keys
+        assert again.source == str(copy)  # this run's file, not the one the entry was saved from
+    assert len(list(isolated_cache.iterdir())) == 1
+
+    copy.write_bytes(copy.read_bytes().replace(b"robrah", b"robrah ", 1))  # one reply, one byte more
+    changed = prepare([Part(renamed)], chat_tokenizer, calls)
+    assert len(calls) == 2 and changed.fingerprint != first.fingerprint
+
+
+def test_a_moved_folder_is_the_same_data_but_the_names_of_its_files_are_content(
+    isolated_cache, tmp_path, chat_tokenizer
+):
+    """A folder source (`dataset_name: folder`) picks its files by name (the split's), so the names inside
+    it are keyed; where the folder lies is not."""
+    from hftune.data.detect import dataset_recipe
+
+    first, moved = tmp_path / "chats", tmp_path / "moved" / "other"
+    first.mkdir()
+    shutil.copy(REPO / "data_recipes/fixtures/ultrachat.jsonl", first / "train.jsonl")
+    shutil.copytree(first, moved)
+    calls: list = []
+    rows = list(prepare([Part(dataset_recipe(str(first)))], chat_tokenizer, calls).train)
+    again = prepare([Part(dataset_recipe(str(moved)))], chat_tokenizer, calls)
+    assert len(calls) == 1 and list(again.train) == rows and again.source == str(moved)
+    (moved / "train.jsonl").rename(moved / "train-00000.jsonl")  # the same bytes, another name inside
+    assert cache.key([Part(dataset_recipe(str(moved)))], chat_tokenizer, SETTINGS) != cache.key(
+        [Part(dataset_recipe(str(first)))], chat_tokenizer, SETTINGS
+    )
+
+
+def test_a_mixture_part_s_name_is_keyed_and_each_part_is_named_as_this_run_reads_it(
+    isolated_cache, tmp_path, chat_tokenizer
+):
+    """Weighting seeds each part's sample with its recipe's name, so in a mixture the name decides rows (a
+    miss); a part's data moved elsewhere is a hit that names the files read now."""
+    alpaca, dolly = tmp_path / "a.jsonl", tmp_path / "d.jsonl"
+    shutil.copy(REPO / "data_recipes/fixtures/alpaca.jsonl", alpaca)
+    shutil.copy(REPO / "data_recipes/fixtures/dolly.jsonl", dolly)
+    calls: list = []
+    mixture = [
+        Part(load_recipe("tiny_alpaca"), str(alpaca), weight=0.5),
+        Part(load_recipe("tiny_dolly"), str(dolly)),
+    ]
+    first = prepare(mixture, chat_tokenizer, calls)
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(alpaca, moved)
+    again = prepare([Part(mixture[0].recipe, str(moved), weight=0.5), mixture[1]], chat_tokenizer, calls)
+    assert len(calls) == 1 and list(again.train) == list(first.train)
+    assert [part["source"] for part in again.sources] == [str(moved), str(dolly)]
+    assert again.source == f"{moved} + {dolly}"
+    (tmp_path / "other_name.yaml").write_text((REPO / "data_recipes/tiny_alpaca.yaml").read_text())
+    other = load_recipe(str(tmp_path / "other_name.yaml"))
+    prepare([Part(other, str(alpaca), weight=0.5), mixture[1]], chat_tokenizer, calls)
+    assert len(calls) == 2

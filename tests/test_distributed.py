@@ -403,7 +403,7 @@ def test_an_accelerate_config_alone_keeps_its_process_count(tmp_path):
         "accelerate_config": str(multi_gpu),
     }
     config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [stage]}))
-    _, plan = pipeline.load_plan(str(config))
+    _, plan, _ = pipeline.load_plan(str(config))
     assert plan[0].launch == pipeline.Launch(8, multi_gpu)
     assert "accelerate_config" not in plan[0].values  # a pipeline key, not a key of the SFT config
 

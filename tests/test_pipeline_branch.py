@@ -57,7 +57,7 @@ def without(stages: list[dict], name: str) -> list[dict]:
 
 def test_a_branched_plan_hands_the_eval_every_trained_variant_by_name(tmp_path):
     run = tmp_path / "run"
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stage_entries(tmp_path))))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stage_entries(tmp_path))))
     assert [s.key for s in plan] == ["sft", "reward", "ppo", "dpo", "eval"]
     dpo = plan[3]
     assert dpo.values["model_name_or_path"] == str(run / "sft") and dpo.values["algorithm"] == "dpo"
@@ -71,14 +71,14 @@ def test_a_branched_plan_hands_the_eval_every_trained_variant_by_name(tmp_path):
 
 @pytest.mark.parametrize("po", ["kto", "orpo", "simpo"])
 def test_the_po_variant_is_named_after_its_stage(tmp_path, po):
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stage_entries(tmp_path, po=po))))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stage_entries(tmp_path, po=po))))
     assert plan[3].values["algorithm"] == po
     assert list(plan[-1].values["rlhf_models"]) == ["rlhf", po]
 
 
 def test_a_po_stage_alone_is_the_evals_only_trained_variant(tmp_path):
     stages = without(without(stage_entries(tmp_path), "ppo"), "reward")
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
     assert plan[-1].values["rlhf_models"] == {"dpo": [str(tmp_path / "run" / "dpo")]}
 
 
@@ -88,7 +88,7 @@ def test_several_rl_stages_are_variants_named_after_their_stages(tmp_path):
     run = tmp_path / "run"
     stages = stage_entries(tmp_path, ppo={"seeds": [1, 2]})
     stages.insert(3, {"stage": "rloo", "config": str(TINY / "ppo.yaml"), "max_steps": 2})
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
     assert [s.key for s in plan] == ["sft", "reward", "ppo-seed1", "ppo-seed2", "rloo", "dpo", "eval"]
     assert plan[4].values["algorithm"] == "rloo" and plan[4].values["reward_model_path"] == str(
         run / "reward"
@@ -107,18 +107,18 @@ def test_an_rl_only_pipeline_keeps_todays_handoff_and_force_rule(tmp_path):
         {"stage": "pretrain", "config": str(TINY / "pretrain.yaml")},
         *without(stage_entries(tmp_path), "dpo"),
     ]
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
     assert plan[-1].values["rlhf_models"] == str(run / "ppo")  # a path, as before branching existed
     # In a chain every stage takes from every earlier one: `--force X` re-runs X and all after it.
     for i, stage in enumerate(plan):
         assert pipeline._forced(plan, stage.name) == [j >= i for j in range(len(plan))], stage.name
     seeded = [{**s, "seeds": [1, 2]} if s["stage"] == "ppo" else s for s in stages]
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, seeded, "seeded.yaml")))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, seeded, "seeded.yaml")))
     assert plan[-1].values["rlhf_models"] == {"rlhf": [str(run / "ppo-seed1"), str(run / "ppo-seed2")]}
 
 
 def test_force_reruns_one_branch_not_the_other(tmp_path):
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stage_entries(tmp_path))))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stage_entries(tmp_path))))
     #                                          sft    reward  ppo    dpo    eval
     assert pipeline._forced(plan, "ppo") == [False, False, True, False, True]
     assert pipeline._forced(plan, "reward") == [False, True, True, False, True]
@@ -127,7 +127,7 @@ def test_force_reruns_one_branch_not_the_other(tmp_path):
     # The order in the file does not matter: dpo listed before the reward model changes nothing.
     stages = stage_entries(tmp_path)
     stages.insert(1, stages.pop(3))
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages, "reordered.yaml")))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stages, "reordered.yaml")))
     assert [s.key for s in plan] == ["sft", "dpo", "reward", "ppo", "eval"]
     assert pipeline._forced(plan, "reward") == [False, False, True, True, True]
     assert list(plan[-1].values["rlhf_models"]) == ["dpo", "rlhf"]
@@ -136,7 +136,7 @@ def test_force_reruns_one_branch_not_the_other(tmp_path):
 def test_seeds_on_the_po_stage(tmp_path):
     run = tmp_path / "run"
     stages = stage_entries(tmp_path, dpo={"seeds": [1, 2]})
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stages)))
     assert [s.key for s in plan] == ["sft", "reward", "ppo", "dpo-seed1", "dpo-seed2", "eval"]
     assert [s.values["seed"] for s in plan[3:5]] == [1, 2]
     assert [s.output_dir for s in plan[3:5]] == [run / "dpo-seed1", run / "dpo-seed2"]
@@ -148,7 +148,7 @@ def test_seeds_on_the_po_stage(tmp_path):
     assert pipeline._forced(plan, "dpo") == [False, False, False, True, True, True]
     # Both branches with seeds.
     stages = stage_entries(tmp_path, ppo={"seeds": [1, 2]}, dpo={"seeds": [1, 2]})
-    _, plan = pipeline.load_plan(str(write_pipeline(tmp_path, stages, "both.yaml")))
+    _, plan, _ = pipeline.load_plan(str(write_pipeline(tmp_path, stages, "both.yaml")))
     assert plan[-1].values["rlhf_models"] == {
         "rlhf": [str(run / "ppo-seed1"), str(run / "ppo-seed2")],
         "dpo": [str(run / "dpo-seed1"), str(run / "dpo-seed2")],
@@ -476,7 +476,7 @@ def test_a_first_stage_killed_before_any_ledger_is_resumed_not_refused(tmp_path)
     """Killed during its first stage, a pipeline's folder holds only that stage's work folder and lock (the
     ledger is written when a stage finishes): the same command goes on; anything else is still refused."""
     config = write_pipeline(tmp_path, stage_entries(tmp_path))
-    root, plan = pipeline.load_plan(str(config))
+    root, plan, _ = pipeline.load_plan(str(config))
     (root / "sft.work").mkdir(parents=True)
     (root / "sft.work" / pipeline.STARTED).write_text("{}")
     (root / ".sft.lock").write_text("")

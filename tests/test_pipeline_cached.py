@@ -70,7 +70,7 @@ def _in_the_repository(monkeypatch):
 
 def quick_answer(config: Path) -> bool:
     """Whether the pipeline would answer `config` from the ledger (every run up to date, nothing parsed)."""
-    root, plan = pipeline.load_plan(str(config))
+    root, plan, _ = pipeline.load_plan(str(config))
     return pipeline._up_to_date_quickly(root, plan, quick_fingerprint.environment())
 
 

@@ -5,8 +5,12 @@ tens of seconds, and every stage of every rerun paid it again. The key is everyt
 on: each part's recipe, the bytes of its local data file (or folder), its transform's source and the
 local modules that imports, the tokenizer's vocabulary and chat template, the stage's settings (max_length,
 too_long, split, seed, the prompts held out upstream, formats) and the source of hftune's data code itself;
-a change to any of them is another key. Data from the Hub is not cached here (`datasets` caches the
-download; its content is not known without reading it), nor a streamed corpus.
+a change to any of them is another key. Where the data lie is not: a byte-identical file under another
+name or in another folder, read by the same recipe settings, is the same entry (a recipe's name and
+description, which change no row, neither), and the entry read back names this run's files. The `seed`
+is: it draws the held-out split, so each seed of a seeded stage prepares rows of its own. Data from the
+Hub is not cached here (`datasets` caches the download; its content is not known without reading it),
+nor a streamed corpus.
 
 A hit is read back as memory-mapped Arrow (`save_prepared` / `load_prepared`) only after every file is
 checked against the size and sha256 written with it (`prepare.damage`): a truncated or overwritten entry
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hftune.data.prepare import PREPARED_META, PreparedData, damage, load_prepared, save_prepared
-from hftune.data.recipe import transform_files
+from hftune.data.recipe import LOCAL_BUILDERS, transform_files
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +43,14 @@ def cache_dir() -> Path:
 
 
 def _file_digest(path: Path) -> str:
+    """The sha256 of a data file's bytes, or of a folder's files: each one's path inside the folder (which
+    says its split and how it is read) and its bytes. A file's own name and the folder it lies in are not
+    its content: a byte-identical copy under another name, or elsewhere, is the same data."""
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
-        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        if path.is_dir():
+            digest.update(f"{f.relative_to(path).as_posix()}\0{f.stat().st_size}\0".encode())
         with open(f, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -74,12 +82,40 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
+class CacheKey(str):
+    """A cache key (the entry's folder name), with where this run reads each part's rows (`labels`): the key
+    is their content, so an entry saved from a file under another name is read back naming this run's
+    files (`_relabel`), never the name it was saved under."""
+
+    labels: tuple[str, ...] = ()
+
+    def __new__(cls, value: str, labels: tuple[str, ...] = ()) -> CacheKey:
+        made = super().__new__(cls, value)
+        made.labels = labels
+        return made
+
+
+def _keyed_recipe(recipe, path: Path) -> dict[str, Any]:
+    """The recipe's fields that decide its rows: not its name, its description or its source's path (the
+    data's bytes are keyed instead: `_file_digest`); how the file is read (its type) and, for a folder, the
+    split that picks its files."""
+    fields = {k: v for k, v in recipe.as_dict().items() if k not in ("description", "source")}
+    if path.is_dir():
+        fields["split"] = recipe.source.split
+    else:
+        fields["reader"] = LOCAL_BUILDERS.get(path.suffix)
+    return fields
+
+
+def key(parts, tokenizer, settings: dict[str, Any]) -> CacheKey | None:
     """The cache key of preparing `parts` (mixture.Part) with `settings`; None when a part is not a local file
     (or its transform's code cannot be found), which is then prepared every time."""
     from hftune.data.sources import resolve_source_path
 
-    described = []
+    described, labels = [], []
+    # Combining parts seeds each one's weighted sample with its recipe's name (`mixture._combine`), so
+    # there the name decides rows; one part is prepared the same under any name.
+    combined = len(parts) > 1 or any(part.weight != 1.0 for part in parts)
     for part in parts:
         recipe = part.recipe
         if part.data_files is not None:
@@ -93,13 +129,15 @@ def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
             return None
         described.append(
             {
-                "recipe": recipe.as_dict(),
+                "recipe": _keyed_recipe(recipe, path),
+                "name": part.name if combined else None,
                 "data": _file_digest(path),
                 "transform": transform,
                 "max_samples": part.max_samples,
                 "weight": part.weight,
             }
         )
+        labels.append(str(part.data_files if part.data_files is not None else path))  # as `load_rows` does
     code = hashlib.sha256()
     for f in sorted(_DATA_CODE.glob("*.py")):
         code.update(f.read_bytes())
@@ -109,7 +147,20 @@ def key(parts, tokenizer, settings: dict[str, Any]) -> str | None:
         "settings": {k: sorted(v) if isinstance(v, set | frozenset) else v for k, v in settings.items()},
         "code": code.hexdigest(),
     }
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return CacheKey(digest, tuple(labels))
+
+
+def _relabel(data: PreparedData, cache_key: str) -> PreparedData:
+    """`data` read back from an entry, naming the files this run reads (`CacheKey.labels`) rather than those
+    of the run that saved it: the manifest, the log and `data preview` say where the rows came from."""
+    labels = getattr(cache_key, "labels", ())
+    if not labels:
+        return data
+    if data.sources and len(data.sources) == len(labels):
+        data.sources = [{**part, "source": label} for part, label in zip(data.sources, labels, strict=True)]
+    data.source = " + ".join(labels)
+    return data
 
 
 def _read(folder: Path, warn: bool = True) -> PreparedData | None:
@@ -167,11 +218,11 @@ def cached(cache_key: str | None, compute: Callable[[], PreparedData]) -> Prepar
     folder = cache_dir() / cache_key
     data = _read(folder, warn=False)  # a damaged entry is named once, below, by the run that replaces it
     if data is not None:
-        return data
+        return _relabel(data, cache_key)
     with _turn(cache_key):
         data = _read(folder)  # saved by another run while this one waited
         if data is not None:
-            return data
+            return _relabel(data, cache_key)
         data = compute()
         try:
             save_prepared(data, folder)

@@ -235,7 +235,7 @@ def _load(
     merge_all: bool = False,
     **extra,
 ):
-    from peft import PeftModel, prepare_model_for_kbit_training
+    from peft import PeftModel
     from trl import get_quantization_config
 
     dtype = auto_dtype(model_args.dtype)
@@ -297,6 +297,9 @@ def _load(
         # fine-tuning on top of an adapter trained nothing and saved the merged weights unchanged.
         model.requires_grad_(True)
     if quant is not None and for_training:
+        # Imported here, in the quantised branch only, like everything of bitsandbytes' (test_imports.py).
+        from peft import prepare_model_for_kbit_training
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
 

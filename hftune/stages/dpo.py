@@ -49,7 +49,8 @@ UNPAIRED_FORMAT = "unpaired_preference"
 
 @dataclass
 class POExtras(DataExtras):
-    """What TRL's DPO / KTO / ORPO / CPO configs lack. Names never clash with TRL's."""
+    """What TRL's DPO / KTO / ORPO / CPO configs lack. Names never clash with TRL's, but for the TRL key
+    hftune owns (`gradient_checkpointing`: common.OWNED_TRAINING_KEYS)."""
 
     algorithm: str = hftune_field(
         "dpo",
@@ -171,6 +172,7 @@ def schema(algorithm: str = "dpo") -> StageSchema:
         classes={"training": _trl_config(algorithm), "model": ModelConfig, "hftune": POExtras},
         defaults=defaults,
         check=_check,
+        owned=common.OWNED_TRAINING_KEYS,
         unknown_key_hint=common.pair_key_hint,
     )
 

@@ -10,7 +10,8 @@ parameter and LoRA counts are exact; the rest is the usual arithmetic, to tell w
   fp32 master copy (4 bytes) when all weights train in 16-bit;
 - activations: per layer ~34 x batch x length x hidden bytes in 16-bit (Korthikanti et al., 2022, without
   recomputation; twice that in fp32), or only the layer inputs (2 x batch x length x hidden) with
-  gradient checkpointing;
+  gradient checkpointing, which a config that leaves `gradient_checkpointing` unset (`auto`) turns on only
+  where the estimate without it exceeds 80% of the memory the stage trains in (`decide_checkpointing`);
 - logits: batch x length x vocabulary in fp32 (the loss upcasts them), which dominates activations for
   large vocabularies at short lengths; a reward model's one score needs none.
 
@@ -25,10 +26,26 @@ number of processes.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
+# The share of the device's memory the estimate without gradient checkpointing may take before `auto` turns
+# it on: the estimate leaves out the CUDA context, allocator fragmentation and temporaries (~10-20%).
+CHECKPOINTING_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Whether a stage trains with gradient checkpointing, and why (for the plan and the stage's log)."""
+
+    on: bool
+    why: str
+
+    def describe(self) -> str:
+        return f"gradient checkpointing {'on' if self.on else 'off'} ({self.why})"
 
 
 @dataclass
@@ -41,6 +58,7 @@ class Estimate:
     logits: float
     extra: dict[str, float]  # other models the stage holds (value, reward), bytes
     dtype: str
+    checkpointing: Checkpointing | None = None  # None: the activations assume none, with no decision made
 
     @property
     def total(self) -> float:
@@ -54,6 +72,7 @@ class Estimate:
             f"activations {_size(self.activations)}",
             *([f"logits {_size(self.logits)}"] if self.logits else []),
             *(f"{name} {_size(size)}" for name, size in self.extra.items()),
+            *([self.checkpointing.describe()] if self.checkpointing else []),
         ]
         return f"~{_size(self.total)} per process ({'; '.join(parts)})"
 
@@ -131,10 +150,94 @@ def weight_bytes(model, model_args, training_args) -> tuple[float, str]:
 PREFERENCE_STAGES = ("dpo", "kto", "orpo", "simpo")
 
 
-def estimate(stage: str, cfg, model_config) -> Estimate:
+def estimate(stage: str, cfg, model_config, *, device: tuple[float | None, str] | None = None) -> Estimate:
     """Memory of one training process of `stage` (sft, pretrain, reward, ppo, rloo, grpo, or a preference
     stage: dpo, kto, orpo, simpo) for a model with `model_config` (a transformers config) and the stage's
-    parsed config."""
+    parsed config, with gradient checkpointing as the config sets it or, left `auto`, as
+    `decide_checkpointing` decides for `device` (bytes and what they are, as `device_memory()` answers;
+    default: this machine's)."""
+    requested = requested_checkpointing(cfg)
+    est = _estimate(stage, cfg, model_config, checkpointing=bool(requested))
+    if requested is not None:
+        est.checkpointing = Checkpointing(requested, "set in the config")
+        return est
+    memory, where = device if device is not None else device_memory()
+    decision = decide_checkpointing(est.total, memory, where)
+    if decision.on:
+        est = _estimate(stage, cfg, model_config, checkpointing=True)
+    est.checkpointing = decision
+    return est
+
+
+def requested_checkpointing(cfg) -> bool | None:
+    """The config's own choice of gradient checkpointing, None where it leaves it to hftune: hftune's key
+    `gradient_checkpointing` (`auto` when unset), or transformers' newer name for it,
+    `activation_checkpointing`, when the config sets that instead."""
+    value = getattr(cfg.hftune, "gradient_checkpointing", "auto")
+    if isinstance(value, bool):
+        return value
+    if (
+        "activation_checkpointing" in cfg.given
+        and getattr(cfg.training, "activation_checkpointing", None) is not None
+    ):
+        return bool(cfg.training.activation_checkpointing)
+    return None
+
+
+def decide_checkpointing(without: float, memory: float | None, where: str) -> Checkpointing:
+    """On when `without` (bytes: the estimate without gradient checkpointing) exceeds CHECKPOINTING_SHARE of
+    `memory` (bytes one training process has, `where`: `device_memory()`), else off: recomputing the forward
+    pass costs ~20% of a step, worth paying only where the memory is needed. Unknown memory: on, the side
+    that fits."""
+    share = f"{CHECKPOINTING_SHARE:.0%}"
+    if memory is None:
+        return Checkpointing(True, f"the size of {where} is unknown")
+    if without > CHECKPOINTING_SHARE * memory:
+        return Checkpointing(
+            True, f"needed: {_size(without)} without it is over {share} of {_size(memory)}, {where}"
+        )
+    return Checkpointing(
+        False, f"not needed: {_size(without)} without it fits {share} of {_size(memory)}, {where}"
+    )
+
+
+def device_memory() -> tuple[float | None, str]:
+    """The memory one training process on this machine has, in bytes (None: unknown), and what it is: a CUDA
+    GPU's total memory (each process trains on a GPU of its own), else the host memory available to new
+    processes (MemAvailable), split between the processes a launcher starts on the machine
+    (LOCAL_WORLD_SIZE)."""
+    import torch
+
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        name = torch.cuda.get_device_name(index)
+        return float(torch.cuda.get_device_properties(index).total_memory), f"the memory of the GPU ({name})"
+    available = _host_available()
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    if available is None or processes == 1:
+        return available, "the host memory available"
+    return available / processes, f"1/{processes} of the host memory available (a share for each process)"
+
+
+def _host_available() -> float | None:
+    """Bytes of host memory free for new processes (the kernel's MemAvailable), None where unknown. (Not
+    hftune.side_by_side's twin: that module imports the pipeline, which imports this one.)"""
+    try:
+        import psutil  # comes with accelerate
+
+        return float(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def _estimate(stage: str, cfg, model_config, *, checkpointing: bool) -> Estimate:
+    """`estimate` with gradient checkpointing on or off."""
     args, model_args = cfg.training, cfg.model
     classifier = stage == "reward"
     model = meta_model(model_config, sequence_classification=classifier)
@@ -155,7 +258,7 @@ def estimate(stage: str, cfg, model_config) -> Estimate:
     batch = args.per_device_train_batch_size
     length = _sequence_length(stage, cfg)
     # Bytes per (token x hidden unit x layer) in 16-bit, doubled for fp32 activations.
-    per_unit = 2 if getattr(args, "gradient_checkpointing", False) else 34
+    per_unit = 2 if checkpointing else 34
     activations = per_unit * (1 if sixteen_bit else 2) * batch * length * hidden * layers
     logits = 0 if classifier else 4 * batch * length * model_config.vocab_size
     if classifier or stage in PREFERENCE_STAGES:

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainExtras(DataExtras):
-    """From-scratch settings TRL's configs lack; names never clash with TRL's."""
+    """From-scratch settings TRL's configs lack; names never clash with TRL's, but for the TRL key hftune
+    owns (`gradient_checkpointing`: common.OWNED_TRAINING_KEYS)."""
 
     init_architecture: str | None = hftune_field(
         None,
@@ -134,6 +135,7 @@ def schema() -> StageSchema:
         classes={**causal_lm.trl_classes(), "hftune": PretrainExtras},
         defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=_check,
+        owned=common.OWNED_TRAINING_KEYS,
     )
 
 
@@ -281,7 +283,8 @@ def prepare(cfg: StageConfig, *, resume: bool = False) -> common.Prepared:
     tokenizer = common.load_stage_tokenizer(cfg, model_args.model_name_or_path)
     recipe, data = _load_data(cfg, tokenizer, dirs)
     causal_lm.check_format(recipe, ("language_modeling",), "pretraining")
-    args = common.trainer_args(cfg, dirs)
+    # Gradient checkpointing is decided for the model that trains (from scratch: the new one's folder).
+    args = common.trainer_args(cfg, dirs, model_path=model_args.model_name_or_path)
 
     set_seed(args.seed)  # before any weight is drawn (LoRA, for continued pretraining with `use_peft`)
     model = loading.load_model(

@@ -35,7 +35,8 @@ PREFERENCE_FORMATS = ("preference", "implicit_preference")
 
 @dataclass
 class RewardExtras(DataExtras):
-    """What TRL's RewardConfig/ModelConfig lack. Names never clash with TRL's."""
+    """What TRL's RewardConfig/ModelConfig lack. Names never clash with TRL's, but for the TRL key hftune
+    owns (`gradient_checkpointing`: common.OWNED_TRAINING_KEYS)."""
 
     tokenizer_name_or_path: str | None = hftune_field(
         None,
@@ -96,6 +97,7 @@ def schema() -> StageSchema:
         classes={"training": RewardConfig, "model": ModelConfig, "hftune": RewardExtras},
         defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=_check,
+        owned=common.OWNED_TRAINING_KEYS,
         unknown_key_hint=common.pair_key_hint,
     )
 

@@ -25,7 +25,7 @@ SFT_FORMATS = ("conversational", "prompt_completion", "language_modeling")
 @dataclass
 class SFTExtras(DataExtras):
     """What TRL's SFTConfig/ModelConfig lack (the data options every stage shares). Names never clash
-    with TRL's."""
+    with TRL's, but for the TRL key hftune owns (`gradient_checkpointing`: common.OWNED_TRAINING_KEYS)."""
 
     too_long: str = hftune_field(
         "drop",
@@ -71,6 +71,7 @@ def schema() -> StageSchema:
         classes={**causal_lm.trl_classes(), "hftune": SFTExtras},
         defaults={**DEFAULTS, **common.hardware_defaults(liger=True)},
         check=check,
+        owned=common.OWNED_TRAINING_KEYS,
     )
 
 

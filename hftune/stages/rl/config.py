@@ -39,6 +39,7 @@ OWNED = frozenset(
         "beta",
         "max_completion_length",
     }
+    | common.OWNED_TRAINING_KEYS  # `auto` unless set: decided as the stage starts (common.trainer_args)
 )
 # GRPO's `loss_type` words in TRL 1.16 (GRPOConfig types it `str` and lists them only in its help; an unknown
 # one failed inside the first training step). The key depends on `algorithm` (KTO's and CPO's `loss_type`
@@ -48,7 +49,8 @@ GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", 
 
 @dataclass
 class RLExtras(DataExtras):
-    """What the RL trainers' configs lack or name differently. Names never clash with TRL's."""
+    """What the RL trainers' configs lack or name differently. Names never clash with TRL's but for the
+    ones in OWNED, which the stage sets TRL's fields from."""
 
     algorithm: str = hftune_field(
         "ppo",
