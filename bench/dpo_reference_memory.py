@@ -9,6 +9,12 @@ process's peak resident memory (and the part above the process's memory once the
 and the ratio of the medians. Every model's weights are copied into memory of their own (see
 `ppo_reference_memory.OWN_COPIES`: on CPU a memory-mapped second copy would cost nothing). CUDA peak memory
 is reported too when a GPU is present.
+
+Each measured process is started through a small launcher (`_common.LAUNCHER`), so that its peak RSS and
+its baseline are its own and not this script's (Linux starts a child's peak RSS from its parent's). The
+separate reference is loaded in the dtype hftune loads the policy in, and each run reports the dtypes of
+its policy and reference weights; the script refuses (exit 2) when they differ. The first lines printed
+name the machine, cores, torch threads and library versions.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from ppo_reference_memory import OWN_COPIES, measure  # noqa: E402 (the same child-process measurement)
+from _common import header, hftune_precision  # noqa: E402
+from ppo_reference_memory import OWN_COPIES, check_dtypes, describe_run, measure  # noqa: E402 (the same)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -38,17 +45,26 @@ if mode == "separate":
     from transformers import AutoModelForCausalLM
     trainer_class = po._trainer_class
     def with_reference(algorithm):
-        # What a run without LoRA's switch does: a second, frozen copy of the weights as the reference.
+        # What a run without LoRA's switch does: a second, frozen copy of the weights as the reference, in
+        # the dtype hftune loads the policy in (the reported dtypes check that they agree).
         path = argv[argv.index("--model_name_or_path") + 1]
-        reference = own_memory(AutoModelForCausalLM.from_pretrained(path))
+        dtype = loading.auto_dtype(None)
+        reference = own_memory(AutoModelForCausalLM.from_pretrained(path, dtype=dtype))
         cls = trainer_class(algorithm)
         return lambda **kwargs: cls(ref_model=reference.eval().requires_grad_(False), **kwargs)
     po._trainer_class = with_reference
-result = po.run(po.parse(None, argv))
-assert (result.trainer.ref_model is None) == (mode == "shared")
+trainer = po.run(po.parse(None, argv)).trainer
+assert (trainer.ref_model is None) == (mode == "shared")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-print(json.dumps({"peak_kb": peak, "baseline_kb": baseline, "cuda_peak": cuda}))
+dtypes = {
+    "policy": parameter_dtypes(trainer.model),
+    "reference": parameter_dtypes(trainer.ref_model) if trainer.ref_model is not None else None,
+}
+print(json.dumps({
+    "peak_kb": peak, "baseline_kb": baseline, "start_kb": start_kb, "cuda_peak": cuda, "dtypes": dtypes,
+    "threads": torch.get_num_threads(),
+}))
 """
 )
 
@@ -65,6 +81,11 @@ def main() -> None:
 
     from hftune.models.tiny import build_tiny_model
 
+    compares = (
+        "hftune dpo, LoRA policy, its reference = the policy with the adapter off (shared) vs a separate "
+        f"frozen copy, both {hftune_precision()}; each run's own peak RSS (started through a small launcher)"
+    )
+    print(header(compares), flush=True)
     runs: dict[str, list[dict]] = {"shared": [], "separate": []}
     with tempfile.TemporaryDirectory() as tmp:
         base = build_tiny_model(Path(tmp) / "base", hidden_size=ns.hidden, num_layers=ns.layers)
@@ -77,12 +98,15 @@ def main() -> None:
                     "--use_peft", "true", "--lora_target_modules", "all-linear",
                 ]  # fmt: skip
                 runs[mode].append(measure(argv, mode, CHILD))
+    for pair in zip(runs["shared"], runs["separate"], strict=True):
+        check_dtypes(*pair)
 
     def mib(kb: float) -> float:
         return kb / 1024
 
     params = ns.hidden * ns.hidden * 12 * ns.layers / 1e6  # rough: 4 attention + 3 MLP (2x) matrices a layer
-    print(f"model: hidden {ns.hidden}, {ns.layers} layers (~{params:.0f}M parameters in the blocks), fp32")
+    dtype = runs["shared"][0]["dtypes"]["policy"]["weights"]
+    print(f"model: hidden {ns.hidden}, {ns.layers} layers (~{params:.0f}M parameters in the blocks), {dtype}")
     medians = {}
     for mode, name in (("shared", "adapter-off reference"), ("separate", "separate reference copy")):
         peaks = [r["peak_kb"] for r in runs[mode]]
@@ -92,7 +116,8 @@ def main() -> None:
         extra = f", CUDA peak {statistics.median(cuda) / 2**20:.0f} MiB" if cuda else ""
         print(
             f"{name:24s} peak RSS {', '.join(f'{mib(p):.0f}' for p in peaks)} MiB "
-            f"(above imports {', '.join(f'{mib(a):.0f}' for a in above)} MiB){extra}"
+            f"(above imports {', '.join(f'{mib(a):.0f}' for a in above)} MiB){extra}; "
+            f"{describe_run(runs[mode][0])}"
         )
     (shared, shared_above), (separate, separate_above) = medians["shared"], medians["separate"]
     print(

@@ -6,12 +6,18 @@ written directly against TRL, on a GPU, measured in one run: the ratio hftune / 
     python bench/sft_throughput.py --hftune-flags "--use_liger_kernel false"   # a lever off, to see its part
     python bench/sft_throughput.py --num-layers 2 --length 128 --batch 2 --steps 6 --warmup 2   # CPU smoke
 
-Each side runs in a fresh process (so its peak memory is its own), alternating, `--repeats` times:
-"trl" is what a user writes by hand (`AutoModelForCausalLM` in the saved dtype, `SFTConfig` with the same
-batch, length, learning rate and bf16, `assistant_only_loss`, TRL's defaults for everything else, a PEFT
-`LoraConfig` with --lora); "hftune" is `hftune sft` with its defaults on this machine (on a CUDA GPU with
-liger-kernel installed: Liger's fused kernels) plus `--hftune-flags`. The medians and their ratios are
-printed last.
+Each side runs in a fresh process, alternating, `--repeats` times, started through a small launcher so
+that its peak memory is its own (`_common.LAUNCHER`: on CPU a child started from this script would inherit
+its peak RSS): "trl" is what a user writes by hand (`AutoModelForCausalLM` loaded in the dtype hftune
+trains in on this machine, `SFTConfig` with the same batch, length, learning rate and bf16,
+`assistant_only_loss`, TRL's defaults for everything else, a PEFT `LoraConfig` with --lora); "hftune" is
+`hftune sft` with its defaults on this machine (on a CUDA GPU with liger-kernel installed: Liger's fused
+kernels) plus `--hftune-flags`. Both train in the precision hftune picks (bf16 on a GPU that has it, fp32
+otherwise; the model is saved in bf16, as released checkpoints are). Each side reports the dtype its
+model's parameters were in after training and whether it autocast, and the script refuses (exit 2) when
+the two differ: a ratio across precisions measures the precision. The first lines printed name the
+machine, cores, torch threads and library versions; the medians and their ratios are printed last
+(`--json PATH` writes them all).
 
 Where the time goes (reading TRL 1.12's SFTTrainer and transformers 5.24, 0.5B x 1024 x 16, bf16): the
 output head is the largest single matmul (896 x 151,936, over a quarter of the model's matmul FLOPs) and
@@ -58,6 +64,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _common import (  # noqa: E402
+    describe_dtypes,
+    header,
+    hftune_precision,
+    parameter_dtypes,
+    refuse_mismatch,
+    run_launched,
+)
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched on the device name.
 PEAKS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("A100", 312.0))
@@ -109,6 +124,8 @@ def write_chats(path: Path, tokenizer, rows: int, length: int, seed: int = 0) ->
         for _ in range(rows):
             messages = chat(max(4, int(length / (4 * per_word))))
             while size(messages) > length:  # trim the last reply until the chat fits
+                if " " not in messages[-1]["content"]:  # nothing left to trim: it would loop forever
+                    sys.exit(f"--length {length} is too short for a chat of four turns; raise it")
                 messages[-1]["content"] = messages[-1]["content"].rsplit(" ", 8)[0]
             f.write(json.dumps({"messages": messages}) + "\n")
 
@@ -146,7 +163,6 @@ def child(ns) -> None:
     from transformers import AutoConfig
 
     tmp = Path(ns.workdir)
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if ns.child == "hftune":
         from hftune.stages import sft
 
@@ -167,29 +183,32 @@ def child(ns) -> None:
         argv += ns.hftune_flags.split()
         cfg = sft.parse(None, argv)
         trainer = sft.prepare(cfg).trainer
-        precision = "bf16" if cfg.training.bf16 else "fp32"
     else:
         from datasets import load_dataset
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import SFTConfig, SFTTrainer
 
+        from hftune.models.loading import auto_dtype
+
+        # The precision hftune picks here (bf16 on a GPU that has it, fp32 otherwise), named explicitly: with
+        # dtype="auto" the raw side would train the saved bf16 weights on a CPU where hftune trains fp32.
+        dtype = auto_dtype(None)
         tokenizer = AutoTokenizer.from_pretrained(tmp / "model")
         args = SFTConfig(
             output_dir=str(tmp / "sft-trl"), per_device_train_batch_size=ns.batch, max_steps=ns.steps,
             learning_rate=1e-5, warmup_steps=0, logging_steps=1, save_strategy="no", max_length=ns.length,
-            bf16=bf16, report_to="none", gradient_checkpointing=ns.gradient_checkpointing,
+            bf16=dtype == torch.bfloat16, report_to="none", gradient_checkpointing=ns.gradient_checkpointing,
             assistant_only_loss=True,
         )  # fmt: skip
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(tmp / "model", dtype="auto"),
+            model=AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=dtype),
             args=args,
             train_dataset=load_dataset("json", data_files=str(tmp / "chats.jsonl"), split="train"),
             processing_class=tokenizer,
             peft_config=lora if ns.lora else None,
         )
-        precision = "bf16" if bf16 else "fp32"
     clock = StepClock()
     trainer.add_callback(clock.callback)
     if torch.cuda.is_available():
@@ -209,16 +228,24 @@ def child(ns) -> None:
         if torch.cuda.is_available()
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
+    # What the model really trained in, read off its parameters after training, and the autocast around it.
+    dtypes = {**parameter_dtypes(trainer.model), "autocast": autocast(trainer.args)}
     print(
         json.dumps(
             {
                 "tokens_per_s": tokens_per_s, "tflops": achieved / 1e12,
                 "mfu": achieved / (peak * 1e12) if peak else None, "peak_gib": memory, "device": device,
-                "precision": precision, "steps": [s0, s1], "loss_first": losses[0], "loss_last": losses[-1],
+                "dtypes": dtypes, "threads": torch.get_num_threads(), "steps": [s0, s1],
+                "loss_first": losses[0], "loss_last": losses[-1],
                 "liger": bool(getattr(trainer.args, "use_liger_kernel", False)),
             }
         )
     )  # fmt: skip
+
+
+def autocast(args) -> str:
+    """The mixed precision the Trainer autocasts to ("none" when it trains in the weights' own dtype)."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "none"
 
 
 def main() -> None:
@@ -236,6 +263,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--hftune-flags", default="", help="extra `hftune sft` flags (levers on or off)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
+    parser.add_argument("--json", default=None, help="also write the header, every run and the medians here")
     parser.add_argument("--child", choices=("hftune", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     ns = parser.parse_args()
@@ -244,8 +272,10 @@ def main() -> None:
         return
 
     import statistics
-    import subprocess
 
+    kind = "LoRA r 16" if ns.lora else "full fine-tuning"
+    head = header(f"hftune sft vs raw TRL SFTTrainer, both {hftune_precision()}, {kind}")
+    print(head, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         params, tokenizer = build_model(work / "model", Path(ns.architecture), ns.num_layers)
@@ -255,26 +285,14 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"trl": [], "hftune": []}
         for i in range(ns.repeats):
             for side in ("trl", "hftune"):
-                done = subprocess.run(
-                    [sys.executable, __file__, *forwarded, "--child", side, "--workdir", str(work)],
-                    capture_output=True, text=True, check=False,
-                )  # fmt: skip
-                if done.returncode != 0:
-                    sys.exit(f"{side} run failed:\n{done.stderr[-4000:]}")
-                got = json.loads(done.stdout.strip().splitlines()[-1])
-                runs[side].append(got)
-                mfu = f", MFU {got['mfu']:.1%}" if got["mfu"] is not None else ""
-                print(
-                    f"run {i + 1} {side:6s}: {got['tokens_per_s']:,.0f} tokens/s, "
-                    f"{got['tflops']:.1f} TFLOP/s{mfu}, "
-                    f"peak {got['peak_gib']:.1f} GiB, loss {got['loss_first']:.3f} -> {got['loss_last']:.3f}"
-                    + (" (liger)" if got["liger"] else ""),
-                    flush=True,
-                )
+                runs[side].append(run_side(side, forwarded, work))
+                print(f"run {i + 1} {side:6s}: {run_line(runs[side][-1])}", flush=True)
+            refuse_mismatch({side: rs[-1]["dtypes"] for side, rs in runs.items()})
     first = runs["hftune"][0]
-    kind = "LoRA r 16" if ns.lora else "full fine-tuning"
-    print(f"device: {first['device']}; precision: {first['precision']}; {params / 1e6:.1f}M parameters")
-    print(f"{kind}; batch {ns.batch} x length {ns.length}")
+    dtypes = " | ".join(f"{side} {describe_dtypes(rs[0]['dtypes'])}" for side, rs in runs.items())
+    threads = ", ".join(f"{side} {rs[0]['threads']}" for side, rs in runs.items())
+    print(f"device: {first['device']}; trained in: {dtypes}; torch threads: {threads}")
+    print(f"{params / 1e6:.1f}M parameters; {kind}; batch {ns.batch} x length {ns.length}")
     med = {
         side: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "peak_gib")}
         for side, rs in runs.items()
@@ -283,10 +301,33 @@ def main() -> None:
         mfus = [r["mfu"] for r in runs[side] if r["mfu"] is not None]
         mfu = f", MFU {statistics.median(mfus):.1%}" if mfus else ""
         tokens, peak = med[side]["tokens_per_s"], med[side]["peak_gib"]
-        print(f"{side:6s} median: {tokens:,.0f} tokens/s{mfu}, peak {peak:.1f} GiB")
+        print(f"{side:6s} median: {tokens:,.0f} tokens/s{mfu}, peak {peak:.2f} GiB")
     print(
         f"hftune / raw TRL: tokens/s {med['hftune']['tokens_per_s'] / med['trl']['tokens_per_s']:.2f}x, "
         f"peak memory {med['hftune']['peak_gib'] / med['trl']['peak_gib']:.2f}x"
+    )
+    if ns.json:
+        Path(ns.json).write_text(json.dumps({"header": head, "runs": runs, "medians": med}, indent=1))
+
+
+def run_side(side: str, forwarded: list[str], work: Path) -> dict:
+    """One measured run of `side` in a fresh process started through the small launcher; its JSON line."""
+    done = run_launched(
+        [sys.executable, __file__, *forwarded, "--child", side, "--workdir", str(work)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        sys.exit(f"{side} run failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_line(got: dict) -> str:
+    """One run's figures and the precision it trained in."""
+    mfu = f", MFU {got['mfu']:.1%}" if got["mfu"] is not None else ""
+    return (
+        f"{got['tokens_per_s']:,.0f} tokens/s, {got['tflops']:.1f} TFLOP/s{mfu}, "
+        f"peak {got['peak_gib']:.2f} GiB, loss {got['loss_first']:.3f} -> {got['loss_last']:.3f}; "
+        f"trained in {describe_dtypes(got['dtypes'])}" + (" (liger)" if got["liger"] else "")
     )
 
 

@@ -600,6 +600,10 @@ def run(
             print(describe(plan, memory=False), flush=True)
             logger.info("every stage is up to date (its inputs are the recorded ones): nothing to run")
             return plan
+    if not dry_run and options.max_parallel != 1 and side_by_side.cores() > 1 and _independent(plan):
+        # Runs may go side by side: the fork server imports the stage code now, on another core, while this
+        # process imports the same for parsing (both single-threaded: no trained model competes for a core).
+        side_by_side.start_server(sorted({STAGES[s.name].module for s in plan}))
     modules = _parse_stages(plan)
     _check_recipes(plan)
     for stage in plan:
@@ -693,17 +697,21 @@ def _parallelism(plan: list[PlannedStage], options: RunOptions) -> side_by_side.
     cores and memory allow (side_by_side.default_parallelism) when the plan has runs that could overlap."""
     if options.max_parallel is not None:
         return side_by_side.Parallelism(options.max_parallel, "max_parallel")
-    sources = upstream(plan)
-    independent = any(
-        i not in sources[j] and j not in sources[i] for i in range(len(plan)) for j in range(i + 1, len(plan))
-    )
-    if not independent:
+    if not _independent(plan):
         return side_by_side.Parallelism(1, "no two runs are independent")
     from hftune import distributed
 
     model_config = root_model_config(plan)
     estimates = [_estimate_bytes(stage, model_config) for stage in plan]
     return side_by_side.default_parallelism(estimates, distributed.accelerator_available())
+
+
+def _independent(plan: list[PlannedStage]) -> bool:
+    """Whether two runs of the plan take nothing from each other (so they could train side by side)."""
+    sources = upstream(plan)
+    return any(
+        i not in sources[j] and j not in sources[i] for i in range(len(plan)) for j in range(i + 1, len(plan))
+    )
 
 
 def _estimate_bytes(stage: PlannedStage, model_config) -> float | None:
