@@ -2,10 +2,11 @@
 the reward model beside DPO) train at the same time in processes of their own, each with its share of the
 cores, and give the same artifacts as one after another.
 
-Why: a tiny model does not keep two cores busy (two torch threads made the quickstart's PPO runs 1.1-1.3x
-faster; two runs side by side, one thread each, nearly 2x), and the quickstart's three PPO seeds are a third
-of its time. Nothing is computed differently: each run seeds itself, and on CPU torch's kernels give the same
-bits on 1 or 2 threads (checked on the quickstart: the same table, byte-identical adapters).
+Why: a tiny model does not keep two cores busy (two torch threads made a quickstart PPO run at most 1.3x
+faster than one; two runs side by side, one thread each, ran each about 1.3x slower than alone, so the two
+cores did about 1.5x the work), and the quickstart's three PPO seeds are a third of its time. Nothing is
+computed differently: each run seeds itself, and on CPU torch's kernels give the same bits on 1 or 2 threads
+(checked on the quickstart: the same table and byte-identical weights in every stage).
 
 How: a fork server (`multiprocessing`'s forkserver) imports the stage code once, before any run; each run is a
 child forked from it, so it starts in milliseconds, without paying the imports again (about 4 s of CPU a
@@ -115,8 +116,8 @@ def default_parallelism(estimates: list[float | None], gpu: bool) -> Parallelism
 
 
 def start_server(stage_modules: list[str]) -> None:
-    """Start the fork server now (it imports the stage code while the pipeline's first stages train), so the
-    first run side by side does not wait for it."""
+    """Start the fork server now: it imports the stage code while the pipeline parses its stages (both only
+    import, so neither slows the other), and the first run side by side does not wait for it."""
     from multiprocessing import forkserver
 
     multiprocessing.set_forkserver_preload([*PRELOAD, *stage_modules])
