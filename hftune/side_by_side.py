@@ -35,6 +35,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from hftune.stages.memory import host_available_memory as available_memory
+
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -71,19 +73,6 @@ def thread_cap() -> int:
 def threads_each(max_parallel: int) -> int:
     """A run's share of the cores when `max_parallel` run at once (at least 1, at most the cap)."""
     return max(1, min(thread_cap(), cores() // max(1, max_parallel)))
-
-
-def available_memory() -> float | None:
-    """Bytes of memory free for new processes (MemAvailable), or None where it cannot be read."""
-    try:
-        import psutil
-
-        return float(psutil.virtual_memory().available)
-    except ImportError:  # psutil comes with accelerate; read the kernel's figure without it
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    return None
 
 
 @dataclass

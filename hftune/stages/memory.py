@@ -212,16 +212,15 @@ def device_memory() -> tuple[float | None, str]:
         index = torch.cuda.current_device()
         name = torch.cuda.get_device_name(index)
         return float(torch.cuda.get_device_properties(index).total_memory), f"the memory of the GPU ({name})"
-    available = _host_available()
+    available = host_available_memory()
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     if available is None or processes == 1:
         return available, "the host memory available"
     return available / processes, f"1/{processes} of the host memory available (a share for each process)"
 
 
-def _host_available() -> float | None:
-    """Bytes of host memory free for new processes (the kernel's MemAvailable), None where unknown. (Not
-    hftune.side_by_side's twin: that module imports the pipeline, which imports this one.)"""
+def host_available_memory() -> float | None:
+    """Bytes of host memory free for new processes (the kernel's MemAvailable), None where unknown."""
     try:
         import psutil  # comes with accelerate
 
