@@ -740,8 +740,6 @@ def _execute(
     pending, decided, done, running = list(range(len(plan))), set(), set(), {}
     failed: list[str] = []
     codes: list[int] = []
-    if parallel.runs > 1:
-        side_by_side.start_server(sorted({STAGES[s.name].module for s in plan}))
     while pending or running:
         # Decide each run whose sources are done; a skipped one is done at once and may make others ready.
         while undecided := [i for i in pending if sources[i] <= done and i not in decided]:

@@ -12,28 +12,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_pipeline_branch import stage_entries, without
 
 from hftune import cli, pipeline, side_by_side
 from hftune.config import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "configs" / "tiny"
-
 
 def stages(**dpo) -> list[dict]:
     """sft -> reward -> ppo (two seeds), and sft -> dpo: four runs that take nothing from each other."""
-    return [
-        {"stage": "sft", "config": str(TINY / "sft_full.yaml"), "max_steps": 10},
-        {"stage": "reward", "config": str(TINY / "reward.yaml"), "max_steps": 4},
-        {
-            "stage": "ppo",
-            "config": str(TINY / "ppo.yaml"),
-            "max_steps": 2,
-            "heldout_every": 0,
-            "seeds": [1, 2],
-        },
-        {"stage": "dpo", "config": str(TINY / "dpo.yaml"), "max_steps": 4, **dpo},
-    ]
+    return without(stage_entries(Path("."), ppo={"seeds": [1, 2]}, dpo=dpo), "eval")
 
 
 def write(tmp_path: Path, name: str, entries: list[dict], **keys) -> Path:
