@@ -175,7 +175,7 @@ def test_adding_a_variant_reuses_cached_generations(chain, ppo_policy, tmp_path,
     first = harness.parse(SUITE, suite_args(chain, ppo_policy, out, "--variants", "[sft, rlhf]"))
     harness.run(first)
     calls = []
-    real = generation.generate
+    real = generation.greedy_by_length
 
     def counting(model, tokenizer, encoded, *args, **kwargs):
         calls.append((kwargs.get("temperature"), len(encoded)))
@@ -187,7 +187,7 @@ def test_adding_a_variant_reuses_cached_generations(chain, ppo_policy, tmp_path,
         calls.append((kwargs.get("temperature"), len(encoded)))
         return real_sampled(model, tokenizer, encoded, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate", counting)
+    monkeypatch.setattr(generation, "greedy_by_length", counting)
     monkeypatch.setattr(generation, "sample_seeded", counting_sampled)
     second = harness.run(
         harness.parse(SUITE, suite_args(chain, ppo_policy, out, "--variants", "[base, sft, rlhf]"))

@@ -35,7 +35,7 @@ from hftune.evaluation.measures import (
     sample_table,
 )
 from hftune.evaluation.prompts import last_user, load_prompts
-from hftune.evaluation.suite import Suite, rlhf_runs, rlhf_variants
+from hftune.evaluation.suite import Suite, auto_batch_size, rlhf_runs, rlhf_variants
 from hftune.models import loading, scoring
 from hftune.models.cache import Cache, fingerprint
 from hftune.models.generation import Decoding, logprobs, replies
@@ -116,6 +116,17 @@ def check_tokenizers(tokenizer, paths: dict[str, str], reward_model: str | None,
         )
 
 
+def _default_batch_size(models: dict[str, Any], scorer) -> int:
+    """`batch_size: null`, from the largest model the eval runs (variants sharing a model count once)."""
+    loaded = {id(v.model): v.model for v in models.values()}
+    if scorer is not None:
+        loaded[id(scorer.model)] = scorer.model
+    parameters = max((sum(p.numel() for p in m.parameters()) for m in loaded.values()), default=0)
+    size = auto_batch_size(parameters)
+    logger.info("batch size %d (largest model: %.1fM parameters)", size, parameters / 1e6)
+    return size
+
+
 # ------------------------------------------------------------------------------------------------------
 # The eval
 # ------------------------------------------------------------------------------------------------------
@@ -170,6 +181,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
     models = load_variants(paths, model_args, trust_remote_code=suite.trust_remote_code)
     scorer = scoring.load_scorer(suite.reward_model, model_args) if suite.reward_model else None
     scorer_fingerprint = fingerprint(suite.reward_model) if suite.reward_model else ""
+    batch_size = suite.batch_size or _default_batch_size(models, scorer)
 
     chat_ids = [encode_prompt(tokenizer, m) for m in prompts.messages]
     prefix = "".join(suite.few_shot_format.format(prompt=q, response=a) for q, a in prompts.few_shot)
@@ -187,16 +199,14 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
         out: dict[str, Any] = {"greedy": None, "samples": None}
         if name in suite.variants or name in rlhf_variants(suite):  # sft may be loaded only as KL reference
             g = replace(greedy, stop_strings=stop)
-            got = replies(
-                variant, tokenizer, ids, g, cache, batch_size=suite.batch_size, desc=f"{name} greedy"
-            )
+            got = replies(variant, tokenizer, ids, g, cache, batch_size=batch_size, desc=f"{name} greedy")
             out["greedy"] = [r[0] for r in got]
         # SFT's samples are also the best-of-N pool.
         pool = suite.best_of_n if name == "sft" and "best_of_n" in suite.variants else 0
         if k := max(suite.num_samples, pool):
             s = replace(sampled, num_samples=k, stop_strings=stop)
             out["samples"] = replies(
-                variant, tokenizer, ids, s, cache, batch_size=suite.batch_size, desc=f"{name} samples"
+                variant, tokenizer, ids, s, cache, batch_size=batch_size, desc=f"{name} samples"
             )
         outputs[name] = out
 
@@ -211,7 +221,7 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
                 [prompts.messages[i] for i in prompt_index],
                 texts,
                 cache,
-                suite.batch_size,
+                batch_size,
             )
         )
 
@@ -268,9 +278,8 @@ def run(cfg: StageConfig, *, resume: bool = False) -> EvalResult | None:
 
             def logp(model, prompt_ids=prompt_ids, reply_ids=reply_ids) -> np.ndarray:
                 values = logprobs(
-                    model, prompt_ids, reply_ids, tokenizer.pad_token_id, suite.temperature, cache,
-                    batch_size=suite.batch_size,
-                )  # fmt: skip
+                    model, prompt_ids, reply_ids, suite.temperature, cache, batch_size=batch_size
+                )
                 return np.asarray(values)
 
             per_prompt[v]["kl_to_sft"] = (logp(models[v]) - logp(models["sft"])).reshape(n, -1).mean(axis=1)

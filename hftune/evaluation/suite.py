@@ -32,6 +32,15 @@ METRICS = (
     "verifier",
 )
 
+# The eval's default batch size (`batch_size: null`): a tiny model computes a batch of 256 prompts in about
+# the time per-call and per-step overhead takes anyway; a real model's memory is safer with 64.
+AUTO_BATCH, AUTO_BATCH_SMALL, AUTO_SMALL_PARAMS = 64, 256, 10_000_000
+
+
+def auto_batch_size(parameters: int) -> int:
+    """`batch_size: null`: the batch for the largest model the eval runs (`parameters` of it)."""
+    return AUTO_BATCH_SMALL if parameters < AUTO_SMALL_PARAMS else AUTO_BATCH
+
 
 @dataclass
 class Suite:
@@ -99,7 +108,13 @@ class Suite:
     temperature: float = hftune_field(1.0, "Sampling temperature (1.0 for an unbiased KL estimate).")
     best_of_n: int = hftune_field(4, "Best-of-N: how many SFT samples the reward model picks from.")
     seed: int = hftune_field(0, "Seed of the sampled responses (each prompt's samples get their own seed).")
-    batch_size: int = hftune_field(16, "Prompts per generation / scoring batch.")
+    batch_size: int | None = hftune_field(
+        None,
+        "Prompts per generation batch (sampling: times num_samples rows), sequences per scoring / log-prob "
+        "batch. Batches hold one length only, so results do not depend on it: only speed and memory do. "
+        f"null: {AUTO_BATCH_SMALL} for models under {AUTO_SMALL_PARAMS // 1_000_000}M parameters (per-call "
+        f"overhead dominates there), {AUTO_BATCH} otherwise.",
+    )
     # Metrics
     metrics: list[str] = hftune_field(list(METRICS), f"Metrics, from {', '.join(METRICS)}.")
     verifier: str | None = hftune_field(
@@ -160,6 +175,8 @@ def _check(values: dict[str, Any]) -> list[str]:
         problems.append(
             "`reward_model`: required for best_of_n and the reward, win_rate, expected_reward metrics"
         )
+    if values.get("batch_size") is not None and values["batch_size"] < 1:
+        problems.append("`batch_size`: at least 1 (or null for the default)")
     if values.get("max_prompts") is not None and values["max_prompts"] < 2:
         problems.append("`max_prompts`: need at least 2 prompts for a confidence interval")
     if values.get("baseline") and values["baseline"] not in variants and values["baseline"] != "sft":

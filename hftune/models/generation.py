@@ -12,6 +12,12 @@ per prompt, K at a time, with a seed made from the decoding's seed and the promp
 not depend on which other prompts are sampled: that is what makes them cacheable and best-of-N with n=1
 identical to plain sampling. They are generated in batches all the same (`sample_seeded` draws each
 prompt's tokens from its own generator), with the replies one-at-a-time sampling gives.
+
+The cached paths (`greedy_by_length`, `sample_seeded`, `reply_logprobs`) batch only prompts (sequences) of
+one length, so nothing is padded and a value never depends on what shared its batch or on the batch size:
+a padded row can come out different in the last bits, enough to flip a near-tied greedy token. That is
+also what makes large batches safe: with a small model, per-call and per-step overhead, not arithmetic,
+is most of generation's time.
 """
 
 from __future__ import annotations
@@ -121,6 +127,58 @@ def generate(
     return replies
 
 
+def length_batches(encoded: Sequence[Sequence[int]], per_batch: int) -> list[list[int]]:
+    """Indices of `encoded` in batches of at most `per_batch` prompts of one length. A batch of equal
+    lengths needs no padding, so each row computes what it computes alone: its reply depends neither on
+    what shares its batch nor on the batch size."""
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(encoded):
+        by_length.setdefault(len(prompt), []).append(i)
+    return [
+        group[start : start + per_batch]
+        for group in by_length.values()
+        for start in range(0, len(group), per_batch)
+    ]
+
+
+@torch.no_grad()
+def greedy_by_length(
+    model,
+    tokenizer,
+    encoded: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 64,
+    stop_strings: Sequence[str] = (),
+    progress=None,
+) -> list[Reply]:
+    """Greedy replies, each the one its prompt gets alone, in batches of prompts of one length.
+
+    `generate` left-pads a batch of mixed lengths, and a padded row's numbers can differ in the last bits
+    from the unpadded ones (another attention width, another kernel), enough to flip a near-tie argmax: a
+    reply there depends on its batch. Here it does not, so the eval's cached greedy replies stay valid
+    whatever batch size or other prompts produced them, and a large batch is safe."""
+    config = generation_config(tokenizer, max_new_tokens, None, 1, stop_strings)
+    extra = {"tokenizer": tokenizer} if stop_strings else {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[Reply | None] = [None] * len(encoded)
+    try:
+        for batch in length_batches(encoded, max(1, batch_size)):
+            ids = torch.tensor([list(encoded[i]) for i in batch], dtype=torch.long, device=device)
+            got = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, **extra
+            )
+            for i, row in zip(batch, got[:, ids.shape[1] :].tolist(), strict=True):
+                out[i] = _reply(tokenizer, row, stop_strings)
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]  # every index is in exactly one batch
+
+
 class _SeededSampler:
     """A logits processor that samples each prompt's rows with that prompt's own generator.
 
@@ -136,13 +194,17 @@ class _SeededSampler:
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
     def __call__(self, input_ids, scores):
-        drawn = torch.full_like(scores, float("-inf"))
-        for g, generator in enumerate(self.generators):
-            rows = slice(g * self.k, (g + 1) * self.k)
-            probs = torch.nn.functional.softmax(scores[rows] / self.temperature, dim=-1)
-            tokens = torch.multinomial(probs, num_samples=1, generator=generator)
-            drawn[rows].scatter_(1, tokens, 0.0)
-        return drawn
+        # Softmax is row-wise, so one call over the batch gives each row the probabilities its prompt's own
+        # slice would; only the draw needs each prompt's generator (one small call per prompt and step).
+        probs = torch.nn.functional.softmax(scores / self.temperature, dim=-1)
+        k = self.k
+        tokens = torch.cat(
+            [
+                torch.multinomial(probs[g * k : (g + 1) * k], num_samples=1, generator=generator)
+                for g, generator in enumerate(self.generators)
+            ]
+        )
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
 
 @torch.no_grad()
@@ -174,28 +236,22 @@ def sample_seeded(
     model.eval()
     device = next(model.parameters()).device
     out: list[list[Reply]] = [[] for _ in encoded]
-    by_length: dict[int, list[int]] = {}
-    for i, prompt in enumerate(encoded):
-        by_length.setdefault(len(prompt), []).append(i)
-    per_batch = max(1, batch_size // k)
     try:
-        for group in by_length.values():
-            for start in range(0, len(group), per_batch):
-                batch = group[start : start + per_batch]
-                ids = torch.tensor([list(encoded[i]) for i in batch for _ in range(k)], dtype=torch.long)
-                sampler = _SeededSampler([seeds[i] for i in batch], k, temperature, device)
-                got = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=torch.ones_like(ids).to(device),
-                    generation_config=config,
-                    logits_processor=LogitsProcessorList([sampler]),
-                    **extra,
-                )
-                rows = got[:, ids.shape[1] :].tolist()
-                for j, i in enumerate(batch):
-                    out[i] = [_reply(tokenizer, row, stop_strings) for row in rows[j * k : (j + 1) * k]]
-                if progress is not None:
-                    progress(len(batch))
+        for batch in length_batches(encoded, max(1, batch_size // k)):
+            ids = torch.tensor([list(encoded[i]) for i in batch for _ in range(k)], dtype=torch.long)
+            sampler = _SeededSampler([seeds[i] for i in batch], k, temperature, device)
+            got = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=torch.ones_like(ids).to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler]),
+                **extra,
+            )
+            rows = got[:, ids.shape[1] :].tolist()
+            for j, i in enumerate(batch):
+                out[i] = [_reply(tokenizer, row, stop_strings) for row in rows[j * k : (j + 1) * k]]
+            if progress is not None:
+                progress(len(batch))
     finally:
         model.train(was_training)
     return out
@@ -206,32 +262,27 @@ def reply_logprobs(
     model,
     prompts: Sequence[Sequence[int]],
     replies: Sequence[Sequence[int]],
-    pad_token_id: int,
     *,
     temperature: float = 1.0,
     batch_size: int = 16,
 ) -> list[float]:
     """Sum of log p(reply token | prompt, earlier reply tokens) for each (prompt, reply), at `temperature`
-    (the distribution the replies were sampled from). Right padded and batched by length, so a value does
-    not depend on which other sequences share its batch."""
+    (the distribution the replies were sampled from). Batched by total length, one length per batch: no
+    row is padded (padding moved values in the last bits), so a value is the one its sequence gets alone,
+    whatever shares its batch and whatever the batch size: a cached value does not depend on the run that
+    computed it."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = [0.0] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(replies[i]))
+    seqs = [list(p) + list(r) for p, r in zip(prompts, replies, strict=True)]
+    scored = [i for i in range(len(seqs)) if len(replies[i])]  # an empty reply has log-probability 0
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = [i for i in order[start : start + batch_size] if len(replies[i])]
-            if not chunk:
-                continue
-            seqs = [list(prompts[i]) + list(replies[i]) for i in chunk]
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, seq in enumerate(seqs):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        for batch in length_batches([seqs[i] for i in scored], max(1, batch_size)):
+            chunk = [scored[j] for j in batch]
+            ids = torch.tensor([seqs[i] for i in chunk], dtype=torch.long)
+            logits = model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device)).logits
+            logits = logits.float()
             logp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)
             token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
             for row, i in enumerate(chunk):
@@ -290,7 +341,8 @@ def replies(
         bar = tqdm(total=len(missing), desc=desc, leave=False, unit="prompt")
         with variant.active() as model:
             if decoding.temperature is None:
-                got = generate(
+                # One length per batch: each reply is the one its prompt gets alone (cacheable).
+                got = greedy_by_length(
                     model,
                     tokenizer,
                     [encoded[i] for i in missing],
@@ -332,7 +384,6 @@ def logprobs(
     variant: ModelVariant,
     prompts: list[list[int]],
     replies_ids: list[list[int]],
-    pad_token_id: int,
     temperature: float,
     cache: Cache,
     *,
@@ -349,7 +400,6 @@ def logprobs(
                 model,
                 [prompts[i] for i in missing],
                 [replies_ids[i] for i in missing],
-                pad_token_id,
                 temperature=temperature,
                 batch_size=batch_size,
             )

@@ -7,7 +7,8 @@ eval harness all go through, so the same pair always gets the same reward.
 
 A pair is rendered through the chat template as a conversation ending with the assistant reply and cut
 right after the reply's end-of-turn token (what a policy emits when it stops), right-padded, and scored
-at its last real token. The score does not depend on batch size or on the padding around it.
+at its last real token. Padding moves a score only in the last bits; the eval's cached scores avoid it
+(`one_length` batches).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from hftune.errors import UserError
 from hftune.models.cache import Cache, key
+from hftune.models.generation import length_batches
 from hftune.models.tokenizer import encode_prompt, load_tokenizer
 
 Prompt = str | list[dict[str, str]]
@@ -61,9 +63,22 @@ def check_pad_token(tokenizer, where: str) -> None:
 
 @torch.no_grad()
 def score_ids(
-    model, sequences: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 16
+    model,
+    sequences: Sequence[Sequence[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    *,
+    one_length: bool = False,
 ) -> torch.Tensor:
-    """Scores of token sequences, batched by similar length; returned in the input order, on the CPU."""
+    """Scores of token sequences, batched by similar length; returned in the input order, on the CPU.
+
+    A right-padded row's score can differ in the last bits from its unpadded one (the padded attention
+    and matmuls have other shapes), so it depends a little on what shares its batch. `one_length` batches
+    only sequences of one length, so no row is padded and a score no longer depends on its neighbours'
+    lengths (the eval's cache). What remains is float32 rounding of the one-column score head, which on
+    CPU can depend on how many rows one call holds (about 1e-7 relative). Off, batches stay as reward
+    training and PPO have always formed them (their scores, and the statistics PPO normalises by, stay
+    the same)."""
     if model.config.pad_token_id != pad_token_id:
         raise UserError(
             f"reward model pads with id {model.config.pad_token_id} but the tokenizer with {pad_token_id}; "
@@ -73,9 +88,13 @@ def score_ids(
     was_training = model.training
     model.eval()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if one_length:
+        chunks = [
+            [order[j] for j in batch] for batch in length_batches([sequences[i] for i in order], batch_size)
+        ]
     scores = torch.empty(len(sequences), dtype=torch.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in chunks:
         width = max(len(sequences[i]) for i in chunk)
         input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -101,12 +120,18 @@ class Scorer:
         return encode(self.tokenizer, prompt, response)
 
     def score(
-        self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 16
+        self,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str],
+        batch_size: int = 16,
+        *,
+        one_length: bool = False,
     ) -> torch.Tensor:
+        """Scores of (prompt, response) pairs; `one_length` as in `score_ids`."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         ids = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        return score_ids(self.model, ids, self.tokenizer.pad_token_id, batch_size)
+        return score_ids(self.model, ids, self.tokenizer.pad_token_id, batch_size, one_length=one_length)
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores on the scale PPO expects: zero mean, unit std over the reward model's held-out data."""
@@ -141,11 +166,12 @@ def score_cached(
     scorer, scorer_fingerprint: str, prompts, texts: list[str], cache: Cache, batch_size: int
 ) -> list[float]:
     """Rewards through the shared scoring path, cached by (reward model, prompt, reply): the eval and
-    `hftune label` (its reward-model order and `label auto`) reuse each other's scores."""
+    `hftune label` (its reward-model order and `label auto`) reuse each other's scores. Unpadded
+    (`one_length`), so a cached score does not depend on the lengths of the replies scored beside it."""
 
     def score(missing: list[int]) -> list[float]:
         values = scorer.score(
-            [prompts[i] for i in missing], [texts[i] for i in missing], batch_size=batch_size
+            [prompts[i] for i in missing], [texts[i] for i in missing], batch_size=batch_size, one_length=True
         )
         return [float(v) for v in values.tolist()]
 
