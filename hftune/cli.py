@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=int,
         help="train at most N independent runs at once (seed runs, sibling branches), each with its share "
-        "of the cores; 1 runs them one after another (overrides the config's `max_parallel`; default: as "
-        "many as the cores and memory allow on CPU, 1 with a GPU)",
+        "of the cores; 1 runs them one after another (overrides the config's `max_parallel`; default: two "
+        "a core, one thread each, as far as memory allows on CPU, 1 with a GPU)",
     )
     common(p, writes="the output folder and its stage folders")
     p.set_defaults(func=_cmd_pipeline)

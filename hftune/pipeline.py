@@ -35,11 +35,12 @@ across seeds beside each number. Without `seeds` the stage runs once in `<output
 Runs that take nothing from each other (the seed runs, the reward model beside DPO) train side by side, each
 in a process of its own with its share of the cores (`hftune.side_by_side`): the same artifacts as one after
 another, sooner. `max_parallel: N` (a key of the pipeline config, or `--max-parallel N`) caps how many train
-at once; by default as many as the cores and the memory estimates allow on CPU, one with a GPU. A run side
-by side writes its progress to `<output_dir>/.pipeline/<run>.log` and the pipeline prints its summary when it
-ends; a run with the machine to itself trains in the pipeline's own process, as before. `freeze_gc: false`
-turns off what the pipeline does by default: Python's garbage collector skips the objects that live for the
-whole run (the imported libraries), which it would otherwise walk on every full collection.
+at once; by default two a core (one thread each) as far as the memory estimates allow on CPU, one with a
+GPU. A run side by side writes its progress to `<output_dir>/.pipeline/<run>.log` and the pipeline prints
+its summary when it ends; a run with the machine to itself trains in the pipeline's own process, as before.
+`freeze_gc: false` turns off what the pipeline does by default: Python's garbage collector skips the
+objects that live for the whole run (the imported libraries), which it would otherwise walk on every full
+collection.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class RunOptions:
     """How the pipeline runs its stages (keys of the pipeline config, not of any stage: they change how fast
     it runs, never what it computes, so no stage re-runs when they change)."""
 
-    max_parallel: int | None = None  # runs training at once; None: as many as the cores and memory allow
+    max_parallel: int | None = None  # runs training at once; None: two a core, as far as memory allows
     freeze_gc: bool = True  # the garbage collector skips what lives for the whole pipeline (see run)
 
 
@@ -342,7 +343,7 @@ def _run_options(raw: dict[str, Any], problems: list[str]) -> RunOptions:
 
 def max_parallel_problem(n: Any) -> str | None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        return f"expected a whole number >= 1 (or auto: as many as the cores and memory allow), got {n!r:.80}"
+        return f"expected a whole number >= 1 (or auto: two a core, as far as memory allows), got {n!r:.80}"
     return None
 
 

@@ -91,7 +91,8 @@ def test_plan_states_how_many_run_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(side_by_side, "available_memory", lambda: 64 * side_by_side.GIB)
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     pipeline.run(str(write(tmp_path, "p", stages())), dry_run=True)
-    assert "runs: up to 4 runs side by side, 1 thread each (4 cores, 64 GiB free" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "runs: up to 8 runs side by side, 1 thread each (4 cores, 2 runs a core, 64 GiB free" in out
     pipeline.run(str(write(tmp_path, "p", stages(), max_parallel=2)), dry_run=True)
     assert "runs: up to 2 runs side by side, 2 threads each (max_parallel)" in capsys.readouterr().out
     # A chain has nothing to run side by side.
@@ -105,6 +106,9 @@ def test_default_parallelism_follows_cores_memory_and_gpu(monkeypatch):
     # 6 GiB free, each run ~0.5 GiB + the process: 3 fit, though 16 cores would take more.
     assert side_by_side.default_parallelism([0.5 * side_by_side.GIB, None], gpu=False).runs == 3
     assert side_by_side.default_parallelism([None], gpu=True).runs == 1
+    # Memory for all: two runs a core, so no core idles while fewer runs than cores are left.
+    monkeypatch.setattr(side_by_side, "available_memory", lambda: 100 * side_by_side.GIB)
+    assert side_by_side.default_parallelism([None], gpu=False).runs == 32
     monkeypatch.setattr(side_by_side, "available_memory", lambda: 0.5 * side_by_side.GIB)
     assert side_by_side.default_parallelism([None], gpu=False).runs == 1  # never fewer than one
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # caps a run's share of the cores
