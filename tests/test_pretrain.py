@@ -51,3 +51,24 @@ def test_pretrain_refuses_chat_data_and_mixed_init(tmp_path):
         pretrain.parse(CONFIG, ["--data_recipe", "tiny_alpaca"])
     with pytest.raises(UserError, match="choose one"):
         pretrain.parse(CONFIG, ["--model_name_or_path", "tiny:llama"])
+
+
+def test_split_numbers_gives_a_number_the_same_tokens_wherever_it_stands():
+    """Byte-level BPE alone merges a number with the space before it, so "172" after a space and at the start
+    of a reply are different tokens; `init_split_numbers` cuts numbers from the text (groups of up to three
+    digits) first, so both are the same token and the text still decodes to itself."""
+    from hftune.models.tiny import default_corpus, train_tokenizer
+
+    lines = default_corpus() + ["Which is larger, 172 or 92?", "172 is larger than 92."] * 50
+    text = "Which is larger, 172 or 92?\n172 is larger than 92. 12345"
+    plain, split = train_tokenizer(lines, 1024), train_tokenizer(lines, 1024, split_numbers=True)
+
+    def pieces(tok, s):
+        return tok.convert_ids_to_tokens(tok(s, add_special_tokens=False)["input_ids"])
+
+    assert pieces(plain, " 172") != ["Ġ", *pieces(plain, "172")]  # merged with its space
+    assert pieces(split, " 172") == ["Ġ", "172"]
+    tokens = pieces(split, text)
+    assert tokens.count("172") == 2 and tokens.count("92") == 2 and not any("Ġ1" in t for t in tokens)
+    assert "123" in tokens and "45" in tokens  # groups of at most three digits
+    assert split.decode(split(text, add_special_tokens=False)["input_ids"]) == text

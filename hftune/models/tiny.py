@@ -76,13 +76,23 @@ def model_config(arch: str, vocab_size: int, hidden: int, layers: int, heads: in
     )
 
 
-def train_tokenizer(lines: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer (GPT-2/Qwen style, no BOS) with ChatML tokens and a separate pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(lines: Iterable[str], vocab_size: int, split_numbers: bool = False):
+    """A byte-level BPE tokenizer (GPT-2/Qwen style, no BOS) with ChatML tokens and a separate pad.
+
+    `split_numbers`: numbers are cut from the text around them into groups of up to three digits before BPE
+    (as LLaMA 3's and GPT-4's tokenizers do), so a number is the same tokens wherever it stands; plain
+    byte-level BPE merges a number with the space before it, so "172" after a space and at the start of a
+    reply are different tokens, and a model must learn both spellings of every number."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"), byte_level])
+        if split_numbers
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     specials = [EOT, PAD, *CHATML_SPECIAL_TOKENS]
     trainer = trainers.BpeTrainer(
@@ -122,6 +132,7 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = NUM_HEADS,
     max_position_embeddings: int = 1024,
+    split_numbers: bool = False,
     pretrain_steps: int = 0,
     seed: int = 0,
     overwrite: bool = False,
@@ -141,7 +152,7 @@ def build_tiny_model(
     out = Path(out_dir)
     lines = list(corpus_lines) if corpus_lines is not None else default_corpus()
     with atomic_dir(out, overwrite=overwrite, what="OUTPUT_DIR") as tmp:
-        tokenizer = train_tokenizer(lines, vocab_size)
+        tokenizer = train_tokenizer(lines, vocab_size, split_numbers=split_numbers)
         ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
         config = model_config(
             arch, len(tokenizer), hidden_size, num_layers, num_heads, max_position_embeddings, ids
@@ -161,6 +172,7 @@ def build_tiny_model(
                     "vocab_size": len(tokenizer),
                     "hidden_size": hidden_size,
                     "num_layers": num_layers,
+                    "split_numbers": split_numbers,
                     "pretrain_steps": pretrain_steps,
                     "seed": seed,
                 },

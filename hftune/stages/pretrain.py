@@ -54,6 +54,12 @@ class PretrainExtras(DataExtras):
     init_hidden_size: int = hftune_field(64, "From scratch: hidden size.")
     init_num_layers: int = hftune_field(2, "From scratch: transformer layers.")
     init_num_heads: int = hftune_field(4, "From scratch: attention heads.")
+    init_split_numbers: bool = hftune_field(
+        False,
+        "From scratch: the tokenizer cuts numbers from the text around them into groups of up to three "
+        "digits before BPE (as LLaMA 3's and GPT-4's tokenizers do), so a number is the same tokens "
+        "wherever it stands (byte-level BPE alone merges it with the space before it).",
+    )
     drop_partial_blocks: bool = hftune_field(
         False,
         "Packing cuts the concatenated documents into `max_length` blocks; the last one is usually shorter. "
@@ -175,6 +181,7 @@ def _init_model(cfg: StageConfig, folder: Path) -> str:
         hidden_size=extras.init_hidden_size,
         num_layers=extras.init_num_layers,
         num_heads=extras.init_num_heads,
+        split_numbers=extras.init_split_numbers,
         pretrain_steps=0,
         seed=cfg.training.seed,
     )
