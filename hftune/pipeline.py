@@ -678,8 +678,6 @@ def check_outputs(root: Path, plan: list[PlannedStage], *, overwrite: bool) -> N
 
 
 def _release_memory(freeze_gc: bool) -> None:
-    import gc
-
     import torch
 
     # A finished stage's trainer, model and optimizer state. With the collector frozen this walks only what
@@ -700,8 +698,6 @@ def _parallelism(plan: list[PlannedStage], options: RunOptions) -> side_by_side.
         return side_by_side.Parallelism(options.max_parallel, "max_parallel")
     if not _independent(plan):
         return side_by_side.Parallelism(1, "no two runs are independent")
-    from hftune import distributed
-
     model_config = root_model_config(plan)
     estimates = [_estimate_bytes(stage, model_config) for stage in plan]
     return side_by_side.default_parallelism(estimates, distributed.accelerator_available())

@@ -87,12 +87,11 @@ def score_ids(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if one_length:
-        chunks = [
-            [order[j] for j in batch] for batch in length_batches([sequences[i] for i in order], batch_size)
-        ]
+        chunks = length_batches(sequences, batch_size)
+    else:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     scores = torch.empty(len(sequences), dtype=torch.float32)
     for chunk in chunks:
         width = max(len(sequences[i]) for i in chunk)
