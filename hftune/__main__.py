@@ -1,8 +1,6 @@
 """`python -m hftune ...` (also `accelerate launch -m hftune ...` and `torchrun -m hftune ...`)."""
 
-import sys
-
-from hftune.cli import main
+from hftune.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -506,6 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The `hftune` command (and `python -m hftune`): `main()`, then the process ends without the
+    interpreter's 1-1.5 s teardown where that is safe (`hftune.process_exit`). A traceback (`--debug`) or
+    `SystemExit` (argparse's usage errors, `--help`) leaves the normal way."""
+    from hftune.process_exit import exit_now
+
+    exit_now(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

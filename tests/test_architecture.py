@@ -111,7 +111,14 @@ CORE = {
     "hftune.resources",
     "hftune.logs",
 }
-FACE = {"hftune.cli", "hftune.__main__", "hftune.pipeline", "hftune.quick_fingerprint", "hftune.side_by_side"}
+FACE = {
+    "hftune.cli",
+    "hftune.__main__",
+    "hftune.pipeline",
+    "hftune.process_exit",
+    "hftune.quick_fingerprint",
+    "hftune.side_by_side",
+}
 LAYERS = {
     "hftune.data",
     "hftune.models",
@@ -155,6 +162,7 @@ def test_the_label_tool_borrows_only_the_evals_statistics():
 # What the CLI may define: argument parsing, one `_cmd_X` per command that checks how its arguments combine
 # and calls one function of the command's module, help text, logging setup and error printing.
 CLI_DEFINES = {
+    "entry",  # the console script: main(), then hftune.process_exit
     "main",
     "build_parser",
     "_Parser",
@@ -184,6 +192,7 @@ CLI_IMPORTS = {
     "hftune.publish.card",
     "hftune.publish.hub",
     "hftune.publish.merge",
+    "hftune.process_exit",
 }
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +138,29 @@ def test_bad_max_parallel_flag_exits_2_naming_it(tmp_path, capsys):
     assert cli.main(["pipeline", "--config", str(write(tmp_path, "p", stages())), "--max-parallel", "0"]) == 2
     assert "--max-parallel: expected a whole number >= 1" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_the_fork_server_ends_with_the_pipeline_not_after_its_own_teardown(tmp_path):
+    # A fork server whose interpreter takes 20 s to tear down (as one with torch imported takes 1-1.5 s):
+    # the pipeline's process ends it at exit, so whoever reads the pipeline's output sees its end at once.
+    (tmp_path / "slow_teardown.py").write_text(
+        "import time\n\nclass Slow:\n    def __del__(self):\n        time.sleep(20)\n\nslow = Slow()\n"
+    )
+    script = (
+        "from hftune import side_by_side\n"
+        "side_by_side.PRELOAD = ('slow_teardown',)\n"
+        "side_by_side.start_server([])\n"
+        "from multiprocessing import forkserver\n"
+        "print(forkserver._forkserver._forkserver_pid, flush=True)\n"
+    )
+    # On PYTHONPATH: the fork server imports its preload before it would apply the parent's sys.path.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert time.time() - started < 15, "the output stayed open until the fork server had torn itself down"
+    server = int(done.stdout.split()[0])
+    deadline = time.time() + 5
+    while Path(f"/proc/{server}").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{server}").exists() or "Z" in Path(f"/proc/{server}/stat").read_text().split()[2]
