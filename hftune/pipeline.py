@@ -106,6 +106,8 @@ class PlannedStage:
     action: str = "run"  # run | skip | resume
     launch: Launch | None = None  # run in its own processes (torchrun / accelerate launch)
     seed: int | None = None  # one run of a stage with `seeds`: the seed it sets
+    wall_s: float | None = None  # how long it ran this time (None: it did not run)
+    beside: bool = False  # it ran beside other runs (its time overlaps theirs)
 
     @property
     def key(self) -> str:
@@ -503,6 +505,7 @@ def _read_ledger(root: Path) -> dict[str, Any]:
 
 
 def _record(root: Path, stage: PlannedStage, wall_s: float) -> None:
+    stage.wall_s = wall_s
     ledger = _read_ledger(root)
     ledger[stage.key] = {
         "inputs": stage.fingerprint,
@@ -582,6 +585,7 @@ def run(
     overwrite: bool = False,
     max_parallel: int | None = None,
 ) -> list[PlannedStage]:
+    started = time.time()
     root, plan, options = load_plan(config_path, output_dir)
     if max_parallel is not None:
         options.max_parallel = max_parallel
@@ -635,7 +639,7 @@ def run(
         gc.freeze()
     with artifacts.output_lock(root):
         _execute(root, plan, modules, forced, shared, parallel, options, overwrite=overwrite)
-    print(_done(plan), flush=True)
+    print(_done(plan, time.time() - started), flush=True)
     return plan
 
 
@@ -859,6 +863,7 @@ def _finish_beside(root: Path, stage: PlannedStage, job: side_by_side.Job) -> bo
             f"== {stage.key} ({job.elapsed:.0f} s beside the others) ==\n{job.summary.read_text()}",
             flush=True,
         )
+        stage.beside = True
         _record(root, stage, job.elapsed)
         return True
     print(
@@ -976,12 +981,19 @@ def describe(plan: list[PlannedStage], *, memory: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _done(plan: list[PlannedStage]) -> str:
-    """What each run did, where (the end of a long log; the plan printed first has the details)."""
+def _done(plan: list[PlannedStage], wall_s: float) -> str:
+    """What each run did, where and in how long (the end of a long log; the plan printed first has the
+    details): where the time went, for whoever times the pipeline."""
     width = max([7, *(len(s.key) for s in plan)])
-    return "\n".join(
-        ["pipeline done:", *(f"  {s.key:{width}s} {s.action:7s} -> {s.output_dir}" for s in plan)]
-    )
+    lines = [f"pipeline done in {_seconds(wall_s)}:"]
+    for s in plan:
+        took = "" if s.wall_s is None else f"  ({_seconds(s.wall_s)}{' beside the others' * s.beside})"
+        lines.append(f"  {s.key:{width}s} {s.action:7s} -> {s.output_dir}{took}")
+    return "\n".join(lines)
+
+
+def _seconds(wall_s: float) -> str:
+    return f"{wall_s:.1f} s" if wall_s < 10 else f"{wall_s:.0f} s"
 
 
 def _show_handoff(value: Any) -> str:

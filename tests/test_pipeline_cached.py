@@ -5,6 +5,7 @@ any stage trains, also into a file; a stage's config is parsed from memory, neve
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,11 @@ def test_the_plan_is_printed_before_the_first_stage_trains_also_into_a_file(fini
     assert plan < text.index("stage sft: run") < text.index("== sft ==") < text.index("== reward ==")
     assert printed_plan(text) == {"sft": "run", "reward": "run"}
     assert "memory: ~" in text[plan : text.index("stage sft: run")]  # the estimates, before training
-    assert text.rindex("pipeline done:") > text.index("== reward ==")  # and what ran, at the end
+    # And at the end what ran, with how long each run and the whole pipeline took.
+    done = re.search(r"pipeline done in [0-9.]+ s:\n((?:  .*\n?)+)", text)
+    assert done and done.start() > text.index("== reward =="), text[-1000:]
+    ran = {line.split()[0]: line for line in done.group(1).splitlines()}
+    assert set(ran) == {"sft", "reward"} and all(re.search(r"\([0-9.]+ s\)$", r) for r in ran.values()), ran
 
 
 def test_no_stage_config_file_is_written_for_an_in_process_stage(finished, monkeypatch):

@@ -57,6 +57,10 @@ def test_runs_side_by_side_give_the_same_artifacts_as_one_after_another(tmp_path
         assert f"== {key}: started beside the others" in out, key
         assert (tmp_path / "two" / ".pipeline" / f"{key}.log").stat().st_size > 0
     assert "== sft ==" in out  # alone: trained in the pipeline's own process
+    done = out[out.rindex("pipeline done in") :]  # what each run took, and which overlapped
+    for key in ("reward", "dpo", "ppo-seed1", "ppo-seed2"):
+        assert re.search(rf"\n  {key} +run +-> .*\([0-9.]+ s beside the others\)", done), (key, done)
+    assert re.search(r"\n  sft +run +-> .*\([0-9.]+ s\)\n", done), done
     for a, b in zip(one, two, strict=True):
         assert a.key == b.key and b.action == "run"
         assert weights(a.output_dir) and weights(a.output_dir) == weights(b.output_dir), a.key
