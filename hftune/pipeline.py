@@ -11,7 +11,7 @@ finished artifact was made from the same resolved config, the same data and the 
 once, without loading TRL: see `hftune.quick_fingerprint`); `--force STAGE` re-runs it and every stage that
 takes its output (directly or through another stage). An interrupted stage (a crash, `kill -9`) resumes from
 its last checkpoint when the same command runs again. The plan (what will run, be skipped or resume) is
-printed before the first stage starts.
+printed before the first stage starts; the last lines say how long the pipeline and each run took.
 
 A training stage entry may also say how to run it: `num_processes: N` starts it in N processes with
 `torchrun --standalone` (DDP: gloo on CPU, NCCL on GPUs), and `accelerate_config: FILE` with `accelerate
