@@ -4,8 +4,8 @@ Measured on 2 cores: once torch, transformers and TRL are imported, Python's fin
 namespace cleared object by object, the extensions' destructors) takes 1.0-1.5 s after the command's work
 is done, on every command that trained, evaluated or only parsed a stage config. Nothing hftune leaves
 depends on it: every file it writes is closed and renamed into place before the command returns. So the
-`hftune` entry point runs the exit handlers a normal exit runs (logging flushed, multiprocessing's fork
-server stopped and its children joined), flushes the standard streams and ends the process at once.
+`hftune` entry point runs the exit handlers a normal exit runs (logging flushed, the pipeline's fork server
+ended, multiprocessing's children joined), flushes the standard streams and ends the process at once.
 
 It falls back to a normal exit whenever another thread that a normal exit would wait for is still alive,
 and in a process of a distributed launch (torchrun, accelerate), whose process group is left to the
