@@ -35,9 +35,10 @@ across seeds beside each number. Without `seeds` the stage runs once in `<output
 Runs that take nothing from each other (the seed runs, the reward model beside DPO) train side by side, each
 in a process of its own with its share of the cores (`hftune.side_by_side`): the same artifacts as one after
 another, sooner. `max_parallel: N` (a key of the pipeline config, or `--max-parallel N`) caps how many train
-at once; by default two a core (one thread each) as far as the memory estimates allow on CPU, one with a
-GPU. A run side by side writes its progress to `<output_dir>/.pipeline/<run>.log` and the pipeline prints
-its summary when it ends; a run with the machine to itself trains in the pipeline's own process, as before.
+at once; by default two a core as far as the memory estimates allow on CPU, and no more than the plan can
+ever train at once (each run then gets its share of the cores), one with a GPU. A run side by side writes
+its progress to `<output_dir>/.pipeline/<run>.log` and the pipeline prints its summary when it ends; a run
+with the machine to itself trains in the pipeline's own process, as before.
 `freeze_gc: false` turns off what the pipeline does by default: Python's garbage collector skips the
 objects that live for the whole run (the imported libraries), which it would otherwise walk on every full
 collection.
@@ -702,9 +703,34 @@ def _parallelism(plan: list[PlannedStage], options: RunOptions) -> side_by_side.
         return side_by_side.Parallelism(options.max_parallel, "max_parallel")
     if not _independent(plan):
         return side_by_side.Parallelism(1, "no two runs are independent")
+    widest = _widest(plan, upstream(plan))
+    if widest == 1:  # only a chain, or a single run, is left to run
+        return side_by_side.Parallelism(1, "no two runs that will run are independent")
     model_config = root_model_config(plan)
     estimates = [_estimate_bytes(stage, model_config) for stage in plan]
-    return side_by_side.default_parallelism(estimates, distributed.accelerator_available())
+    return side_by_side.default_parallelism(estimates, distributed.accelerator_available(), most=widest)
+
+
+def _widest(plan: list[PlannedStage], sources: list[set[int]]) -> int:
+    """The most runs of the plan (of those that will run) that can train at once: the largest set of them in
+    which none takes from another. By Dilworth's theorem that is the fewest chains covering them, which is
+    their number less a maximum matching of "j takes from i" (`sources` is already transitive); Kuhn's
+    augmenting paths find it (a plan has a few dozen runs at most). Fixed by the plan, not by which run
+    happens to end first, so every run's share of the cores (and so what it computes) is too."""
+    runs = [i for i, stage in enumerate(plan) if stage.action != "skip"]
+    takers = {i: [j for j in runs if i in sources[j]] for i in runs}
+    follows: dict[int, int] = {}  # run -> the run before it in its chain
+
+    def augment(i: int, seen: set[int]) -> bool:
+        for j in takers[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in follows or augment(follows[j], seen):
+                    follows[j] = i
+                    return True
+        return False
+
+    return len(runs) - sum(augment(i, set()) for i in runs)
 
 
 def _independent(plan: list[PlannedStage]) -> bool:

@@ -98,10 +98,12 @@ class Parallelism:
         )
 
 
-def default_parallelism(estimates: list[float | None], gpu: bool) -> Parallelism:
+def default_parallelism(estimates: list[float | None], gpu: bool, most: int | None = None) -> Parallelism:
     """How many runs fit at once: one with a GPU; on CPU, no more than RUNS_PER_CORE a core, nor than the
     memory holds (each run's estimate plus PROCESS_MEMORY; an unknown estimate counts as the process
-    alone)."""
+    alone), nor than `most`, the most runs the plan can ever train at once. That cap is what gives each run
+    its share of a machine with more cores than the plan has runs to fill (`threads_each`): the
+    quickstart's four runs side by side take two threads each on 8 cores, not one each beside 4 idle ones."""
     if gpu:
         return Parallelism(1, "a GPU: runs side by side would share its memory and compute")
     n_cores = cores()
@@ -110,8 +112,11 @@ def default_parallelism(estimates: list[float | None], gpu: bool) -> Parallelism
     by_cores = RUNS_PER_CORE * n_cores
     by_memory = by_cores if free is None else int(free // need)
     runs = max(1, min(by_cores, by_memory))
+    by_plan = ""
+    if most is not None and most < runs:
+        runs, by_plan = max(1, most), f", at most {most} at once in this plan"
     memory = "" if free is None else f", {free / GIB:.0f} GiB free, ~{need / GIB:.1f} GiB a run"
-    return Parallelism(runs, f"{n_cores} cores, {RUNS_PER_CORE} runs a core{memory}")
+    return Parallelism(runs, f"{n_cores} cores, {RUNS_PER_CORE} runs a core{by_plan}{memory}")
 
 
 def start_server(stage_modules: list[str]) -> None:

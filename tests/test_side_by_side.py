@@ -100,12 +100,38 @@ def test_plan_states_how_many_run_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     pipeline.run(str(write(tmp_path, "p", stages())), dry_run=True)
     out = capsys.readouterr().out
-    assert "runs: up to 8 runs side by side, 1 thread each (4 cores, 2 runs a core, 64 GiB free" in out
+    # Two ppo seeds beside dpo: at most 3 at once, so no more than 3 are planned for.
+    want = "up to 3 runs side by side, 1 thread each (4 cores, 2 runs a core, at most 3 at once in this plan"
+    assert f"runs: {want}, 64 GiB free" in out, out
     pipeline.run(str(write(tmp_path, "p", stages(), max_parallel=2)), dry_run=True)
     assert "runs: up to 2 runs side by side, 2 threads each (max_parallel)" in capsys.readouterr().out
     # A chain has nothing to run side by side.
     pipeline.run(str(write(tmp_path, "chain", stages()[:2])), dry_run=True)
     assert "runs: one run at a time (no two runs are independent)" in capsys.readouterr().out
+
+
+def test_runs_get_the_cores_the_plan_can_fill(tmp_path, capsys, monkeypatch):
+    # 8 cores and at most 3 runs at once: each run takes 2 threads, not 1 beside 5 idle cores.
+    monkeypatch.setattr(side_by_side, "cores", lambda: 8)
+    monkeypatch.setattr(side_by_side, "available_memory", lambda: 64 * side_by_side.GIB)
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    plan = pipeline.run(str(write(tmp_path, "p", stages())), dry_run=True)
+    assert "runs: up to 3 runs side by side, 2 threads each (8 cores" in capsys.readouterr().out
+    assert pipeline._widest(plan, pipeline.upstream(plan)) == 3  # ppo-seed1, ppo-seed2, dpo
+    # The widest set is of the runs that will run: with the seeds up to date, reward beside dpo.
+    for stage in plan:
+        if stage.key.startswith("ppo-"):
+            stage.action = "skip"
+    assert pipeline._widest(plan, pipeline.upstream(plan)) == 2
+    for stage in plan:
+        if stage.key in ("reward", "sft"):
+            stage.action = "skip"
+    assert pipeline._widest(plan, pipeline.upstream(plan)) == 1  # dpo alone is left
+    assert pipeline._parallelism(plan, pipeline.RunOptions()).runs == 1
+    three = pipeline.run(str(write(tmp_path, "q", stages(seeds=[1, 2, 3]))), dry_run=True)
+    assert pipeline._widest(three, pipeline.upstream(three)) == 5  # 2 ppo seeds and 3 dpo seeds
+    chain = pipeline.run(str(write(tmp_path, "chain", stages()[:2])), dry_run=True)
+    assert pipeline._widest(chain, pipeline.upstream(chain)) == 1
 
 
 def test_default_parallelism_follows_cores_memory_and_gpu(monkeypatch):
