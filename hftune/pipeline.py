@@ -606,7 +606,7 @@ def run(
             print(describe(plan, memory=False), flush=True)
             logger.info("every stage is up to date (its inputs are the recorded ones): nothing to run")
             return plan
-    if not dry_run and options.max_parallel != 1 and side_by_side.cores() > 1 and _independent(plan):
+    if not dry_run and options.max_parallel != 1 and side_by_side.cores() > 1 and _widest(plan) > 1:
         # Runs may go side by side: the fork server imports the stage code now, on another core, while this
         # process imports the same for parsing (both single-threaded: no trained model competes for a core).
         side_by_side.start_server(sorted({STAGES[s.name].module for s in plan}))
@@ -701,22 +701,22 @@ def _parallelism(plan: list[PlannedStage], options: RunOptions) -> side_by_side.
     cores and memory allow (side_by_side.default_parallelism) when the plan has runs that could overlap."""
     if options.max_parallel is not None:
         return side_by_side.Parallelism(options.max_parallel, "max_parallel")
-    if not _independent(plan):
+    widest = _widest(plan)
+    if widest <= 1:  # a chain, a single run, or nothing is all there is to run
         return side_by_side.Parallelism(1, "no two runs are independent")
-    widest = _widest(plan, upstream(plan))
-    if widest == 1:  # only a chain, or a single run, is left to run
-        return side_by_side.Parallelism(1, "no two runs that will run are independent")
     model_config = root_model_config(plan)
     estimates = [_estimate_bytes(stage, model_config) for stage in plan]
     return side_by_side.default_parallelism(estimates, distributed.accelerator_available(), most=widest)
 
 
-def _widest(plan: list[PlannedStage], sources: list[set[int]]) -> int:
-    """The most runs of the plan (of those that will run) that can train at once: the largest set of them in
-    which none takes from another. By Dilworth's theorem that is the fewest chains covering them, which is
-    their number less a maximum matching of "j takes from i" (`sources` is already transitive); Kuhn's
-    augmenting paths find it (a plan has a few dozen runs at most). Fixed by the plan, not by which run
-    happens to end first, so every run's share of the cores (and so what it computes) is too."""
+def _widest(plan: list[PlannedStage]) -> int:
+    """The most runs of the plan (of those that will run: all of them before the actions are decided) that
+    can train at once: the largest set of them in which none takes from another. By Dilworth's theorem
+    that is the fewest chains covering them, which is their number less a maximum matching of "j takes
+    from i" (`upstream` is already transitive); Kuhn's augmenting paths find it (a plan has a few dozen
+    runs at most). Fixed by the plan, not by which run happens to end first, so every run's share of the
+    cores (and so what it computes) is too."""
+    sources = upstream(plan)
     runs = [i for i, stage in enumerate(plan) if stage.action != "skip"]
     takers = {i: [j for j in runs if i in sources[j]] for i in runs}
     follows: dict[int, int] = {}  # run -> the run before it in its chain
@@ -731,14 +731,6 @@ def _widest(plan: list[PlannedStage], sources: list[set[int]]) -> int:
         return False
 
     return len(runs) - sum(augment(i, set()) for i in runs)
-
-
-def _independent(plan: list[PlannedStage]) -> bool:
-    """Whether two runs of the plan take nothing from each other (so they could train side by side)."""
-    sources = upstream(plan)
-    return any(
-        i not in sources[j] and j not in sources[i] for i in range(len(plan)) for j in range(i + 1, len(plan))
-    )
 
 
 def _estimate_bytes(stage: PlannedStage, model_config) -> float | None:

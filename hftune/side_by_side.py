@@ -126,13 +126,6 @@ def start_server(stage_modules: list[str]) -> None:
 
     multiprocessing.set_forkserver_preload([*PRELOAD, *stage_modules])
     forkserver.ensure_running()
-    global _end_registered
-    if not _end_registered:
-        atexit.register(_end_server)
-        _end_registered = True
-
-
-_end_registered = False
 
 
 def _end_server() -> None:
@@ -149,6 +142,10 @@ def _end_server() -> None:
             os.kill(pid, signal.SIGTERM)
         except OSError:  # already gone
             pass
+
+
+# Registered once, whether or not a server starts (without one, or in the server itself, there is no pid).
+atexit.register(_end_server)
 
 
 @dataclass

@@ -117,21 +117,21 @@ def test_runs_get_the_cores_the_plan_can_fill(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     plan = pipeline.run(str(write(tmp_path, "p", stages())), dry_run=True)
     assert "runs: up to 3 runs side by side, 2 threads each (8 cores" in capsys.readouterr().out
-    assert pipeline._widest(plan, pipeline.upstream(plan)) == 3  # ppo-seed1, ppo-seed2, dpo
+    assert pipeline._widest(plan) == 3  # ppo-seed1, ppo-seed2, dpo
     # The widest set is of the runs that will run: with the seeds up to date, reward beside dpo.
     for stage in plan:
         if stage.key.startswith("ppo-"):
             stage.action = "skip"
-    assert pipeline._widest(plan, pipeline.upstream(plan)) == 2
+    assert pipeline._widest(plan) == 2
     for stage in plan:
         if stage.key in ("reward", "sft"):
             stage.action = "skip"
-    assert pipeline._widest(plan, pipeline.upstream(plan)) == 1  # dpo alone is left
+    assert pipeline._widest(plan) == 1  # dpo alone is left
     assert pipeline._parallelism(plan, pipeline.RunOptions()).runs == 1
     three = pipeline.run(str(write(tmp_path, "q", stages(seeds=[1, 2, 3]))), dry_run=True)
-    assert pipeline._widest(three, pipeline.upstream(three)) == 5  # 2 ppo seeds and 3 dpo seeds
+    assert pipeline._widest(three) == 5  # 2 ppo seeds and 3 dpo seeds
     chain = pipeline.run(str(write(tmp_path, "chain", stages()[:2])), dry_run=True)
-    assert pipeline._widest(chain, pipeline.upstream(chain)) == 1
+    assert pipeline._widest(chain) == 1
 
 
 def test_default_parallelism_follows_cores_memory_and_gpu(monkeypatch):

@@ -141,7 +141,6 @@ def length_batches(encoded: Sequence[Sequence[int]], per_batch: int) -> list[lis
     ]
 
 
-@torch.no_grad()
 def greedy_by_length(
     model,
     tokenizer,
@@ -158,25 +157,61 @@ def greedy_by_length(
     from the unpadded ones (another attention width, another kernel), enough to flip a near-tie argmax: a
     reply there depends on its batch. Here it does not, so the eval's cached greedy replies stay valid
     whatever batch size or other prompts produced them, and a large batch is safe."""
+    got = _by_length(
+        model,
+        tokenizer,
+        encoded,
+        max_new_tokens,
+        max(1, batch_size),
+        stop_strings=stop_strings,
+        progress=progress,
+    )
+    return [replies[0] for replies in got]
+
+
+@torch.no_grad()
+def _by_length(
+    model,
+    tokenizer,
+    encoded: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    per_batch: int,
+    *,
+    k: int = 1,
+    sampler=None,
+    stop_strings: Sequence[str] = (),
+    progress=None,
+) -> list[list[Reply]]:
+    """What the cached paths share: batches of at most `per_batch` prompts of one length (no padding), each
+    prompt `k` times in a row, decoded greedily; `sampler(batch)`, when given, is a logits processor that
+    draws each row's token instead (`sample_seeded`). Each prompt's `k` replies, in the input order."""
+    from transformers import LogitsProcessorList
+
     config = generation_config(tokenizer, max_new_tokens, None, 1, stop_strings)
     extra = {"tokenizer": tokenizer} if stop_strings else {}
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out: list[Reply | None] = [None] * len(encoded)
+    out: list[list[Reply]] = [[] for _ in encoded]
     try:
-        for batch in length_batches(encoded, max(1, batch_size)):
-            ids = torch.tensor([list(encoded[i]) for i in batch], dtype=torch.long, device=device)
+        for batch in length_batches(encoded, per_batch):
+            ids = torch.tensor([list(encoded[i]) for i in batch for _ in range(k)], dtype=torch.long)
+            if sampler is not None:
+                extra["logits_processor"] = LogitsProcessorList([sampler(batch)])
             got = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, **extra
+                input_ids=ids.to(device),
+                attention_mask=torch.ones_like(ids).to(device),
+                generation_config=config,
+                **extra,
             )
-            for i, row in zip(batch, got[:, ids.shape[1] :].tolist(), strict=True):
-                out[i] = _reply(tokenizer, row, stop_strings)
+            rows = got[:, ids.shape[1] :].tolist()
+            for j, i in enumerate(batch):
+                out[i] = [_reply(tokenizer, row, stop_strings) for row in rows[j * k : (j + 1) * k]]
             if progress is not None:
                 progress(len(batch))
     finally:
         model.train(was_training)
-    return out  # type: ignore[return-value]  # every index is in exactly one batch
+    return out
 
 
 class _SeededSampler:
@@ -227,34 +262,19 @@ def sample_seeded(
     per-prompt samples), at the speed of batches: prompts of one length share a batch, so no row is padded
     and each row computes what it computes alone.
     """
-    from transformers import LogitsProcessorList
-
     k = num_return_sequences
-    config = generation_config(tokenizer, max_new_tokens, None, 1, stop_strings)
-    extra = {"tokenizer": tokenizer} if stop_strings else {}
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    out: list[list[Reply]] = [[] for _ in encoded]
-    try:
-        for batch in length_batches(encoded, max(1, batch_size // k)):
-            ids = torch.tensor([list(encoded[i]) for i in batch for _ in range(k)], dtype=torch.long)
-            sampler = _SeededSampler([seeds[i] for i in batch], k, temperature, device)
-            got = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=torch.ones_like(ids).to(device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([sampler]),
-                **extra,
-            )
-            rows = got[:, ids.shape[1] :].tolist()
-            for j, i in enumerate(batch):
-                out[i] = [_reply(tokenizer, row, stop_strings) for row in rows[j * k : (j + 1) * k]]
-            if progress is not None:
-                progress(len(batch))
-    finally:
-        model.train(was_training)
-    return out
+    return _by_length(
+        model,
+        tokenizer,
+        encoded,
+        max_new_tokens,
+        max(1, batch_size // k),
+        k=k,
+        sampler=lambda batch: _SeededSampler([seeds[i] for i in batch], k, temperature, device),
+        stop_strings=stop_strings,
+        progress=progress,
+    )
 
 
 @torch.no_grad()
